@@ -1,0 +1,1 @@
+"""tender_ray: Tender's process migration on Ray."""

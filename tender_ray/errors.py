@@ -1,0 +1,63 @@
+"""The errors tender_ray raises, split by cause.
+
+`UsageError` and its children mean the caller asked for something that cannot be done (a bad
+program file, an unknown process, a migration to the machine it is already on): fix the request.
+`MachineError` and its children mean a machine is broken or gone: the request may succeed
+elsewhere or later. Guest faults are not errors of either kind: they end the guest process with
+a status, the way a signal ends a host process.
+"""
+
+from __future__ import annotations
+
+
+class TenderError(Exception):
+    """Base of every error tender_ray raises on purpose."""
+
+
+class UsageError(TenderError):
+    """The request itself is wrong; retrying it unchanged fails the same way."""
+
+
+class BadProgramError(UsageError):
+    """A program file that cannot run as a Tender process (missing, not ELF, dynamic, ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnknownProcessError(UsageError):
+    """No process with this id lives on the machine (or in the cluster)."""
+
+
+class ProcessStateError(UsageError):
+    """The process exists but is in a state that forbids the request (finished, migrating)."""
+
+
+class UnknownMachineError(UsageError):
+    """No machine with this name is part of the cluster."""
+
+
+class MigrationError(UsageError):
+    """A migration request that cannot be carried out as asked; the process did not move."""
+
+
+class ConfigError(UsageError):
+    """A configuration or scenario file is invalid."""
+
+
+class OutOfMemoryError(TenderError):
+    """A machine has not enough free real-memory frames for the request."""
+
+
+class MachineError(TenderError):
+    """A machine is broken or unreachable; the request was not carried out there."""
+
+
+class MachineStoppedError(MachineError):
+    """The machine has stopped: every call pending on it, and every later call, fails with this."""
+
+
+class EngineError(MachineError):
+    """The CPU engine failed in a way that is not the guest's fault (a broken host)."""

@@ -1,0 +1,1 @@
+"""Tender's resources, one module each, and the manager base they share."""

@@ -1,0 +1,100 @@
+"""Real memory: one machine's physical page frames and their allocator.
+
+All frames live in one page-aligned anonymous mapping viewed as a numpy array of 4 KiB rows,
+so the CPU can map the whole of it once as its physical memory and DSM can copy page blocks
+with one numpy call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import OutOfMemoryError
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+def page_down(address: int) -> int:
+    return address & ~(PAGE_SIZE - 1)
+
+
+def page_up(address: int) -> int:
+    return (address + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+@dataclass(frozen=True)
+class RealMemoryStatistics:
+    frames_total: int
+    frames_free: int
+    frames_used: int
+
+
+class RealMemory:
+    """The frames of one machine. Frame numbers index `frames`; physical address = frame * 4 KiB."""
+
+    def __init__(self, size_bytes: int) -> None:
+        if size_bytes < PAGE_SIZE or size_bytes % PAGE_SIZE:
+            raise ValueError(f"real memory size must be a positive multiple of 4096, got {size_bytes}")
+        self.size = size_bytes
+        self.nframes = size_bytes // PAGE_SIZE
+        # Anonymous private mapping: page-aligned, zero-filled and committed lazily by the host.
+        self._mmap = mmap.mmap(-1, size_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.frames: npt.NDArray[np.uint8] = np.frombuffer(self._mmap, dtype=np.uint8).reshape(
+            self.nframes, PAGE_SIZE
+        )
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
+        self._lock = threading.Lock()
+        # Owned by the allocator: a stack of free frame numbers, low frames handed out first.
+        self._free: list[int] = list(range(self.nframes - 1, -1, -1))
+
+    @property
+    def free_frames(self) -> int:
+        return len(self._free)
+
+    def allocate(self, count: int) -> list[int]:
+        """`count` zeroed frames, or OutOfMemoryError with nothing allocated."""
+        with self._lock:
+            if count > len(self._free):
+                raise OutOfMemoryError(
+                    f"real memory exhausted: {count} frames asked, {len(self._free)} free "
+                    f"of {self.nframes} ({self.size >> 20} MiB); give the machine more memory"
+                )
+            taken = self._free[len(self._free) - count :]
+            del self._free[len(self._free) - count :]
+        if taken:
+            self.frames[taken] = 0
+        return taken
+
+    def allocate_one(self) -> int:
+        with self._lock:
+            if not self._free:
+                raise OutOfMemoryError(
+                    f"real memory exhausted: all {self.nframes} frames "
+                    f"({self.size >> 20} MiB) are in use; give the machine more memory"
+                )
+            frame = self._free.pop()
+        self.frames[frame] = 0
+        return frame
+
+    def free(self, frames: Iterable[int]) -> None:
+        with self._lock:
+            self._free.extend(frames)
+
+    def read(self, frames: Sequence[int]) -> npt.NDArray[np.uint8]:
+        """A copy of the given frames as one (n, 4096) block."""
+        return self.frames[list(frames)]
+
+    def write(self, frames: Sequence[int], block: npt.NDArray[np.uint8]) -> None:
+        self.frames[list(frames)] = block
+
+    def statistics(self) -> RealMemoryStatistics:
+        free = len(self._free)
+        return RealMemoryStatistics(self.nframes, free, self.nframes - free)

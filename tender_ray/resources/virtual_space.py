@@ -1,0 +1,167 @@
+"""Virtual space: an address translation table, virtual page -> frame and permissions.
+
+One kernel space per machine (single virtual memory, where kernel processes live) and one space
+per user process (multiple virtual memory) coexist. An entry is `frame << 12 | perms`; a page
+with no entry is not present, and the fault path asks the user space covering it to give it a
+frame. Changing or removing entries bumps `generation`, which tells CPUs to flush their TLBs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import OutOfMemoryError
+from .real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
+from .virtual_user_space import PROT_READ, PROT_WRITE, UserSpaceState, VirtualUserSpace
+
+
+class SpaceKind(str, enum.Enum):
+    KERNEL = "kernel"
+    USER = "user"
+
+
+class BadAddress(Exception):
+    """A guest address that no user space covers, or that forbids the access."""
+
+    def __init__(self, address: int) -> None:
+        super().__init__(f"bad address {address:#x}")
+        self.address = address
+
+
+class VirtualSpace:
+    """A translation table plus the user spaces pasted into it, sorted by address."""
+
+    def __init__(self, memory: RealMemory) -> None:
+        self.memory = memory  # the machine's; not owned
+        self.kind = SpaceKind.USER
+        self.table: dict[int, int] = {}  # owned here: vpn -> frame << 12 | perms
+        self.user_spaces: list[VirtualUserSpace] = []  # owned here, sorted by start
+        self._starts: list[int] = []  # the user spaces' starts, for bisect
+        self.generation = 0  # bumped when an entry is removed or loses permissions
+
+    # --- pasting -------------------------------------------------------------------------
+
+    def paste(self, us: VirtualUserSpace) -> None:
+        """Paste a user space: its present pages become visible at its address."""
+        if self.overlapping(us.start, us.end):
+            raise ValueError(f"user space {us.start:#x}-{us.end:#x} overlaps another")
+        i = bisect.bisect(self._starts, us.start)
+        self._starts.insert(i, us.start)
+        self.user_spaces.insert(i, us)
+        self.table.update(us.entries())
+        us.state = UserSpaceState.PASTED
+
+    def unpaste(self, us: VirtualUserSpace) -> None:
+        """Remove a user space and every entry it made; its region is untouched."""
+        i = self.user_spaces.index(us)
+        del self.user_spaces[i]
+        del self._starts[i]
+        table = self.table
+        for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT):
+            table.pop(vpn, None)
+        us.state = UserSpaceState.FREE
+        self.generation += 1
+
+    def refresh(self, us: VirtualUserSpace) -> None:
+        """Rewrite the entries of a pasted user space after its perms or size changed."""
+        table = self.table
+        for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT):
+            table.pop(vpn, None)
+        table.update(us.entries())
+        self.generation += 1
+
+    def find(self, address: int) -> VirtualUserSpace | None:
+        i = bisect.bisect(self._starts, address) - 1
+        if i >= 0 and self.user_spaces[i].contains(address):
+            return self.user_spaces[i]
+        return None
+
+    def overlapping(self, start: int, end: int) -> list[VirtualUserSpace]:
+        i = max(bisect.bisect(self._starts, start) - 1, 0)
+        found = []
+        for us in self.user_spaces[i:]:
+            if us.start >= end:
+                break
+            if us.end > start:
+                found.append(us)
+        return found
+
+    def clear(self) -> None:
+        """Forget every entry and user space (the owner releases their regions)."""
+        self.table.clear()
+        self.user_spaces.clear()
+        self._starts.clear()
+        self.generation += 1
+
+    # --- the fault path ------------------------------------------------------------------
+
+    def fault(self, vpn: int) -> int | None:
+        """Make page `vpn` present if a user space covers it; its new entry, else None."""
+        us = self.find(vpn << PAGE_SHIFT)
+        if us is None or us.region is None:
+            return None
+        frame = us.region.materialize(vpn - (us.start >> PAGE_SHIFT), self.memory)
+        entry = (frame << PAGE_SHIFT) | us.perms
+        self.table[vpn] = entry
+        return entry
+
+    def _frame_for(self, vpn: int, write: bool) -> int:
+        entry = self.table.get(vpn)
+        if entry is None:
+            try:
+                entry = self.fault(vpn)
+            except OutOfMemoryError:
+                entry = None
+            if entry is None:
+                raise BadAddress(vpn << PAGE_SHIFT)
+        need = PROT_WRITE if write else PROT_READ
+        if not entry & need:
+            raise BadAddress(vpn << PAGE_SHIFT)
+        return entry >> PAGE_SHIFT
+
+    def _chunks(self, address: int, size: int, write: bool) -> Iterator[tuple[int, int, int, int]]:
+        """(frame, offset in frame, offset in buffer, length) pieces of a guest range."""
+        if address < 0 or size < 0 or address + size > 1 << 47:
+            raise BadAddress(address)
+        done = 0
+        while done < size:
+            a = address + done
+            off = a & (PAGE_SIZE - 1)
+            n = min(PAGE_SIZE - off, size - done)
+            yield self._frame_for(a >> PAGE_SHIFT, write), off, done, n
+            done += n
+
+    # --- guest memory access for system calls --------------------------------------------
+
+    def read(self, address: int, size: int) -> bytes:
+        frames = self.memory.frames
+        out = bytearray(size)
+        for frame, off, pos, n in self._chunks(address, size, write=False):
+            out[pos : pos + n] = frames[frame, off : off + n].tobytes()
+        return bytes(out)
+
+    def write(self, address: int, data: bytes) -> None:
+        # Check the whole range first so a bad pointer writes nothing.
+        pieces = list(self._chunks(address, len(data), write=True))
+        frames = self.memory.frames
+        for frame, off, pos, n in pieces:
+            frames[frame, off : off + n] = np.frombuffer(data, np.uint8, n, pos)
+
+    def read_cstring(self, address: int, limit: int = 1 << 16) -> bytes:
+        out = bytearray()
+        while len(out) < limit:
+            a = address + len(out)
+            n = PAGE_SIZE - (a & (PAGE_SIZE - 1))
+            chunk = self.read(a, n)
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return bytes(out + chunk[:end])
+            out += chunk
+        raise BadAddress(address)
+
+    def resident_pages(self) -> int:
+        return len(self.table)
