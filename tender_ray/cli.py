@@ -1,0 +1,130 @@
+"""`tender-ray`: run programs as Tender processes, migrate them, and run scenarios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import MachineError, TenderError, UsageError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"tender-ray: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--machines", type=int, default=1, metavar="N",
+                        help="machines (Ray actors) to start (default 1)")
+    parser.add_argument("--computations", type=int, default=1, metavar="N",
+                        help="computations (processor slots) per machine (default 1)")
+    parser.add_argument("--memory-mib", type=int, default=512, metavar="MIB",
+                        help="real memory per machine in MiB (default 512)")
+    parser.add_argument("--quantum-us", type=int, default=5000, metavar="US",
+                        help="time slice in microseconds (default 5000)")
+    parser.add_argument("--exact", type=int, default=None, metavar="INSTRUCTIONS",
+                        help="exact quanta of this many instructions instead of timed ones "
+                             "(deterministic preemption, slower)")
+    parser.add_argument("--address", default=None,
+                        help="join an existing Ray cluster at this address instead of "
+                             "starting an embedded one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tender-ray",
+        description="Tender's process migration on Ray: static x86-64 Linux programs run as "
+                    "Tender processes on machine actors and move between them.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "exec", help="run one program as a Tender process",
+        description="Start a cluster of machine actors (an embedded local Ray unless "
+                    "--address is given), run PROGRAM (a static x86-64 ELF) as a Tender "
+                    "process, forward its stdout and stderr, and exit with its exit status "
+                    "(128+signal when it faults).")
+    _machine_options(p)
+    p.add_argument("--stats", metavar="FILE", help="write run statistics as JSON to FILE")
+    p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments passed to the program")
+    return parser
+
+
+def _machine_configs(ns: argparse.Namespace) -> list[Any]:
+    from .config import MachineConfig
+
+    if ns.machines < 1:
+        raise UsageError("--machines must be at least 1")
+    return [MachineConfig(name=f"m{i}", computations=ns.computations,
+                          memory_mib=ns.memory_mib, quantum_us=ns.quantum_us,
+                          quantum_instructions=ns.exact) for i in range(ns.machines)]
+
+
+def cmd_exec(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .cluster import Cluster
+    from .runner import execute, read_program
+
+    try:
+        read_program(ns.program)  # fail fast, before starting Ray
+        configs = _machine_configs(ns)
+    except ValidationError as exc:
+        return _fail(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+    except UsageError as exc:
+        return _fail(str(exc))
+
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+
+    def sink(fd: int, data: bytes) -> None:
+        stream = out if fd == 1 else err
+        stream.write(data)
+        stream.flush()
+
+    cluster = Cluster(ns.address, num_cpus=max(2, ns.machines))
+    try:
+        for config in configs:
+            cluster.add_machine(config)
+        result = execute(cluster, ns.program, ns.args, _environment(), sink=sink)
+    finally:
+        cluster.shutdown()
+    if ns.stats:
+        Path(ns.stats).write_text(json.dumps(result.stats(), indent=2) + "\n")
+    return result.exit_status
+
+
+def _environment() -> list[str]:
+    return [f"{k}={v}" for k, v in os.environ.items()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handlers = {"exec": cmd_exec}
+    try:
+        return handlers[ns.command](ns)
+    except UsageError as exc:
+        return _fail(str(exc))
+    except MachineError as exc:
+        print(f"tender-ray: machine failure: {exc}", file=sys.stderr)
+        return 1
+    except TenderError as exc:
+        print(f"tender-ray: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The only module that calls Ray: machine actors, where they are placed, and handles to them.
+
+A machine is a `Machine` inside a threaded Ray actor, so its computations keep running while
+calls arrive. Callers hold `MachineHandle`s: the actor object stays private, only references
+travel, and a call to a machine that died fails with `MachineStoppedError` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .config import MachineConfig
+from .errors import MachineStoppedError, TenderError, UnknownMachineError
+from .machine import Machine, MachineStatistics, ProcessInfo
+
+NAMESPACE = "tender_ray"
+PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
+
+
+class _MachineActor:
+    """The actor body: a Machine and nothing else. Only `cluster.py` knows this class."""
+
+    def __init__(self, config: dict[str, Any], pid_base: int) -> None:
+        from . import logs  # configured once per actor process
+
+        logs.configure()
+        self._machine = Machine(MachineConfig(**config), pid_base=pid_base)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._machine, method)(*args, **kwargs)
+
+    def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+    def ping(self) -> str:
+        return self._machine.name
+
+
+_RemoteMachine = ray.remote(_MachineActor)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The Tender error inside a Ray task error, so callers catch what the machine raised."""
+    if isinstance(exc, RayTaskError):
+        cause = exc.as_instanceof_cause()
+        if isinstance(cause, TenderError):
+            return cause
+        inner = getattr(exc, "cause", None)
+        if isinstance(inner, TenderError):
+            return inner
+    return exc
+
+
+@dataclass(frozen=True)
+class MachineHandle:
+    """A reference to one machine actor; cheap to copy and to send to other actors."""
+
+    name: str
+    actor: Any  # ray.actor.ActorHandle
+
+    def call_async(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Start a call; an ObjectRef to `resolve` later."""
+        return self.actor.call.remote(method, *args, **kwargs)
+
+    def resolve(self, ref: Any, timeout: float | None = None) -> Any:
+        try:
+            return ray.get(ref, timeout=timeout)
+        except RayActorError as exc:
+            raise MachineStoppedError(f"machine {self.name} is gone: {exc.__class__.__name__}"
+                                      ) from exc
+        except GetTimeoutError as exc:
+            raise MachineStoppedError(f"machine {self.name} did not answer within "
+                                      f"{timeout} s") from exc
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None
+
+    def call(self, method: str, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> Any:
+        return self.resolve(self.call_async(method, *args, **kwargs), timeout)
+
+    # The machine's API, typed.
+    def exec(self, image: bytes, name: str, argv: Sequence[str | bytes],
+             envp: Sequence[str | bytes] = ()) -> int:
+        return int(self.call("exec", image, name, list(argv), list(envp)))
+
+    def info(self, pid: int) -> ProcessInfo:
+        return self.call("info", pid)  # type: ignore[no-any-return]
+
+    def wait(self, pid: int, timeout: float | None = None) -> ProcessInfo:
+        return self.call("wait", pid, timeout)  # type: ignore[no-any-return]
+
+    def take_output(self, pid: int) -> tuple[bytes, bytes]:
+        return self.call("take_output", pid)  # type: ignore[no-any-return]
+
+    def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]:
+        return self.call("reap", pid)  # type: ignore[no-any-return]
+
+    def kill(self, pid: int, signal: int = 9) -> ProcessInfo:
+        return self.call("kill", pid, signal)  # type: ignore[no-any-return]
+
+    def list_processes(self) -> list[ProcessInfo]:
+        return self.call("list_processes")  # type: ignore[no-any-return]
+
+    def statistics(self, timeout: float | None = None) -> MachineStatistics:
+        return self.call("statistics", timeout=timeout)  # type: ignore[no-any-return]
+
+    def node_id(self) -> str:
+        return str(self.resolve(self.actor.node_id.remote()))
+
+
+class Cluster:
+    """Machine actors on a Ray cluster: an embedded local one, or an existing one (`address`)."""
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 object_store_mib: int = 256, namespace: str = NAMESPACE) -> None:
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = dict(namespace=namespace, include_dashboard=False,
+                                          logging_level="ERROR", log_to_driver=False,
+                                          configure_logging=True)
+            if address in (None, "local"):
+                kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 2,
+                              object_store_memory=object_store_mib << 20)
+            else:
+                kwargs.update(address=address)
+            ray.init(**kwargs)
+            self._owns_ray = True
+        self._machines: dict[str, MachineHandle] = {}
+        self._next_index = 0
+
+    @property
+    def machines(self) -> dict[str, MachineHandle]:
+        return dict(self._machines)
+
+    def machine(self, name: str) -> MachineHandle:
+        try:
+            return self._machines[name]
+        except KeyError:
+            known = ", ".join(sorted(self._machines)) or "none"
+            raise UnknownMachineError(f"unknown machine {name!r} (machines: {known})") from None
+
+    def add_machine(self, config: MachineConfig, *, node_id: str | None = None,
+                    resources: dict[str, float] | None = None,
+                    detached: bool = False) -> MachineHandle:
+        """Start a machine actor, on a given Ray node or where a custom resource is."""
+        if config.name in self._machines:
+            raise UnknownMachineError(f"machine {config.name!r} exists already")
+        index = self._next_index
+        self._next_index += 1
+        options: dict[str, Any] = dict(num_cpus=0, max_concurrency=64, name=config.name,
+                                       max_restarts=0)
+        if detached:
+            options["lifetime"] = "detached"
+        if node_id is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        if resources:
+            options["resources"] = resources
+        actor = _RemoteMachine.options(**options).remote(config.model_dump(),
+                                                         (index + 1) * PID_STRIDE + 1000)
+        handle = MachineHandle(config.name, actor)
+        ray.get(actor.ping.remote())
+        self._machines[config.name] = handle
+        return handle
+
+    def stop_machine(self, name: str, *, graceful: bool = True) -> None:
+        handle = self.machine(name)
+        if graceful:
+            try:
+                handle.call("stop", timeout=60)
+            except MachineStoppedError:
+                pass
+        ray.kill(handle.actor, no_restart=True)
+        del self._machines[name]
+
+    def shutdown(self) -> None:
+        for name in list(self._machines):
+            self.stop_machine(name)
+        if self._owns_ray:
+            ray.shutdown()
+            self._owns_ray = False
+
+
+def wait_all(refs: Sequence[Any], timeout: float | None = None) -> list[Any]:
+    """Resolve several calls at once."""
+    return list(ray.get(list(refs), timeout=timeout))

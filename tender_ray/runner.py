@@ -1,0 +1,87 @@
+"""Running one program as a Tender process on a cluster and following it to its end.
+
+The driver forwards the process's output as it appears, follows it from machine to machine when
+it migrates, and returns what `tender-ray exec --stats` reports.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cluster import Cluster
+from .errors import BadProgramError
+from .machine import ProcessInfo
+from .resources.program import parse_program
+
+OutputSink = Callable[[int, bytes], None]  # (fd, data)
+
+
+@dataclass
+class ExecResult:
+    pid: int
+    exit_status: int
+    exit_reason: str
+    run_seconds: float
+    cpu_seconds: float
+    syscalls: dict[str, int]
+    unsupported: dict[str, int]
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    machine: str = ""
+
+    def stats(self) -> dict[str, Any]:
+        return {"pid": self.pid, "exit_status": self.exit_status,
+                "exit_reason": self.exit_reason, "run_seconds": self.run_seconds,
+                "cpu_seconds": self.cpu_seconds, "syscalls": self.syscalls,
+                "unsupported_syscalls": self.unsupported, "migrations": self.migrations,
+                "final_machine": self.machine}
+
+
+def read_program(path: str | os.PathLike[str]) -> bytes:
+    """The program file's bytes, checked to be a static x86-64 executable."""
+    p = Path(path)
+    if not p.exists():
+        raise BadProgramError(str(path), "no such file")
+    if not p.is_file():
+        raise BadProgramError(str(path), "not a regular file")
+    try:
+        image = p.read_bytes()
+    except OSError as exc:
+        raise BadProgramError(str(path), f"cannot be read ({exc.strerror})") from exc
+    parse_program(image, str(path))
+    return image
+
+
+def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str], *,
+            machine: str | None = None, sink: OutputSink | None = None,
+            poll_seconds: float = 0.02) -> ExecResult:
+    """Run `path` as a Tender process on `machine` (default: the first) until it ends."""
+    image = read_program(path)
+    names = list(cluster.machines)
+    where = cluster.machine(machine or names[0])
+    name = os.path.basename(path)
+    pid = where.exec(image, name, [name, *args], list(env))
+
+    def forward(out: bytes, err: bytes) -> None:
+        if sink is not None:
+            if out:
+                sink(1, out)
+            if err:
+                sink(2, err)
+
+    info: ProcessInfo
+    while True:
+        info = where.wait(pid, timeout=poll_seconds)
+        forward(*where.take_output(pid))
+        if info.state == "zombie":
+            break
+    info, out, err = where.reap(pid)
+    forward(out, err)
+    return ExecResult(pid=pid, exit_status=info.exit_status if info.exit_status is not None
+                      else 128 + 9, exit_reason=info.exit_reason,
+                      run_seconds=info.run_seconds, cpu_seconds=info.cpu_seconds,
+                      syscalls=info.syscalls, unsupported=info.unsupported,
+                      migrations=[dict(m) for m in info.migrations], machine=where.name)
