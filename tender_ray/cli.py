@@ -37,6 +37,25 @@ def _machine_options(parser: argparse.ArgumentParser) -> None:
                              "starting an embedded one")
 
 
+def _migration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--transfer", choices=["dsm", "plate"], default="dsm",
+                        help="how pages travel: dsm (object store, memory to memory, default) "
+                             "or plate (files on a shared plate, NFS-like)")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="create and delete resources for every migration instead of "
+                             "taking pre-created ones and holding deleted ones")
+    parser.add_argument("--move-all", action="store_true",
+                        help="move every resource (program image and plate contents too) and "
+                             "reload the text from the plate, instead of only what must move")
+
+
+def _options(ns: argparse.Namespace) -> Any:
+    from .migration import MigrationOptions, Resources, Transfer
+
+    return MigrationOptions(transfer=Transfer(ns.transfer), reuse=not ns.no_reuse,
+                            resources=Resources.ALL if ns.move_all else Resources.NEEDED)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tender-ray",
@@ -51,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(128+signal when it faults).")
     _machine_options(p)
     p.add_argument("--stats", metavar="FILE", help="write run statistics as JSON to FILE")
+    _migration_options(p)
+    p.add_argument("--migrate-every", type=float, default=None, metavar="SECONDS",
+                   help="while the program runs, migrate it round-robin to the next machine "
+                        "at this interval")
     p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="arguments passed to the program")
@@ -93,7 +116,10 @@ def cmd_exec(ns: argparse.Namespace) -> int:
     try:
         for config in configs:
             cluster.add_machine(config)
-        result = execute(cluster, ns.program, ns.args, _environment(), sink=sink)
+        if ns.migrate_every is not None and ns.migrate_every <= 0:
+            raise UsageError("--migrate-every must be a positive number of seconds")
+        result = execute(cluster, ns.program, ns.args, _environment(), sink=sink,
+                         migrate_every=ns.migrate_every, options=_options(ns))
     finally:
         cluster.shutdown()
     if ns.stats:

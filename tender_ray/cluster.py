@@ -8,7 +8,9 @@ travel, and a call to a machine that died fails with `MachineStoppedError` inste
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,22 +21,53 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from .config import MachineConfig
 from .errors import MachineStoppedError, TenderError, UnknownMachineError
 from .machine import Machine, MachineStatistics, ProcessInfo
+from .migration import (
+    MigrationOptions,
+    PlateTransport,
+    ProcessImage,
+    Transfer,
+    Transport,
+    run_migration,
+)
 
 NAMESPACE = "tender_ray"
+CALL_TIMEOUT = 30.0  # seconds for a control call between machines
 PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
 
 
 class _MachineActor:
     """The actor body: a Machine and nothing else. Only `cluster.py` knows this class."""
 
-    def __init__(self, config: dict[str, Any], pid_base: int) -> None:
+    def __init__(self, config: dict[str, Any], pid_base: int, shared_plate: str) -> None:
         from . import logs  # configured once per actor process
 
         logs.configure()
         self._machine = Machine(MachineConfig(**config), pid_base=pid_base)
+        self._shared = shared_plate
+        self._peers: dict[str, _ActorPeer] = {}  # destination handles, looked up once
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self._machine, method)(*args, **kwargs)
+
+    # Migration, the source side: this machine drives it.
+    def migrate(self, pid: int, destination: str, options: MigrationOptions) -> dict[str, Any]:
+        peer = self._peers.get(destination)
+        if peer is None:
+            peer = self._peers[destination] = _ActorPeer(destination)
+        record = run_migration(self._machine, pid, peer, _transport(options, self._shared),
+                               options)
+        done = record.as_dict()
+        peer.handle.actor.call.remote("record_migration", pid, done)  # no need to wait
+        return done
+
+    # Migration, the destination side.
+    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
+        return self._machine.transform(image, _transport(options, self._shared), options)
+
+    def inject_fault(self, phase: str) -> None:
+        """Die (the whole actor process) when an incoming migration reaches `phase`."""
+        self._machine.faults.phase = phase
+        self._machine.faults.action = lambda: os._exit(17)
 
     def node_id(self) -> str:
         return str(ray.get_runtime_context().get_node_id())
@@ -44,6 +77,50 @@ class _MachineActor:
 
 
 _RemoteMachine = ray.remote(_MachineActor)
+
+
+class RayTransport:
+    """DSM over the object store: a page block is one object; same-node reads are zero-copy."""
+
+    def put(self, block: Any) -> Any:
+        return ray.put(block)
+
+    def get(self, handle: Any) -> Any:
+        return ray.get(handle)
+
+    def discard(self, handles: tuple[Any, ...]) -> None:
+        pass  # objects are freed when the last reference to them goes
+
+
+def _transport(options: MigrationOptions, shared_plate: str) -> Transport:
+    if options.transfer is Transfer.PLATE:
+        return PlateTransport(Path(shared_plate) / "migrations")
+    return RayTransport()
+
+
+class _ActorPeer:
+    """The destination machine, reached from inside the source machine's actor."""
+
+    def __init__(self, name: str) -> None:
+        try:
+            actor = ray.get_actor(name, namespace=ray.get_runtime_context().namespace)
+        except ValueError:
+            raise UnknownMachineError(f"unknown machine {name!r}: no such actor") from None
+        self.name = name
+        self.handle = MachineHandle(name, actor)
+
+    def create(self, pid: int, frames: int, reuse: bool) -> None:
+        self.handle.call("create_incoming", pid, frames, reuse, timeout=CALL_TIMEOUT)
+
+    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
+        ref = self.handle.actor.transform.remote(image, options)
+        return self.handle.resolve(ref, timeout=options.timeout)  # type: ignore[no-any-return]
+
+    def commit(self, pid: int) -> None:
+        self.handle.call("commit", pid, timeout=CALL_TIMEOUT)
+
+    def abort(self, pid: int) -> None:
+        self.handle.call("abort", pid, timeout=CALL_TIMEOUT)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -114,12 +191,22 @@ class MachineHandle:
     def node_id(self) -> str:
         return str(self.resolve(self.actor.node_id.remote()))
 
+    def migrate(self, pid: int, destination: str, options: MigrationOptions | None = None,
+                timeout: float | None = None) -> dict[str, Any]:
+        """Migrate process `pid` from this machine to `destination`; the migration record."""
+        ref = self.actor.migrate.remote(pid, destination, options or MigrationOptions())
+        return self.resolve(ref, timeout)  # type: ignore[no-any-return]
+
+    def inject_fault(self, phase: str) -> None:
+        self.resolve(self.actor.inject_fault.remote(phase))
+
 
 class Cluster:
     """Machine actors on a Ray cluster: an embedded local one, or an existing one (`address`)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
-                 object_store_mib: int = 256, namespace: str = NAMESPACE) -> None:
+                 object_store_mib: int = 256, namespace: str = NAMESPACE,
+                 shared_plate: str | None = None) -> None:
         self._owns_ray = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(namespace=namespace, include_dashboard=False,
@@ -134,6 +221,11 @@ class Cluster:
             self._owns_ray = True
         self._machines: dict[str, MachineHandle] = {}
         self._next_index = 0
+        # The plate every machine can reach, for the plate transfer path. On one host a
+        # temporary directory; on a real cluster pass a shared (NFS) mount.
+        self._shared_tmp = None if shared_plate else tempfile.TemporaryDirectory(
+            prefix="tender-shared-plate-")
+        self.shared_plate = shared_plate or (self._shared_tmp.name if self._shared_tmp else "")
 
     @property
     def machines(self) -> dict[str, MachineHandle]:
@@ -162,8 +254,8 @@ class Cluster:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
         if resources:
             options["resources"] = resources
-        actor = _RemoteMachine.options(**options).remote(config.model_dump(),
-                                                         (index + 1) * PID_STRIDE + 1000)
+        actor = _RemoteMachine.options(**options).remote(
+            config.model_dump(), (index + 1) * PID_STRIDE + 1000, self.shared_plate)
         handle = MachineHandle(config.name, actor)
         ray.get(actor.ping.remote())
         self._machines[config.name] = handle
@@ -185,6 +277,9 @@ class Cluster:
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
+        if self._shared_tmp is not None:
+            self._shared_tmp.cleanup()
+            self._shared_tmp = None
 
 
 def wait_all(refs: Sequence[Any], timeout: float | None = None) -> list[Any]:

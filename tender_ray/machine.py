@@ -17,14 +17,31 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
+
 from . import vm
 from .config import MachineConfig
 from .cpu import Cpu, EngineError, Stop, StopKind
 from .errors import (
     BadProgramError,
     MachineStoppedError,
+    MigrationError,
+    OutOfMemoryError,
     ProcessStateError,
     UnknownProcessError,
+)
+from .migration import (
+    AreaImage,
+    FaultPlan,
+    KernelState,
+    MigrationOptions,
+    MigrationRecord,
+    ProcessImage,
+    Resources,
+    Transport,
+    blocks_of,
+    rows,
 )
 from .resources.computation import Computation, ComputationState, ComputationStatistics
 from .resources.manager import ManagerStatistics, ResourceManager
@@ -32,7 +49,7 @@ from .resources.plate import Plate
 from .resources.process import Process, ProcessState
 from .resources.program import parse_program
 from .resources.real_memory import RealMemory, RealMemoryStatistics
-from .resources.virtual_region import VirtualRegion
+from .resources.virtual_region import RegionKind, VirtualRegion
 from .resources.virtual_space import SpaceKind, VirtualSpace
 from .resources.virtual_user_space import VirtualUserSpace
 from .syscalls import SystemCalls
@@ -127,6 +144,12 @@ class Machine:
         self.syscall_totals: Counter[str] = Counter()  # of every process that ran here
         self.unsupported_totals: Counter[str] = Counter()
         self.cordoned = False
+        self._incoming: dict[int, Process] = {}  # kernel processes being transformed
+        self.faults = FaultPlan()
+        self.migration_totals: Counter[str] = Counter()  # "out_ok", "in_ok", "out_failed"...
+        self.migration_bytes = 0
+        self.migration_phase_seconds: Counter[str] = Counter()
+        self.migration_records: deque[dict[str, object]] = deque(maxlen=64)
         self.computations = [Computation(i) for i in range(self.config.computations)]
         for comp in self.computations:
             comp.thread = threading.Thread(target=self._run_computation, args=(comp,),
@@ -303,6 +326,303 @@ class Machine:
         p.space = self.kernel_space
         self._exited += 1
 
+    # --- migration: the source side ------------------------------------------------------
+
+    def freeze(self, pid: int, timeout: float = 30.0) -> int:
+        """Stop a process at an instruction boundary for a migration; its resident pages.
+
+        Only one migration may own a process: a second request gets ProcessStateError.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._check_running()
+            p = self._get(pid)
+            if p.migrating:
+                raise ProcessStateError(f"process {pid} is already migrating")
+            if p.state is ProcessState.ZOMBIE:
+                raise ProcessStateError(f"process {pid} has finished ({p.exit_reason})")
+            p.migrating = True
+            if p.state is ProcessState.RUNNABLE:
+                self._runq.remove(p)
+                p.state = ProcessState.FROZEN
+            elif p.state is ProcessState.SLEEPING:
+                p.sleep_left = max(0.0, (p.wake_at or 0.0) - time.monotonic())
+                p.wake_at = None
+                p.state = ProcessState.FROZEN
+            elif p.state is ProcessState.RUNNING:
+                p.freeze_requested = True
+                while p.state is ProcessState.RUNNING and time.monotonic() < deadline:
+                    self._cond.wait(deadline - time.monotonic())
+                p.freeze_requested = False
+            if p.state is not ProcessState.FROZEN:
+                p.migrating = False
+                if p.state is ProcessState.ZOMBIE:
+                    raise ProcessStateError(f"process {pid} finished while freezing "
+                                            f"({p.exit_reason})")
+                raise ProcessStateError(f"process {pid} could not be frozen in {timeout} s")
+            assert p.space is not None
+            return p.space.resident_pages()
+
+    def thaw(self, pid: int) -> None:
+        """Resume a frozen process where it was (a migration failed or was refused)."""
+        with self._cond:
+            p = self._get(pid)
+            if p.state is not ProcessState.FROZEN:
+                return
+            p.migrating = False
+            if p.sleep_left is not None:
+                p.state = ProcessState.SLEEPING
+                p.wake_at = time.monotonic() + p.sleep_left
+                p.sleep_left = None
+                heapq.heappush(self._sleepers, (p.wake_at, next(self._seq), p))
+                self._cond.notify_all()
+            else:
+                self._make_runnable(p)
+
+    def program_size(self, pid: int) -> int:
+        with self._lock:
+            program = self._get(pid).program
+            return program.size if program is not None else 0
+
+    def export_image(self, pid: int, transport: Transport,
+                     options: MigrationOptions) -> ProcessImage:
+        """The frozen process as a ProcessImage, its touched pages put into `transport`."""
+        with self._lock:
+            p = self._get(pid)
+            if p.state is not ProcessState.FROZEN:
+                raise ProcessStateError(f"process {pid} is not frozen")
+            assert p.space is not None and p.program is not None
+            registers = self._cpu(p).save()
+            fixed = {id(us): key for key, us in p.user_spaces.items()}
+            text: list[AreaImage] = []
+            other: list[AreaImage] = []
+            text_frames: list[int] = []
+            other_frames: list[int] = []
+            for us in p.space.user_spaces:
+                region = us.region
+                assert region is not None
+                present = region.present()
+                area = AreaImage(fixed.get(id(us), ""), region.kind, us.start, region.npages,
+                                 us.perms, tuple(present))
+                frames = [region.frames[i] for i in present]
+                if region.kind is RegionKind.TEXT:
+                    text.append(area)
+                    text_frames += frames
+                else:
+                    other.append(area)
+                    other_frames += frames
+            kernel = KernelState(
+                name=p.name, brk_start=p.brk_start, brk=p.brk, mmap_top=p.mmap_top,
+                tid_address=p.tid_address, sleep_left=p.sleep_left, stdout=bytes(p.stdout),
+                stderr=bytes(p.stderr), accounting=p.accounting, created_at=p.created_at,
+                migrations=tuple(p.migrations))
+            program = p.program
+            plate_name = p.plate_name
+            memory = self.memory
+        # Page copies happen outside the lock: the process is frozen, nothing changes them.
+        with_text = options.resources is Resources.NEEDED
+        text_blocks = blocks_of(memory.read(text_frames), transport) if with_text else ()
+        data_blocks = blocks_of(memory.read(other_frames), transport)
+        program_image = None
+        if options.resources is Resources.ALL:
+            if not plate_name:
+                raise MigrationError(
+                    f"process {pid} arrived on {self.name} without its program image "
+                    "(resources=needed), so it cannot move with resources=all from here")
+            raw = np.frombuffer(self.plate.read(plate_name), dtype=np.uint8)
+            program_image = transport.put(raw.reshape(1, -1))
+        return ProcessImage(pid=pid, program=program, registers=registers, kernel=kernel,
+                            text_areas=tuple(text), other_areas=tuple(other),
+                            text_blocks=text_blocks, data_blocks=data_blocks,
+                            program_image=program_image)
+
+    def delete_migrated(self, pid: int, record: MigrationRecord, reuse: bool) -> None:
+        """Step 3: delete the local copy of a process that now lives elsewhere, holding its
+        resources for reuse."""
+        with self._cond:
+            p = self._get(pid)
+            del self._table[pid]
+            self.migration_bytes += record.bytes
+        vm.release_address_space(self.managers, p, hold=reuse)
+        p.space = self.kernel_space
+        self.processes.release(p, hold=reuse)
+        with self._cond:
+            self._cond.notify_all()
+
+    def note_migration(self, record: MigrationRecord) -> None:
+        with self._lock:
+            self.migration_totals[f"out_{record.result}"] += 1
+            for phase, seconds in record.phases.items():
+                self.migration_phase_seconds[phase] += seconds
+            self.migration_records.append(record.as_dict())
+
+    def migrate_space(self, pid: int) -> MigrationRecord:
+        """Same-machine migration (hetero virtual memory): re-paste every user space into a
+        new virtual space. No page is copied."""
+        record = MigrationRecord(pid=pid, source=self.name, destination=self.name,
+                                 transfer="space", reuse=self.config.reuse,
+                                 resources="needed", started_at=time.time())
+        start = time.perf_counter()
+        self.freeze(pid)
+        try:
+            with self._lock:
+                p = self._get(pid)
+                old = p.space
+                assert old is not None
+                new = self.managers.spaces.acquire()
+                for us in list(old.user_spaces):
+                    old.unpaste(us)
+                    new.paste(us)
+                p.space = new
+                old.clear()
+                self.managers.spaces.release(old)
+                registers = self._cpu(p).save()
+                p.registers = registers
+                self._bind(p)
+        finally:
+            self.thaw(pid)
+        record.seconds = time.perf_counter() - start
+        record.phases = {"transform_space": record.seconds}
+        with self._lock:
+            self.migration_totals["local_ok"] += 1
+            p = self._get(pid)
+            p.migrations.append(record.as_dict())
+        return record
+
+    # --- migration: the destination side -------------------------------------------------
+
+    def create_incoming(self, pid: int, frames: int, reuse: bool) -> None:
+        """Step 1: a kernel process for an arriving process (from the pool when reusing)."""
+        self.faults.check("create")
+        with self._lock:
+            self._check_running()
+            if self.cordoned:
+                raise MigrationError(f"machine {self.name} is cordoned (draining): it takes "
+                                     "no new processes")
+            if pid in self._table or pid in self._incoming:
+                raise MigrationError(f"machine {self.name} already has a process {pid}")
+            if frames > self.memory.free_frames:
+                raise OutOfMemoryError(
+                    f"machine {self.name} has {self.memory.free_frames} free frames, process "
+                    f"{pid} needs {frames}; pick another machine or free memory")
+        p = self.processes.acquire(reuse=reuse)
+        p.pid = pid
+        p.state = ProcessState.KERNEL
+        with self._lock:
+            self._incoming[pid] = p
+        if reuse:
+            threading.Thread(target=self.processes.refill, daemon=True).start()
+
+    def transform(self, image: ProcessImage, transport: Transport,
+                  options: MigrationOptions) -> dict[str, float]:
+        """Step 2: turn the kernel process into the arriving one; seconds per sub-step."""
+        with self._lock:
+            p = self._incoming.get(image.pid)
+        if p is None:
+            raise MigrationError(f"no kernel process was created for {image.pid} on "
+                                 f"{self.name}")
+        m = self.managers
+        phases: dict[str, float] = {}
+        # (I) change the operating space.
+        t = time.perf_counter()
+        self.faults.check("transform_space")
+        p.space = m.spaces.acquire(reuse=options.reuse)
+        phases["transform_space"] = time.perf_counter() - t
+        # (II) change the program: text copied memory-to-memory (or reloaded from the plate
+        # when every resource moves), the other regions only created.
+        t = time.perf_counter()
+        self.faults.check("transform_program")
+        p.program = image.program
+        if options.resources is Resources.ALL:
+            raw = transport.get(image.program_image).reshape(-1).tobytes()
+            p.plate_name = self.plate.store_program(raw, image.program.digest)
+            loaded = parse_program(self.plate.read(p.plate_name), image.program.name)
+            text_rows = vm.text_pages(loaded, self.plate.read(p.plate_name), image.text_areas)
+        else:
+            text_rows = rows(image.text_blocks, transport)
+        self._build_areas(p, image.text_areas, text_rows)
+        created = [self._add_image_area(p, area) for area in image.other_areas]
+        phases["transform_program"] = time.perf_counter() - t
+        # (III) change the start position: data, BSS, heap, stack and mappings, registers.
+        t = time.perf_counter()
+        self.faults.check("transform_start")
+        self._fill_areas(p, created, image.other_areas, rows(image.data_blocks, transport))
+        k = image.kernel
+        p.name, p.brk_start, p.brk, p.mmap_top = k.name, k.brk_start, k.brk, k.mmap_top
+        p.tid_address, p.sleep_left = k.tid_address, k.sleep_left
+        p.stdout, p.stderr = bytearray(k.stdout), bytearray(k.stderr)
+        p.accounting, p.created_at = k.accounting, k.created_at
+        p.migrations = [dict(r) for r in k.migrations]
+        p.registers = image.registers
+        self._bind(p)
+        phases["transform_start"] = time.perf_counter() - t
+        self.faults.check("commit")
+        return phases
+
+    def _add_image_area(self, p: Process, area: AreaImage) -> VirtualUserSpace:
+        us = vm.add_area(self.managers, p, area.kind, area.start, area.npages, area.perms)
+        if area.key:
+            p.user_spaces[area.key] = us
+        return us
+
+    def _build_areas(self, p: Process, areas: tuple[AreaImage, ...],
+                     pages: npt.NDArray[np.uint8]) -> None:
+        self._fill_areas(p, [self._add_image_area(p, a) for a in areas], areas, pages)
+
+    def _fill_areas(self, p: Process, user_spaces: list[VirtualUserSpace],
+                    areas: tuple[AreaImage, ...], pages: npt.NDArray[np.uint8]) -> None:
+        """Write page contents into fresh frames of each area and make them visible."""
+        frames: list[int] = []
+        for us, area in zip(user_spaces, areas, strict=True):
+            assert us.region is not None
+            frames += us.region.populate(list(area.present), self.memory)
+        if len(frames) != pages.shape[0]:
+            raise MigrationError(f"page blocks hold {pages.shape[0]} pages, the areas list "
+                                 f"{len(frames)}")
+        if frames:
+            self.memory.frames[frames] = pages
+        assert p.space is not None
+        for us in user_spaces:
+            p.space.refresh(us)  # pasted before they had frames: write their entries now
+
+    def commit(self, pid: int) -> None:
+        """The destination confirms: the process joins the table and runs (or sleeps on)."""
+        with self._cond:
+            p = self._incoming.pop(pid, None)
+            if p is None:
+                raise MigrationError(f"no transformed process {pid} on {self.name}")
+            self._table[pid] = p
+            self.migration_totals["in_ok"] += 1
+            if p.sleep_left is not None:
+                p.state = ProcessState.SLEEPING
+                p.wake_at = time.monotonic() + p.sleep_left
+                p.sleep_left = None
+                heapq.heappush(self._sleepers, (p.wake_at, next(self._seq), p))
+                self._cond.notify_all()
+            else:
+                self._make_runnable(p)
+
+    def abort(self, pid: int) -> None:
+        """Release whatever an unfinished incoming migration made here."""
+        with self._lock:
+            p = self._incoming.pop(pid, None)
+            self.migration_totals["in_aborted"] += 1
+        if p is not None:
+            self._release_incoming(p)
+
+    def _release_incoming(self, p: Process) -> None:
+        if p.space is not None and p.space is not self.kernel_space:
+            vm.release_address_space(self.managers, p)
+        p.space = self.kernel_space
+        self.processes.release(p)
+
+    def record_migration(self, pid: int, record: dict[str, object]) -> None:
+        """Keep the finished record of the migration that brought `pid` here."""
+        with self._lock:
+            p = self._table.get(pid)
+            if p is not None:
+                p.migrations.append(record)
+
     # --- asking about processes ----------------------------------------------------------
 
     def _get(self, pid: int) -> Process:
@@ -428,6 +748,9 @@ class Machine:
                     self._finish(p)
                 self.processes.release(p)
             self._table.clear()
+            for p in self._incoming.values():
+                self._release_incoming(p)
+            self._incoming.clear()
             self._runq.clear()
             self._sleepers.clear()
         self.processes.close()

@@ -7,14 +7,16 @@ it migrates, and returns what `tender-ray exec --stats` reports.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cluster import Cluster
-from .errors import BadProgramError
+from .errors import BadProgramError, ProcessStateError
 from .machine import ProcessInfo
+from .migration import MigrationOptions
 from .resources.program import parse_program
 
 OutputSink = Callable[[int, bytes], None]  # (fd, data)
@@ -57,13 +59,22 @@ def read_program(path: str | os.PathLike[str]) -> bytes:
 
 def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str], *,
             machine: str | None = None, sink: OutputSink | None = None,
-            poll_seconds: float = 0.02) -> ExecResult:
-    """Run `path` as a Tender process on `machine` (default: the first) until it ends."""
+            poll_seconds: float = 0.02, migrate_every: float | None = None,
+            options: MigrationOptions | None = None) -> ExecResult:
+    """Run `path` as a Tender process on `machine` (default: the first) until it ends.
+
+    With `migrate_every`, the process is migrated round-robin to the next machine at that
+    interval while it runs; a migration that cannot happen (the process is just ending) is
+    skipped, and the process goes on where it is.
+    """
     image = read_program(path)
     names = list(cluster.machines)
     where = cluster.machine(machine or names[0])
     name = os.path.basename(path)
     pid = where.exec(image, name, [name, *args], list(env))
+    if migrate_every is not None:
+        poll_seconds = min(poll_seconds, migrate_every)
+    next_move = time.monotonic() + (migrate_every or 0.0)
 
     def forward(out: bytes, err: bytes) -> None:
         if sink is not None:
@@ -78,6 +89,14 @@ def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str]
         forward(*where.take_output(pid))
         if info.state == "zombie":
             break
+        if migrate_every is not None and len(names) > 1 and time.monotonic() >= next_move:
+            target = names[(names.index(where.name) + 1) % len(names)]
+            try:
+                where.migrate(pid, target, options)
+                where = cluster.machine(target)
+            except ProcessStateError:
+                pass  # it ended (or is ending) while we asked: nothing to move
+            next_move = time.monotonic() + migrate_every
     info, out, err = where.reap(pid)
     forward(out, err)
     return ExecResult(pid=pid, exit_status=info.exit_status if info.exit_status is not None

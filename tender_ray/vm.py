@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,25 +58,27 @@ def add_area(m: Managers, process: Process, kind: RegionKind, start: int, npages
     return us
 
 
-def remove_area(m: Managers, process: Process, us: VirtualUserSpace) -> None:
+def remove_area(m: Managers, process: Process, us: VirtualUserSpace,
+                hold: bool | None = None) -> None:
     assert process.space is not None and us.region is not None
     region = us.region
     process.space.unpaste(us)
     region.release(m.memory)
-    m.regions.release(region)
-    m.user_spaces.release(us)
+    m.regions.release(region, hold)
+    m.user_spaces.release(us, hold)
 
 
-def release_address_space(m: Managers, process: Process) -> None:
-    """Give back every area, frame and the virtual space itself."""
+def release_address_space(m: Managers, process: Process, hold: bool | None = None) -> None:
+    """Give back every area, frame and the virtual space itself (held for reuse unless
+    `hold` is False)."""
     space = process.space
     if space is None:
         return
     for us in list(space.user_spaces):
-        remove_area(m, process, us)
+        remove_area(m, process, us, hold)
     process.user_spaces.clear()
     space.clear()
-    m.spaces.release(space)
+    m.spaces.release(space, hold)
     process.space = None
 
 
@@ -150,6 +153,28 @@ def load_program(m: Managers, process: Process, program: Program, image: bytes,
                                             STACK_SIZE >> PAGE_SHIFT, PROT_READ | PROT_WRITE)
     rsp = _initial_stack(process.space, program, argv, envp)
     process.registers = CpuState.initial(program.entry, rsp)
+
+
+def text_pages(program: Program, image: bytes, areas: tuple[Any, ...]) -> np.ndarray:
+    """The present pages of the given text areas, read from the program image (the plate).
+
+    Used when a migration moves every resource: the text is reloaded from the program file
+    instead of copied from memory.
+    """
+    out = []
+    for area in areas:
+        segment = next((s for s in program.segments if page_down(s.vaddr) == area.start), None)
+        if segment is None:
+            raise BadProgramError(program.name, f"no segment at {area.start:#x} to reload")
+        buf = np.zeros((area.npages, PAGE_SIZE), dtype=np.uint8)
+        flat = buf.reshape(-1)
+        off = segment.vaddr - area.start
+        flat[off: off + segment.filesz] = np.frombuffer(image, np.uint8, segment.filesz,
+                                                        segment.offset)
+        out.append(buf[list(area.present)])
+    if not out:
+        return np.empty((0, PAGE_SIZE), dtype=np.uint8)
+    return np.concatenate(out)
 
 
 def _initial_stack(space: VirtualSpace, program: Program, argv: list[bytes],

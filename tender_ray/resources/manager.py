@@ -81,6 +81,11 @@ class ResourceManager(Generic[R]):
         if reuse:
             self.precreate(self._pool_size)
 
+    def refill(self) -> None:
+        """Top the pool up to its configured size (run off the request path)."""
+        if self._reuse:
+            self.precreate(self._pool_size)
+
     def precreate(self, count: int) -> None:
         """Fill the pool up to `count` ready resources."""
         while True:
@@ -92,11 +97,15 @@ class ResourceManager(Generic[R]):
                 self._created += 1
                 self._pool.append(item)
 
-    def acquire(self) -> R:
-        """A ready resource: a held one, else a pre-created one, else a new one."""
+    def acquire(self, reuse: bool | None = None) -> R:
+        """A ready resource: a held one, else a pre-created one, else a new one.
+
+        `reuse=False` forces a new one for this request (the paper's no-reuse comparison).
+        """
+        reuse = self._reuse if reuse is None else reuse and self._reuse
         with self._lock:
             self._live += 1
-            if self._reuse and (self._held or self._pool):
+            if reuse and (self._held or self._pool):
                 self._reused += 1
                 return self._held.pop() if self._held else self._pool.pop()
             self._created += 1
@@ -108,13 +117,17 @@ class ResourceManager(Generic[R]):
                 self._created -= 1
             raise
 
-    def release(self, item: R) -> None:
-        """Give a resource back: held for reuse when reuse is on and room is left."""
-        if self._reset is not None:
+    def release(self, item: R, hold: bool | None = None) -> None:
+        """Give a resource back: held for reuse when reuse is on and room is left.
+
+        `hold=False` destroys it whatever the setting (the paper's no-reuse comparison).
+        """
+        hold = self._reuse if hold is None else hold and self._reuse
+        if hold and self._reset is not None:
             self._reset(item)
         with self._lock:
             self._live -= 1
-            if self._reuse and len(self._held) < self._hold_limit:
+            if hold and len(self._held) < self._hold_limit:
                 self._held.append(item)
                 return
         self._drop(item)

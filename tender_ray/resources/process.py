@@ -56,7 +56,7 @@ class Process:
         self.mmap_top = 0  # next anonymous mappings go below this address
         self.tid_address = 0
         self.wake_at: float | None = None  # time.monotonic() deadline while SLEEPING
-        self.sleep_left: float = 0.0  # remaining sleep while FROZEN or moving
+        self.sleep_left: float | None = None  # remaining sleep while FROZEN asleep
         self.stdout = bytearray()  # output not yet collected by the owner
         self.stderr = bytearray()
         self.exit_status: int | None = None
@@ -66,6 +66,7 @@ class Process:
         self.ended_at: float | None = None
         self.migrations: list[dict[str, object]] = []
         self.freeze_requested = False
+        self.migrating = False  # a migration owns the process (one at a time)
 
     def reset(self) -> None:
         """Back to an empty kernel process for the pool (its resources were released)."""

@@ -1,0 +1,293 @@
+"""Process migration, the paper's three steps, driven by the source machine.
+
+1. *create*: the destination makes a kernel process (from its pool when reuse is on);
+2. *transform*: (I) give it the destination virtual space, (II) create the text regions and
+   copy the text memory-to-memory through DSM, create the other regions, (III) copy data, BSS,
+   heap, stack and mappings through DSM and set the registers;
+3. *delete*: the source deletes its process, holding the resources for reuse.
+
+Until the destination confirms (commit), the source keeps everything; any failure releases what
+the destination made and resumes the process where it was. Only pages that were ever touched
+travel, batched into page blocks. The transport is pluggable: the object store (DSM) or files
+on a shared plate (the NFS-like path the paper compares against).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .cpu import CpuState
+from .errors import MachineError, MigrationError, TenderError
+from .resources.process import Accounting
+from .resources.program import Program
+from .resources.real_memory import PAGE_SIZE
+from .resources.virtual_region import RegionKind
+
+PHASES = ("create", "transform_space", "transform_program", "transform_start", "delete")
+# Also timed, around the paper's phases: stopping the process, putting its pages into the
+# transport, the transform call's own round trip, and the destination's confirmation.
+EXTRA_PHASES = ("freeze", "export", "transform_call", "commit")
+BLOCK_PAGES = 8192  # 32 MiB per page block: few objects, bounded memory spikes
+
+
+class Transfer(str, enum.Enum):
+    DSM = "dsm"  # page blocks through the object store, memory to memory
+    PLATE = "plate"  # page blocks as files on a shared plate directory
+
+
+class Resources(str, enum.Enum):
+    NEEDED = "needed"  # move only what must move: text pages from memory, not program/plate
+    ALL = "all"  # move the program image and plate contents too; reload text from the plate
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    transfer: Transfer = Transfer.DSM
+    reuse: bool = True
+    resources: Resources = Resources.NEEDED
+    timeout: float = 120.0  # seconds for the whole transform call
+
+
+# --- the process image that travels -----------------------------------------------------
+
+@dataclass(frozen=True)
+class AreaImage:
+    """One user space and its region: where, how, and which of its pages travel."""
+
+    key: str  # the process's name for it ("text1", "stack"), or "" for anonymous areas
+    kind: RegionKind
+    start: int
+    npages: int
+    perms: int
+    present: tuple[int, ...]  # page indexes with contents, in block order
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """The process's kernel-side state, which moves with it."""
+
+    name: str
+    brk_start: int
+    brk: int
+    mmap_top: int
+    tid_address: int
+    sleep_left: float | None  # remaining sleep when it was frozen asleep
+    stdout: bytes
+    stderr: bytes
+    accounting: Accounting
+    created_at: float
+    migrations: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ProcessImage:
+    """Everything the destination needs, with page contents as transport handles."""
+
+    pid: int
+    program: Program
+    registers: CpuState
+    kernel: KernelState
+    text_areas: tuple[AreaImage, ...]
+    other_areas: tuple[AreaImage, ...]
+    text_blocks: tuple[Any, ...]  # transport handles of (n, 4096) uint8 blocks
+    data_blocks: tuple[Any, ...]
+    program_image: Any = None  # with resources=all: a handle of the program file's bytes
+
+    @property
+    def pages(self) -> int:
+        return sum(len(a.present) for a in (*self.text_areas, *self.other_areas))
+
+
+@dataclass
+class MigrationRecord:
+    """What one migration did, as `--stats` and reports list it."""
+
+    pid: int
+    source: str
+    destination: str
+    transfer: str
+    reuse: bool
+    resources: str
+    seconds: float = 0.0
+    bytes: int = 0
+    pages: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    result: str = "ok"
+    error: str = ""
+    started_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "from": self.source, "to": self.destination,
+                "seconds": self.seconds, "bytes": self.bytes, "pages": self.pages,
+                "phases": dict(self.phases), "transfer": self.transfer, "reuse": self.reuse,
+                "resources": self.resources, "result": self.result, "error": self.error,
+                "started_at": self.started_at}
+
+
+# --- transports --------------------------------------------------------------------------
+
+class Transport(Protocol):
+    """Moves page blocks between machines."""
+
+    def put(self, block: npt.NDArray[np.uint8]) -> Any: ...
+    def get(self, handle: Any) -> npt.NDArray[np.uint8]: ...
+    def discard(self, handles: tuple[Any, ...]) -> None: ...
+
+
+class LocalTransport:
+    """Blocks passed by reference: for machines in one process (tests, the same-host case)."""
+
+    def put(self, block: npt.NDArray[np.uint8]) -> Any:
+        return block
+
+    def get(self, handle: Any) -> npt.NDArray[np.uint8]:
+        return handle  # type: ignore[no-any-return]
+
+    def discard(self, handles: tuple[Any, ...]) -> None:
+        pass
+
+
+class PlateTransport:
+    """Blocks as files on a plate directory every machine can reach (NFS-like sharing)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def put(self, block: npt.NDArray[np.uint8]) -> Any:
+        path = self.directory / f"block-{uuid.uuid4().hex}.pages"
+        with open(path, "wb") as f:
+            f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())  # written through, as a file server would have it
+        return (str(path), block.shape[0])
+
+    def get(self, handle: Any) -> npt.NDArray[np.uint8]:
+        path, rows = handle
+        data = np.fromfile(path, dtype=np.uint8)
+        return data.reshape(rows, -1) if rows else data
+
+    def discard(self, handles: tuple[Any, ...]) -> None:
+        for handle in handles:
+            if isinstance(handle, tuple):
+                Path(handle[0]).unlink(missing_ok=True)
+
+
+# --- the destination, as the source sees it -------------------------------------------------
+
+class Peer(Protocol):
+    """The destination machine's migration calls (an actor handle or a local Machine)."""
+
+    name: str
+
+    def create(self, pid: int, frames: int, reuse: bool) -> None: ...
+    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]: ...
+    def commit(self, pid: int) -> None: ...
+    def abort(self, pid: int) -> None: ...
+
+
+class FaultInjected(MachineError):
+    """A machine was told to fail at a phase (fault-injection for tests and drills)."""
+
+
+@dataclass
+class FaultPlan:
+    """Where a machine should die during an incoming migration (testing the rollback)."""
+
+    phase: str = ""
+    action: Callable[[], None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, phase: str) -> None:
+        with self.lock:
+            if self.phase != phase:
+                return
+            self.phase = ""
+            action = self.action
+        if action is not None:
+            action()
+        raise FaultInjected(f"fault injected at phase {phase}")
+
+
+def blocks_of(pages: npt.NDArray[np.uint8], transport: Transport) -> tuple[Any, ...]:
+    return tuple(transport.put(pages[i: i + BLOCK_PAGES])
+                 for i in range(0, pages.shape[0], BLOCK_PAGES))
+
+
+def rows(blocks: tuple[Any, ...], transport: Transport) -> npt.NDArray[np.uint8]:
+    """All pages of a block list as one (n, 4096) array (no copy for a single block)."""
+    arrays = [transport.get(b) for b in blocks]
+    if not arrays:
+        return np.empty((0, PAGE_SIZE), dtype=np.uint8)
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
+                  options: MigrationOptions) -> MigrationRecord:
+    """Migrate process `pid` of machine `source` to `peer`; the record of what happened.
+
+    On any failure before the destination commits, the process resumes on the source and the
+    error is raised (MigrationError for a refused request, MachineError for a broken peer).
+    """
+    record = MigrationRecord(pid=pid, source=source.name, destination=peer.name,
+                             transfer=options.transfer.value, reuse=options.reuse,
+                             resources=options.resources.value, started_at=time.time())
+    if peer.name == source.name:
+        raise MigrationError(f"process {pid} is already on machine {source.name}; a move "
+                             "inside one machine is a virtual-space migration (local=True)")
+    start = time.perf_counter()
+    frames = source.freeze(pid)
+    record.phases["freeze"] = time.perf_counter() - start
+    image: ProcessImage | None = None
+    committed = False
+    try:
+        t = time.perf_counter()
+        peer.create(pid, frames, options.reuse)
+        record.phases["create"] = time.perf_counter() - t
+        t = time.perf_counter()
+        image = source.export_image(pid, transport, options)
+        record.phases["export"] = time.perf_counter() - t
+        record.pages = image.pages
+        record.bytes = image.pages * PAGE_SIZE + (
+            source.program_size(pid) if options.resources is Resources.ALL else 0)
+        t = time.perf_counter()
+        phases = peer.transform(image, options)
+        record.phases.update(phases)
+        # What the transform call cost beyond the destination's own work: the round trip.
+        record.phases["transform_call"] = time.perf_counter() - t - sum(phases.values())
+        t = time.perf_counter()
+        peer.commit(pid)
+        record.phases["commit"] = time.perf_counter() - t
+        committed = True
+    except BaseException as exc:
+        if not committed:
+            try:
+                peer.abort(pid)
+            except (TenderError, OSError):
+                pass  # a dead peer has nothing left to release
+            source.thaw(pid)
+        if image is not None:
+            transport.discard((*image.text_blocks, *image.data_blocks))
+        record.result = "failed"
+        record.error = str(exc)
+        record.seconds = time.perf_counter() - start
+        source.note_migration(record)
+        raise
+    t = time.perf_counter()
+    source.delete_migrated(pid, record, options.reuse)
+    record.phases["delete"] = time.perf_counter() - t
+    record.seconds = time.perf_counter() - start
+    transport.discard((*image.text_blocks, *image.data_blocks))
+    source.note_migration(record)
+    return record
