@@ -77,7 +77,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="arguments passed to the program")
+    b = sub.add_parser("bench", help="run a benchmark",
+                       description="Benchmarks that report ratios measured side by side in "
+                                   "one run.")
+    bsub = b.add_subparsers(dest="bench", metavar="BENCHMARK")
+    bm = bsub.add_parser("migration", help="migration time against its lower bound, a Ray "
+                                          "actor restore, and strategy against strategy")
+    bm.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bm.add_argument("--sizes", default="1,16,128", help="MiB touched, comma-separated")
+    bm.add_argument("--repeats", type=int, default=5, help="migrations per strategy and size")
+    be = bsub.add_parser("engine", help="run time under Tender against native, per workload")
+    be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    be.add_argument("--repeat", type=int, default=3, help="runs per workload (best is kept)")
     return parser
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    result: dict[str, Any]
+    if ns.bench == "migration":
+        from .migration_bench import migration_benchmark, print_migration_table
+
+        try:
+            sizes = tuple(int(x) for x in ns.sizes.split(","))
+        except ValueError:
+            raise UsageError(f"--sizes must be comma-separated MiB, got {ns.sizes!r}") from None
+        result = migration_benchmark(sizes, repeats=ns.repeats)
+        print_migration_table(result)
+    elif ns.bench == "engine":
+        from .benchmarks import engine_benchmark, print_engine_table
+
+        result = engine_benchmark(repeat=ns.repeat)
+        print_engine_table(result)
+    else:
+        raise UsageError("name a benchmark: migration or engine")
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 def _machine_configs(ns: argparse.Namespace) -> list[Any]:
@@ -137,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"exec": cmd_exec}
+    handlers = {"exec": cmd_exec, "bench": cmd_bench}
     try:
         return handlers[ns.command](ns)
     except UsageError as exc:

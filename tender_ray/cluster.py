@@ -8,12 +8,15 @@ travel, and a call to a machine that died fails with `MachineStoppedError` inste
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -51,9 +54,7 @@ class _MachineActor:
 
     # Migration, the source side: this machine drives it.
     def migrate(self, pid: int, destination: str, options: MigrationOptions) -> dict[str, Any]:
-        peer = self._peers.get(destination)
-        if peer is None:
-            peer = self._peers[destination] = _ActorPeer(destination)
+        peer = self._peer(destination)
         record = run_migration(self._machine, pid, peer, _transport(options, self._shared),
                                options)
         done = record.as_dict()
@@ -63,6 +64,50 @@ class _MachineActor:
     # Migration, the destination side.
     def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
         return self._machine.transform(image, _transport(options, self._shared), options)
+
+    def _peer(self, name: str) -> _ActorPeer:
+        peer = self._peers.get(name)
+        if peer is None:
+            peer = self._peers[name] = _ActorPeer(name)
+        return peer
+
+    # Baselines for the migration benchmark, measured from inside this machine's actor.
+    def probe_transfer(self, destination: str, nbytes: int, repeats: int) -> dict[str, float]:
+        """Median seconds of a raw object-store transfer of `nbytes` to `destination` (put,
+        get and a copy into memory there) and of one actor round trip."""
+        peer = self._peer(destination)
+        block = np.ones((max(1, nbytes // 4096), 4096), dtype=np.uint8)
+        transfer, rtt = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            peer.handle.resolve(peer.handle.actor.receive_block.remote([ray.put(block)]))
+            transfer.append(time.perf_counter() - t)
+        for _ in range(3 * repeats):
+            t = time.perf_counter()
+            peer.handle.resolve(peer.handle.actor.ping.remote())
+            rtt.append(time.perf_counter() - t)
+        return {"transfer": statistics.median(transfer), "rtt": statistics.median(rtt)}
+
+    def receive_block(self, refs: list[Any]) -> int:
+        block = ray.get(refs[0])
+        scratch = np.empty_like(block)
+        scratch[...] = block  # the copy into real memory a migration makes too
+        return int(scratch.nbytes)
+
+    def probe_actor_restore(self, node_id: str, nbytes: int, repeats: int) -> float:
+        """Median seconds of what a Ray user would do instead of migrating: save the state to
+        the object store, start a new actor on the destination node, restore it there."""
+        block = np.ones((max(1, nbytes // 4096), 4096), dtype=np.uint8)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            actor = _RemoteState.options(
+                num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+            ).remote([ray.put(block)])
+            ray.get(actor.ready.remote())
+            times.append(time.perf_counter() - t)
+            ray.kill(actor)
+        return statistics.median(times)
 
     def inject_fault(self, phase: str) -> None:
         """Die (the whole actor process) when an incoming migration reaches `phase`."""
@@ -77,6 +122,19 @@ class _MachineActor:
 
 
 _RemoteMachine = ray.remote(_MachineActor)
+
+
+class _StateActor:
+    """A plain Ray actor holding restored state: the baseline a migration is compared with."""
+
+    def __init__(self, refs: list[Any]) -> None:
+        self.state = np.array(ray.get(refs[0]))  # restore: copy into the actor's own memory
+
+    def ready(self) -> bool:
+        return True
+
+
+_RemoteState = ray.remote(_StateActor)
 
 
 class RayTransport:
@@ -126,10 +184,9 @@ class _ActorPeer:
 def _unwrap(exc: BaseException) -> BaseException:
     """The Tender error inside a Ray task error, so callers catch what the machine raised."""
     if isinstance(exc, RayTaskError):
-        cause = exc.as_instanceof_cause()
-        if isinstance(cause, TenderError):
-            return cause
         inner = getattr(exc, "cause", None)
+        while isinstance(inner, RayTaskError):  # raised through another actor's call
+            inner = getattr(inner, "cause", None)
         if isinstance(inner, TenderError):
             return inner
     return exc
@@ -199,6 +256,14 @@ class MachineHandle:
 
     def inject_fault(self, phase: str) -> None:
         self.resolve(self.actor.inject_fault.remote(phase))
+
+    def probe_transfer(self, destination: str, nbytes: int, repeats: int) -> dict[str, float]:
+        return self.resolve(  # type: ignore[no-any-return]
+            self.actor.probe_transfer.remote(destination, nbytes, repeats))
+
+    def probe_actor_restore(self, node_id: str, nbytes: int, repeats: int) -> float:
+        return float(self.resolve(self.actor.probe_actor_restore.remote(node_id, nbytes,
+                                                                        repeats)))
 
 
 class Cluster:

@@ -268,6 +268,7 @@ class Machine:
                 if self._runq:
                     p = self._runq.popleft()
                     p.state = ProcessState.RUNNING
+                    p.on_cpu = True
                     comp.pid, comp.state = p.pid, ComputationState.RUNNING
                     return p
                 timeout = self._sleepers[0][0] - now if self._sleepers else None
@@ -293,6 +294,7 @@ class Machine:
                 comp.busy_seconds += wall
                 comp.quanta += 1
                 comp.pid, comp.state = None, ComputationState.IDLE
+                p.on_cpu = False
                 p.accounting.cpu_seconds += cpu_time
                 p.accounting.quanta += 1
                 if stop.kind is StopKind.FAULT and p.state is not ProcessState.ZOMBIE:
@@ -342,6 +344,16 @@ class Machine:
             if p.state is ProcessState.ZOMBIE:
                 raise ProcessStateError(f"process {pid} has finished ({p.exit_reason})")
             p.migrating = True
+            if p.on_cpu:
+                # Its computation stops it at the end of the quantum (an instruction
+                # boundary) and leaves it FROZEN; until then its state may still change.
+                p.freeze_requested = True
+                while p.on_cpu and time.monotonic() < deadline:
+                    self._cond.wait(deadline - time.monotonic())
+                p.freeze_requested = False
+            if p.on_cpu:
+                p.migrating = False
+                raise ProcessStateError(f"process {pid} could not be frozen in {timeout} s")
             if p.state is ProcessState.RUNNABLE:
                 self._runq.remove(p)
                 p.state = ProcessState.FROZEN
@@ -349,17 +361,10 @@ class Machine:
                 p.sleep_left = max(0.0, (p.wake_at or 0.0) - time.monotonic())
                 p.wake_at = None
                 p.state = ProcessState.FROZEN
-            elif p.state is ProcessState.RUNNING:
-                p.freeze_requested = True
-                while p.state is ProcessState.RUNNING and time.monotonic() < deadline:
-                    self._cond.wait(deadline - time.monotonic())
-                p.freeze_requested = False
-            if p.state is not ProcessState.FROZEN:
+            elif p.state is ProcessState.ZOMBIE:
                 p.migrating = False
-                if p.state is ProcessState.ZOMBIE:
-                    raise ProcessStateError(f"process {pid} finished while freezing "
-                                            f"({p.exit_reason})")
-                raise ProcessStateError(f"process {pid} could not be frozen in {timeout} s")
+                raise ProcessStateError(f"process {pid} finished while freezing "
+                                        f"({p.exit_reason})")
             assert p.space is not None
             return p.space.resident_pages()
 
@@ -540,6 +545,9 @@ class Machine:
             text_rows = vm.text_pages(loaded, self.plate.read(p.plate_name), image.text_areas)
         else:
             text_rows = rows(image.text_blocks, transport)
+            # The image is not moved; if this plate has it already (it ran here), use it.
+            known = self.plate.program_name(image.program.digest)
+            p.plate_name = known if self.plate.exists(known) else ""
         self._build_areas(p, image.text_areas, text_rows)
         created = [self._add_image_area(p, area) for area in image.other_areas]
         phases["transform_program"] = time.perf_counter() - t
@@ -693,7 +701,7 @@ class Machine:
             p = self._get(pid)
             if p.state is ProcessState.ZOMBIE:
                 return self._info(p)
-            if p.state is ProcessState.RUNNING:
+            if p.on_cpu:
                 # The computation finishes the quantum, then sees the zombie and releases it.
                 self.exit_process(p, 128 + signal, f"killed by signal {signal}")
                 return self._info(p)

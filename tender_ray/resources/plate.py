@@ -62,9 +62,13 @@ class Plate:
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 
+    @staticmethod
+    def program_name(digest: str) -> str:
+        return f"programs/{digest}"
+
     def store_program(self, image: bytes, digest: str) -> str:
         """Keep a program image once; its plate name."""
-        name = f"programs/{digest}"
+        name = self.program_name(digest)
         if not self.exists(name):
             self.write(name, image)
         return name

@@ -66,6 +66,7 @@ class Process:
         self.ended_at: float | None = None
         self.migrations: list[dict[str, object]] = []
         self.freeze_requested = False
+        self.on_cpu = False  # a computation is running it (its state may change under us)
         self.migrating = False  # a migration owns the process (one at a time)
 
     def reset(self) -> None:

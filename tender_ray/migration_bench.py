@@ -1,0 +1,159 @@
+"""The migration benchmark: the paper's claims as ratios measured side by side in one run.
+
+For processes with 1, 16 and 128 MiB touched, it migrates the same process back and forth
+between two machine actors under each strategy, and measures on the same cluster the baselines
+the ratios need: a raw object-store transfer of the same bytes plus three actor round trips
+(the lower bound), and what a Ray user would do instead (a new actor restoring the state).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from .cluster import Cluster
+from .config import MachineConfig
+from .migration import MigrationOptions, Resources, Transfer
+from .resources.real_memory import PAGE_SIZE
+
+# move_all first: it leaves the program image on both plates, so the process can move with
+# every strategy afterwards.
+STRATEGIES: dict[str, MigrationOptions] = {
+    "move_all": MigrationOptions(resources=Resources.ALL),
+    "dsm": MigrationOptions(),
+    "plate": MigrationOptions(transfer=Transfer.PLATE),
+    "no_reuse": MigrationOptions(reuse=False),
+}
+
+
+def workload(name: str) -> Path:
+    here = Path(os.environ.get("TENDER_WORKLOADS", Path(__file__).resolve().parents[1] /
+                               "workloads" / "bin"))
+    return here / name
+
+
+def _median_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    phases = sorted({k for r in records for k in r["phases"]})
+    return {
+        "seconds": statistics.median(r["seconds"] for r in records),
+        "bytes": records[0]["bytes"], "pages": records[0]["pages"],
+        "phases": {k: statistics.median(r["phases"].get(k, 0.0) for r in records)
+                   for k in phases},
+        "runs": len(records)}
+
+
+def _wait_touched(cluster: Cluster, machine: str, pid: int, nbytes: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = cluster.machine(machine).info(pid)
+        if info.resident_pages * PAGE_SIZE >= nbytes:
+            return
+        if info.state == "zombie":
+            raise RuntimeError(f"memhold ended early: {info.exit_reason}")
+        time.sleep(0.05)
+    raise RuntimeError("memhold did not touch its memory within 120 s")
+
+
+def migration_benchmark(sizes_mib: tuple[int, ...] = (1, 16, 128), repeats: int = 5,
+                        cluster: Cluster | None = None) -> dict[str, Any]:
+    """Run the benchmark on a fresh embedded cluster (or the one given); a JSON-able dict."""
+    own = cluster is None
+    if cluster is None:
+        cluster = Cluster(num_cpus=2, object_store_mib=max(512, 3 * max(sizes_mib)))
+    memory = max(256, 2 * max(sizes_mib) + 64)
+    names = ("bench0", "bench1")
+    for name in names:
+        if name not in cluster.machines:
+            cluster.add_machine(MachineConfig(name=name, memory_mib=memory, pool_size=4))
+    src, dst = (cluster.machine(n) for n in names)
+    results: list[dict[str, Any]] = []
+    try:
+        image = workload("memhold").read_bytes()
+        dst_node = dst.node_id()
+        for size in sizes_mib:
+            nbytes = size << 20
+            pid = src.exec(image, "memhold", ["memhold", str(size), "1000000", "5"])
+            _wait_touched(cluster, src.name, pid, nbytes)
+            where = [src, dst]
+            per_strategy: dict[str, dict[str, Any]] = {}
+            for label, options in STRATEGIES.items():
+                records = []
+                # A first move to warm code paths, then the measured ones, back and forth.
+                for i in range(repeats + 1):
+                    a, b = where
+                    record = a.migrate(pid, b.name, options)
+                    where = [b, a]
+                    if i:
+                        records.append(record)
+                per_strategy[label] = _median_record(records)
+            # Baselines, from the machine that holds the process now, with the same bytes.
+            moved = per_strategy["dsm"]["bytes"]
+            holder, other = where
+            probe = holder.probe_transfer(other.name, moved, repeats)
+            other_node = other.node_id() if other is not dst else dst_node
+            actor_restore = holder.probe_actor_restore(other_node, moved, repeats)
+            holder.kill(pid)
+            holder.reap(pid)
+            results.append(_ratios(size, per_strategy, probe, actor_restore))
+    finally:
+        if own:
+            cluster.shutdown()
+    return {"sizes": results, "repeats": repeats,
+            "targets": {"lower_bound_ratio": "<= 1.3", "vs_ray_actor_speedup": ">= 10",
+                        "reuse_speedup": ">= 3", "dsm_vs_plate_speedup": ">= 3",
+                        "needed_only_speedup": ">= 1.5"},
+            "host": {"cpus": os.cpu_count()}}
+
+
+def _ratios(size: int, s: dict[str, dict[str, Any]], probe: dict[str, float],
+            actor_restore: float) -> dict[str, Any]:
+    dsm = s["dsm"]
+    lower_bound = probe["transfer"] + 3 * probe["rtt"]
+
+    def create_delete(r: dict[str, Any]) -> float:
+        return float(r["phases"].get("create", 0.0) + r["phases"].get("delete", 0.0))
+
+    return {
+        "mib": size, "bytes": dsm["bytes"], "pages": dsm["pages"],
+        "migration_seconds": dsm["seconds"],
+        "raw_transfer_seconds": probe["transfer"], "round_trip_seconds": probe["rtt"],
+        "ray_actor_restore_seconds": actor_restore,
+        "lower_bound_ratio": dsm["seconds"] / lower_bound,
+        "vs_ray_actor_speedup": actor_restore / dsm["seconds"],
+        "reuse_speedup": create_delete(s["no_reuse"]) / create_delete(dsm),
+        "dsm_vs_plate_speedup": s["plate"]["seconds"] / dsm["seconds"],
+        "needed_only_speedup": s["move_all"]["seconds"] / dsm["seconds"],
+        "strategies": s,
+    }
+
+
+def print_migration_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="tender-ray migration benchmark (medians; ratios measured side by side)")
+    for col in ("MiB touched", "migration ms", "raw+3RTT ms", "lower_bound_ratio",
+                "vs_ray_actor", "reuse", "dsm_vs_plate", "needed_only"):
+        table.add_column(col, justify="right")
+    for r in result["sizes"]:
+        table.add_row(str(r["mib"]), f"{1000 * r['migration_seconds']:.1f}",
+                      f"{1000 * (r['raw_transfer_seconds'] + 3 * r['round_trip_seconds']):.1f}",
+                      f"{r['lower_bound_ratio']:.2f}", f"{r['vs_ray_actor_speedup']:.1f}x",
+                      f"{r['reuse_speedup']:.2f}x", f"{r['dsm_vs_plate_speedup']:.2f}x",
+                      f"{r['needed_only_speedup']:.2f}x")
+    console = Console()
+    console.print(table)
+    phases = Table(title="phases of a DSM migration, ms (median)")
+    names = ("freeze", "create", "export", "transform_space", "transform_program",
+             "transform_start", "transform_call", "commit", "delete")
+    phases.add_column("MiB", justify="right")
+    for n in names:
+        phases.add_column(n, justify="right")
+    for r in result["sizes"]:
+        ph = r["strategies"]["dsm"]["phases"]
+        phases.add_row(str(r["mib"]), *[f"{1000 * ph.get(n, 0.0):.2f}" for n in names])
+    console.print(phases)
+    console.print("targets: " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()))
