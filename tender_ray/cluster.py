@@ -167,8 +167,9 @@ class _ActorPeer:
         self.name = name
         self.handle = MachineHandle(name, actor)
 
-    def create(self, pid: int, frames: int, reuse: bool) -> None:
-        self.handle.call("create_incoming", pid, frames, reuse, timeout=CALL_TIMEOUT)
+    def create(self, pid: int, frames: int, reuse: bool) -> float:
+        return float(self.handle.call("create_incoming", pid, frames, reuse,
+                                      timeout=CALL_TIMEOUT))
 
     def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
         ref = self.handle.actor.transform.remote(image, options)

@@ -32,6 +32,7 @@ from .errors import (
     UnknownProcessError,
 )
 from .migration import (
+    BLOCK_PAGES,
     AreaImage,
     FaultPlan,
     KernelState,
@@ -40,8 +41,6 @@ from .migration import (
     ProcessImage,
     Resources,
     Transport,
-    blocks_of,
-    rows,
 )
 from .resources.computation import Computation, ComputationState, ComputationStatistics
 from .resources.manager import ManagerStatistics, ResourceManager
@@ -426,8 +425,9 @@ class Machine:
             memory = self.memory
         # Page copies happen outside the lock: the process is frozen, nothing changes them.
         with_text = options.resources is Resources.NEEDED
-        text_blocks = blocks_of(memory.read(text_frames), transport) if with_text else ()
-        data_blocks = blocks_of(memory.read(other_frames), transport)
+        text_blocks = tuple(transport.put(b) for b in memory.gather(text_frames, BLOCK_PAGES)
+                            ) if with_text else ()
+        data_blocks = tuple(transport.put(b) for b in memory.gather(other_frames, BLOCK_PAGES))
         program_image = None
         if options.resources is Resources.ALL:
             if not plate_name:
@@ -496,8 +496,10 @@ class Machine:
 
     # --- migration: the destination side -------------------------------------------------
 
-    def create_incoming(self, pid: int, frames: int, reuse: bool) -> None:
-        """Step 1: a kernel process for an arriving process (from the pool when reusing)."""
+    def create_incoming(self, pid: int, frames: int, reuse: bool) -> float:
+        """Step 1: a kernel process for an arriving process (from the pool when reusing);
+        the seconds it took."""
+        start = time.perf_counter()
         self.faults.check("create")
         with self._lock:
             self._check_running()
@@ -515,8 +517,10 @@ class Machine:
         p.state = ProcessState.KERNEL
         with self._lock:
             self._incoming[pid] = p
+        seconds = time.perf_counter() - start
         if reuse:
             threading.Thread(target=self.processes.refill, daemon=True).start()
+        return seconds
 
     def transform(self, image: ProcessImage, transport: Transport,
                   options: MigrationOptions) -> dict[str, float]:
@@ -542,19 +546,21 @@ class Machine:
             raw = transport.get(image.program_image).reshape(-1).tobytes()
             p.plate_name = self.plate.store_program(raw, image.program.digest)
             loaded = parse_program(self.plate.read(p.plate_name), image.program.name)
-            text_rows = vm.text_pages(loaded, self.plate.read(p.plate_name), image.text_areas)
+            text_blocks = [vm.text_pages(loaded, self.plate.read(p.plate_name),
+                                         image.text_areas)]
         else:
-            text_rows = rows(image.text_blocks, transport)
+            text_blocks = [transport.get(b) for b in image.text_blocks]
             # The image is not moved; if this plate has it already (it ran here), use it.
             known = self.plate.program_name(image.program.digest)
             p.plate_name = known if self.plate.exists(known) else ""
-        self._build_areas(p, image.text_areas, text_rows)
+        self._build_areas(p, image.text_areas, text_blocks)
         created = [self._add_image_area(p, area) for area in image.other_areas]
         phases["transform_program"] = time.perf_counter() - t
         # (III) change the start position: data, BSS, heap, stack and mappings, registers.
         t = time.perf_counter()
         self.faults.check("transform_start")
-        self._fill_areas(p, created, image.other_areas, rows(image.data_blocks, transport))
+        self._fill_areas(p, created, image.other_areas,
+                         [transport.get(b) for b in image.data_blocks])
         k = image.kernel
         p.name, p.brk_start, p.brk, p.mmap_top = k.name, k.brk_start, k.brk, k.mmap_top
         p.tid_address, p.sleep_left = k.tid_address, k.sleep_left
@@ -574,21 +580,20 @@ class Machine:
         return us
 
     def _build_areas(self, p: Process, areas: tuple[AreaImage, ...],
-                     pages: npt.NDArray[np.uint8]) -> None:
-        self._fill_areas(p, [self._add_image_area(p, a) for a in areas], areas, pages)
+                     blocks: list[npt.NDArray[np.uint8]]) -> None:
+        self._fill_areas(p, [self._add_image_area(p, a) for a in areas], areas, blocks)
 
     def _fill_areas(self, p: Process, user_spaces: list[VirtualUserSpace],
-                    areas: tuple[AreaImage, ...], pages: npt.NDArray[np.uint8]) -> None:
+                    areas: tuple[AreaImage, ...], blocks: list[npt.NDArray[np.uint8]]) -> None:
         """Write page contents into fresh frames of each area and make them visible."""
         frames: list[int] = []
         for us, area in zip(user_spaces, areas, strict=True):
             assert us.region is not None
-            frames += us.region.populate(list(area.present), self.memory)
-        if len(frames) != pages.shape[0]:
-            raise MigrationError(f"page blocks hold {pages.shape[0]} pages, the areas list "
-                                 f"{len(frames)}")
-        if frames:
-            self.memory.frames[frames] = pages
+            frames += us.region.populate(list(area.present), self.memory, zero=False)
+        try:
+            self.memory.scatter(frames, blocks)
+        except ValueError as exc:
+            raise MigrationError(f"page blocks do not match the areas: {exc}") from None
         assert p.space is not None
         for us in user_spaces:
             p.space.refresh(us)  # pasted before they had frames: write their entries now

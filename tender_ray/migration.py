@@ -36,8 +36,9 @@ from .resources.virtual_region import RegionKind
 
 PHASES = ("create", "transform_space", "transform_program", "transform_start", "delete")
 # Also timed, around the paper's phases: stopping the process, putting its pages into the
-# transport, the transform call's own round trip, and the destination's confirmation.
-EXTRA_PHASES = ("freeze", "export", "transform_call", "commit")
+# transport, the round trips of the create and transform calls (the phases themselves are the
+# destination's own work), and the destination's confirmation.
+EXTRA_PHASES = ("freeze", "create_call", "export", "transform_call", "commit")
 BLOCK_PAGES = 8192  # 32 MiB per page block: few objects, bounded memory spikes
 
 
@@ -191,7 +192,7 @@ class Peer(Protocol):
 
     name: str
 
-    def create(self, pid: int, frames: int, reuse: bool) -> None: ...
+    def create(self, pid: int, frames: int, reuse: bool) -> float: ...
     def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]: ...
     def commit(self, pid: int) -> None: ...
     def abort(self, pid: int) -> None: ...
@@ -220,19 +221,6 @@ class FaultPlan:
         raise FaultInjected(f"fault injected at phase {phase}")
 
 
-def blocks_of(pages: npt.NDArray[np.uint8], transport: Transport) -> tuple[Any, ...]:
-    return tuple(transport.put(pages[i: i + BLOCK_PAGES])
-                 for i in range(0, pages.shape[0], BLOCK_PAGES))
-
-
-def rows(blocks: tuple[Any, ...], transport: Transport) -> npt.NDArray[np.uint8]:
-    """All pages of a block list as one (n, 4096) array (no copy for a single block)."""
-    arrays = [transport.get(b) for b in blocks]
-    if not arrays:
-        return np.empty((0, PAGE_SIZE), dtype=np.uint8)
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-
-
 def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
                   options: MigrationOptions) -> MigrationRecord:
     """Migrate process `pid` of machine `source` to `peer`; the record of what happened.
@@ -253,8 +241,8 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
     committed = False
     try:
         t = time.perf_counter()
-        peer.create(pid, frames, options.reuse)
-        record.phases["create"] = time.perf_counter() - t
+        record.phases["create"] = peer.create(pid, frames, options.reuse)
+        record.phases["create_call"] = time.perf_counter() - t - record.phases["create"]
         t = time.perf_counter()
         image = source.export_image(pid, transport, options)
         record.phases["export"] = time.perf_counter() - t
@@ -290,4 +278,37 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
     record.seconds = time.perf_counter() - start
     transport.discard((*image.text_blocks, *image.data_blocks))
     source.note_migration(record)
+    return record
+
+
+class LocalPeer:
+    """A destination Machine in the same process: migrations without Ray (tests, tools)."""
+
+    def __init__(self, machine: Any, transport: Transport) -> None:
+        self.machine = machine
+        self.name: str = machine.name
+        self.transport = transport
+
+    def create(self, pid: int, frames: int, reuse: bool) -> float:
+        return float(self.machine.create_incoming(pid, frames, reuse))
+
+    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
+        return self.machine.transform(image, self.transport, options)  # type: ignore[no-any-return]
+
+    def commit(self, pid: int) -> None:
+        self.machine.commit(pid)
+
+    def abort(self, pid: int) -> None:
+        self.machine.abort(pid)
+
+
+def migrate_local(source: Any, pid: int, destination: Any,
+                  options: MigrationOptions | None = None,
+                  transport: Transport | None = None) -> MigrationRecord:
+    """Migrate between two Machines of this process; the record, also kept by the process."""
+    options = options or MigrationOptions()
+    if transport is None:
+        transport = LocalTransport()
+    record = run_migration(source, pid, LocalPeer(destination, transport), transport, options)
+    destination.record_migration(pid, record.as_dict())
     return record

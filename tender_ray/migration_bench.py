@@ -147,8 +147,8 @@ def print_migration_table(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     phases = Table(title="phases of a DSM migration, ms (median)")
-    names = ("freeze", "create", "export", "transform_space", "transform_program",
-             "transform_start", "transform_call", "commit", "delete")
+    names = ("freeze", "create", "create_call", "export", "transform_space",
+             "transform_program", "transform_start", "transform_call", "commit", "delete")
     phases.add_column("MiB", justify="right")
     for n in names:
         phases.add_column(n, justify="right")

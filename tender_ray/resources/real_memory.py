@@ -30,6 +30,17 @@ def page_up(address: int) -> int:
     return (address + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
+def _runs(frames: Sequence[int]) -> list[tuple[int, int]]:
+    """(first frame, length) of each run of consecutive frame numbers, in order."""
+    if len(frames) == 0:
+        return []
+    f = np.asarray(frames, dtype=np.int64)
+    cuts = np.flatnonzero(np.diff(f) != 1) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [len(f)]))
+    return [(int(f[a]), int(b - a)) for a, b in zip(starts, ends, strict=True)]
+
+
 @dataclass(frozen=True)
 class RealMemoryStatistics:
     frames_total: int
@@ -59,8 +70,9 @@ class RealMemory:
     def free_frames(self) -> int:
         return len(self._free)
 
-    def allocate(self, count: int) -> list[int]:
-        """`count` zeroed frames, or OutOfMemoryError with nothing allocated."""
+    def allocate(self, count: int, zero: bool = True) -> list[int]:
+        """`count` frames (zeroed unless the caller overwrites them whole), or
+        OutOfMemoryError with nothing allocated."""
         with self._lock:
             if count > len(self._free):
                 raise OutOfMemoryError(
@@ -69,7 +81,7 @@ class RealMemory:
                 )
             taken = self._free[len(self._free) - count :]
             del self._free[len(self._free) - count :]
-        if taken:
+        if taken and zero:
             self.frames[taken] = 0
         return taken
 
@@ -91,6 +103,37 @@ class RealMemory:
     def read(self, frames: Sequence[int]) -> npt.NDArray[np.uint8]:
         """A copy of the given frames as one (n, 4096) block."""
         return self.frames[list(frames)]
+
+    def gather(self, frames: Sequence[int], max_pages: int,
+               max_views: int = 64) -> list[npt.NDArray[np.uint8]]:
+        """The given frames' contents as a few (n, 4096) blocks of at most `max_pages` rows.
+
+        Runs of consecutive frames come back as views of real memory (no copy: the caller
+        must not let the frames change while it uses them); a list too fragmented for that
+        is copied into dense blocks instead.
+        """
+        runs = _runs(frames)
+        if len(runs) <= max_views:
+            return [self.frames[a + i: a + min(n, i + max_pages)]
+                    for a, n in runs for i in range(0, n, max_pages)]
+        return [self.frames[list(frames[i: i + max_pages])]
+                for i in range(0, len(frames), max_pages)]
+
+    def scatter(self, frames: Sequence[int], blocks: Iterable[npt.NDArray[np.uint8]]) -> None:
+        """Write the rows of `blocks`, in order, into `frames` (slice copies for runs)."""
+        done = 0
+        for block in blocks:
+            n = block.shape[0]
+            part = frames[done: done + n]
+            if len(part) != n:
+                raise ValueError(f"{done + n} pages for {len(frames)} frames")
+            pos = 0
+            for a, k in _runs(part):
+                self.frames[a: a + k] = block[pos: pos + k]
+                pos += k
+            done += n
+        if done != len(frames):
+            raise ValueError(f"{done} pages for {len(frames)} frames")
 
     def write(self, frames: Sequence[int], block: npt.NDArray[np.uint8]) -> None:
         self.frames[list(frames)] = block

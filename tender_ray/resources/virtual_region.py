@@ -71,10 +71,13 @@ class VirtualRegion:
             self.frames[index] = frame
         return frame
 
-    def populate(self, indexes: list[int], memory: RealMemory) -> list[int]:
-        """Give every listed not-present page a frame at once; the frames of all listed pages."""
+    def populate(self, indexes: list[int], memory: RealMemory, zero: bool = True) -> list[int]:
+        """Give every listed not-present page a frame at once; the frames of all listed pages.
+
+        `zero=False` when the caller overwrites every listed page at once.
+        """
         missing = [i for i in indexes if self.frames[i] == NOT_PRESENT]
-        for i, frame in zip(missing, memory.allocate(len(missing)), strict=True):
+        for i, frame in zip(missing, memory.allocate(len(missing), zero), strict=True):
             self.frames[i] = frame
         return [self.frames[i] for i in indexes]
 
