@@ -7,13 +7,14 @@ travel, and a call to a machine that died fails with `MachineStoppedError` inste
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,7 +122,7 @@ class _MachineActor:
         return self._machine.name
 
 
-_RemoteMachine = ray.remote(_MachineActor)
+_RemoteMachine: Any = ray.remote(_MachineActor)
 
 
 class _StateActor:
@@ -134,7 +135,7 @@ class _StateActor:
         return True
 
 
-_RemoteState = ray.remote(_StateActor)
+_RemoteState: Any = ray.remote(_StateActor)
 
 
 class RayTransport:
@@ -173,7 +174,7 @@ class _ActorPeer:
 
     def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
         ref = self.handle.actor.transform.remote(image, options)
-        return self.handle.resolve(ref, timeout=options.timeout)  # type: ignore[no-any-return]
+        return self.handle.resolve(ref, timeout=options.timeout)
 
     def commit(self, pid: int) -> None:
         self.handle.call("commit", pid, timeout=CALL_TIMEOUT)
@@ -226,25 +227,25 @@ class MachineHandle:
         return int(self.call("exec", image, name, list(argv), list(envp)))
 
     def info(self, pid: int) -> ProcessInfo:
-        return self.call("info", pid)  # type: ignore[no-any-return]
+        return self.call("info", pid)
 
     def wait(self, pid: int, timeout: float | None = None) -> ProcessInfo:
-        return self.call("wait", pid, timeout)  # type: ignore[no-any-return]
+        return self.call("wait", pid, timeout)
 
     def take_output(self, pid: int) -> tuple[bytes, bytes]:
-        return self.call("take_output", pid)  # type: ignore[no-any-return]
+        return self.call("take_output", pid)
 
     def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]:
-        return self.call("reap", pid)  # type: ignore[no-any-return]
+        return self.call("reap", pid)
 
     def kill(self, pid: int, signal: int = 9) -> ProcessInfo:
-        return self.call("kill", pid, signal)  # type: ignore[no-any-return]
+        return self.call("kill", pid, signal)
 
     def list_processes(self) -> list[ProcessInfo]:
-        return self.call("list_processes")  # type: ignore[no-any-return]
+        return self.call("list_processes")
 
     def statistics(self, timeout: float | None = None) -> MachineStatistics:
-        return self.call("statistics", timeout=timeout)  # type: ignore[no-any-return]
+        return self.call("statistics", timeout=timeout)
 
     def node_id(self) -> str:
         return str(self.resolve(self.actor.node_id.remote()))
@@ -253,13 +254,13 @@ class MachineHandle:
                 timeout: float | None = None) -> dict[str, Any]:
         """Migrate process `pid` from this machine to `destination`; the migration record."""
         ref = self.actor.migrate.remote(pid, destination, options or MigrationOptions())
-        return self.resolve(ref, timeout)  # type: ignore[no-any-return]
+        return self.resolve(ref, timeout)
 
     def inject_fault(self, phase: str) -> None:
         self.resolve(self.actor.inject_fault.remote(phase))
 
     def probe_transfer(self, destination: str, nbytes: int, repeats: int) -> dict[str, float]:
-        return self.resolve(  # type: ignore[no-any-return]
+        return self.resolve(
             self.actor.probe_transfer.remote(destination, nbytes, repeats))
 
     def probe_actor_restore(self, node_id: str, nbytes: int, repeats: int) -> float:
@@ -330,10 +331,8 @@ class Cluster:
     def stop_machine(self, name: str, *, graceful: bool = True) -> None:
         handle = self.machine(name)
         if graceful:
-            try:
+            with contextlib.suppress(MachineStoppedError):
                 handle.call("stop", timeout=60)
-            except MachineStoppedError:
-                pass
         ray.kill(handle.actor, no_restart=True)
         del self._machines[name]
 

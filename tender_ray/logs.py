@@ -36,4 +36,4 @@ def configure(fmt: str | None = None, level: str | None = None) -> None:
 
 def get(name: str) -> structlog.typing.FilteringBoundLogger:
     configure()
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

@@ -147,7 +147,7 @@ class Machine:
         self.faults = FaultPlan()
         self.migration_totals: Counter[str] = Counter()  # "out_ok", "in_ok", "out_failed"...
         self.migration_bytes = 0
-        self.migration_phase_seconds: Counter[str] = Counter()
+        self.migration_phase_seconds: dict[str, float] = {}
         self.migration_records: deque[dict[str, object]] = deque(maxlen=64)
         self.computations = [Computation(i) for i in range(self.config.computations)]
         for comp in self.computations:
@@ -458,7 +458,8 @@ class Machine:
         with self._lock:
             self.migration_totals[f"out_{record.result}"] += 1
             for phase, seconds in record.phases.items():
-                self.migration_phase_seconds[phase] += seconds
+                self.migration_phase_seconds[phase] = (
+                    self.migration_phase_seconds.get(phase, 0.0) + seconds)
             self.migration_records.append(record.as_dict())
 
     def migrate_space(self, pid: int) -> MigrationRecord:

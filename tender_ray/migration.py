@@ -14,6 +14,7 @@ on a shared plate (the NFS-like path the paper compares against).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
@@ -153,7 +154,7 @@ class LocalTransport:
         return block
 
     def get(self, handle: Any) -> npt.NDArray[np.uint8]:
-        return handle  # type: ignore[no-any-return]
+        return handle
 
     def discard(self, handles: tuple[Any, ...]) -> None:
         pass
@@ -169,7 +170,7 @@ class PlateTransport:
     def put(self, block: npt.NDArray[np.uint8]) -> Any:
         path = self.directory / f"block-{uuid.uuid4().hex}.pages"
         with open(path, "wb") as f:
-            f.write(memoryview(np.ascontiguousarray(block)).cast("B"))
+            f.write(np.ascontiguousarray(block).data)
             f.flush()
             os.fsync(f.fileno())  # written through, as a file server would have it
         return (str(path), block.shape[0])
@@ -260,10 +261,8 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
         committed = True
     except BaseException as exc:
         if not committed:
-            try:
-                peer.abort(pid)
-            except (TenderError, OSError):
-                pass  # a dead peer has nothing left to release
+            with contextlib.suppress(TenderError, OSError):
+                peer.abort(pid)  # a dead peer has nothing left to release
             source.thaw(pid)
         if image is not None:
             transport.discard((*image.text_blocks, *image.data_blocks))
@@ -293,7 +292,7 @@ class LocalPeer:
         return float(self.machine.create_incoming(pid, frames, reuse))
 
     def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
-        return self.machine.transform(image, self.transport, options)  # type: ignore[no-any-return]
+        return self.machine.transform(image, self.transport, options)
 
     def commit(self, pid: int) -> None:
         self.machine.commit(pid)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
@@ -99,7 +100,7 @@ def parse_program(image: bytes, name: str) -> Program:
     if not segments:
         raise BadProgramError(name, "has no loadable segment")
     ordered = sorted(segments, key=lambda s: s.vaddr)
-    for a, b in zip(ordered, ordered[1:], strict=False):
+    for a, b in itertools.pairwise(ordered):
         if page_up(a.vaddr + a.memsz) > page_down(b.vaddr):
             raise BadProgramError(name, "segments share a page; link with the default "
                                         "page-aligned layout")

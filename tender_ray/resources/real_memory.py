@@ -53,7 +53,8 @@ class RealMemory:
 
     def __init__(self, size_bytes: int) -> None:
         if size_bytes < PAGE_SIZE or size_bytes % PAGE_SIZE:
-            raise ValueError(f"real memory size must be a positive multiple of 4096, got {size_bytes}")
+            raise ValueError(
+                f"real memory size must be a positive multiple of 4096, got {size_bytes}")
         self.size = size_bytes
         self.nframes = size_bytes // PAGE_SIZE
         # Anonymous private mapping: page-aligned, zero-filled and committed lazily by the host.
