@@ -24,6 +24,9 @@ class MachineConfig(BaseModel):
         default=None, ge=1000,
         description="exact quanta of this many instructions (deterministic, slower) instead "
                     "of timed ones")
+    engine: str = Field(default="auto", pattern=r"^(auto|native|emulated)$",
+                        description="what runs processes: native (host processes under "
+                                    "ptrace, Linux x86-64), emulated (Unicorn) or auto")
     reuse: bool = Field(default=True, description="pre-create and hold resources for reuse")
     pool_size: int = Field(default=2, ge=0, le=64,
                            description="kernel processes created in advance")

@@ -16,13 +16,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
-from . import vm
+from . import engine, vm
 from .config import MachineConfig
-from .cpu import Cpu, EngineError, Stop, StopKind
+from .cpu import EngineError, Stop, StopKind
 from .errors import (
     BadProgramError,
     MachineStoppedError,
@@ -112,6 +113,7 @@ class Machine:
             self._plate_tmp = tempfile.TemporaryDirectory(prefix=f"tender-plate-{self.name}-")
             self.plate = Plate(self._plate_tmp.name)
         self.exact = self.config.quantum_instructions is not None
+        self.engine, self.engine_notice = engine.resolve(self.config.engine)
         self.quantum = self.config.quantum_instructions or self.config.quantum_us
         reuse = self.config.reuse
         memory = self.memory
@@ -161,24 +163,24 @@ class Machine:
     def _new_kernel_process(self) -> Process:
         p = Process()
         p.space = self.kernel_space
-        p.cpu = Cpu(self.memory, exact=self.exact)
+        p.cpu = engine.create(self.engine, self.memory, exact=self.exact)
         return p
 
     def _reset_kernel_process(self, p: Process) -> None:
         cpu = p.cpu
         p.reset()
-        if isinstance(cpu, Cpu):
-            cpu.reset()
+        if cpu is not None:
+            cast(engine.Engine, cpu).reset()
         p.space = self.kernel_space
 
     def _destroy_kernel_process(self, p: Process) -> None:
-        if isinstance(p.cpu, Cpu):
-            p.cpu.close()
+        if p.cpu is not None:
+            cast(engine.Engine, p.cpu).close()
         p.cpu = None
 
-    def _cpu(self, p: Process) -> Cpu:
-        assert isinstance(p.cpu, Cpu)
-        return p.cpu
+    def _cpu(self, p: Process) -> engine.Engine:
+        assert p.cpu is not None
+        return cast(engine.Engine, p.cpu)
 
     def _bind(self, p: Process) -> None:
         """Point the process's CPU at its space and system calls, and load its registers."""
