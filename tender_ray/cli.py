@@ -77,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="arguments passed to the program")
+    r = sub.add_parser(
+        "run", help="run a load-balancing scenario (default: configs/laptop.yaml)",
+        description="Run a scenario from configs/*.yaml: machines, arriving programs, a "
+                    "balancer policy and timed events (drain, undrain, add or stop a machine), "
+                    "with a live view; at the end a summary and a report directory with "
+                    "report.json and load.png.")
+    r.add_argument("scenario", nargs="?", default=None, metavar="SCENARIO",
+                   help="scenario file (default: configs/laptop.yaml)")
+    r.add_argument("--report", metavar="DIR", default=None,
+                   help="report directory (default: reports/<scenario>-<time>)")
+    r.add_argument("--address", default=None,
+                   help="run on an existing Ray cluster instead of an embedded one")
+    r.add_argument("--policy", default=None,
+                   choices=["none", "threshold", "greedy", "age", "cost"],
+                   help="override the scenario's balancer policy")
+    r.add_argument("--compare", metavar="POLICIES", default=None,
+                   help="run the scenario once per policy (comma-separated) and print one "
+                        "table")
+    r.add_argument("--no-live", action="store_true", help="plain log lines instead of the "
+                                                          "live view")
     b = sub.add_parser("bench", help="run a benchmark",
                        description="Benchmarks that report ratios measured side by side in "
                                    "one run.")
@@ -162,6 +182,44 @@ def cmd_exec(ns: argparse.Namespace) -> int:
     return result.exit_status
 
 
+def default_scenario() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base / "configs" / "laptop.yaml"
+        if candidate.is_file():
+            return candidate
+    return Path("configs/laptop.yaml")
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    import time as _time
+
+    from .config import load_scenario
+    from .live import print_compare, print_summary, run_live
+
+    path = Path(ns.scenario) if ns.scenario else default_scenario()
+    scenario, programs = load_scenario(path)
+    if ns.compare:
+        policies = [p.strip() for p in ns.compare.split(",") if p.strip()]
+        bad = [p for p in policies if p not in ("none", "threshold", "greedy", "age", "cost")]
+        if bad or not policies:
+            raise UsageError(f"--compare: unknown policies {bad}; choose from none, "
+                             "threshold, greedy, age, cost")
+        reports = []
+        for policy in policies:
+            report_dir = Path(ns.report or "reports") / f"{scenario.name}-{policy}"
+            result = run_live(scenario, programs, address=ns.address, policy=policy,
+                              report_dir=report_dir, live=False)
+            reports.append(result.report)
+        print_compare(reports)
+        return 0 if all(r["all_match_native"] for r in reports) else 1
+    stamp = _time.strftime("%Y%m%d-%H%M%S")
+    report_dir = Path(ns.report) if ns.report else Path("reports") / f"{scenario.name}-{stamp}"
+    result = run_live(scenario, programs, address=ns.address, policy=ns.policy,
+                      report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty())
+    print_summary(result.report, report_dir)
+    return 0 if result.report["all_match_native"] and not result.report["lost"] else 1
+
+
 def _environment() -> list[str]:
     return [f"{k}={v}" for k, v in os.environ.items()]
 
@@ -172,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"exec": cmd_exec, "bench": cmd_bench}
+    handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run}
     try:
         return handlers[ns.command](ns)
     except UsageError as exc:

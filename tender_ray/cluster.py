@@ -11,6 +11,7 @@ import contextlib
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from .balancer import Balancer, BalancerParams, MachineLoad, snapshot
 from .config import MachineConfig
 from .errors import MachineStoppedError, TenderError, UnknownMachineError
-from .machine import Machine, MachineStatistics, ProcessInfo
+from .machine import Machine, MachineStatistics, PollResult, ProcessInfo
 from .migration import (
     MigrationOptions,
     PlateTransport,
@@ -42,12 +44,14 @@ PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
 class _MachineActor:
     """The actor body: a Machine and nothing else. Only `cluster.py` knows this class."""
 
-    def __init__(self, config: dict[str, Any], pid_base: int, shared_plate: str) -> None:
+    def __init__(self, config: dict[str, Any], pid_base: int, shared_plate: str,
+                 prefix: str = "") -> None:
         from . import logs  # configured once per actor process
 
         logs.configure()
         self._machine = Machine(MachineConfig(**config), pid_base=pid_base)
         self._shared = shared_plate
+        self._prefix = prefix  # actor names are prefix + machine name
         self._peers: dict[str, _ActorPeer] = {}  # destination handles, looked up once
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -69,7 +73,7 @@ class _MachineActor:
     def _peer(self, name: str) -> _ActorPeer:
         peer = self._peers.get(name)
         if peer is None:
-            peer = self._peers[name] = _ActorPeer(name)
+            peer = self._peers[name] = _ActorPeer(name, self._prefix)
         return peer
 
     # Baselines for the migration benchmark, measured from inside this machine's actor.
@@ -125,6 +129,168 @@ class _MachineActor:
 _RemoteMachine: Any = ray.remote(_MachineActor)
 
 
+@dataclass(frozen=True)
+class DrainReport:
+    """What a drain did: each process moved off, how long it took, and what was left."""
+
+    machine: str
+    seconds: float
+    deadline: float
+    moved: tuple[dict[str, Any], ...]  # migration records
+    left: tuple[int, ...]  # pids still there at the deadline
+    ok: bool
+
+
+@dataclass(frozen=True)
+class BalancerState:
+    rounds: int
+    decisions: int
+    migrations: tuple[dict[str, Any], ...]
+    failures: tuple[str, ...]
+    drains: tuple[DrainReport, ...]
+    draining: tuple[str, ...]
+
+
+class _BalancerActor:
+    """Watches every machine and migrates processes as its `Balancer` plans (policy, drains,
+    and machines on Ray nodes that Ray itself is draining)."""
+
+    def __init__(self, machines: list[str], params: BalancerParams, options: MigrationOptions,
+                 interval: float, prefix: str) -> None:
+        from . import logs
+
+        logs.configure()
+        self._log = logs.get("balancer")
+        self._prefix = prefix
+        self._handles: dict[str, MachineHandle] = {}
+        self._nodes: dict[str, str] = {}
+        self._lock = threading.Lock()
+        for name in machines:
+            self.add_machine(name)
+        self._balancer = Balancer(params)
+        self._options = options
+        self._interval = interval
+        self._migrations: list[dict[str, Any]] = []
+        self._failures: list[str] = []
+        self._drains: list[DrainReport] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="balancer")
+        self._thread.start()
+
+    def ready(self) -> bool:
+        return True
+
+    def add_machine(self, name: str) -> None:
+        actor = ray.get_actor(self._prefix + name, namespace=ray.get_runtime_context().namespace)
+        handle = MachineHandle(name, actor)
+        node = handle.node_id()
+        with self._lock:
+            self._handles[name] = handle
+            self._nodes[name] = node
+
+    def remove_machine(self, name: str) -> None:
+        with self._lock:
+            self._handles.pop(name, None)
+            self._nodes.pop(name, None)
+
+    def _snapshots(self) -> list[MachineLoad]:
+        with self._lock:
+            handles = dict(self._handles)
+        refs = {n: (h.call_async("statistics"), h.call_async("list_processes"))
+                for n, h in handles.items()}
+        now = time.time()
+        loads = []
+        for name, (s_ref, p_ref) in refs.items():
+            try:
+                stats = handles[name].resolve(s_ref, CALL_TIMEOUT)
+                procs = handles[name].resolve(p_ref, CALL_TIMEOUT)
+            except TenderError:
+                continue  # a dead machine is not a place to balance to or from
+            loads.append(snapshot(stats, procs, now))
+        return loads
+
+    def _cordon_draining_nodes(self) -> None:
+        """Ray marks a node DRAINING (preemption, `ray drain-node`); move its machines' work."""
+        try:
+            draining = set(ray._private.state.state.get_draining_nodes())
+        except Exception:  # an older Ray without the call: nothing to follow
+            return
+        with self._lock:
+            hit = [n for n, node in self._nodes.items() if node in draining]
+        for name in hit:
+            with contextlib.suppress(TenderError):
+                self._handles[name].call("cordon", timeout=CALL_TIMEOUT)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._round()
+            except Exception as exc:  # the loop must survive a bad round
+                self._failures.append(f"round failed: {exc!r}")
+
+    def _round(self) -> None:
+        self._cordon_draining_nodes()
+        machines = self._snapshots()
+        moves = self._balancer.plan(machines, time.monotonic())
+        for move in moves:
+            handle = self._handles.get(move.source)
+            if handle is None:
+                continue
+            try:
+                record = handle.migrate(move.pid, move.destination, self._options,
+                                        timeout=self._options.timeout + CALL_TIMEOUT)
+            except TenderError as exc:
+                self._failures.append(f"{move}: {exc}")
+                continue
+            record["reason"] = move.reason
+            self._balancer.moved(move.pid, time.monotonic())
+            self._balancer.observe(int(record["bytes"]), float(record["seconds"]))
+            with self._lock:
+                self._migrations.append(record)
+            self._log.info("migrated", pid=move.pid, source=move.source,
+                           destination=move.destination, reason=move.reason,
+                           seconds=record["seconds"])
+
+    def drain(self, machine: str, deadline: float) -> DrainReport:
+        """Cordon `machine`, wait until the balancer has moved every process off it or the
+        deadline passes; what moved and how long each took."""
+        start = time.time()
+        handle = self._handles[machine]
+        handle.call("cordon", timeout=CALL_TIMEOUT)
+        left: list[int] = []
+        while time.time() - start < deadline:
+            try:
+                procs = handle.list_processes()
+            except TenderError:
+                break
+            left = [p.pid for p in procs if p.state != "zombie"]
+            if not left:
+                break
+            time.sleep(min(self._interval, 0.05))
+        with self._lock:
+            moved = tuple(r for r in self._migrations
+                          if r["from"] == machine and r["started_at"] >= start)
+        report = DrainReport(machine, time.time() - start, deadline, moved, tuple(left),
+                             not left)
+        with self._lock:
+            self._drains.append(report)
+        return report
+
+    def state(self) -> BalancerState:
+        with self._lock:
+            return BalancerState(self._balancer.rounds, self._balancer.decisions,
+                                 tuple(self._migrations), tuple(self._failures),
+                                 tuple(self._drains), ())
+
+    def stop(self) -> BalancerState:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return self.state()
+
+
+_RemoteBalancer: Any = ray.remote(_BalancerActor)
+
+
 class _StateActor:
     """A plain Ray actor holding restored state: the baseline a migration is compared with."""
 
@@ -160,9 +326,9 @@ def _transport(options: MigrationOptions, shared_plate: str) -> Transport:
 class _ActorPeer:
     """The destination machine, reached from inside the source machine's actor."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, prefix: str) -> None:
         try:
-            actor = ray.get_actor(name, namespace=ray.get_runtime_context().namespace)
+            actor = ray.get_actor(prefix + name, namespace=ray.get_runtime_context().namespace)
         except ValueError:
             raise UnknownMachineError(f"unknown machine {name!r}: no such actor") from None
         self.name = name
@@ -273,7 +439,8 @@ class Cluster:
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  object_store_mib: int = 256, namespace: str = NAMESPACE,
-                 shared_plate: str | None = None) -> None:
+                 shared_plate: str | None = None, prefix: str = "") -> None:
+        self.prefix = prefix  # actor names: prefix + machine name (runs side by side)
         self._owns_ray = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(namespace=namespace, include_dashboard=False,
@@ -288,6 +455,7 @@ class Cluster:
             self._owns_ray = True
         self._machines: dict[str, MachineHandle] = {}
         self._next_index = 0
+        self._balancer: Any = None
         # The plate every machine can reach, for the plate transfer path. On one host a
         # temporary directory; on a real cluster pass a shared (NFS) mount.
         self._shared_tmp = None if shared_plate else tempfile.TemporaryDirectory(
@@ -313,8 +481,8 @@ class Cluster:
             raise UnknownMachineError(f"machine {config.name!r} exists already")
         index = self._next_index
         self._next_index += 1
-        options: dict[str, Any] = dict(num_cpus=0, max_concurrency=64, name=config.name,
-                                       max_restarts=0)
+        options: dict[str, Any] = dict(num_cpus=0, max_concurrency=64,
+                                       name=self.prefix + config.name, max_restarts=0)
         if detached:
             options["lifetime"] = "detached"
         if node_id is not None:
@@ -322,21 +490,84 @@ class Cluster:
         if resources:
             options["resources"] = resources
         actor = _RemoteMachine.options(**options).remote(
-            config.model_dump(), (index + 1) * PID_STRIDE + 1000, self.shared_plate)
+            config.model_dump(), (index + 1) * PID_STRIDE + 1000, self.shared_plate, self.prefix)
         handle = MachineHandle(config.name, actor)
         ray.get(actor.ping.remote())
         self._machines[config.name] = handle
+        if self._balancer is not None:
+            ray.get(self._balancer.add_machine.remote(config.name), timeout=CALL_TIMEOUT)
         return handle
 
     def stop_machine(self, name: str, *, graceful: bool = True) -> None:
+        """Stop a machine. Graceful: its processes end and its memory is freed first; not
+        graceful: the actor is killed at once (a crash, as far as its processes know)."""
         handle = self.machine(name)
         if graceful:
             with contextlib.suppress(MachineStoppedError):
                 handle.call("stop", timeout=60)
-        ray.kill(handle.actor, no_restart=True)
+        with contextlib.suppress(Exception):
+            ray.kill(handle.actor, no_restart=True)
         del self._machines[name]
+        if self._balancer is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self._balancer.remove_machine.remote(name), timeout=CALL_TIMEOUT)
+
+    # --- the balancer --------------------------------------------------------------------
+
+    def start_balancer(self, params: BalancerParams, options: MigrationOptions,
+                       interval: float) -> None:
+        self._balancer = _RemoteBalancer.options(num_cpus=0, max_concurrency=16).remote(
+            list(self._machines), params, options, interval, self.prefix)
+        ray.get(self._balancer.ready.remote())
+
+    def _require_balancer(self) -> Any:
+        if self._balancer is None:
+            raise UnknownMachineError("no balancer runs on this cluster")
+        return self._balancer
+
+    def drain_async(self, machine: str, deadline: float) -> Any:
+        """Cordon `machine` and have the balancer move everything off it; a ref to the
+        DrainReport (resolve with `resolve_drain`)."""
+        self.machine(machine)
+        return self._require_balancer().drain.remote(machine, deadline)
+
+    def resolve_drain(self, ref: Any, timeout: float | None = None) -> DrainReport:
+        return ray.get(ref, timeout=timeout)
+
+    def undrain(self, machine: str) -> None:
+        self.machine(machine).call("uncordon")
+
+    def balancer_state(self) -> BalancerState:
+        return ray.get(self._require_balancer().state.remote(),
+                       timeout=CALL_TIMEOUT)
+
+    def stop_balancer(self) -> BalancerState | None:
+        if self._balancer is None:
+            return None
+        state: BalancerState = ray.get(self._balancer.stop.remote(), timeout=CALL_TIMEOUT)
+        ray.kill(self._balancer, no_restart=True)
+        self._balancer = None
+        return state
+
+    def poll_all(self, timeout: float = CALL_TIMEOUT) -> dict[str, PollResult | BaseException]:
+        """Poll every machine at once; a machine that fails answers with its error."""
+        refs = {name: h.call_async("poll") for name, h in self._machines.items()}
+        out: dict[str, PollResult | BaseException] = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = self._machines[name].resolve(ref, timeout)
+            except TenderError as exc:
+                out[name] = exc
+        return out
+
+    def node_cpus(self) -> dict[str, float]:
+        """CPUs of every alive Ray node, by node id."""
+        return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0))
+                for n in ray.nodes() if n.get("Alive")}
 
     def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop_balancer()
         for name in list(self._machines):
             self.stop_machine(name)
         if self._owns_ray:

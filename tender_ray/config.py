@@ -6,7 +6,13 @@ trust its inputs; an error names the file, the field and what is wrong.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
 
 
 class MachineConfig(BaseModel):
@@ -33,3 +39,162 @@ class MachineConfig(BaseModel):
     plate_dir: str | None = Field(default=None,
                                   description="the machine's plate directory (default: a "
                                               "temporary directory)")
+
+
+# --- scenarios (configs/*.yaml) ---------------------------------------------------------------
+
+class RayOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str | None = Field(default=None, description="existing cluster; none: embedded")
+    num_cpus: int | None = Field(default=None, ge=1, description="embedded Ray's CPUs")
+    object_store_mib: int = Field(default=256, ge=64)
+
+
+class MachineSpec(BaseModel):
+    """Machines of a scenario: one, or `count` named `<name>0..` when count > 1."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,60}$")
+    count: int = Field(default=1, ge=1, le=64)
+    computations: int = Field(default=1, ge=1, le=64)
+    memory_mib: int = Field(default=512, ge=1, le=1 << 20)
+    quantum_us: int = Field(default=5000, ge=100, le=1_000_000)
+    engine: str = Field(default="auto", pattern=r"^(auto|native|emulated)$")
+    node_resource: str | None = Field(
+        default=None, description="place the machine on the Ray node offering this custom "
+                                   "resource")
+
+    def configs(self) -> list[MachineConfig]:
+        names = [self.name] if self.count == 1 else [f"{self.name}{i}" for i in range(self.count)]
+        return [MachineConfig(name=n, computations=self.computations, memory_mib=self.memory_mib,
+                              quantum_us=self.quantum_us, engine=self.engine) for n in names]
+
+
+class WorkloadSpec(BaseModel):
+    """Processes of one program: `count` of them, arriving at `at` and then every
+    1/`rate` seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    program: str = Field(description="a file in workloads/bin, or a path (relative to the "
+                                     "scenario file)")
+    args: list[str] = Field(default_factory=list)
+    count: int = Field(default=1, ge=1, le=10_000)
+    at: float = Field(default=0.0, ge=0.0, description="seconds after the start")
+    rate: float | None = Field(default=None, gt=0.0,
+                               description="arrivals per second after the first")
+    machine: str | None = Field(default=None,
+                                description="where they start; none: the least loaded")
+
+
+class BalancerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: str = Field(default="threshold", pattern=r"^(none|threshold|greedy|age|cost)$")
+    interval: float = Field(default=0.25, gt=0.0, le=60.0, description="seconds per round")
+    margin: float = Field(default=0.5, ge=0.0)
+    max_moves: int = Field(default=2, ge=1, le=1000)
+    cooldown: float = Field(default=1.0, ge=0.0)
+
+
+class MigrationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transfer: str = Field(default="dsm", pattern=r"^(dsm|plate)$")
+    reuse: bool = True
+    resources: str = Field(default="needed", pattern=r"^(needed|all)$")
+
+
+class EventSpec(BaseModel):
+    """Something that happens to the cluster at a time: drain, undrain, add or stop a machine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at: float = Field(ge=0.0)
+    action: str = Field(pattern=r"^(drain|undrain|add_machine|stop_machine)$")
+    machine: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    deadline: float = Field(default=30.0, gt=0.0, description="drain: seconds to empty it")
+    computations: int = Field(default=1, ge=1, le=64, description="add_machine")
+    memory_mib: int = Field(default=512, ge=1, description="add_machine")
+
+
+class Scenario(BaseModel):
+    """A load-balancing scenario: machines, workloads, a balancer, and timed events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    ray: RayOptions = Field(default_factory=RayOptions)
+    machines: list[MachineSpec] = Field(min_length=1)
+    workloads: list[WorkloadSpec] = Field(min_length=1)
+    balancer: BalancerSpec = Field(default_factory=BalancerSpec)
+    migration: MigrationSpec = Field(default_factory=MigrationSpec)
+    events: list[EventSpec] = Field(default_factory=list)
+    timeout: float = Field(default=600.0, gt=0.0, description="seconds before giving up")
+
+    def machine_configs(self) -> list[MachineConfig]:
+        return [c for spec in self.machines for c in spec.configs()]
+
+
+def workloads_dir() -> Path:
+    """Where the built workloads are: $TENDER_WORKLOADS, else workloads/bin of this checkout."""
+    env = os.environ.get("TENDER_WORKLOADS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "workloads" / "bin"
+
+
+def resolve_program(program: str, base: Path) -> Path:
+    """A scenario's program: a workloads/bin name, or a path relative to the scenario file."""
+    for candidate in (workloads_dir() / program, base / program, Path(program)):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(program)
+
+
+def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Path]]:
+    """Read and check a scenario file; the scenario and each workload's program path.
+
+    Every problem is a ConfigError naming the file, the field and what is wrong.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such scenario file (scenarios live in configs/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a scenario is a mapping with machines, workloads, ...")
+    data.setdefault("name", p.stem)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{p}: {problems}") from None
+    names = {c.name for c in scenario.machine_configs()}
+    if len(names) != len(scenario.machine_configs()):
+        raise ConfigError(f"{p}: machines: two machines have the same name")
+    known = set(names)
+    for i, event in enumerate(sorted(scenario.events, key=lambda e: e.at)):
+        if event.action == "add_machine":
+            if event.machine in known:
+                raise ConfigError(f"{p}: events[{i}].machine: {event.machine!r} exists already")
+            known.add(event.machine)
+        elif event.machine not in known:
+            raise ConfigError(f"{p}: events[{i}].machine: unknown machine {event.machine!r} "
+                              f"(machines: {', '.join(sorted(known))})")
+    programs: dict[int, Path] = {}
+    for i, w in enumerate(scenario.workloads):
+        if w.machine is not None and w.machine not in names:
+            raise ConfigError(f"{p}: workloads[{i}].machine: unknown machine {w.machine!r} "
+                              f"(machines: {', '.join(sorted(names))})")
+        try:
+            programs[i] = resolve_program(w.program, p.parent)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{p}: workloads[{i}].program: {w.program!r} not found in "
+                f"{workloads_dir()} nor relative to the scenario") from None
+    return scenario, programs

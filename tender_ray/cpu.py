@@ -7,12 +7,21 @@ anywhere and pages can start not present. A quantum ends only at a translated-bl
 
 The interface is engine-neutral: `load`/`save` move a `CpuState`, `run` runs one quantum and
 says why it stopped, and system calls go to a handler that knows nothing of Unicorn.
+
+Where the time goes (measured; see `tender_ray.benchmarks`): integer code runs as QEMU TCG
+code, and Unicorn 2.1.4 adds a helper call at the start of every translated block (~12 % of a
+sieve); what the engine itself controls is the TLB (every miss is a Python call, ~1 us, and
+QEMU's soft TLB only grows when flushed), the cost of starting a quantum (Unicorn's own
+`timeout` starts and joins a polling thread per run, ~0.13 ms; here one watchdog thread stops
+every CPU's timed quanta) and how often the TLB is flushed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import heapq
+import itertools
 import re
 import threading
 import time
@@ -159,11 +168,142 @@ def _exit_request_offset() -> int | None:
 _EXIT_REQUEST_OFFSET = _exit_request_offset()
 
 
+def _tlb_offsets() -> tuple[int, int] | None:
+    """(offset of `uc_struct.cpu`, offset of the CPU's `icount_decr`) in this build.
+
+    Read from `helper_check_exit_request_x86_64`, which starts with
+    `mov CPU(%rdi),%r8; mov ICOUNT(%r8),%eax`. QEMU keeps the soft TLB's fast descriptors
+    `{mask, table}` of the three x86 MMU modes right before `icount_decr`, so the TLB's current
+    size can be read there. Used only to decide when to flush (performance, not correctness),
+    and checked on every new CPU (three 256-entry masks) before it is trusted.
+    """
+    try:
+        address = ctypes.cast(uclib.helper_check_exit_request_x86_64, ctypes.c_void_p).value
+    except AttributeError:
+        return None
+    if address is None:
+        return None
+    code = ctypes.string_at(address, 16)
+    match = re.match(rb"\x4c\x8b\x87(....)\x41\x8b\x80(....)", code, re.DOTALL)
+    if match is None:
+        return None
+    return int.from_bytes(match.group(1), "little"), int.from_bytes(match.group(2), "little")
+
+
+_TLB_OFFSETS = _tlb_offsets()
+_TLB_MODES = 3  # x86 MMU indexes; the descriptors are 16 bytes each, ending at icount_decr
+_TLB_ENTRY_BITS = 6  # log2(sizeof(CPUTLBEntry)) on a 64-bit host with a 64-bit guest
+_TLB_INITIAL = 256  # entries of a fresh soft TLB (CPU_TLB_DYN_DEFAULT_BITS = 8)
+_TLB_MAX_GROWN = 1 << 16  # do not push the TLB past this (64 B an entry: 4 MiB)
+_CTL_TLB_FLUSH = (ucc.UC_CTL_IO_WRITE << 30) | ucc.UC_CTL_TLB_FLUSH  # uc_ctl code, no args
+# QEMU's own single-page flush (what `invlpg` uses), exported by this build; it takes the CPU
+# pointer found with `_TLB_OFFSETS` and drops the page from the TLB, its victim cache and the
+# jump cache. Used when a page-table change touches a few cached translations.
+_tlb_flush_page = getattr(uclib, "tlb_flush_page_x86_64", None)
+if _tlb_flush_page is not None:
+    _tlb_flush_page.argtypes = (ctypes.c_void_p, ctypes.c_uint64)
+    _tlb_flush_page.restype = None
+
+
+@dataclass
+class EngineCounters:
+    """What every CPU of this process did, summed (read with `engine_counters`)."""
+
+    runs: int = 0  # quanta run (`Cpu.run` calls)
+    emu_starts: int = 0  # emulator entries; more than runs when a quantum resumed after a flush
+    fills: int = 0  # TLB misses answered by the virtual space (each a Python call)
+    flushes: int = 0  # whole-TLB flushes
+    flushes_avoided: int = 0  # page-table changes that did not touch a cached translation
+    page_flushes: int = 0  # single pages dropped instead of flushing everything
+    grow_stops: int = 0  # quanta paused to flush so the TLB could grow to the working set
+
+
+_COUNTERS = EngineCounters()
+
+
+def engine_counters() -> dict[str, int]:
+    """A snapshot of `EngineCounters` (benchmarks diff two of them)."""
+    c = _COUNTERS
+    return {"runs": c.runs, "emu_starts": c.emu_starts, "fills": c.fills,
+            "flushes": c.flushes, "flushes_avoided": c.flushes_avoided,
+            "page_flushes": c.page_flushes, "grow_stops": c.grow_stops}
+
+
+class _Watchdog:
+    """Ends timed quanta for every CPU of the process from one thread.
+
+    Unicorn's own `timeout` starts a thread per run that polls in `usleep(2)` steps and is
+    joined when the run ends, so every quantum, including one a system call ends after a
+    microsecond, pays ~0.1-1 ms. Here a run arms a deadline and disarms it when it returns;
+    the watchdog calls `uc_emu_stop` for armed runs whose deadline passed. The stop lands at a
+    translated-block boundary like Unicorn's own (the `no_exit_request` flag), and a stop that
+    arrives before the emulator has started (it resets its stop request on entry) is sent again
+    until the run returns. Arming, disarming and stopping happen under one lock, so a stop is
+    never sent to a run that has returned or a CPU that has been closed.
+    """
+
+    RESEND = 0.002  # seconds between stops of a run that has not yet returned
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, uc handle)
+        self._heap: list[tuple[float, int]] = []  # (deadline, token), may hold stale tokens
+        self._tokens = itertools.count(1)
+        self._wake = float("inf")  # when the thread is due to look next
+        self._thread: threading.Thread | None = None
+
+    def arm(self, handle: int, deadline: float) -> int:
+        with self._cond:
+            token = next(self._tokens)
+            self._armed[token] = (deadline, handle)
+            heapq.heappush(self._heap, (deadline, token))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="tender-cpu-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            elif deadline < self._wake:
+                self._cond.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        with self._cond:
+            self._armed.pop(token, None)
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                heap, armed = self._heap, self._armed
+                while heap and (heap[0][0] <= now or heap[0][1] not in armed):
+                    deadline, token = heapq.heappop(heap)
+                    entry = armed.get(token)
+                    if entry is None or entry[0] != deadline:
+                        continue  # disarmed, or re-queued with a later deadline
+                    uclib.uc_emu_stop(entry[1])
+                    again = now + self.RESEND
+                    armed[token] = (again, entry[1])
+                    heapq.heappush(heap, (again, token))
+                self._wake = heap[0][0] if heap else float("inf")
+                self._cond.wait(None if not heap else max(0.0, self._wake - now))
+
+
+_WATCHDOG = _Watchdog()
+
+
 class Cpu:
     """One emulated x86-64 CPU bound to a machine's real memory.
 
     Owned by one process at a time (a kernel process keeps it when held for reuse). Not
     thread-safe: only the computation running its process touches it.
+
+    TLB policy. Every translation QEMU caches came from `_on_fill` since the last flush, and
+    `_filled` remembers them; when the page table changes (its `generation` moves) the TLB is
+    flushed only if one of those translations changed, and that check runs right after the
+    system call that changed it. QEMU's soft TLB starts at 256 entries and only resizes (at
+    most doubling) when flushed, so once the misses since the last flush reach 1.5x its size
+    while the resident set is bigger than half of it, the quantum pauses at the next block
+    boundary, flushes and resumes: the TLB reaches the working set within a few pauses,
+    whatever the quantum length.
     """
 
     def __init__(self, memory: RealMemory, *, exact: bool = False,
@@ -173,16 +313,25 @@ class Cpu:
         self.exact = exact or not (_proven or block_boundary_stops_available())
         self._uc = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
         self._uch = self._uc._uch
+        self._handle = int(self._uch.value or 0)
         self._uc.ctl_set_tcg_buffer_size(translation_buffer)
         self._uc.ctl_set_tlb_mode(ucc.UC_TLB_VIRTUAL)
         self._uc.mem_map_ptr(0, memory.size, ucc.UC_PROT_ALL, memory.address)
         if not self.exact:
             assert _EXIT_REQUEST_OFFSET is not None
-            ctypes.c_bool.from_address(self._uch.value + _EXIT_REQUEST_OFFSET).value = True
+            ctypes.c_bool.from_address(self._handle + _EXIT_REQUEST_OFFSET).value = True
         self.space: VirtualSpace | None = None  # the running process's; not owned
         self.handler: SyscallHandler | None = None
-        self._space_generation = -1
+        self._space_generation = -1  # of `space` when the TLB was last made consistent
         self._fills = 0  # TLB fills since the last flush
+        self._fills_flushed = 0  # fills before the last flush, for the counters
+        self._filled: dict[int, int] = {}  # vpn -> entry handed to QEMU since the last flush
+        self._cpu_state = 0  # QEMU's CPUState, once `_find_tlb_masks` has vouched for it
+        self._tlb_masks = self._find_tlb_masks()
+        self._tlb_model = _TLB_INITIAL  # the TLB size, when it cannot be read
+        self._grow_at = _TLB_INITIAL + _TLB_INITIAL // 2  # fills that make `_on_fill` look
+        self._grow_pending = False  # flush before the next run so the TLB can grow
+        self._grow_stop = False  # this emulator run was stopped by `_tlb_full`
         self._stop: Stop | None = None  # set by hooks during a run
         self._error: BaseException | None = None  # an exception raised inside a hook
         self.instructions_hint = 0
@@ -190,6 +339,7 @@ class Cpu:
         self._reg_ids = (ctypes.c_int * 7)(*_SYSCALL_IDS)
         self._reg_ptrs = (ctypes.c_void_p * 7)(
             *[ctypes.addressof(self._regs) + 8 * i for i in range(7)])
+        self._rip = ctypes.c_uint64()
         self._rax = ctypes.c_uint64()
         # Raw ctypes hooks: the binding's wrappers cost several Python calls per TLB fill.
         self._callbacks = (_FILL_CB(self._on_fill), _SYSCALL_CB(self._on_syscall),
@@ -207,6 +357,29 @@ class Cpu:
         if status != ucc.UC_ERR_OK:
             raise EngineError(f"unicorn refused a hook: {uc.UcError(status)}")
 
+    def _find_tlb_masks(self) -> ctypes.Array[ctypes.c_uint64] | None:
+        """The soft TLB's `{mask, table}` pairs of this CPU, if this build is the one known."""
+        if _TLB_OFFSETS is None:
+            return None
+        cpu_offset, icount_offset = _TLB_OFFSETS
+        cpu = ctypes.c_uint64.from_address(self._handle + cpu_offset).value
+        if cpu == 0 or cpu % 16:
+            return None
+        fast = (ctypes.c_uint64 * (2 * _TLB_MODES)).from_address(
+            cpu + icount_offset - 16 * _TLB_MODES)
+        fresh = (_TLB_INITIAL - 1) << _TLB_ENTRY_BITS
+        if any(fast[2 * i] != fresh or fast[2 * i + 1] == 0 for i in range(_TLB_MODES)):
+            return None
+        self._cpu_state = cpu
+        return fast
+
+    def tlb_entries(self) -> int:
+        """The soft TLB's current size in entries (read from QEMU, else modelled)."""
+        masks = self._tlb_masks
+        if masks is None:
+            return self._tlb_model
+        return (max(masks[0], masks[2], masks[4]) >> _TLB_ENTRY_BITS) + 1
+
     # --- binding to a process ------------------------------------------------------------
 
     def bind(self, space: VirtualSpace, handler: SyscallHandler) -> None:
@@ -219,18 +392,54 @@ class Cpu:
         """Forget the process (the CPU is being held for another): no stale TLB or code."""
         self.space = None
         self.handler = None
+        self._space_generation = -1
         self._uc.ctl_flush_tb()
         self.flush_tlb()
 
     def flush_tlb(self) -> None:
-        self._uc.ctl(ucc.UC_CTL_TLB_FLUSH, ucc.UC_CTL_IO_WRITE)
+        """Drop every cached translation (QEMU resizes the TLB here, and only here)."""
+        if self._tlb_masks is None and len(self._filled) * 10 >= self._tlb_model * 7:
+            self._tlb_model = min(self._tlb_model * 2, 1 << 22)  # QEMU doubles at 70 % use
+        status = uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
+        if status != ucc.UC_ERR_OK:
+            raise EngineError(f"TLB flush failed: {uc.UcError(status)}")
+        self._fills_flushed += self._fills
         self._fills = 0
+        self._filled.clear()
+        self._grow_pending = False
+        size = self.tlb_entries()
+        self._grow_at = size + size // 2
+        _COUNTERS.flushes += 1
+
+    def _sync_tlb(self, space: VirtualSpace) -> None:
+        """Make the TLB agree with `space` after its table changed (or a new binding)."""
+        generation = space.generation
+        if generation == self._space_generation:
+            return
+        fresh = self._space_generation < 0
+        self._space_generation = generation
+        filled, table = self._filled, space.table
+        # `<=` on item views: every translation QEMU may hold is still in the table, as is.
+        if fresh or not filled.items() <= table.items():
+            stale = [] if fresh else [vpn for vpn, pte in filled.items() if table.get(vpn) != pte]
+            if (fresh or not self._cpu_state or _tlb_flush_page is None
+                    or len(stale) > max(64, len(filled) // 4)):
+                self.flush_tlb()
+                return
+            for vpn in stale:
+                _tlb_flush_page(self._cpu_state, vpn << PAGE_SHIFT)
+                del filled[vpn]
+            _COUNTERS.page_flushes += len(stale)
+        else:
+            _COUNTERS.flushes_avoided += 1
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.space = None
             self.handler = None
+            self._tlb_masks = None
+            self._cpu_state = 0
             # The binding's finalizer closes the handle exactly once (it also runs at exit).
             self._uc._Uc__finalizer()
 
@@ -259,7 +468,8 @@ class Cpu:
                         st, xmm)  # type: ignore[arg-type]
 
     def rip(self) -> int:
-        return int(self._uc.reg_read(x86.UC_X86_REG_RIP))
+        uclib.uc_reg_read(self._uch, x86.UC_X86_REG_RIP, ctypes.byref(self._rip))
+        return int(self._rip.value)
 
     def fs_base(self) -> int:
         return int(self._uc.reg_read(x86.UC_X86_REG_FS_BASE))
@@ -276,19 +486,21 @@ class Cpu:
         space = self.space
         if space is None or self.handler is None:
             raise EngineError("CPU has no process bound")
-        if space.generation != self._space_generation:
-            self.flush_tlb()
-            self._space_generation = space.generation
-        elif self._fills > 2 * space.resident_pages() + 256:
-            # QEMU's soft TLB only grows when flushed: let it grow to the working set.
+        self._sync_tlb(space)
+        if self._grow_pending:
             self.flush_tlb()
         self._stop = None
         self._error = None
-        begin = self.rip()
+        fills = self._fills_flushed + self._fills
         if self.exact:
-            status = uclib.uc_emu_start(self._uch, begin, 0, 0, quantum)
+            status = uclib.uc_emu_start(self._uch, self.rip(), 0, 0, quantum)
+            starts = 1
         else:
-            status = uclib.uc_emu_start(self._uch, begin, 0, quantum, 0)
+            status, starts = self._run_timed(quantum)
+        counters = _COUNTERS
+        counters.runs += 1
+        counters.emu_starts += starts
+        counters.fills += self._fills_flushed + self._fills - fills
         if self._error is not None:
             raise EngineError(f"CPU hook failed: {self._error!r}") from self._error
         if status != ucc.UC_ERR_OK:
@@ -296,10 +508,30 @@ class Cpu:
                 return self._stop
             signal, why = _FAULT_ERRORS.get(status, (SIGSEGV, f"CPU error {status}"))
             return Stop(StopKind.FAULT, signal, self.rip(), why)
-        if space.generation != self._space_generation:
-            self.flush_tlb()
-            self._space_generation = space.generation
+        self._sync_tlb(space)
         return self._stop or Stop(StopKind.QUANTUM)
+
+    def _run_timed(self, quantum_us: int) -> tuple[int, int]:
+        """Emulate until a hook stops or `quantum_us` has passed; (status, emulator entries).
+
+        A stop requested only so the TLB can grow flushes it and resumes the same quantum.
+        """
+        deadline = time.monotonic() + quantum_us / 1e6
+        starts = 0
+        while True:
+            self._grow_stop = False
+            token = _WATCHDOG.arm(self._handle, deadline)
+            try:
+                status = uclib.uc_emu_start(self._uch, self.rip(), 0, 0, 0)
+            finally:
+                _WATCHDOG.disarm(token)
+            starts += 1
+            if (not self._grow_stop or status != ucc.UC_ERR_OK or self._stop is not None
+                    or self._error is not None):
+                return status, starts
+            self.flush_tlb()
+            if time.monotonic() >= deadline:
+                return status, starts
 
     # --- hooks (called by Unicorn on the computation's thread, inside emu_start) ---------
 
@@ -318,7 +550,10 @@ class Cpu:
                     self._stop = Stop(StopKind.FAULT, SIGSEGV, vaddr,
                                       f"{what} unmapped address {vaddr:#x}")
                     return False
+            self._filled[vpn] = pte
             self._fills += 1
+            if self._fills >= self._grow_at:
+                self._tlb_full(space)
             entry[0] = pte & ~0xFFF  # physical address of the frame
             entry[1] = pte & 7  # permissions; the rest of the struct is padding
             return True
@@ -326,6 +561,19 @@ class Cpu:
             self._error = exc
             uclib.uc_emu_stop(self._uch)
             return False
+
+    def _tlb_full(self, space: VirtualSpace) -> None:
+        """Misses since the last flush reached 1.5x the TLB: flush soon if it should grow."""
+        size = self.tlb_entries()
+        if size >= _TLB_MAX_GROWN or size >= 2 * space.resident_pages():
+            self._grow_at = self._fills + size  # big enough for now; look again later
+            return
+        self._grow_at = 1 << 62  # until the flush
+        self._grow_pending = True
+        _COUNTERS.grow_stops += 1
+        if not self.exact:  # counted quanta cannot resume mid-way: flush at the next run
+            self._grow_stop = True
+            uclib.uc_emu_stop(self._uch)
 
     def _on_syscall(self, _uc: int, _data: int) -> None:
         try:
@@ -336,6 +584,11 @@ class Cpu:
             if outcome.result is not None:
                 self._rax.value = outcome.result & 0xFFFF_FFFF_FFFF_FFFF
                 uclib.uc_reg_write(self._uch, x86.UC_X86_REG_RAX, ctypes.byref(self._rax))
+            space = self.space
+            if space is not None and space.generation != self._space_generation:
+                # munmap/mprotect/brk changed the table: the translation block ends after a
+                # syscall, so a flush here is seen by the very next instruction.
+                self._sync_tlb(space)
             if outcome.stop:
                 self._stop = Stop(StopKind.SYSCALL)
                 uclib.uc_emu_stop(self._uch)

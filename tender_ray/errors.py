@@ -43,6 +43,10 @@ class MigrationError(UsageError):
     """A migration request that cannot be carried out as asked; the process did not move."""
 
 
+class CordonedError(UsageError):
+    """The machine is cordoned (draining for maintenance): it takes no new processes."""
+
+
 class ConfigError(UsageError):
     """A configuration or scenario file is invalid."""
 

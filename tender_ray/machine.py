@@ -26,6 +26,7 @@ from .config import MachineConfig
 from .cpu import EngineError, Stop, StopKind
 from .errors import (
     BadProgramError,
+    CordonedError,
     MachineStoppedError,
     MigrationError,
     OutOfMemoryError,
@@ -75,6 +76,16 @@ class ProcessInfo:
 
 
 @dataclass(frozen=True)
+class OutputChunk:
+    """Bytes a process wrote, and where they start in its stream."""
+
+    pid: int
+    fd: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class MachineStatistics:
     """A snapshot of one machine, what balancers, metrics and `top` read."""
 
@@ -92,7 +103,18 @@ class MachineStatistics:
     exited: int
     uptime: float
     cordoned: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
+    migrations: dict[str, int] = field(default_factory=dict)  # out_ok, in_ok, out_failed...
+    migration_bytes: int = 0
+    migration_phase_seconds: dict[str, float] = field(default_factory=dict)
+    engine: str = "emulated"
+
+
+@dataclass(frozen=True)
+class PollResult:
+    statistics: MachineStatistics
+    processes: tuple[ProcessInfo, ...]
+    output: tuple[OutputChunk, ...]
+    ended: tuple[ProcessInfo, ...]
 
 
 def _counter(c: Counter[str]) -> dict[str, int]:
@@ -199,6 +221,9 @@ class Machine:
         The image is kept on the machine's plate once; the text is in memory from then on.
         """
         self._check_running()
+        if self.cordoned:
+            raise CordonedError(f"machine {self.name} is cordoned (draining): start the "
+                                "program on another machine")
         program = parse_program(image, name)
         if vm.frames_needed(program) > self.memory.nframes:
             raise BadProgramError(name, f"too big for real memory: needs "
@@ -420,7 +445,8 @@ class Machine:
             kernel = KernelState(
                 name=p.name, brk_start=p.brk_start, brk=p.brk, mmap_top=p.mmap_top,
                 tid_address=p.tid_address, sleep_left=p.sleep_left, stdout=bytes(p.stdout),
-                stderr=bytes(p.stderr), accounting=p.accounting, created_at=p.created_at,
+                stderr=bytes(p.stderr), stdout_taken=p.stdout_taken,
+                stderr_taken=p.stderr_taken, accounting=p.accounting, created_at=p.created_at,
                 migrations=tuple(p.migrations))
             program = p.program
             plate_name = p.plate_name
@@ -507,8 +533,8 @@ class Machine:
         with self._lock:
             self._check_running()
             if self.cordoned:
-                raise MigrationError(f"machine {self.name} is cordoned (draining): it takes "
-                                     "no new processes")
+                raise CordonedError(f"machine {self.name} is cordoned (draining): it takes "
+                                    "no arriving processes; pick another destination")
             if pid in self._table or pid in self._incoming:
                 raise MigrationError(f"machine {self.name} already has a process {pid}")
             if frames > self.memory.free_frames:
@@ -568,6 +594,7 @@ class Machine:
         p.name, p.brk_start, p.brk, p.mmap_top = k.name, k.brk_start, k.brk, k.mmap_top
         p.tid_address, p.sleep_left = k.tid_address, k.sleep_left
         p.stdout, p.stderr = bytearray(k.stdout), bytearray(k.stderr)
+        p.stdout_taken, p.stderr_taken = k.stdout_taken, k.stderr_taken
         p.accounting, p.created_at = k.accounting, k.created_at
         p.migrations = [dict(r) for r in k.migrations]
         p.registers = image.registers
@@ -686,10 +713,47 @@ class Machine:
         """Collect what the process wrote since the last call (stdout, stderr)."""
         with self._lock:
             p = self._get(pid)
-            out, err = bytes(p.stdout), bytes(p.stderr)
-            p.stdout.clear()
-            p.stderr.clear()
-            return out, err
+            return self._take(p)
+
+    @staticmethod
+    def _take(p: Process) -> tuple[bytes, bytes]:
+        out, err = bytes(p.stdout), bytes(p.stderr)
+        p.stdout_taken += len(out)
+        p.stderr_taken += len(err)
+        p.stdout.clear()
+        p.stderr.clear()
+        return out, err
+
+    def poll(self, reap: bool = True) -> PollResult:
+        """Everything a driver follows, in one call: statistics, the processes, the output
+        written since the last poll (with offsets, so chunks from machines a process moved
+        between fall in order), and the processes that ended (reaped when `reap`)."""
+        with self._lock:
+            chunks: list[OutputChunk] = []
+            ended: list[ProcessInfo] = []
+            for p in list(self._table.values()):
+                offsets = (p.stdout_taken, p.stderr_taken)
+                out, err = self._take(p)
+                if out:
+                    chunks.append(OutputChunk(p.pid, 1, offsets[0], out))
+                if err:
+                    chunks.append(OutputChunk(p.pid, 2, offsets[1], err))
+                if reap and p.state is ProcessState.ZOMBIE:
+                    ended.append(self._info(p))
+                    del self._table[p.pid]
+                    self.processes.release(p)
+            return PollResult(self.statistics(), tuple(self._info(p) for p in
+                                                       self._table.values()),
+                              tuple(chunks), tuple(ended))
+
+    def cordon(self) -> None:
+        """Take no new processes (exec or migration in) until `uncordon`."""
+        with self._lock:
+            self.cordoned = True
+
+    def uncordon(self) -> None:
+        with self._lock:
+            self.cordoned = False
 
     def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]:
         """Remove an ended process; its final info and its uncollected output."""
@@ -744,7 +808,10 @@ class Machine:
                           self.managers.user_spaces.statistics()),
                 syscalls=_counter(self.syscall_totals),
                 unsupported=_counter(self.unsupported_totals),
-                exited=self._exited, uptime=uptime, cordoned=self.cordoned)
+                exited=self._exited, uptime=uptime, cordoned=self.cordoned,
+                migrations=dict(self.migration_totals), migration_bytes=self.migration_bytes,
+                migration_phase_seconds=dict(self.migration_phase_seconds),
+                engine=self.engine)
 
     def stop(self) -> None:
         """Stop the computations, end every process and free everything."""

@@ -87,6 +87,8 @@ class KernelState:
     sleep_left: float | None  # remaining sleep when it was frozen asleep
     stdout: bytes
     stderr: bytes
+    stdout_taken: int
+    stderr_taken: int
     accounting: Accounting
     created_at: float
     migrations: tuple[dict[str, Any], ...]

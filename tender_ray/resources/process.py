@@ -59,6 +59,8 @@ class Process:
         self.sleep_left: float | None = None  # remaining sleep while FROZEN asleep
         self.stdout = bytearray()  # output not yet collected by the owner
         self.stderr = bytearray()
+        self.stdout_taken = 0  # bytes collected before `stdout` (the offset of its start)
+        self.stderr_taken = 0
         self.exit_status: int | None = None
         self.exit_reason = ""
         self.accounting = Accounting()

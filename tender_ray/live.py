@@ -1,0 +1,128 @@
+"""What a person sees while a scenario runs and after: the live view and the summary tables."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .config import Scenario
+from .scenario import TICK, RunResult, ScenarioRun
+
+
+def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | None,
+             policy: str | None, report_dir: Path | None, live: bool) -> RunResult:
+    """Run a scenario to its end, drawing it live (or logging lines); its result."""
+    console = Console()
+    log: deque[str] = deque(maxlen=8)
+
+    def note(msg: str) -> None:
+        log.append(msg)
+        if not live:
+            console.print(f"[dim]{msg}[/dim]")
+
+    run = ScenarioRun(scenario, programs, address=address, policy=policy, on_event=note)
+    note(f"scenario {scenario.name}: {len(run.arrivals)} processes, "
+         f"{len(scenario.machine_configs())} machines, policy {run.policy.value}")
+    run.setup()
+    deadline = time.monotonic() + scenario.timeout
+    try:
+        if live:
+            with Live(_view(run, log), console=console, refresh_per_second=8,
+                      transient=False) as view:
+                while run.step():
+                    view.update(_view(run, log))
+                    if time.monotonic() > deadline:
+                        note(f"timeout after {scenario.timeout:.0f}s")
+                        break
+                    time.sleep(TICK)
+                view.update(_view(run, log))
+        else:
+            while run.step():
+                if time.monotonic() > deadline:
+                    note(f"timeout after {scenario.timeout:.0f}s")
+                    break
+                time.sleep(TICK)
+    except BaseException:
+        run.cluster.shutdown()
+        raise
+    return run.finish(report_dir)
+
+
+def _view(run: ScenarioRun, log: deque[str]) -> Panel:
+    table = Table(expand=True, box=None)
+    for col in ("machine", "load", "runnable", "processes", "free memory", "state"):
+        table.add_column(col, justify="right" if col != "machine" else "left")
+    for name, poll in sorted(run.last_poll.items()):
+        s = poll.statistics
+        table.add_row(name, f"{s.load:.2f}", str(s.runnable), str(len(poll.processes)),
+                      f"{s.memory.frames_free * 4 // 1024} MiB",
+                      "[yellow]cordoned[/yellow]" if s.cordoned else "[green]up[/green]")
+    total = len(run.arrivals)
+    done = sum(1 for t in run.tracked.values() if t.ended or t.lost)
+    started = sum(1 for a in run.arrivals if a.started is not None)
+    moved = sum(p.statistics.migrations.get("out_ok", 0) for p in run.last_poll.values())
+    head = Text.assemble(
+        (f"{run.scenario.name}", "bold"), f"  policy {run.policy.value}  ",
+        f"t={run.elapsed:5.1f}s  started {started}/{total}  finished {done}/{total}  "
+        f"queued {len(run.queue)}  migrations {moved}")
+    bar = ProgressBar(total=max(total, 1), completed=done)
+    return Panel(Group(head, bar, table, Text("\n".join(log), style="dim")),
+                 title="tender-ray run")
+
+
+def print_summary(report: dict[str, Any], report_dir: Path | None) -> None:
+    console = Console()
+    t = Table(title=f"{report['scenario']} — policy {report['policy']}")
+    for col in ("process", "exit", "native output", "machines", "cpu s", "run s"):
+        t.add_column(col, justify="left" if col in ("process", "machines") else "right")
+    for p in report["processes"]:
+        match = p["output_matches_native"]
+        t.add_row(p["name"], str(p["exit_status"]),
+                  "[green]same[/green]" if match else ("n/a" if match is None else
+                                                      "[red]DIFFERENT[/red]"),
+                  " → ".join(p["machines"]), f"{p['cpu_seconds']:.2f}",
+                  f"{p['run_seconds']:.2f}" if p["run_seconds"] is not None else "-")
+    console.print(t)
+    ratio = report["makespan_over_ideal"]
+    console.print(
+        f"makespan {report['makespan_seconds']:.2f}s, ideal {report['ideal_makespan_seconds']:.2f}s"
+        f" (× {ratio:.2f}; parallelism {report['parallelism']['used']}: "
+        f"{report['parallelism']['computations']} computations on "
+        f"{report['parallelism']['host_cores']} host cores), "
+        f"{report['migrations']['count']} migrations, "
+        f"{report['migrations']['bytes'] / (1 << 20):.1f} MiB moved" if ratio else
+        "no process finished")
+    for d in report["drains"]:
+        console.print(f"drain of {d['machine']}: {len(d['moved'])} moved in "
+                      f"{d['seconds']:.2f}s (deadline {d['deadline']:.0f}s), "
+                      f"{'ok' if d['ok'] else 'left ' + str(d['left'])}")
+    for lost in report["lost"]:
+        console.print(f"[red]lost[/red] {lost['name']} with machine {lost['machine']}")
+    if report["queued"]:
+        console.print(f"queued for memory: {', '.join(report['queued'])}")
+    if report_dir is not None:
+        console.print(f"report: {report_dir / 'report.json'}, {report_dir / 'load.png'}")
+
+
+def print_compare(reports: list[dict[str, Any]]) -> None:
+    t = Table(title=f"{reports[0]['scenario']}: policies compared")
+    for col in ("policy", "makespan s", "makespan ÷ ideal", "mean slowdown", "migrations",
+                "bytes moved", "native output"):
+        t.add_column(col, justify="right" if col != "policy" else "left")
+    for r in reports:
+        t.add_row(r["policy"], f"{r['makespan_seconds']:.2f}",
+                  f"{r['makespan_over_ideal']:.3f}" if r["makespan_over_ideal"] else "-",
+                  f"{r['mean_slowdown']:.2f}" if r["mean_slowdown"] else "-",
+                  str(r["migrations"]["count"]),
+                  f"{r['migrations']['bytes'] / (1 << 20):.1f} MiB",
+                  "all same" if r["all_match_native"] else "[red]differs[/red]")
+    Console().print(t)
