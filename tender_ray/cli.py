@@ -97,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "table")
     r.add_argument("--no-live", action="store_true", help="plain log lines instead of the "
                                                           "live view")
+    u = sub.add_parser(
+        "up", help="start a long-lived cluster of machines (detached actors)",
+        description="Start machines as named detached Ray actors, and a balancer, on an "
+                    "existing Ray cluster (--address) or on a Ray head started here on "
+                    "127.0.0.1. `ps`, `migrate`, `drain`, `undrain`, `exec`, `top` act on it; "
+                    "`down` stops what `up` started.")
+    u.add_argument("--machines", type=int, default=3, metavar="N")
+    u.add_argument("--computations", type=int, default=1, metavar="N")
+    u.add_argument("--memory-mib", type=int, default=512, metavar="MIB")
+    u.add_argument("--address", default=None, help="existing Ray cluster to join")
+    u.add_argument("--policy", default="none",
+                   choices=["none", "threshold", "greedy", "age", "cost"],
+                   help="balancer policy (default none: it only drains)")
+    u.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the Ray head started here (default: the host's)")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("ps", help="processes of the running cluster and where they run")
+    mg = sub.add_parser("migrate", help="migrate a process of the running cluster")
+    mg.add_argument("pid", type=int)
+    mg.add_argument("machine")
+    _migration_options(mg)
+    dr = sub.add_parser("drain", help="move every process off a machine, then keep it empty")
+    dr.add_argument("machine")
+    dr.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
+    ud = sub.add_parser("undrain", help="let a drained machine take processes again")
+    ud.add_argument("machine")
     b = sub.add_parser("bench", help="run a benchmark",
                        description="Benchmarks that report ratios measured side by side in "
                                    "one run.")
@@ -167,15 +193,23 @@ def cmd_exec(ns: argparse.Namespace) -> int:
         stream.write(data)
         stream.flush()
 
-    cluster = Cluster(ns.address, num_cpus=max(2, ns.machines))
+    attached = _attach_up(ns.address)
+    if attached is not None:
+        cluster = attached
+    else:
+        cluster = Cluster(ns.address, num_cpus=max(2, ns.machines),
+                          prefix="" if ns.address is None else f"exec-{os.getpid()}-")
     try:
-        for config in configs:
-            cluster.add_machine(config)
+        if attached is None:
+            for config in configs:
+                cluster.add_machine(config)
         if ns.migrate_every is not None and ns.migrate_every <= 0:
             raise UsageError("--migrate-every must be a positive number of seconds")
         result = execute(cluster, ns.program, ns.args, _environment(), sink=sink,
                          migrate_every=ns.migrate_every, options=_options(ns))
     finally:
+        if attached is not None:
+            cluster.forget()  # the machines belong to `up`
         cluster.shutdown()
     if ns.stats:
         Path(ns.stats).write_text(json.dumps(result.stats(), indent=2) + "\n")
@@ -220,6 +254,133 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0 if result.report["all_match_native"] and not result.report["lost"] else 1
 
 
+def cmd_up(ns: argparse.Namespace) -> int:
+    from .balancer import BalancerParams, Policy
+    from .cluster import Cluster
+    from .config import MachineConfig
+    from .migration import MigrationOptions
+    from .operate import ClusterState, start_head, state_path, stop_head
+
+    if state_path().exists():
+        raise UsageError(f"a cluster is already up ({state_path()}); `tender-ray down` first")
+    if ns.machines < 1:
+        raise UsageError("--machines must be at least 1")
+    configs = [MachineConfig(name=f"m{i}", computations=ns.computations,
+                             memory_mib=ns.memory_mib) for i in range(ns.machines)]
+    head_pid = None
+    address = ns.address
+    if address is None:
+        address, head_pid = start_head(ns.num_cpus or os.cpu_count() or 2, 512)
+    shared = state_path().parent / "shared-plate"
+    shared.mkdir(parents=True, exist_ok=True)
+    try:
+        cluster = Cluster(address, shared_plate=str(shared))
+        for config in configs:
+            cluster.add_machine(config, detached=True)
+        cluster.start_balancer(BalancerParams(policy=Policy(ns.policy)), MigrationOptions(),
+                               0.25, detached=True)
+    except BaseException:
+        if head_pid is not None:
+            stop_head(head_pid)
+        raise
+    state = ClusterState(address=address, machines={c.name: i for i, c in enumerate(configs)},
+                         shared_plate=str(shared), head_pid=head_pid)
+    state.save()
+    cluster.forget()
+    print(f"up: {len(configs)} machines ({', '.join(state.machines)}) on {address}"
+          f"{' (Ray head started here, pid ' + str(head_pid) + ')' if head_pid else ''}; "
+          f"state in {state_path()}")
+    return 0
+
+
+def cmd_down(ns: argparse.Namespace) -> int:
+    import contextlib
+
+    from .operate import ClusterState, connect, stop_head
+
+    state = ClusterState.load()
+    with contextlib.suppress(Exception):
+        cluster, _ = connect(state)
+        cluster.shutdown()
+    if state.head_pid is not None:
+        stop_head(state.head_pid)
+    ClusterState.remove()
+    print(f"down: stopped {len(state.machines)} machines"
+          f"{' and the Ray head' if state.head_pid else ''}")
+    return 0
+
+
+def cmd_ps(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .operate import connect
+
+    cluster, _ = connect()
+    table = Table()
+    for col in ("pid", "name", "machine", "state", "cpu s", "run s", "migrations"):
+        table.add_column(col, justify="right" if col in ("pid", "cpu s", "run s",
+                                                         "migrations") else "left")
+    for name, result in sorted(cluster.poll_all(reap=False).items()):
+        if isinstance(result, BaseException):
+            table.add_row("-", "-", name, f"[red]unreachable: {result}[/red]", "", "", "")
+            continue
+        for p in result.processes:
+            table.add_row(str(p.pid), p.name, name, p.state, f"{p.cpu_seconds:.2f}",
+                          f"{p.run_seconds:.1f}", str(len(p.migrations)))
+    Console().print(table)
+    return 0
+
+
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    from .operate import connect, find_process
+
+    cluster, _ = connect()
+    source = find_process(cluster, ns.pid)
+    cluster.machine(ns.machine)  # an unknown destination fails here, clearly
+    record = cluster.machine(source).migrate(ns.pid, ns.machine, _options(ns))
+    phases = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in record["phases"].items())
+    print(f"migrated {ns.pid} {record['from']} → {record['to']} in "
+          f"{1000 * record['seconds']:.1f} ms, {record['pages']} pages ({phases})")
+    return 0
+
+
+def cmd_drain(ns: argparse.Namespace) -> int:
+    from .operate import connect
+
+    cluster, _ = connect()
+    report = cluster.resolve_drain(cluster.drain_async(ns.machine, ns.deadline))
+    for r in report.moved:
+        print(f"  {r['pid']} → {r['to']} in {1000 * r['seconds']:.1f} ms")
+    print(f"drain of {ns.machine}: {len(report.moved)} moved in {report.seconds:.2f} s"
+          + ("" if report.ok else f"; still there at the deadline: {list(report.left)}"))
+    return 0 if report.ok else 1
+
+
+def cmd_undrain(ns: argparse.Namespace) -> int:
+    from .operate import connect
+
+    cluster, _ = connect()
+    cluster.undrain(ns.machine)
+    print(f"{ns.machine} takes processes again")
+    return 0
+
+
+def _attach_up(address: str | None) -> Any:
+    """The cluster `tender-ray up` started, when `--address` names it; else None."""
+    if address is None:
+        return None
+    from .operate import ClusterState, connect, state_path
+
+    if not state_path().exists():
+        return None
+    state = ClusterState.load()
+    if address not in (state.address, "auto"):
+        return None
+    cluster, _ = connect(state)
+    return cluster
+
+
 def _environment() -> list[str]:
     return [f"{k}={v}" for k, v in os.environ.items()]
 
@@ -230,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run}
+    handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run, "up": cmd_up,
+                "down": cmd_down, "ps": cmd_ps, "migrate": cmd_migrate, "drain": cmd_drain,
+                "undrain": cmd_undrain}
     try:
         return handlers[ns.command](ns)
     except UsageError as exc:

@@ -27,6 +27,8 @@ from .balancer import Balancer, BalancerParams, MachineLoad, snapshot
 from .config import MachineConfig
 from .errors import MachineStoppedError, TenderError, UnknownMachineError
 from .machine import Machine, MachineStatistics, PollResult, ProcessInfo
+from .metrics import DEFAULT_HOST as METRICS_HOST
+from .metrics import DEFAULT_PORT as METRICS_PORT
 from .migration import (
     MigrationOptions,
     PlateTransport,
@@ -38,6 +40,7 @@ from .migration import (
 
 NAMESPACE = "tender_ray"
 CALL_TIMEOUT = 30.0  # seconds for a control call between machines
+BALANCER_NAME = "tender-balancer"
 PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
 
 
@@ -149,6 +152,7 @@ class BalancerState:
     failures: tuple[str, ...]
     drains: tuple[DrainReport, ...]
     draining: tuple[str, ...]
+    policy: str = ""  # [metrics #5] the balancer's policy, a label of its metrics
 
 
 class _BalancerActor:
@@ -280,7 +284,8 @@ class _BalancerActor:
         with self._lock:
             return BalancerState(self._balancer.rounds, self._balancer.decisions,
                                  tuple(self._migrations), tuple(self._failures),
-                                 tuple(self._drains), ())
+                                 tuple(self._drains), (),
+                                 self._balancer.params.policy.value)
 
     def stop(self) -> BalancerState:
         self._stop.set()
@@ -447,8 +452,10 @@ class Cluster:
                                           logging_level="ERROR", log_to_driver=False,
                                           configure_logging=True)
             if address in (None, "local"):
+                # Loopback only: an embedded cluster never listens on other interfaces.
                 kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 2,
-                              object_store_memory=object_store_mib << 20)
+                              object_store_memory=object_store_mib << 20,
+                              _node_ip_address="127.0.0.1")
             else:
                 kwargs.update(address=address)
             ray.init(**kwargs)
@@ -456,6 +463,7 @@ class Cluster:
         self._machines: dict[str, MachineHandle] = {}
         self._next_index = 0
         self._balancer: Any = None
+        self._exporter: Any = None  # [metrics #5] the metrics exporter actor, when one runs
         # The plate every machine can reach, for the plate transfer path. On one host a
         # temporary directory; on a real cluster pass a shared (NFS) mount.
         self._shared_tmp = None if shared_plate else tempfile.TemporaryDirectory(
@@ -496,6 +504,7 @@ class Cluster:
         self._machines[config.name] = handle
         if self._balancer is not None:
             ray.get(self._balancer.add_machine.remote(config.name), timeout=CALL_TIMEOUT)
+        self._tell_exporter("add_machine", handle)  # [metrics #5]
         return handle
 
     def stop_machine(self, name: str, *, graceful: bool = True) -> None:
@@ -511,14 +520,41 @@ class Cluster:
         if self._balancer is not None:
             with contextlib.suppress(Exception):
                 ray.get(self._balancer.remove_machine.remote(name), timeout=CALL_TIMEOUT)
+        self._tell_exporter("remove_machine", name)  # [metrics #5]
 
     # --- the balancer --------------------------------------------------------------------
 
     def start_balancer(self, params: BalancerParams, options: MigrationOptions,
-                       interval: float) -> None:
-        self._balancer = _RemoteBalancer.options(num_cpus=0, max_concurrency=16).remote(
+                       interval: float, *, detached: bool = False) -> None:
+        opts: dict[str, Any] = dict(num_cpus=0, max_concurrency=16)
+        if detached:
+            opts.update(lifetime="detached", name=self.prefix + BALANCER_NAME)
+        self._balancer = _RemoteBalancer.options(**opts).remote(
             list(self._machines), params, options, interval, self.prefix)
         ray.get(self._balancer.ready.remote())
+        self._tell_exporter("set_balancer", self._balancer)  # [metrics #5]
+
+    def attach(self, machines: dict[str, int], *, balancer: bool = True) -> None:
+        """Use machines (name -> index) that `tender-ray up` started as detached actors."""
+        namespace = ray.get_runtime_context().namespace
+        for name, index in machines.items():
+            try:
+                actor = ray.get_actor(self.prefix + name, namespace=namespace)
+            except ValueError:
+                raise UnknownMachineError(
+                    f"machine {name!r} is not running on this Ray cluster (was it stopped? "
+                    "run `tender-ray up` again)") from None
+            self._machines[name] = MachineHandle(name, actor)
+            self._next_index = max(self._next_index, index + 1)
+        if balancer:
+            with contextlib.suppress(ValueError):
+                self._balancer = ray.get_actor(self.prefix + BALANCER_NAME, namespace=namespace)
+
+    def forget(self) -> None:
+        """Drop the handles without stopping anything (the actors are detached)."""
+        self._machines.clear()
+        self._balancer = None
+        self._exporter = None  # [metrics #5]
 
     def _require_balancer(self) -> Any:
         if self._balancer is None:
@@ -545,13 +581,15 @@ class Cluster:
         if self._balancer is None:
             return None
         state: BalancerState = ray.get(self._balancer.stop.remote(), timeout=CALL_TIMEOUT)
+        self._tell_exporter("set_balancer", None)  # [metrics #5] it keeps the last state
         ray.kill(self._balancer, no_restart=True)
         self._balancer = None
         return state
 
-    def poll_all(self, timeout: float = CALL_TIMEOUT) -> dict[str, PollResult | BaseException]:
+    def poll_all(self, timeout: float = CALL_TIMEOUT,
+                 reap: bool = True) -> dict[str, PollResult | BaseException]:
         """Poll every machine at once; a machine that fails answers with its error."""
-        refs = {name: h.call_async("poll") for name, h in self._machines.items()}
+        refs = {name: h.call_async("poll", reap) for name, h in self._machines.items()}
         out: dict[str, PollResult | BaseException] = {}
         for name, ref in refs.items():
             try:
@@ -565,7 +603,59 @@ class Cluster:
         return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0))
                 for n in ray.nodes() if n.get("Alive")}
 
+    # --- the metrics exporter [metrics #5] ----------------------------------------------
+
+    def start_exporter(self, port: int = METRICS_PORT, host: str = METRICS_HOST, *,
+                       detached: bool = False, interval: float = 1.0) -> int:
+        """Serve every machine's metrics (and the balancer's) on one Prometheus endpoint,
+        http://host:port/metrics (port 0: a free one), from an exporter actor on this
+        driver's node; the port bound. If an exporter runs already, its port."""
+        if self._exporter is not None:
+            return int(ray.get(self._exporter.port.remote(), timeout=CALL_TIMEOUT))
+        opts: dict[str, Any] = dict(
+            num_cpus=0, max_concurrency=4, max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False))
+        if detached:
+            opts.update(lifetime="detached", name=self.prefix + EXPORTER_NAME)
+        actor = _RemoteExporter.options(**opts).remote(
+            list(self._machines.values()), self._balancer, interval)
+        try:
+            bound = int(ray.get(actor.start.remote(port, host), timeout=CALL_TIMEOUT))
+        except RayTaskError as exc:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+            raise _unwrap(exc) from None
+        self._exporter = actor
+        return bound
+
+    def attach_exporter(self) -> int | None:
+        """Use the exporter a detached cluster (`tender-ray up`) started; its port, or None
+        when none runs."""
+        with contextlib.suppress(ValueError):
+            self._exporter = ray.get_actor(self.prefix + EXPORTER_NAME,
+                                           namespace=ray.get_runtime_context().namespace)
+        if self._exporter is None:
+            return None
+        return int(ray.get(self._exporter.port.remote(), timeout=CALL_TIMEOUT))
+
+    def stop_exporter(self) -> None:
+        exporter, self._exporter = self._exporter, None
+        if exporter is None:
+            return
+        with contextlib.suppress(Exception):
+            ray.get(exporter.stop.remote(), timeout=CALL_TIMEOUT)
+        with contextlib.suppress(Exception):
+            ray.kill(exporter, no_restart=True)
+
+    def _tell_exporter(self, method: str, *args: Any) -> None:
+        if self._exporter is not None:
+            with contextlib.suppress(Exception):
+                ray.get(getattr(self._exporter, method).remote(*args), timeout=CALL_TIMEOUT)
+
     def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop_exporter()  # [metrics #5] first: it polls the machines
         with contextlib.suppress(Exception):
             self.stop_balancer()
         for name in list(self._machines):
@@ -581,3 +671,109 @@ class Cluster:
 def wait_all(refs: Sequence[Any], timeout: float | None = None) -> list[Any]:
     """Resolve several calls at once."""
     return list(ray.get(list(refs), timeout=timeout))
+
+
+# =========================================================================================
+# Metrics exporter (issue #5). One actor polls every machine (and the balancer) about once a
+# second and serves all their metrics on one Prometheus endpoint: machine actors never start
+# HTTP servers of their own (several on one port collide). See tender_ray/metrics.py.
+# =========================================================================================
+
+EXPORTER_NAME = "tender-exporter"  # actor name (after the cluster prefix) when detached
+EXPORT_INTERVAL = 1.0  # seconds between polls
+EXPORT_TIMEOUT = 5.0  # seconds a machine may take to answer a poll
+
+
+class _ExporterActor:
+    """Polls statistics, processes and migration records of every machine, and the
+    balancer's state, into a `MetricsServer` it serves on one port."""
+
+    def __init__(self, machines: list[MachineHandle], balancer: Any,
+                 interval: float = EXPORT_INTERVAL) -> None:
+        from . import logs
+        from .metrics import MetricsServer
+
+        logs.configure()
+        self._log = logs.get("exporter")
+        self._lock = threading.Lock()
+        self._handles = {h.name: h for h in machines}
+        self._balancer = balancer
+        self._last_balancer: BalancerState | None = None
+        self._interval = interval
+        self._server = MetricsServer()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, port: int, host: str) -> int:
+        """Serve on host:port (0: a free port) and start polling; the port bound."""
+        from .errors import UsageError
+
+        try:
+            bound = self._server.start(port, host)
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on {host}:{port}: "
+                             f"{exc.strerror or exc}") from None
+        self._poll()  # the first scrape already has every machine
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="exporter")
+        self._thread.start()
+        self._log.info("serving metrics", url=self._server.url)
+        return bound
+
+    def add_machine(self, handle: MachineHandle) -> None:
+        with self._lock:
+            self._handles[handle.name] = handle
+
+    def remove_machine(self, name: str) -> None:
+        with self._lock:
+            self._handles.pop(name, None)
+
+    def set_balancer(self, balancer: Any) -> None:
+        with self._lock:
+            self._balancer = balancer
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._poll()
+            except Exception as exc:  # the exporter must outlive a bad poll
+                self._log.warning("poll failed", error=repr(exc))
+
+    def _poll(self) -> None:
+        start = time.perf_counter()
+        with self._lock:
+            handles, balancer = dict(self._handles), self._balancer
+        refs = {name: (h.call_async("statistics"), h.call_async("list_processes"),
+                       h.call_async("recent_migrations")) for name, h in handles.items()}
+        balancer_ref = balancer.state.remote() if balancer is not None else None
+        stats: dict[str, MachineStatistics] = {}
+        processes: dict[str, list[ProcessInfo]] = {}
+        records: dict[str, list[dict[str, Any]]] = {}
+        down: list[str] = []
+        for name, (s_ref, p_ref, r_ref) in refs.items():
+            handle = handles[name]
+            try:
+                stats[name] = handle.resolve(s_ref, EXPORT_TIMEOUT)
+                processes[name] = handle.resolve(p_ref, EXPORT_TIMEOUT)
+                records[name] = handle.resolve(r_ref, EXPORT_TIMEOUT)
+            except TenderError:
+                stats.pop(name, None)
+                processes.pop(name, None)
+                down.append(name)
+        if balancer_ref is not None:
+            with contextlib.suppress(Exception):  # a stopped balancer keeps its last state
+                self._last_balancer = ray.get(balancer_ref, timeout=EXPORT_TIMEOUT)
+        self._server.update(stats, processes=processes, migrations=records,
+                            balancer=self._last_balancer, down=down,
+                            poll_seconds=time.perf_counter() - start)
+
+    def port(self) -> int:
+        return self._server.port
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server.stop()
+
+
+_RemoteExporter: Any = ray.remote(_ExporterActor)

@@ -94,8 +94,9 @@ def print_summary(report: dict[str, Any], report_dir: Path | None) -> None:
     console.print(t)
     ratio = report["makespan_over_ideal"]
     console.print(
-        f"makespan {report['makespan_seconds']:.2f}s, ideal {report['ideal_makespan_seconds']:.2f}s"
-        f" (× {ratio:.2f}; parallelism {report['parallelism']['used']}: "
+        f"makespan {report['makespan_seconds']:.2f}s, ideal "
+        f"{report['ideal_makespan_seconds']:.2f}s (ratio {ratio:.2f}; parallelism "
+        f"{report['parallelism']['used']}: "
         f"{report['parallelism']['computations']} computations on "
         f"{report['parallelism']['host_cores']} host cores), "
         f"{report['migrations']['count']} migrations, "

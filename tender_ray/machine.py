@@ -43,6 +43,7 @@ from .migration import (
     ProcessImage,
     Resources,
     Transport,
+    log_migration,
 )
 from .resources.computation import Computation, ComputationState, ComputationStatistics
 from .resources.manager import ManagerStatistics, ResourceManager
@@ -262,11 +263,20 @@ class Machine:
             (p.stdout if fd == 1 else p.stderr).extend(data)
 
     def exit_process(self, p: Process, status: int, reason: str) -> None:
-        """Mark the process ended; its computation releases it once the CPU has stopped."""
-        with self._lock:
-            p.exit_status = status
-            p.exit_reason = reason
+        """End the process (the first reason given wins). ZOMBIE means ended *and* released:
+        a process its computation still runs is released by that computation when the CPU
+        has stopped, so nobody sees a zombie whose resources are still in use."""
+        with self._cond:
+            if p.exit_status is None:
+                p.exit_status = status
+                p.exit_reason = reason
+            if p.on_cpu or p.state is ProcessState.ZOMBIE:
+                return
+            if p.state is ProcessState.RUNNABLE:
+                self._runq.remove(p)
             p.state = ProcessState.ZOMBIE
+            self._finish(p)
+            self._cond.notify_all()
 
     def sleep_process(self, p: Process, seconds: float) -> None:
         with self._lock:
@@ -323,11 +333,12 @@ class Machine:
                 p.on_cpu = False
                 p.accounting.cpu_seconds += cpu_time
                 p.accounting.quanta += 1
-                if stop.kind is StopKind.FAULT and p.state is not ProcessState.ZOMBIE:
-                    status = 128 + stop.signal if stop.signal else 128 + 11
-                    self.exit_process(p, status, f"{stop.detail} at {stop.address:#x}"
-                                      if stop.address else stop.detail)
-                if p.state is ProcessState.ZOMBIE:
+                if stop.kind is StopKind.FAULT and p.exit_status is None:
+                    p.exit_status = 128 + (stop.signal or 11)
+                    p.exit_reason = (f"{stop.detail} at {stop.address:#x}" if stop.address
+                                     else stop.detail)
+                if p.exit_status is not None:
+                    p.state = ProcessState.ZOMBIE
                     self._finish(p)
                 elif p.state is ProcessState.SLEEPING:
                     if p.freeze_requested:
@@ -344,7 +355,9 @@ class Machine:
                 self._cond.notify_all()
 
     def _finish(self, p: Process) -> None:
-        """An ended process gives back its address space; the entry waits to be reaped."""
+        """An ended process gives back its address space; the entry waits to be reaped.
+        Called exactly once, with the lock held and no computation running it."""
+        assert not p.on_cpu
         p.ended_at = time.time()
         for name, n in p.accounting.syscalls.items():
             self.syscall_totals[name] += n
@@ -451,6 +464,10 @@ class Machine:
             program = p.program
             plate_name = p.plate_name
             memory = self.memory
+        if options.resources is Resources.ALL and not plate_name:
+            raise MigrationError(
+                f"process {pid} arrived on {self.name} without its program image "
+                "(resources=needed), so it cannot move with resources=all from here")
         # Page copies happen outside the lock: the process is frozen, nothing changes them.
         with_text = options.resources is Resources.NEEDED
         text_blocks = tuple(transport.put(b) for b in memory.gather(text_frames, BLOCK_PAGES)
@@ -458,10 +475,6 @@ class Machine:
         data_blocks = tuple(transport.put(b) for b in memory.gather(other_frames, BLOCK_PAGES))
         program_image = None
         if options.resources is Resources.ALL:
-            if not plate_name:
-                raise MigrationError(
-                    f"process {pid} arrived on {self.name} without its program image "
-                    "(resources=needed), so it cannot move with resources=all from here")
             raw = np.frombuffer(self.plate.read(plate_name), dtype=np.uint8)
             program_image = transport.put(raw.reshape(1, -1))
         return ProcessImage(pid=pid, program=program, registers=registers, kernel=kernel,
@@ -475,6 +488,7 @@ class Machine:
         with self._cond:
             p = self._get(pid)
             del self._table[pid]
+            p.migrating = False
             self.migration_bytes += record.bytes
         vm.release_address_space(self.managers, p, hold=reuse)
         p.space = self.kernel_space
@@ -489,6 +503,13 @@ class Machine:
                 self.migration_phase_seconds[phase] = (
                     self.migration_phase_seconds.get(phase, 0.0) + seconds)
             self.migration_records.append(record.as_dict())
+        log_migration(record)  # [metrics #5] one log line per phase
+
+    def recent_migrations(self) -> list[dict[str, object]]:
+        """[metrics #5] The records of the last migrations this machine drove, oldest first
+        (what the metrics exporter and `tender-ray top` read)."""
+        with self._lock:
+            return list(self.migration_records)
 
     def migrate_space(self, pid: int) -> MigrationRecord:
         """Same-machine migration (hetero virtual memory): re-paste every user space into a
@@ -771,17 +792,17 @@ class Machine:
         """End a process from outside, as a signal would."""
         with self._cond:
             p = self._get(pid)
-            if p.state is ProcessState.ZOMBIE:
-                return self._info(p)
-            if p.on_cpu:
-                # The computation finishes the quantum, then sees the zombie and releases it.
-                self.exit_process(p, 128 + signal, f"killed by signal {signal}")
-                return self._info(p)
-            if p.state is ProcessState.RUNNABLE:
-                self._runq.remove(p)
+            # A migration owns a frozen process: let it finish first, then kill the process
+            # if it is still here (a killed process must not also go on elsewhere).
+            deadline = time.monotonic() + 60
+            while p.migrating and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+            if self._table.get(pid) is not p:
+                raise UnknownProcessError(f"process {pid} migrated away from {self.name} "
+                                          "while being killed; kill it where it runs now")
+            if p.migrating:
+                raise ProcessStateError(f"process {pid} is still migrating; try again")
             self.exit_process(p, 128 + signal, f"killed by signal {signal}")
-            self._finish(p)
-            self._cond.notify_all()
             return self._info(p)
 
     # --- the machine as a whole ----------------------------------------------------------

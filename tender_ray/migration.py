@@ -109,6 +109,12 @@ class ProcessImage:
     program_image: Any = None  # with resources=all: a handle of the program file's bytes
 
     @property
+    def handles(self) -> tuple[Any, ...]:
+        """Every transport handle the image holds (to discard once it has been read)."""
+        extra = () if self.program_image is None else (self.program_image,)
+        return (*self.text_blocks, *self.data_blocks, *extra)
+
+    @property
     def pages(self) -> int:
         return sum(len(a.present) for a in (*self.text_areas, *self.other_areas))
 
@@ -137,6 +143,22 @@ class MigrationRecord:
                 "phases": dict(self.phases), "transfer": self.transfer, "reuse": self.reuse,
                 "resources": self.resources, "result": self.result, "error": self.error,
                 "started_at": self.started_at}
+
+
+def log_migration(record: MigrationRecord) -> None:
+    """[metrics #5] Log a finished migration, one line per phase (pid, source, destination,
+    phase, seconds, transfer), then one line for the whole of it."""
+    from . import logs
+
+    log = logs.get("migration").bind(
+        migration=f"{record.source}:{record.pid}:{record.started_at:.6f}", pid=record.pid,
+        source=record.source, destination=record.destination, transfer=record.transfer,
+        reuse=record.reuse, resources=record.resources)
+    for phase, seconds in record.phases.items():
+        log.info("migration phase", phase=phase, seconds=round(seconds, 6))
+    done = log.info if record.result == "ok" else log.warning
+    done("migration " + record.result, seconds=round(record.seconds, 6), bytes=record.bytes,
+         pages=record.pages, **({"error": record.error} if record.error else {}))
 
 
 # --- transports --------------------------------------------------------------------------
@@ -267,7 +289,7 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
                 peer.abort(pid)  # a dead peer has nothing left to release
             source.thaw(pid)
         if image is not None:
-            transport.discard((*image.text_blocks, *image.data_blocks))
+            transport.discard(image.handles)
         record.result = "failed"
         record.error = str(exc)
         record.seconds = time.perf_counter() - start
@@ -277,7 +299,7 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
     source.delete_migrated(pid, record, options.reuse)
     record.phases["delete"] = time.perf_counter() - t
     record.seconds = time.perf_counter() - start
-    transport.discard((*image.text_blocks, *image.data_blocks))
+    transport.discard(image.handles)
     source.note_migration(record)
     return record
 

@@ -280,7 +280,7 @@ class ScenarioRun:
     def _report(self, migrations: list[dict[str, Any]], failures: list[str],
                 node_cpus: dict[str, float]) -> dict[str, Any]:
         natives: dict[tuple[Path, tuple[str, ...]], bytes | None] = {}
-        processes = []
+        processes: list[dict[str, Any]] = []
         total_cpu = 0.0
         first = min((a.started for a in self.arrivals if a.started is not None), default=0.0)
         last_end = first

@@ -108,10 +108,23 @@ def _isolate(m: Managers, process: Process, start: int, end: int) -> list[Virtua
 
 # --- loading --------------------------------------------------------------------------------
 
-def frames_needed(program: Program) -> int:
-    """Frames a program needs at exec: its file-backed pages (BSS and stack come on touch)."""
+ARG_MAX = STACK_SIZE // 4  # like Linux: arguments and environment take at most 1/4 stack
+
+
+def stack_bytes(argv: list[bytes], envp: list[bytes]) -> int:
+    """Bytes the initial stack takes: strings, pointers, auxv, random bytes, alignment."""
+    strings = sum(len(s) + 1 for s in (*argv, *envp)) + len(argv[0] if argv else b"") + 8
+    words = 1 + len(argv) + 1 + len(envp) + 1 + 2 * 18
+    return strings + 8 * words + 64
+
+
+def frames_needed(program: Program, argv: list[bytes] | None = None,
+                  envp: list[bytes] | None = None) -> int:
+    """Frames a program needs at exec: its file-backed pages and the initial stack (BSS,
+    heap and the rest of the stack come on first touch)."""
+    stack = page_up(stack_bytes(argv or [], envp or [])) >> PAGE_SHIFT
     return sum((page_up(s.vaddr + s.filesz) - page_down(s.vaddr)) >> PAGE_SHIFT
-               for s in program.segments) + 2
+               for s in program.segments) + stack + 1
 
 
 def load_program(m: Managers, process: Process, program: Program, image: bytes,
@@ -120,7 +133,11 @@ def load_program(m: Managers, process: Process, program: Program, image: bytes,
 
     On failure nothing stays allocated: the caller releases the address space.
     """
-    need = frames_needed(program)
+    if stack_bytes(argv, envp) > ARG_MAX:
+        raise BadProgramError(program.name, f"arguments and environment take "
+                                            f"{stack_bytes(argv, envp)} bytes, more than "
+                                            f"{ARG_MAX} (E2BIG); pass less")
+    need = frames_needed(program, argv, envp)
     if need > m.memory.nframes:
         raise BadProgramError(program.name, f"too big for real memory: needs {need * 4} KiB, "
                                             f"the machine has {m.memory.size >> 10} KiB")
@@ -297,6 +314,8 @@ def protect(m: Managers, process: Process, addr: int, length: int, prot: int) ->
     assert process.space is not None
     if addr % PAGE_SIZE:
         return -EINVAL
+    if length == 0:
+        return 0
     end = page_up(addr + length)
     pieces = _isolate(m, process, addr, end)
     covered = sum(us.end - us.start for us in pieces)

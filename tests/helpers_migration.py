@@ -8,6 +8,7 @@ in conftest.py; these build on them.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -100,8 +101,10 @@ class SlowTransport:
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
+        self.putting = threading.Event()  # set when the first block is being put
 
     def put(self, block: Any) -> Any:
+        self.putting.set()
         time.sleep(self.delay)
         return block.copy()
 

@@ -216,9 +216,6 @@ def test_exec_when_memory_is_in_use_elsewhere(make_machine: MakeMachine) -> None
     assert all_frames_free(machine)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: vm.frames_needed reserves 2 pages for the initial "
-                   "stack; with larger argv/envp and tight memory _initial_stack faults and "
-                   "exec raises BadAddress, which is not a TenderError")
 def test_exec_with_large_arguments_when_memory_is_tight(make_machine: MakeMachine) -> None:
     machine = make_machine(memory_mib=1)
     image = workload("hello").read_bytes()
@@ -232,8 +229,6 @@ def test_exec_with_large_arguments_when_memory_is_tight(make_machine: MakeMachin
         machine.memory.free(taken)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: arguments larger than the 8 MiB stack make exec "
-                   "raise BadAddress (not a TenderError); Linux says E2BIG")
 def test_exec_with_arguments_larger_than_the_stack(machine: Machine) -> None:
     image = workload("hello").read_bytes()
     with pytest.raises(UsageError):
@@ -351,9 +346,6 @@ def test_sleeping_processes_hold_no_computation(make_machine: MakeMachine) -> No
     wait_finished(machine, busy)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Machine.wait/reap treat a process as finished as "
-                   "soon as exit_process marks it ZOMBIE, while its computation still runs it "
-                   "and has not released its address space (machine.py exit_process/wait/reap)")
 def test_wait_returns_only_after_the_process_is_released(make_machine: MakeMachine) -> None:
     """After wait() returns, reap() must be safe: the process must not still hold a
     computation. With a long quantum, kill() of a running process leaves a window of up to
@@ -446,24 +438,6 @@ def test_two_computations_share_the_work(make_machine: MakeMachine) -> None:
         stats.computations
     assert all(c.state == "idle" and c.pid is None for c in stats.computations)
     assert all_frames_free(machine)
-
-
-def test_sleeps_overlap_in_time(make_machine: MakeMachine) -> None:
-    """Two sleep-dominated processes (memhold: 10 rounds of 20 ms sleep, little compute) on
-    one computation take about as long as one; if a sleeper held the computation they would
-    take twice as long."""
-    machine = make_machine(quantum_us=1000)
-    args = ["1", "10", "20"]
-    native = run_native(workload("memhold"), args)
-    began = time.monotonic()
-    (solo,) = _run_concurrently(machine, "memhold", args, 1)
-    alone = time.monotonic() - began
-    began = time.monotonic()
-    both = _run_concurrently(machine, "memhold", args, 2)
-    together = time.monotonic() - began
-    for status, out, err, _ in [solo, *both]:
-        assert (status, out, err) == native
-    assert together < 1.5 * alone, (alone, together)
 
 
 def test_compute_and_sleep_interleaved(make_machine: MakeMachine) -> None:

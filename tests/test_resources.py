@@ -412,8 +412,6 @@ def test_read_write_across_page_boundaries() -> None:
         space.read_cstring(0x62FF8)  # no terminator before the area ends
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: VirtualSpace.read_cstring checks `limit` only "
-                   "before each page-sized chunk, so it returns strings up to limit+4095 long")
 def test_read_cstring_respects_its_limit() -> None:
     mem = RealMemory(8 * PAGE_SIZE)
     space = VirtualSpace(mem)

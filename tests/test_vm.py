@@ -204,8 +204,6 @@ def test_protect_of_an_unmapped_range_fails(env: Env) -> None:
     env.space.write(a + PAGE_SIZE, b"still writable")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: vm.protect with length 0 inside a mapping splits it "
-                   "and leaves an empty (0-page) user space behind; Linux does nothing")
 def test_protect_of_zero_length_changes_nothing(env: Env) -> None:
     a = vm.map_anonymous(env.m, env.p, 0, 4 * PAGE_SIZE, RW, ANON)
     assert vm.protect(env.m, env.p, a + PAGE_SIZE, 0, PROT_READ) == 0

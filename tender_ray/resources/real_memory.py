@@ -2,14 +2,17 @@
 
 All frames live in one page-aligned anonymous mapping viewed as a numpy array of 4 KiB rows,
 so the CPU can map the whole of it once as its physical memory and DSM can copy page blocks
-with one numpy call.
+with one numpy call. With `shared=True` (the native engine) the mapping is a shared memory file
+(memfd) that guest host processes map too: their pages are the machine's frames.
 """
 
 from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -51,14 +54,26 @@ class RealMemoryStatistics:
 class RealMemory:
     """The frames of one machine. Frame numbers index `frames`; physical address = frame * 4 KiB."""
 
-    def __init__(self, size_bytes: int) -> None:
+    def __init__(self, size_bytes: int, *, shared: bool = False) -> None:
         if size_bytes < PAGE_SIZE or size_bytes % PAGE_SIZE:
             raise ValueError(
                 f"real memory size must be a positive multiple of 4096, got {size_bytes}")
         self.size = size_bytes
         self.nframes = size_bytes // PAGE_SIZE
-        # Anonymous private mapping: page-aligned, zero-filled and committed lazily by the host.
-        self._mmap = mmap.mmap(-1, size_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # [native engine] With `shared`, the frames are a memfd (file offset = physical address)
+        # mapped MAP_SHARED, which guest host processes map at their virtual addresses; `fd` is
+        # -1 otherwise. Frames are zeroed by `allocate` writing zeros (MADV_DONTNEED would not
+        # zero a shared mapping).
+        self.shared = shared
+        self.fd = -1
+        if shared:
+            self.fd = os.memfd_create("tender-real-memory", os.MFD_CLOEXEC)
+            weakref.finalize(self, os.close, self.fd)
+            os.ftruncate(self.fd, size_bytes)
+            self._mmap = mmap.mmap(self.fd, size_bytes, flags=mmap.MAP_SHARED)
+        else:
+            # Anonymous private mapping: page-aligned, zero-filled and committed lazily.
+            self._mmap = mmap.mmap(-1, size_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.frames: npt.NDArray[np.uint8] = np.frombuffer(self._mmap, dtype=np.uint8).reshape(
             self.nframes, PAGE_SIZE
         )
@@ -82,6 +97,9 @@ class RealMemory:
                 )
             taken = self._free[len(self._free) - count :]
             del self._free[len(self._free) - count :]
+        # Ascending, so consecutive pages of a region get consecutive frames when they can
+        # (one host mapping per run for the native engine, one view per run for DSM).
+        taken.reverse()
         if taken and zero:
             self.frames[taken] = 0
         return taken
@@ -98,8 +116,10 @@ class RealMemory:
         return frame
 
     def free(self, frames: Iterable[int]) -> None:
+        # Lowest frame last: the free list's tail, which `allocate` hands out, stays ascending.
+        returned = sorted(frames, reverse=True)
         with self._lock:
-            self._free.extend(frames)
+            self._free.extend(returned)
 
     def read(self, frames: Sequence[int]) -> npt.NDArray[np.uint8]:
         """A copy of the given frames as one (n, 4096) block."""

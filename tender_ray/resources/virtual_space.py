@@ -152,10 +152,11 @@ class VirtualSpace:
             frames[frame, off : off + n] = np.frombuffer(data, np.uint8, n, pos)
 
     def read_cstring(self, address: int, limit: int = 1 << 16) -> bytes:
+        """The NUL-terminated string at `address`, at most `limit` bytes (else BadAddress)."""
         out = bytearray()
-        while len(out) < limit:
+        while len(out) <= limit:
             a = address + len(out)
-            n = PAGE_SIZE - (a & (PAGE_SIZE - 1))
+            n = min(PAGE_SIZE - (a & (PAGE_SIZE - 1)), limit + 1 - len(out))
             chunk = self.read(a, n)
             end = chunk.find(b"\0")
             if end >= 0:

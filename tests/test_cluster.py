@@ -1,0 +1,224 @@
+"""Machines as Ray actors (an embedded local Ray): exec through handles, migration between
+actors with each transfer, and a destination actor that dies in the middle of a migration.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+from conftest import workload
+from helpers_migration import native
+
+from tender_ray.cluster import Cluster, MachineHandle
+from tender_ray.config import MachineConfig
+from tender_ray.errors import (
+    MachineError,
+    MachineStoppedError,
+    ProcessStateError,
+    UnknownMachineError,
+)
+from tender_ray.machine import ProcessInfo
+from tender_ray.migration import PHASES, MigrationOptions, Resources, Transfer
+from tender_ray.runner import execute
+
+NAMES = ("a", "b", "c")
+
+
+def config(name: str) -> MachineConfig:
+    return MachineConfig(name=name, memory_mib=64, quantum_us=1000)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    if ray.is_initialized():  # another module's Ray: this one must be its own
+        ray.shutdown()
+    c = Cluster(num_cpus=2, object_store_mib=256)
+    try:
+        for name in NAMES:
+            c.add_machine(config(name))
+        yield c
+    finally:
+        c.shutdown()
+        ray.shutdown()
+
+
+def start(handle: MachineHandle, name: str, *args: str,
+          env: Sequence[str] = ()) -> int:
+    path = workload(name)
+    return handle.exec(path.read_bytes(), name, [os.fspath(path), *args], list(env))
+
+
+def finish(handle: MachineHandle, pid: int, timeout: float = 120.0
+           ) -> tuple[int, bytes, bytes, ProcessInfo]:
+    """Wait for the end (and for its computation to let go of it), reap: status, out, err."""
+    deadline = time.monotonic() + timeout
+    while handle.wait(pid, timeout=5).state != "zombie":
+        assert time.monotonic() < deadline, f"process {pid} did not end on {handle.name}"
+    while any(c.pid == pid for c in handle.statistics().computations):
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    info, out, err = handle.reap(pid)
+    assert info.exit_status is not None
+    return info.exit_status, out, err, info
+
+
+def bounce(handles: Sequence[MachineHandle], pid: int, options: MigrationOptions | None,
+           *, pause: float = 0.01, max_moves: int = 8) -> tuple[int, list[dict[str, Any]]]:
+    """Migrate round-robin (starting on handles[0]) until it ends or max_moves are made."""
+    where, records = 0, []
+    while len(records) < max_moves:
+        source = handles[where]
+        if source.info(pid).state == "zombie":
+            break
+        target = (where + 1) % len(handles)
+        try:
+            records.append(source.migrate(pid, handles[target].name, options, timeout=120))
+        except ProcessStateError:
+            break
+        where = target
+        time.sleep(pause)
+    return where, records
+
+
+def assert_clean(handle: MachineHandle) -> None:
+    stats = handle.statistics()
+    assert stats.processes == {}, stats.processes
+    assert stats.memory.frames_free == stats.memory.frames_total, stats.memory
+    assert {s.resource: s.live for s in stats.managers if s.live} == {}
+
+
+RECORD_KEYS = {"pid", "from", "to", "seconds", "bytes", "pages", "phases", "transfer", "reuse",
+               "resources", "result"}
+
+
+def check_record(record: dict[str, Any], source: str, destination: str) -> None:
+    assert RECORD_KEYS <= set(record), record
+    assert (record["from"], record["to"], record["result"]) == (source, destination, "ok")
+    assert record["seconds"] > 0 and record["pages"] > 0
+    assert set(PHASES) <= set(record["phases"])
+    if record["resources"] == "needed":
+        assert record["bytes"] == record["pages"] * 4096
+
+
+# --- exec ---------------------------------------------------------------------------------------
+
+def test_exec_through_handles(cluster: Cluster) -> None:
+    a = cluster.machine("a")
+    assert set(cluster.machines) >= set(NAMES)
+    for name, args in (("hello", ()), ("exitcode", ()), ("segv", ()), ("floats", ())):
+        status, out, err, info = finish(a, start(a, name, *args))
+        assert (status, out, err) == native(name, *args), name
+        assert info.machine == "a"
+    path = workload("args")
+    pid = a.exec(path.read_bytes(), "args", [os.fspath(path), "x", "y z"], ["TENDER_TEST=42"])
+    status, out, _, _ = finish(a, pid)
+    assert status == 0 and b"y z" in out and b"42" in out
+    assert_clean(a)
+
+
+def test_unknown_machine(cluster: Cluster) -> None:
+    with pytest.raises(UnknownMachineError):
+        cluster.machine("nowhere")
+    a = cluster.machine("a")
+    pid = start(a, "memhold", "1", "20", "5")
+    with pytest.raises(UnknownMachineError):
+        a.migrate(pid, "nowhere")
+    assert a.info(pid).state != "frozen"
+    status, out, err, _ = finish(a, pid)
+    assert (status, out, err) == native("memhold", "1", "20", "5")
+    assert_clean(a)
+
+
+# --- migration between actors -----------------------------------------------------------------
+
+STRATEGIES = {
+    "dsm": MigrationOptions(transfer=Transfer.DSM),
+    "plate": MigrationOptions(transfer=Transfer.PLATE),
+    "dsm-no_reuse-all": MigrationOptions(transfer=Transfer.DSM, reuse=False,
+                                         resources=Resources.ALL),
+    "plate-all": MigrationOptions(transfer=Transfer.PLATE, resources=Resources.ALL),
+}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_migration_across_actors(cluster: Cluster, strategy: str) -> None:
+    handles = [cluster.machine(n) for n in NAMES]
+    options = STRATEGIES[strategy]
+    pid = start(handles[0], "sieve", "3000000")
+    where, records = bounce(handles, pid, options, max_moves=6)
+    status, out, err, info = finish(handles[where], pid)
+    assert (status, out, err) == native("sieve", "3000000")
+    assert len(records) >= 3
+    for i, r in enumerate(records):
+        check_record(r, NAMES[i % 3], NAMES[(i + 1) % 3])
+        assert (r["transfer"], r["reuse"], r["resources"]) == (
+            options.transfer.value, options.reuse, options.resources.value)
+    assert info.machine == NAMES[where]
+    assert [(m["from"], m["to"]) for m in info.migrations] == [
+        (r["from"], r["to"]) for r in records]
+    for h in handles:
+        assert_clean(h)
+    leftovers = [p for p in Path(cluster.shared_plate).rglob("*.pages")]
+    if options.resources is Resources.NEEDED:
+        assert leftovers == []
+
+
+def test_execute_with_migrations_reports_stats(cluster: Cluster) -> None:
+    chunks: list[tuple[int, bytes]] = []
+    result = execute(cluster, os.fspath(workload("sieve")), ["3000000"], [],
+                     sink=lambda fd, data: chunks.append((fd, data)), migrate_every=0.05,
+                     machine="a")
+    out = b"".join(d for fd, d in chunks if fd == 1)
+    err = b"".join(d for fd, d in chunks if fd == 2)
+    assert (result.exit_status, out, err) == native("sieve", "3000000")
+    assert len(result.migrations) >= 2
+    names = list(cluster.machines)
+    for m in result.migrations:
+        assert RECORD_KEYS <= set(m), m
+        assert m["from"] in names and m["to"] in names and m["from"] != m["to"]
+        assert m["seconds"] > 0 and m["bytes"] == m["pages"] * 4096
+        assert set(PHASES) <= set(m["phases"])
+    stats = result.stats()
+    assert stats["migrations"] == result.migrations
+    assert stats["final_machine"] == result.machine
+    for h in cluster.machines.values():
+        if not h.name.startswith("victim"):
+            assert_clean(h)
+
+
+# --- a destination that dies mid-migration ----------------------------------------------------
+
+FAULT_PHASES = ["create", "transform_space", "transform_program", "transform_start", "commit"]
+
+
+@pytest.mark.parametrize("phase", FAULT_PHASES)
+def test_destination_dies_at_phase(cluster: Cluster, phase: str) -> None:
+    victim = cluster.add_machine(config(f"victim-{phase.replace('_', '-')}"))
+    a, b = cluster.machine("a"), cluster.machine("b")
+    pid = start(a, "memhold", "2", "30", "5")
+    victim.inject_fault(phase)
+    with pytest.raises(MachineError) as caught:
+        a.migrate(pid, victim.name, timeout=120)
+    assert isinstance(caught.value, MachineStoppedError), repr(caught.value)
+    with pytest.raises(MachineStoppedError):
+        victim.statistics(timeout=30)
+    assert a.info(pid).state != "frozen"
+    # The process is not stuck as migrating: it still moves to a live machine, and ends there.
+    if phase == "transform_program":
+        check_record(a.migrate(pid, "b", timeout=120), "a", "b")
+        holder = b
+    else:
+        holder = a
+    status, out, err, info = finish(holder, pid)
+    assert (status, out, err) == native("memhold", "2", "30", "5")
+    assert [m["to"] for m in info.migrations] == (["b"] if holder is b else [])
+    stats = a.statistics()
+    assert stats.migrations.get("out_failed", 0) >= 1
+    assert_clean(a)
+    assert_clean(b)
