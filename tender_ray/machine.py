@@ -25,7 +25,6 @@ from . import engine, vm
 from .config import MachineConfig
 from .cpu import EngineError, Stop, StopKind
 from .errors import (
-    BadProgramError,
     CordonedError,
     MachineStoppedError,
     MigrationError,
@@ -128,15 +127,16 @@ class Machine:
     def __init__(self, config: MachineConfig | None = None, *, pid_base: int = 1000) -> None:
         self.config = config or MachineConfig()
         self.name = self.config.name
-        self.memory = RealMemory(self.config.memory_mib << 20)
+        self.exact = self.config.quantum_instructions is not None
+        self.engine, self.engine_notice = engine.resolve(self.config.engine, exact=self.exact)
+        # The native engine maps real memory into its guests: a shared memory file.
+        self.memory = RealMemory(self.config.memory_mib << 20, shared=self.engine == "native")
         if self.config.plate_dir:
             self.plate = Plate(self.config.plate_dir)
             self._plate_tmp = None
         else:
             self._plate_tmp = tempfile.TemporaryDirectory(prefix=f"tender-plate-{self.name}-")
             self.plate = Plate(self._plate_tmp.name)
-        self.exact = self.config.quantum_instructions is not None
-        self.engine, self.engine_notice = engine.resolve(self.config.engine)
         self.quantum = self.config.quantum_instructions or self.config.quantum_us
         reuse = self.config.reuse
         memory = self.memory
@@ -225,11 +225,7 @@ class Machine:
         if self.cordoned:
             raise CordonedError(f"machine {self.name} is cordoned (draining): start the "
                                 "program on another machine")
-        program = parse_program(image, name)
-        if vm.frames_needed(program) > self.memory.nframes:
-            raise BadProgramError(name, f"too big for real memory: needs "
-                                        f"{vm.frames_needed(program) * 4} KiB, machine "
-                                        f"{self.name} has {self.memory.size >> 10} KiB")
+        program = parse_program(image, name)  # too big for memory: vm.load_program says so
         plate_name = self.plate.store_program(image, program.digest)
         args = [a.encode() if isinstance(a, str) else a for a in argv] or [name.encode()]
         env = [e.encode() if isinstance(e, str) else e for e in envp]
