@@ -56,11 +56,32 @@ def _options(ns: argparse.Namespace) -> Any:
                             resources=Resources.ALL if ns.move_all else Resources.NEEDED)
 
 
+def _metrics_options(parser: argparse.ArgumentParser, host: bool = False) -> None:
+    from .metrics import DEFAULT_HOST, DEFAULT_PORT
+
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_PORT, metavar="PORT",
+                        help=f"serve Prometheus metrics of every machine on this port "
+                             f"(default {DEFAULT_PORT}; 0 picks a free one)")
+    if host:
+        parser.add_argument("--metrics-host", default=DEFAULT_HOST, metavar="HOST",
+                            help=f"address the metrics endpoint binds (default "
+                                 f"{DEFAULT_HOST})")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="serve no metrics")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tender-ray",
         description="Tender's process migration on Ray: static x86-64 Linux programs run as "
                     "Tender processes on machine actors and move between them.")
+    parser.add_argument("--log-format", choices=["console", "json"], default=None,
+                        help="structured logs as console lines or JSON, here and in every "
+                             "actor (default: $TENDER_LOG_FORMAT, else console)")
+    parser.add_argument("--log-level", default=None, metavar="LEVEL",
+                        choices=["debug", "info", "warning", "error"],
+                        help="log level (default: $TENDER_LOG_LEVEL, else warning; info logs "
+                             "every migration phase)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser(
         "exec", help="run one program as a Tender process",
@@ -97,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "table")
     r.add_argument("--no-live", action="store_true", help="plain log lines instead of the "
                                                           "live view")
+    _metrics_options(r)
     u = sub.add_parser(
         "up", help="start a long-lived cluster of machines (detached actors)",
         description="Start machines as named detached Ray actors, and a balancer, on an "
@@ -112,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="balancer policy (default none: it only drains)")
     u.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of the Ray head started here (default: the host's)")
+    _metrics_options(u, host=True)
+    t = sub.add_parser("top", help="live view of the running cluster",
+                       description="Machines (load, run queue, frames free/used/held, "
+                                   "draining), processes and where they run, and the last "
+                                   "migrations with their phase times, redrawn in place.")
+    t.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between refreshes (default 1)")
+    t.add_argument("--once", action="store_true", help="print one view and exit")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("ps", help="processes of the running cluster and where they run")
     mg = sub.add_parser("migrate", help="migrate a process of the running cluster")
@@ -242,14 +272,16 @@ def cmd_run(ns: argparse.Namespace) -> int:
         for policy in policies:
             report_dir = Path(ns.report or "reports") / f"{scenario.name}-{policy}"
             result = run_live(scenario, programs, address=ns.address, policy=policy,
-                              report_dir=report_dir, live=False)
+                              report_dir=report_dir, live=False,
+                              metrics_port=None if ns.no_metrics else ns.metrics_port)
             reports.append(result.report)
         print_compare(reports)
         return 0 if all(r["all_match_native"] for r in reports) else 1
     stamp = _time.strftime("%Y%m%d-%H%M%S")
     report_dir = Path(ns.report) if ns.report else Path("reports") / f"{scenario.name}-{stamp}"
     result = run_live(scenario, programs, address=ns.address, policy=ns.policy,
-                      report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty())
+                      report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty(),
+                      metrics_port=None if ns.no_metrics else ns.metrics_port)
     print_summary(result.report, report_dir)
     return 0 if result.report["all_match_native"] and not result.report["lost"] else 1
 
@@ -279,17 +311,22 @@ def cmd_up(ns: argparse.Namespace) -> int:
             cluster.add_machine(config, detached=True)
         cluster.start_balancer(BalancerParams(policy=Policy(ns.policy)), MigrationOptions(),
                                0.25, detached=True)
+        metrics_port = None if ns.no_metrics else cluster.start_exporter(
+            ns.metrics_port, ns.metrics_host, detached=True)
     except BaseException:
         if head_pid is not None:
             stop_head(head_pid)
         raise
     state = ClusterState(address=address, machines={c.name: i for i, c in enumerate(configs)},
-                         shared_plate=str(shared), head_pid=head_pid)
+                         shared_plate=str(shared), head_pid=head_pid,
+                         metrics_port=metrics_port)
     state.save()
     cluster.forget()
     print(f"up: {len(configs)} machines ({', '.join(state.machines)}) on {address}"
           f"{' (Ray head started here, pid ' + str(head_pid) + ')' if head_pid else ''}; "
           f"state in {state_path()}")
+    if metrics_port is not None:
+        print(f"metrics: http://{ns.metrics_host}:{metrics_port}/metrics")
     return 0
 
 
@@ -329,6 +366,18 @@ def cmd_ps(ns: argparse.Namespace) -> int:
             table.add_row(str(p.pid), p.name, name, p.state, f"{p.cpu_seconds:.2f}",
                           f"{p.run_seconds:.1f}", str(len(p.migrations)))
     Console().print(table)
+    return 0
+
+
+def cmd_top(ns: argparse.Namespace) -> int:
+    from .operate import connect
+    from .top import run_top
+
+    if ns.interval <= 0:
+        raise UsageError("--interval must be a positive number of seconds")
+    cluster, _ = connect()
+    run_top(lambda: list(cluster.machines.values()), ns.interval,
+            balancer=cluster.balancer_state, once=ns.once or not sys.stdout.isatty())
     return 0
 
 
@@ -381,6 +430,18 @@ def _attach_up(address: str | None) -> Any:
     return cluster
 
 
+def _configure_logs(ns: argparse.Namespace) -> None:
+    """structlog, configured once for this process; the actors configure themselves from the
+    same TENDER_LOG_* variables (which Ray workers inherit, see Cluster.__init__)."""
+    from . import logs
+
+    if ns.log_format:
+        os.environ["TENDER_LOG_FORMAT"] = ns.log_format
+    if ns.log_level:
+        os.environ["TENDER_LOG_LEVEL"] = ns.log_level
+    logs.configure(ns.log_format, ns.log_level)
+
+
 def _environment() -> list[str]:
     return [f"{k}={v}" for k, v in os.environ.items()]
 
@@ -391,9 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USAGE
+    _configure_logs(ns)
     handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run, "up": cmd_up,
                 "down": cmd_down, "ps": cmd_ps, "migrate": cmd_migrate, "drain": cmd_drain,
-                "undrain": cmd_undrain}
+                "undrain": cmd_undrain, "top": cmd_top}
     try:
         return handlers[ns.command](ns)
     except UsageError as exc:

@@ -637,7 +637,10 @@ class Cluster:
                                            namespace=ray.get_runtime_context().namespace)
         if self._exporter is None:
             return None
-        return int(ray.get(self._exporter.port.remote(), timeout=CALL_TIMEOUT))
+        try:
+            return int(ray.get(self._exporter.port.remote(), timeout=CALL_TIMEOUT))
+        except Exception:  # not answering: `shutdown` still kills it
+            return None
 
     def stop_exporter(self) -> None:
         exporter, self._exporter = self._exporter, None

@@ -19,8 +19,10 @@ from .scenario import TICK, RunResult, ScenarioRun
 
 
 def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | None,
-             policy: str | None, report_dir: Path | None, live: bool) -> RunResult:
-    """Run a scenario to its end, drawing it live (or logging lines); its result."""
+             policy: str | None, report_dir: Path | None, live: bool,
+             metrics_port: int | None = None) -> RunResult:
+    """Run a scenario to its end, drawing it live (or logging lines); its result.
+    `metrics_port`: serve Prometheus metrics there while it runs (None: not at all)."""
     console = Console()
     log: deque[str] = deque(maxlen=8)
 
@@ -29,7 +31,8 @@ def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | No
         if not live:
             console.print(f"[dim]{msg}[/dim]")
 
-    run = ScenarioRun(scenario, programs, address=address, policy=policy, on_event=note)
+    run = ScenarioRun(scenario, programs, address=address, policy=policy, on_event=note,
+                      metrics_port=metrics_port)
     note(f"scenario {scenario.name}: {len(run.arrivals)} processes, "
          f"{len(scenario.machine_configs())} machines, policy {run.policy.value}")
     run.setup()

@@ -120,6 +120,7 @@ def connect(state: ClusterState | None = None) -> tuple[Any, ClusterState]:
     state = state or ClusterState.load()
     cluster = Cluster(state.address, shared_plate=state.shared_plate)
     cluster.attach(state.machines)
+    cluster.attach_exporter()  # [metrics #5] so `down` stops it too
     return cluster, state
 
 

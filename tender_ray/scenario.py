@@ -85,8 +85,12 @@ class ScenarioRun:
 
     def __init__(self, scenario: Scenario, programs: dict[int, Path], *,
                  address: str | None = None, policy: str | None = None,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None,
+                 metrics_port: int | None = None) -> None:
         self.scenario = scenario
+        # [metrics #5] Serve Prometheus metrics on 127.0.0.1:metrics_port (0: a free port;
+        # None: no exporter); the port bound once set up.
+        self.metrics_port = metrics_port
         self.policy = Policy(policy or scenario.balancer.policy)
         self.on_event = on_event or (lambda _msg: None)
         self.arrivals: list[Arrival] = []
@@ -127,6 +131,13 @@ class ScenarioRun:
         params = BalancerParams(policy=self.policy, margin=b.margin, max_moves=b.max_moves,
                                 cooldown=b.cooldown)
         self.cluster.start_balancer(params, options, b.interval)
+        if self.metrics_port is not None:  # [metrics #5]
+            try:
+                self.metrics_port = self.cluster.start_exporter(self.metrics_port)
+                self.on_event(f"metrics: http://127.0.0.1:{self.metrics_port}/metrics")
+            except TenderError as exc:  # a busy port must not stop the run
+                self.metrics_port = None
+                self.on_event(f"metrics not served: {exc}")
         self.start = time.monotonic()
         self.start_wall = time.time()
 
