@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    result: dict[str, Any]
+    result: Any
     if ns.bench == "migration":
         from .migration_bench import migration_benchmark, print_migration_table
 

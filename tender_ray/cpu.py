@@ -22,11 +22,13 @@ import ctypes
 import enum
 import heapq
 import itertools
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import unicorn as uc
 from unicorn import unicorn_const as ucc
@@ -196,18 +198,52 @@ _TLB_ENTRY_BITS = 6  # log2(sizeof(CPUTLBEntry)) on a 64-bit host with a 64-bit 
 _TLB_INITIAL = 256  # entries of a fresh soft TLB (CPU_TLB_DYN_DEFAULT_BITS = 8)
 _TLB_MAX_GROWN = 1 << 16  # do not push the TLB past this (64 B an entry: 4 MiB)
 _CTL_TLB_FLUSH = (ucc.UC_CTL_IO_WRITE << 30) | ucc.UC_CTL_TLB_FLUSH  # uc_ctl code, no args
-# QEMU's own single-page flush (what `invlpg` uses), exported by this build; it takes the CPU
-# pointer found with `_TLB_OFFSETS` and drops the page from the TLB, its victim cache and the
-# jump cache. Used when a page-table change touches a few cached translations.
-_tlb_flush_page = getattr(uclib, "tlb_flush_page_x86_64", None)
-if _tlb_flush_page is not None:
-    _tlb_flush_page.argtypes = (ctypes.c_void_p, ctypes.c_uint64)
-    _tlb_flush_page.restype = None
+
+
+class _HeldLib:
+    """The library's short calls made without releasing the interpreter lock (PyDLL).
+
+    A ctypes call through `uclib` drops the GIL and must win it back afterwards; from inside a
+    hook, or between two emulator runs, that hands the lock to whichever thread is waiting
+    (the machine's waiters, the watchdog) and queues the computation behind it. Only
+    `uc_emu_start`, which runs the guest, goes through `uclib` and lets other threads run.
+    """
+
+    def __init__(self) -> None:
+        lib = ctypes.PyDLL(uclib._name)
+        err, engine = ctypes.c_int, ctypes.c_void_p
+        self.reg_read = lib.uc_reg_read
+        self.reg_read.argtypes, self.reg_read.restype = (engine, ctypes.c_int,
+                                                         ctypes.c_void_p), err
+        self.reg_write = lib.uc_reg_write
+        self.reg_write.argtypes, self.reg_write.restype = (engine, ctypes.c_int,
+                                                           ctypes.c_void_p), err
+        self.reg_read_batch = lib.uc_reg_read_batch
+        self.reg_read_batch.argtypes = (engine, ctypes.POINTER(ctypes.c_int),
+                                        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int)
+        self.reg_read_batch.restype = err
+        self.ctl = lib.uc_ctl
+        self.ctl.argtypes, self.ctl.restype = (engine, ctypes.c_int), err
+        self.emu_stop = lib.uc_emu_stop
+        self.emu_stop.argtypes, self.emu_stop.restype = (engine,), err
+        # QEMU's own single-page flush (what `invlpg` uses), exported by this build: given the
+        # CPU found with `_TLB_OFFSETS` it drops one page from the TLB, its victim cache and
+        # the jump cache. Used when a page-table change touches a few cached translations.
+        self.flush_page = getattr(lib, "tlb_flush_page_x86_64", None)
+        if self.flush_page is not None:
+            self.flush_page.argtypes = (ctypes.c_void_p, ctypes.c_uint64)
+            self.flush_page.restype = None
+
+
+_held = _HeldLib()
 
 
 @dataclass
 class EngineCounters:
-    """What every CPU of this process did, summed (read with `engine_counters`)."""
+    """What every CPU of this process did, summed (read with `engine_counters`).
+
+    Bumped without a lock: exact with one computation, close enough with several.
+    """
 
     runs: int = 0  # quanta run (`Cpu.run` calls)
     emu_starts: int = 0  # emulator entries; more than runs when a quantum resumed after a flush
@@ -245,6 +281,10 @@ class _Watchdog:
     RESEND = 0.002  # seconds between stops of a run that has not yet returned
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh: at creation, and in a forked child (no thread, a free lock)."""
         self._cond = threading.Condition(threading.Lock())
         self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, uc handle)
         self._heap: list[tuple[float, int]] = []  # (deadline, token), may hold stale tokens
@@ -279,7 +319,7 @@ class _Watchdog:
                     entry = armed.get(token)
                     if entry is None or entry[0] != deadline:
                         continue  # disarmed, or re-queued with a later deadline
-                    uclib.uc_emu_stop(entry[1])
+                    _held.emu_stop(entry[1])
                     again = now + self.RESEND
                     armed[token] = (again, entry[1])
                     heapq.heappush(heap, (again, token))
@@ -288,6 +328,8 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):  # a forked child starts with no watchdog and a free lock
+    os.register_at_fork(after_in_child=_WATCHDOG.reset)
 
 
 class Cpu:
@@ -313,9 +355,12 @@ class Cpu:
         self.exact = exact or not (_proven or block_boundary_stops_available())
         self._uc = uc.Uc(uc.UC_ARCH_X86, uc.UC_MODE_64)
         self._uch = self._uc._uch
-        self._handle = int(self._uch.value or 0)
-        self._uc.ctl_set_tcg_buffer_size(translation_buffer)
-        self._uc.ctl_set_tlb_mode(ucc.UC_TLB_VIRTUAL)
+        if self._uch is None or not self._uch.value:
+            raise EngineError("unicorn returned no engine handle")
+        self._handle = int(self._uch.value)
+        ctl: Any = self._uc  # the ctl_* helpers are missing from the binding's type stubs
+        ctl.ctl_set_tcg_buffer_size(translation_buffer)
+        ctl.ctl_set_tlb_mode(ucc.UC_TLB_VIRTUAL)
         self._uc.mem_map_ptr(0, memory.size, ucc.UC_PROT_ALL, memory.address)
         if not self.exact:
             assert _EXIT_REQUEST_OFFSET is not None
@@ -393,14 +438,15 @@ class Cpu:
         self.space = None
         self.handler = None
         self._space_generation = -1
-        self._uc.ctl_flush_tb()
+        ctl: Any = self._uc
+        ctl.ctl_flush_tb()
         self.flush_tlb()
 
     def flush_tlb(self) -> None:
         """Drop every cached translation (QEMU resizes the TLB here, and only here)."""
         if self._tlb_masks is None and len(self._filled) * 10 >= self._tlb_model * 7:
             self._tlb_model = min(self._tlb_model * 2, 1 << 22)  # QEMU doubles at 70 % use
-        status = uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
+        status = _held.ctl(self._uch, _CTL_TLB_FLUSH)
         if status != ucc.UC_ERR_OK:
             raise EngineError(f"TLB flush failed: {uc.UcError(status)}")
         self._fills_flushed += self._fills
@@ -422,12 +468,13 @@ class Cpu:
         # `<=` on item views: every translation QEMU may hold is still in the table, as is.
         if fresh or not filled.items() <= table.items():
             stale = [] if fresh else [vpn for vpn, pte in filled.items() if table.get(vpn) != pte]
-            if (fresh or not self._cpu_state or _tlb_flush_page is None
+            flush_page = _held.flush_page
+            if (fresh or not self._cpu_state or flush_page is None
                     or len(stale) > max(64, len(filled) // 4)):
                 self.flush_tlb()
                 return
             for vpn in stale:
-                _tlb_flush_page(self._cpu_state, vpn << PAGE_SHIFT)
+                flush_page(self._cpu_state, vpn << PAGE_SHIFT)
                 del filled[vpn]
             _COUNTERS.page_flushes += len(stale)
         else:
@@ -441,7 +488,7 @@ class Cpu:
             self._tlb_masks = None
             self._cpu_state = 0
             # The binding's finalizer closes the handle exactly once (it also runs at exit).
-            self._uc._Uc__finalizer()
+            getattr(self._uc, "_Uc__finalizer")()  # noqa: B009 (name-mangled)
 
     # --- registers -----------------------------------------------------------------------
 
@@ -465,10 +512,10 @@ class Cpu:
         st = tuple(tuple(u.reg_read(x86.UC_X86_REG_FP0 + i)) for i in range(8))
         xmm = tuple(u.reg_read(x86.UC_X86_REG_XMM0 + i) for i in range(16))
         return CpuState(gpr, rip, rflags, fs, gs, mxcsr, fpcw, fpsw, fptag,
-                        st, xmm)  # type: ignore[arg-type]
+                        st, xmm)
 
     def rip(self) -> int:
-        uclib.uc_reg_read(self._uch, x86.UC_X86_REG_RIP, ctypes.byref(self._rip))
+        _held.reg_read(self._uch, x86.UC_X86_REG_RIP, ctypes.byref(self._rip))
         return int(self._rip.value)
 
     def fs_base(self) -> int:
@@ -559,7 +606,7 @@ class Cpu:
             return True
         except BaseException as exc:  # an exception must not cross the C boundary
             self._error = exc
-            uclib.uc_emu_stop(self._uch)
+            _held.emu_stop(self._uch)
             return False
 
     def _tlb_full(self, space: VirtualSpace) -> None:
@@ -573,17 +620,17 @@ class Cpu:
         _COUNTERS.grow_stops += 1
         if not self.exact:  # counted quanta cannot resume mid-way: flush at the next run
             self._grow_stop = True
-            uclib.uc_emu_stop(self._uch)
+            _held.emu_stop(self._uch)
 
     def _on_syscall(self, _uc: int, _data: int) -> None:
         try:
-            uclib.uc_reg_read_batch(self._uch, self._reg_ids, self._reg_ptrs, 7)
+            _held.reg_read_batch(self._uch, self._reg_ids, self._reg_ptrs, 7)
             r = self._regs
             assert self.handler is not None
             outcome = self.handler(r[0], (r[1], r[2], r[3], r[4], r[5], r[6]))
             if outcome.result is not None:
                 self._rax.value = outcome.result & 0xFFFF_FFFF_FFFF_FFFF
-                uclib.uc_reg_write(self._uch, x86.UC_X86_REG_RAX, ctypes.byref(self._rax))
+                _held.reg_write(self._uch, x86.UC_X86_REG_RAX, ctypes.byref(self._rax))
             space = self.space
             if space is not None and space.generation != self._space_generation:
                 # munmap/mprotect/brk changed the table: the translation block ends after a
@@ -591,15 +638,15 @@ class Cpu:
                 self._sync_tlb(space)
             if outcome.stop:
                 self._stop = Stop(StopKind.SYSCALL)
-                uclib.uc_emu_stop(self._uch)
+                _held.emu_stop(self._uch)
         except BaseException as exc:
             self._error = exc
-            uclib.uc_emu_stop(self._uch)
+            _held.emu_stop(self._uch)
 
     def _on_interrupt(self, _uc: int, intno: int, _data: int) -> None:
         signal, why = _INTERRUPT_SIGNALS.get(intno, (SIGSEGV, f"CPU exception {intno}"))
         self._stop = Stop(StopKind.FAULT, signal, 0, why)
-        uclib.uc_emu_stop(self._uch)
+        _held.emu_stop(self._uch)
 
 
 # --- proving block-boundary stops on this build -------------------------------------------

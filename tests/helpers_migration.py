@@ -15,13 +15,18 @@ from typing import Any
 
 from conftest import run_native, wait_finished, workload
 
+from tender_ray import logs
 from tender_ray.errors import ProcessStateError
 from tender_ray.machine import Machine, ProcessInfo
 from tender_ray.migration import MigrationOptions, MigrationRecord, Transport, migrate_local
 from tender_ray.resources.manager import ManagerStatistics
 
+# The first migration log line imports and configures structlog (~0.5 s): do it now, so the
+# first migration of a test is not slower than the run it is supposed to interrupt.
+logs.get("tests")
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def native(name: str, *args: str) -> tuple[int, bytes, bytes]:
     """(status, stdout, stderr) of a workload run on the host, empty environment (cached)."""
     return run_native(workload(name), args, {})

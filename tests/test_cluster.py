@@ -31,7 +31,7 @@ NAMES = ("a", "b", "c")
 
 
 def config(name: str) -> MachineConfig:
-    return MachineConfig(name=name, memory_mib=64, quantum_us=1000)
+    return MachineConfig(name=name, memory_mib=64, quantum_us=1000, engine="emulated")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ RECORD_KEYS = {"pid", "from", "to", "seconds", "bytes", "pages", "phases", "tran
 
 
 def check_record(record: dict[str, Any], source: str, destination: str) -> None:
-    assert RECORD_KEYS <= set(record), record
+    assert set(record) >= RECORD_KEYS, record
     assert (record["from"], record["to"], record["result"]) == (source, destination, "ok")
     assert record["seconds"] > 0 and record["pages"] > 0
     assert set(PHASES) <= set(record["phases"])
@@ -164,9 +164,8 @@ def test_migration_across_actors(cluster: Cluster, strategy: str) -> None:
         (r["from"], r["to"]) for r in records]
     for h in handles:
         assert_clean(h)
-    leftovers = [p for p in Path(cluster.shared_plate).rglob("*.pages")]
-    if options.resources is Resources.NEEDED:
-        assert leftovers == []
+    leftovers = [p for p in Path(cluster.shared_plate).rglob("*") if p.is_file()]
+    assert leftovers == [], "files left on the shared plate"
 
 
 def test_execute_with_migrations_reports_stats(cluster: Cluster) -> None:
@@ -180,7 +179,7 @@ def test_execute_with_migrations_reports_stats(cluster: Cluster) -> None:
     assert len(result.migrations) >= 2
     names = list(cluster.machines)
     for m in result.migrations:
-        assert RECORD_KEYS <= set(m), m
+        assert set(m) >= RECORD_KEYS, m
         assert m["from"] in names and m["to"] in names and m["from"] != m["to"]
         assert m["seconds"] > 0 and m["bytes"] == m["pages"] * 4096
         assert set(PHASES) <= set(m["phases"])
@@ -222,3 +221,26 @@ def test_destination_dies_at_phase(cluster: Cluster, phase: str) -> None:
     assert stats.migrations.get("out_failed", 0) >= 1
     assert_clean(a)
     assert_clean(b)
+
+
+@pytest.mark.xfail(reason="BUG: _MachineActor._peer (tender_ray/cluster.py) caches the "
+                          "destination's actor handle by name forever: after a machine is "
+                          "stopped and a new one started under the same name, every migration "
+                          "to it from a machine that had migrated to the old one fails with "
+                          "MachineStoppedError", strict=True)
+def test_machine_replaced_under_the_same_name(cluster: Cluster) -> None:
+    a = cluster.machine("a")
+    args = ("2", "30", "5")
+    phoenix = cluster.add_machine(config("phoenix"))
+    pid = start(a, "memhold", *args)
+    check_record(a.migrate(pid, "phoenix", timeout=120), "a", "phoenix")  # a knows phoenix
+    assert finish(phoenix, pid)[:3] == native("memhold", *args)
+    cluster.stop_machine("phoenix")
+    phoenix = cluster.add_machine(config("phoenix"))  # a new machine, the same name
+    pid = start(a, "memhold", *args)
+    holder = a
+    try:
+        check_record(a.migrate(pid, "phoenix", timeout=120), "a", "phoenix")
+        holder = phoenix
+    finally:
+        assert finish(holder, pid)[:3] == native("memhold", *args)

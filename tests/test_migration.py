@@ -6,9 +6,11 @@ machine must give back every frame and resource once its processes are gone.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,10 @@ from helpers_migration import (
     wait_state,
 )
 
+from tender_ray.config import MachineConfig
+from tender_ray.engine import resolve as resolve_engine
 from tender_ray.errors import (
+    CordonedError,
     MachineStoppedError,
     MigrationError,
     OutOfMemoryError,
@@ -47,10 +52,74 @@ from tender_ray.resources.real_memory import PAGE_SIZE
 MakeMachine = Callable[..., Machine]
 
 
+@functools.cache
+def _native_engine_problem() -> str:
+    name, notice = resolve_engine("native")
+    return "" if name == "native" else notice or "native engine unavailable"
+
+
+@pytest.fixture(params=["emulated", "native"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both engines (the default `auto` is native where it works)."""
+    if request.param == "native" and _native_engine_problem():
+        pytest.skip(_native_engine_problem())
+    return str(request.param)
+
+
 @pytest.fixture
-def trio(make_machine: MakeMachine) -> list[Machine]:
-    """Three machines, 64 MiB each, 1 ms quanta (stopped after the test)."""
-    return [make_machine(name=f"m{i}", memory_mib=64, quantum_us=1000) for i in range(3)]
+def new_machine(make_machine: MakeMachine, engine: str) -> MakeMachine:
+    """make_machine on the test's engine, 64 MiB and 1 ms quanta unless told otherwise."""
+
+    def make(name: str, **config: object) -> Machine:
+        config.setdefault("memory_mib", 64)
+        config.setdefault("quantum_us", 1000)
+        m = make_machine(name=name, engine=engine, **config)
+        assert m.engine == engine
+        return m
+
+    return make
+
+
+@pytest.fixture
+def based_machine(engine: str) -> Iterator[Callable[[str, int], Machine]]:
+    """Machines numbering their processes from a given pid base (as cluster actors do)."""
+    made: list[Machine] = []
+
+    def make(name: str, pid_base: int, memory_mib: int = 64) -> Machine:
+        m = Machine(MachineConfig(name=name, memory_mib=memory_mib, quantum_us=1000,
+                                  engine=engine), pid_base=pid_base)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+@pytest.fixture
+def trio(new_machine: MakeMachine) -> list[Machine]:
+    """Three machines m0, m1, m2 (stopped after the test)."""
+    return [new_machine(f"m{i}") for i in range(3)]
+
+
+# Sizes that keep a workload running long enough to be moved several times: the native engine
+# runs them about as fast as the host does, the emulated CPU 4-20 times slower.
+SIZES = {
+    "sieve": {"emulated": "3000000", "native": "20000000"},
+    "hashwalk": {"emulated": "4", "native": "24"},
+    "rmw_counter": {"emulated": "3000000", "native": "30000000"},
+}
+
+
+def sized(name: str, engine: str) -> tuple[str, str]:
+    """(name, size argument) for a workload on `engine`."""
+    return name, SIZES[name][engine]
+
+
+def pause_for(engine: str) -> float:
+    """Run time between moves in the bounce tests: the native engine runs a workload in a few
+    milliseconds, so it is moved again at once (it still runs between the moves)."""
+    return 0.003 if engine == "emulated" else 0.0
 
 
 @pytest.fixture
@@ -78,16 +147,16 @@ MANY = [
 
 
 @pytest.mark.parametrize(("name", "args", "fewest"), MANY, ids=[m[0] for m in MANY])
-def test_running_process_migrated_many_times(trio: list[Machine], name: str,
+def test_running_process_migrated_many_times(trio: list[Machine], engine: str, name: str,
                                              args: tuple[str, ...], fewest: int) -> None:
     expected = native(name, *args)
     pid = start(trio[0], name, *args)
-    where, records = bounce(trio, pid, pause=0.003, max_moves=30)
+    where, records = bounce(trio, pid, pause=pause_for(engine), max_moves=30)
     status, out, err, info = finish(trio[where], pid)
     assert (status, out, err) == expected
     assert len(records) >= fewest, f"only {len(records)} migrations"
     # The chain of moves is unbroken and every record came along with the process.
-    for a, b in zip(records, records[1:], strict=False):
+    for a, b in itertools.pairwise(records):
         assert a.destination == b.source
     assert all(r.result == "ok" and r.pid == pid for r in records)
     assert [(m["from"], m["to"]) for m in info.migrations] == [
@@ -102,15 +171,17 @@ def test_running_process_migrated_many_times(trio: list[Machine], name: str,
 @pytest.mark.parametrize("resources", ["needed", "all"])
 @pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "no_reuse"])
 @pytest.mark.parametrize("transfer", ["dsm", "plate"])
-def test_strategy_combinations(trio: list[Machine], tmp_path: Path, transfer: str,
-                               reuse: bool, resources: str) -> None:
+def test_strategy_combinations(trio: list[Machine], engine: str, tmp_path: Path,
+                               transfer: str, reuse: bool, resources: str) -> None:
     options = MigrationOptions(transfer=Transfer(transfer), reuse=reuse,
                                resources=Resources(resources))
     shared = tmp_path / "shared-plate"
     transport = PlateTransport(shared) if transfer == "plate" else None
-    expected = native("sieve", "3000000")
-    pid = start(trio[0], "sieve", "3000000")
-    where, records = bounce(trio, pid, options=options, transport=transport, pause=0.005)
+    work = sized("sieve", engine)
+    expected = native(*work)
+    pid = start(trio[0], *work)
+    where, records = bounce(trio, pid, options=options, transport=transport,
+                            pause=pause_for(engine), max_moves=20)
     status, out, err, _ = finish(trio[where], pid)
     assert (status, out, err) == expected
     assert len(records) >= 3
@@ -120,19 +191,15 @@ def test_strategy_combinations(trio: list[Machine], tmp_path: Path, transfer: st
         assert r.pages > 0
         extra = size if resources == "all" else 0
         assert r.bytes == r.pages * PAGE_SIZE + extra
-    if transport is not None and resources == "needed":
-        # (resources=all: see test_move_all_over_the_plate_leaves_no_files)
+    if transport is not None:
         assert plate_files(shared) == [], "page block files left on the shared plate"
     for m in trio:
         assert_clean(m)
 
 
-@pytest.mark.xfail(reason="BUG: run_migration (tender_ray/migration.py) discards only "
-                          "image.text_blocks and image.data_blocks, never image.program_image: "
-                          "with transfer=plate and resources=all every migration leaves the "
-                          "program image file on the shared plate", strict=True)
 def test_move_all_over_the_plate_leaves_no_files(pair: tuple[Machine, Machine],
                                                  tmp_path: Path) -> None:
+    """The program image sent with resources=all is discarded like the page blocks."""
     a, b = pair
     shared = tmp_path / "shared-plate"
     transport = PlateTransport(shared)
@@ -193,13 +260,9 @@ def test_all_resources_needs_the_program_on_the_source_plate(trio: list[Machine]
         assert_clean(m)
 
 
-@pytest.mark.xfail(reason="BUG: Machine.export_image (tender_ray/machine.py) puts the data page "
-                          "blocks into the transport before refusing resources=all for a "
-                          "process without its program image; run_migration never sees an "
-                          "image, so it cannot discard them: with the plate transfer the block "
-                          "files stay on the shared plate", strict=True)
 def test_refused_move_all_leaves_no_page_blocks_on_the_plate(trio: list[Machine],
                                                              tmp_path: Path) -> None:
+    """A refused resources=all move leaves no page block files behind on the plate."""
     a, b, c = trio
     shared = tmp_path / "shared-plate"
     transport = PlateTransport(shared)
@@ -297,9 +360,9 @@ def test_same_machine_is_refused(pair: tuple[Machine, Machine]) -> None:
     assert_clean(a)
 
 
-def test_destination_without_enough_frames(make_machine: MakeMachine) -> None:
-    a = make_machine(name="big", memory_mib=64, quantum_us=1000)
-    small = make_machine(name="small", memory_mib=2, quantum_us=1000)
+def test_destination_without_enough_frames(new_machine: MakeMachine) -> None:
+    a = new_machine("big")
+    small = new_machine("small", memory_mib=2)
     args = ("4", "20", "5")
     pid = start(a, "memhold", *args)
     wait_state(a, pid, ["sleeping", "runnable", "running"],
@@ -326,7 +389,7 @@ def test_concurrent_migrations_one_wins(trio: list[Machine]) -> None:
         barrier.wait()
         try:
             results[dest.name] = migrate_local(a, pid, dest, transport=SlowTransport(0.2))
-        except Exception as exc:  # noqa: BLE001 - collected and checked below
+        except Exception as exc:
             results[dest.name] = exc
 
     threads = [threading.Thread(target=move, args=(d,)) for d in (b, c)]
@@ -354,8 +417,8 @@ FAULT_PHASES = ["create", "transform_space", "transform_program", "transform_sta
 @pytest.mark.parametrize("phase", FAULT_PHASES)
 def test_fault_at_phase_rolls_back(trio: list[Machine], phase: str) -> None:
     a, b, c = trio
-    args = ("3000000",)
-    pid = start(a, "sieve", *args)
+    args = ("2", "30", "5")
+    pid = start(a, "memhold", *args)
     time.sleep(0.01)
     b.faults.phase = phase
     with pytest.raises(FaultInjected, match=phase):
@@ -368,32 +431,35 @@ def test_fault_at_phase_rolls_back(trio: list[Machine], phase: str) -> None:
     # The process was not left marked as migrating: it moves on, then ends natively.
     migrate_local(a, pid, c)
     status, out, err, info = finish(c, pid)
-    assert (status, out, err) == native("sieve", *args)
+    assert (status, out, err) == native("memhold", *args)
     assert [(m["to"], m["result"]) for m in info.migrations] == [("m2", "ok")]
     for m in trio:
         assert_clean(m)
 
 
 @pytest.mark.parametrize("phase", FAULT_PHASES)
-def test_fault_then_finish_on_source(pair: tuple[Machine, Machine], phase: str) -> None:
+def test_fault_then_finish_on_source(pair: tuple[Machine, Machine], engine: str,
+                                     phase: str) -> None:
     a, b = pair
-    pid = start(a, "hashwalk", "4")
+    work = sized("hashwalk", engine)
+    pid = start(a, *work)
     time.sleep(0.01)
     b.faults.phase = phase
     with pytest.raises(FaultInjected):
         migrate_local(a, pid, b, MigrationOptions(reuse=False, resources=Resources.ALL))
     assert_clean(b)
     status, out, err, info = finish(a, pid)
-    assert (status, out, err) == native("hashwalk", "4")
+    assert (status, out, err) == native(*work)
     assert info.machine == "m0" and info.migrations == ()
     assert_clean(a)
 
 
 # --- same-machine migration -------------------------------------------------------------------
 
-def test_same_machine_space_migration(make_machine: MakeMachine) -> None:
-    m = make_machine(name="solo", memory_mib=64, quantum_us=1000)
-    pid = start(m, "sieve", "3000000")
+def test_same_machine_space_migration(new_machine: MakeMachine, engine: str) -> None:
+    m = new_machine("solo")
+    work = sized("sieve", engine)
+    pid = start(m, *work)
     moves = 0
     while moves < 10 and m.info(pid).state != "zombie":
         try:
@@ -403,18 +469,18 @@ def test_same_machine_space_migration(make_machine: MakeMachine) -> None:
         assert record.pages == 0 and record.bytes == 0
         assert record.source == record.destination == "solo"
         moves += 1
-        time.sleep(0.005)
+        time.sleep(pause_for(engine))
     status, out, err, info = finish(m, pid)
-    assert (status, out, err) == native("sieve", "3000000")
+    assert (status, out, err) == native(*work)
     assert moves >= 3
     assert len(info.migrations) == moves
     assert_clean(m)
 
 
-def test_space_migration_copies_no_page(make_machine: MakeMachine) -> None:
+def test_space_migration_copies_no_page(new_machine: MakeMachine) -> None:
     """Asleep (so it touches nothing), the process is re-pasted into a new space: the frames
     in use do not change at all."""
-    m = make_machine(name="solo", memory_mib=64, quantum_us=1000)
+    m = new_machine("solo")
     args = ("2", "2", "300")
     pid = start(m, "memhold", *args)
     wait_state(m, pid, ["sleeping"])
@@ -460,13 +526,14 @@ def test_record_phases_and_bytes(pair: tuple[Machine, Machine]) -> None:
 
 # --- more ways a migration can be refused or interfered with ----------------------------------
 
-def test_read_modify_write_exact_across_migrations(trio: list[Machine]) -> None:
+def test_read_modify_write_exact_across_migrations(trio: list[Machine], engine: str) -> None:
     """Every migration stops the process at an instruction boundary: a memory-operand
     increment never runs twice, however often it is moved."""
-    pid = start(trio[0], "rmw_counter", "3000000")
-    where, records = bounce(trio, pid, pause=0.002, max_moves=40)
+    work = sized("rmw_counter", engine)
+    pid = start(trio[0], *work)
+    where, records = bounce(trio, pid, pause=pause_for(engine) * 0.7, max_moves=40)
     status, out, err, _ = finish(trio[where], pid)
-    assert (status, out, err) == native("rmw_counter", "3000000")
+    assert (status, out, err) == native(*work)
     assert out.endswith(b"ok\n")
     assert len(records) >= 5
 
@@ -498,13 +565,10 @@ def test_pid_taken_on_destination(pair: tuple[Machine, Machine]) -> None:
     assert_clean(b)
 
 
-@pytest.mark.xfail(reason="BUG: Machine.kill (tender_ray/machine.py) tears down a FROZEN process "
-                          "that a migration owns: the kill reports it dead and frees its frames "
-                          "while the migration goes on exporting them, the destination commits "
-                          "and runs it to a normal end, and delete_migrated then releases the "
-                          "machine's kernel space into the virtual-space pool (live=-1)",
-                   strict=True)
 def test_kill_during_migration(pair: tuple[Machine, Machine]) -> None:
+    """A kill that arrives while a migration owns the frozen process must not tear it down
+    under the migration (it once freed the frames being exported, let the destination run the
+    "killed" process on, and put the kernel space into the space pool)."""
     a, b = pair
     pid = start(a, "memhold", "2", "30", "5")
     result: dict[str, object] = {}
@@ -513,7 +577,7 @@ def test_kill_during_migration(pair: tuple[Machine, Machine]) -> None:
     def move() -> None:
         try:
             result["r"] = migrate_local(a, pid, b, transport=transport)
-        except Exception as exc:  # noqa: BLE001 - checked below
+        except Exception as exc:
             result["r"] = exc
 
     thread = threading.Thread(target=move)
@@ -521,9 +585,9 @@ def test_kill_during_migration(pair: tuple[Machine, Machine]) -> None:
     try:
         assert transport.putting.wait(30)  # frozen, its pages being exported
         try:
-            a.kill(pid)
+            a.kill(pid)  # waits for the migration to end, then kills it if it is still here
             killed = True
-        except ProcessStateError:  # refusing to kill a migrating process is fine too
+        except UnknownProcessError:  # it moved away meanwhile: kill it where it runs now
             killed = False
     finally:
         thread.join(60)
@@ -537,3 +601,138 @@ def test_kill_during_migration(pair: tuple[Machine, Machine]) -> None:
         assert (status, out, err) == native("memhold", "2", "30", "5")
     assert_clean(a)
     assert_clean(b)
+
+
+# --- between engines ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "args"), [("floats", ()), ("recursion_fp", ("1500",)),
+                                            ("hashwalk", ("4",)), ("sieve", ("3000000",))])
+def test_migration_between_engines(make_machine: MakeMachine, name: str,
+                                   args: tuple[str, ...]) -> None:
+    """A process image moves between the emulated CPU and the native engine and back: the
+    registers (x87, SSE, fs base) travel in one canonical form."""
+    if _native_engine_problem():
+        pytest.skip(_native_engine_problem())
+    machines = [make_machine(name=f"{e}{i}", engine=e, memory_mib=64, quantum_us=1000)
+                for i, e in enumerate(("emulated", "native", "emulated", "native"))]
+    pid = start(machines[0], name, *args)
+    where, records = bounce(machines, pid, pause=0.0, max_moves=24)
+    status, out, err, _ = finish(machines[where], pid)
+    assert (status, out, err) == native(name, *args)
+    assert len(records) >= 2
+    for m in machines:
+        assert_clean(m)
+
+
+# --- arrivals that compete ----------------------------------------------------------------------
+
+def test_two_arrivals_that_do_not_fit_together(
+        based_machine: Callable[..., Machine]) -> None:
+    """Each process fits on the 8 MiB destination alone, not both: both pass the create check,
+    the second transform runs out of frames, rolls back, and its process goes on at home."""
+    a, c = based_machine("a", 1000), based_machine("c", 2000)
+    small = based_machine("small", 3000, memory_mib=8)
+    args = ("5", "30", "5")
+    pids = {a.name: start(a, "memhold", *args)}
+    pids[c.name] = start(c, "memhold", *args)
+    for m in (a, c):
+        wait_state(m, pids[m.name], ["sleeping"], pred=lambda i: i.resident_pages > 1280)
+    barrier = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def move(source: Machine) -> None:
+        barrier.wait()
+        try:
+            results[source.name] = migrate_local(source, pids[source.name], small,
+                                                 transport=SlowTransport(0.2))
+        except Exception as exc:
+            results[source.name] = exc
+
+    threads = [threading.Thread(target=move, args=(m,)) for m in (a, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    failed = {n: r for n, r in results.items() if isinstance(r, Exception)}
+    assert len(results) == 2 and len(failed) == 1, results
+    assert isinstance(next(iter(failed.values())), OutOfMemoryError)
+    moved = next(n for n in results if n not in failed)
+    home = next(m for m in (a, c) if m.name in failed)
+    assert finish(small, pids[moved])[:3] == native("memhold", *args)
+    assert finish(home, pids[home.name])[:3] == native("memhold", *args)
+    for m in (a, c, small):
+        assert_clean(m)
+
+
+def test_cordoned_destination(pair: tuple[Machine, Machine]) -> None:
+    a, b = pair
+    b.cordon()
+    pid = start(a, "memhold", "1", "10", "5")
+    with pytest.raises(CordonedError):
+        migrate_local(a, pid, b)
+    assert a.info(pid).state != "frozen"
+    b.uncordon()
+    migrate_local(a, pid, b)
+    assert finish(b, pid)[:3] == native("memhold", "1", "10", "5")
+    assert_clean(a)
+    assert_clean(b)
+
+
+@pytest.mark.xfail(reason="BUG: Machine.exec (tender_ray/machine.py) takes the next pid from "
+                          "its counter without checking the process table: a process that "
+                          "arrived by migration with that pid is overwritten in _table and "
+                          "lost (its output and status unreachable)", strict=True)
+def test_exec_does_not_reuse_the_pid_of_an_arrived_process(
+        pair: tuple[Machine, Machine]) -> None:
+    a, b = pair  # both number their processes from 1000
+    args = ("1", "20", "5")
+    arrived = start(a, "memhold", *args)
+    migrate_local(a, arrived, b)
+    local = start(b, "hello")
+    try:
+        assert local != arrived
+        assert {p.pid for p in b.list_processes()} == {arrived, local}
+        assert finish(b, arrived)[:3] == native("memhold", *args)
+        assert finish(b, local)[:3] == native("hello")
+    finally:
+        b.stop()  # what is left running invisibly ends with the machine
+
+
+@pytest.mark.xfail(reason="BUG: run_migration (tender_ray/migration.py) calls peer.abort(pid) "
+                          "after ANY failure, also when the destination refused create because "
+                          "it already has an incoming process with that pid; Machine.abort "
+                          "(machine.py) looks the kernel process up by pid alone and tears "
+                          "down the other, in-flight migration", strict=True)
+def test_refused_arrival_does_not_abort_another_migration(
+        based_machine: Callable[..., Machine]) -> None:
+    a, c = based_machine("a", 1000), based_machine("c", 1000)  # same pids, as local tools do
+    b = based_machine("b", 5000)
+    args = ("2", "20", "5")
+    first, second = start(a, "memhold", *args), start(c, "memhold", *args)
+    assert first == second
+    transport = SlowTransport(0.2)
+    result: dict[str, object] = {}
+
+    def move() -> None:
+        try:
+            result["r"] = migrate_local(a, first, b, transport=transport)
+        except Exception as exc:
+            result["r"] = exc
+
+    thread = threading.Thread(target=move)
+    thread.start()
+    try:
+        assert transport.putting.wait(30)  # a's migration has its kernel process on b
+        with pytest.raises(MigrationError, match="already has a process"):
+            migrate_local(c, second, b)
+    finally:
+        thread.join(60)
+    try:
+        assert not isinstance(result["r"], Exception), f"a's migration failed: {result['r']!r}"
+        assert finish(b, first)[:3] == native("memhold", *args)
+    finally:
+        for m in (a, c, b):
+            for info in m.list_processes():
+                finish(m, info.pid)
+    for m in (a, c, b):
+        assert_clean(m)

@@ -33,22 +33,28 @@ def clusters() -> Iterator[tuple[RayCluster, Cluster]]:
     rc = RayCluster(initialize_head=True,
                     head_node_args={"num_cpus": 0, "object_store_memory": STORE})
     cluster: Cluster | None = None
+    joined = False
     try:
         rc.add_node(num_cpus=1, resources={"node_a": 1}, object_store_memory=STORE)
         rc.add_node(num_cpus=1, resources={"node_b": 1}, object_store_memory=STORE)
         rc.wait_for_nodes()
         ray.init(address=rc.address, log_to_driver=False)
         cluster = Cluster(address=rc.address)  # Ray is up already: it must not init again
-        cluster.add_machine(MachineConfig(name="na", memory_mib=64, quantum_us=1000),
+        cluster.add_machine(MachineConfig(name="na", memory_mib=64, quantum_us=1000,
+                                          engine="emulated"),
                             resources={"node_a": 0.01})
-        cluster.add_machine(MachineConfig(name="nb", memory_mib=64, quantum_us=1000),
+        cluster.add_machine(MachineConfig(name="nb", memory_mib=64, quantum_us=1000,
+                                          engine="emulated"),
                             resources={"node_b": 0.01})
         yield rc, cluster
     finally:
         if cluster is not None:
             cluster.shutdown()
+            # It joined a Ray it did not start: shutting the machines down leaves Ray up.
+            joined = ray.is_initialized()
         ray.shutdown()
         rc.shutdown()
+    assert joined, "Cluster.shutdown() shut down a Ray it had not started"
 
 
 def test_machines_on_different_nodes(clusters: tuple[RayCluster, Cluster]) -> None:

@@ -6,7 +6,8 @@
  * 0x80, x32 aside), and stops again at an int3: ready. From then on it never runs its own
  * code again: the tracer uses the trampoline below to inject system calls (unmap the stub,
  * map the process's memory from the machine's shared memory file on fd 3), sets the
- * process's registers and lets it run.
+ * process's registers and lets it run. A guest that jumps to the trampoline only makes
+ * ordinary system calls: they stop at the tracer like all others.
  *
  * With an argument ("doorbell") it stays in a pause() loop instead: the tracer's doorbell, a
  * traced child that a signal makes stop so that the tracer's waitpid returns.
@@ -30,12 +31,12 @@
     .globl _start
 _start:
     jmp main
-    /* The trampoline, at _start + 2: one injected system call, then a breakpoint that stops
-     * the process for the tracer to read the result. */
+    /* The trampoline, at _start + 2: the tracer sets a call's registers, the call runs, and
+     * the next round stops at its entry (every call does, by the filter), where the tracer
+     * reads the result (the call number register holds it) and sets the next call. */
 trampoline:
     syscall
-    int3
-    ud2
+    jmp trampoline
 
 main:
     mov $SYS_ptrace, %eax           /* ptrace(PTRACE_TRACEME, 0, 0, 0) */

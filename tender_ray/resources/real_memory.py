@@ -9,6 +9,7 @@ with one numpy call. With `shared=True` (the native engine) the mapping is a sha
 from __future__ import annotations
 
 import ctypes
+import heapq
 import mmap
 import os
 import threading
@@ -79,8 +80,10 @@ class RealMemory:
         )
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self._mmap))
         self._lock = threading.Lock()
-        # Owned by the allocator: a stack of free frame numbers, low frames handed out first.
-        self._free: list[int] = list(range(self.nframes - 1, -1, -1))
+        # Owned by the allocator: the free frame numbers as a min-heap, lowest handed out first
+        # (address-ordered, so freed runs coalesce and regions get consecutive frames, which the
+        # native engine maps as one run and DSM sends as one view).
+        self._free: list[int] = list(range(self.nframes))
 
     @property
     def free_frames(self) -> int:
@@ -95,13 +98,14 @@ class RealMemory:
                     f"real memory exhausted: {count} frames asked, {len(self._free)} free "
                     f"of {self.nframes} ({self.size >> 20} MiB); give the machine more memory"
                 )
-            taken = self._free[len(self._free) - count :]
-            del self._free[len(self._free) - count :]
-        # Ascending, so consecutive pages of a region get consecutive frames when they can
-        # (one host mapping per run for the native engine, one view per run for DSM).
-        taken.reverse()
+            free = self._free
+            taken = [heapq.heappop(free) for _ in range(count)]  # ascending
         if taken and zero:
-            self.frames[taken] = 0
+            if count <= 8:
+                self.frames[taken] = 0
+            else:
+                for first, n in _runs(taken):
+                    self.frames[first: first + n] = 0
         return taken
 
     def allocate_one(self) -> int:
@@ -111,15 +115,20 @@ class RealMemory:
                     f"real memory exhausted: all {self.nframes} frames "
                     f"({self.size >> 20} MiB) are in use; give the machine more memory"
                 )
-            frame = self._free.pop()
+            frame = heapq.heappop(self._free)
         self.frames[frame] = 0
         return frame
 
     def free(self, frames: Iterable[int]) -> None:
-        # Lowest frame last: the free list's tail, which `allocate` hands out, stays ascending.
-        returned = sorted(frames, reverse=True)
+        returned = list(frames)
         with self._lock:
-            self._free.extend(returned)
+            free = self._free
+            if 8 * len(returned) > len(free):
+                free.extend(returned)
+                heapq.heapify(free)
+            else:
+                for frame in returned:
+                    heapq.heappush(free, frame)
 
     def read(self, frames: Sequence[int]) -> npt.NDArray[np.uint8]:
         """A copy of the given frames as one (n, 4096) block."""
