@@ -63,8 +63,14 @@ class _MachineActor:
     # Migration, the source side: this machine drives it.
     def migrate(self, pid: int, destination: str, options: MigrationOptions) -> dict[str, Any]:
         peer = self._peer(destination)
-        record = run_migration(self._machine, pid, peer, _transport(options, self._shared),
-                               options)
+        try:
+            record = run_migration(self._machine, pid, peer,
+                                   _transport(options, self._shared), options)
+        except MachineStoppedError:
+            # The destination died; a machine of the same name may have been started since:
+            # look it up afresh next time instead of calling the dead one forever.
+            self._peers.pop(destination, None)
+            raise
         done = record.as_dict()
         peer.handle.actor.call.remote("record_migration", pid, done)  # no need to wait
         return done

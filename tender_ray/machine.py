@@ -240,6 +240,8 @@ class Machine:
             raise
         with self._cond:
             p.pid = next(self._pids)
+            while p.pid in self._table or p.pid in self._incoming:  # one that arrived
+                p.pid = next(self._pids)
             p.name = name
             p.plate_name = plate_name
             p.created_at = time.time()

@@ -115,6 +115,12 @@ class ProcessImage:
         return (*self.text_blocks, *self.data_blocks, *extra)
 
     @property
+    def pages_sent(self) -> int:
+        """Pages whose contents travel (text pages do not when the text is reloaded)."""
+        text = sum(len(a.present) for a in self.text_areas) if self.text_blocks else 0
+        return text + sum(len(a.present) for a in self.other_areas)
+
+    @property
     def pages(self) -> int:
         return sum(len(a.present) for a in (*self.text_areas, *self.other_areas))
 
@@ -263,16 +269,21 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
     frames = source.freeze(pid)
     record.phases["freeze"] = time.perf_counter() - start
     image: ProcessImage | None = None
-    committed = False
+    created = committed = False
     try:
         t = time.perf_counter()
-        record.phases["create"] = peer.create(pid, frames, options.reuse)
+        try:
+            record.phases["create"] = peer.create(pid, frames, options.reuse)
+        except MachineError:
+            created = True  # it may have made the kernel process before breaking: abort
+            raise
+        created = True
         record.phases["create_call"] = time.perf_counter() - t - record.phases["create"]
         t = time.perf_counter()
         image = source.export_image(pid, transport, options)
         record.phases["export"] = time.perf_counter() - t
-        record.pages = image.pages
-        record.bytes = image.pages * PAGE_SIZE + (
+        record.pages = image.pages_sent
+        record.bytes = image.pages_sent * PAGE_SIZE + (
             source.program_size(pid) if options.resources is Resources.ALL else 0)
         t = time.perf_counter()
         phases = peer.transform(image, options)
@@ -285,8 +296,9 @@ def run_migration(source: Any, pid: int, peer: Peer, transport: Transport,
         committed = True
     except BaseException as exc:
         if not committed:
-            with contextlib.suppress(TenderError, OSError):
-                peer.abort(pid)  # a dead peer has nothing left to release
+            if created:  # a refused create made nothing: another migration's may be there
+                with contextlib.suppress(TenderError, OSError):
+                    peer.abort(pid)  # a dead peer has nothing left to release
             source.thaw(pid)
         if image is not None:
             transport.discard(image.handles)

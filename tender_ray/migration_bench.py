@@ -58,16 +58,21 @@ def _wait_touched(cluster: Cluster, machine: str, pid: int, nbytes: int) -> None
 
 
 def migration_benchmark(sizes_mib: tuple[int, ...] = (1, 16, 128), repeats: int = 5,
-                        cluster: Cluster | None = None) -> dict[str, Any]:
-    """Run the benchmark on a fresh embedded cluster (or the one given); a JSON-able dict."""
+                        cluster: Cluster | None = None,
+                        engine: str = "emulated") -> dict[str, Any]:
+    """Run the benchmark on a fresh embedded cluster (or the one given); a JSON-able dict.
+
+    `engine` runs the benchmark's machines on that engine ("native" or "emulated"); run it
+    once per engine to compare them (the machines are named per engine)."""
     own = cluster is None
     if cluster is None:
         cluster = Cluster(num_cpus=2, object_store_mib=max(512, 3 * max(sizes_mib)))
     memory = max(256, 2 * max(sizes_mib) + 64)
-    names = ("bench0", "bench1")
+    names = (f"bench0-{engine}", f"bench1-{engine}")
     for name in names:
         if name not in cluster.machines:
-            cluster.add_machine(MachineConfig(name=name, memory_mib=memory, pool_size=4))
+            cluster.add_machine(MachineConfig(name=name, memory_mib=memory, pool_size=4,
+                                              engine=engine))
     src, dst = (cluster.machine(n) for n in names)
     results: list[dict[str, Any]] = []
     try:
@@ -101,7 +106,7 @@ def migration_benchmark(sizes_mib: tuple[int, ...] = (1, 16, 128), repeats: int 
     finally:
         if own:
             cluster.shutdown()
-    return {"sizes": results, "repeats": repeats,
+    return {"sizes": results, "repeats": repeats, "engine": engine,
             "targets": {"lower_bound_ratio": "<= 1.3", "vs_ray_actor_speedup": ">= 10",
                         "reuse_speedup": ">= 3", "dsm_vs_plate_speedup": ">= 3",
                         "needed_only_speedup": ">= 1.5"},

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .cluster import Cluster
-from .errors import BadProgramError, ProcessStateError
+from .errors import BadProgramError, MachineError, ProcessStateError
 from .machine import ProcessInfo
 from .migration import MigrationOptions
 from .resources.program import parse_program
@@ -96,6 +97,11 @@ def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str]
                 where = cluster.machine(target)
             except ProcessStateError:
                 pass  # it ended (or is ending) while we asked: nothing to move
+            except MachineError as exc:
+                # The destination broke; the migration rolled back and the process goes on
+                # where it is. Say so (in the log, not in the program's output), keep going.
+                logs.get("exec").warning("migration failed", pid=pid, destination=target,
+                                         error=str(exc))
             next_move = time.monotonic() + migrate_every
     info, out, err = where.reap(pid)
     forward(out, err)

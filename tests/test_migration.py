@@ -678,10 +678,6 @@ def test_cordoned_destination(pair: tuple[Machine, Machine]) -> None:
     assert_clean(b)
 
 
-@pytest.mark.xfail(reason="BUG: Machine.exec (tender_ray/machine.py) takes the next pid from "
-                          "its counter without checking the process table: a process that "
-                          "arrived by migration with that pid is overwritten in _table and "
-                          "lost (its output and status unreachable)", strict=True)
 def test_exec_does_not_reuse_the_pid_of_an_arrived_process(
         pair: tuple[Machine, Machine]) -> None:
     a, b = pair  # both number their processes from 1000
@@ -698,11 +694,6 @@ def test_exec_does_not_reuse_the_pid_of_an_arrived_process(
         b.stop()  # what is left running invisibly ends with the machine
 
 
-@pytest.mark.xfail(reason="BUG: run_migration (tender_ray/migration.py) calls peer.abort(pid) "
-                          "after ANY failure, also when the destination refused create because "
-                          "it already has an incoming process with that pid; Machine.abort "
-                          "(machine.py) looks the kernel process up by pid alone and tears "
-                          "down the other, in-flight migration", strict=True)
 def test_refused_arrival_does_not_abort_another_migration(
         based_machine: Callable[..., Machine]) -> None:
     a, c = based_machine("a", 1000), based_machine("c", 1000)  # same pids, as local tools do

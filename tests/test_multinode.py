@@ -73,7 +73,7 @@ def test_migrate_between_nodes(clusters: tuple[RayCluster, Cluster], transfer: s
     handles = [cluster.machine("na"), cluster.machine("nb")]
     options = MigrationOptions(transfer=Transfer(transfer))
     path = workload("sieve")
-    args = ("5000000",)
+    args = ("12000000",)
     pid = handles[0].exec(path.read_bytes(), "sieve", [os.fspath(path), *args], [])
     where, records = 0, []
     while len(records) < 8:
