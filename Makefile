@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system
 
-.PHONY: setup system run test test-all lint bench workloads clean
+.PHONY: setup system run test test-all lint bench workloads stub clean
 
 setup: $(STAMP) $(SYSTEM_STAMP)
 
@@ -35,7 +35,7 @@ $(SYSTEM_STAMP):
 	@touch $(SYSTEM_STAMP)
 
 run: setup
-	$(BIN)/tender-ray exec --machines 1 workloads/bin/sieve 2000000
+	$(BIN)/tender-ray run configs/laptop.yaml
 
 lint: setup
 	$(BIN)/ruff check tender_ray tests
@@ -52,6 +52,10 @@ bench: setup
 
 workloads: setup
 	$(MAKE) -C workloads
+
+# The native engine's stub (freestanding assembly; the built binary is committed).
+stub:
+	$(MAKE) -C tender_ray/_stub
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -13,6 +13,8 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .machine import MachineStatistics, ProcessInfo
 from .resources.real_memory import PAGE_SIZE
 
@@ -92,17 +94,26 @@ def _targets(machines: Sequence[MachineLoad]) -> list[MachineLoad]:
     return [m for m in machines if not m.cordoned]
 
 
-def _pick_destination(loads: dict[str, float], caps: dict[str, int], machines: dict[str,
-                      MachineLoad], p: ProcessLoad, exclude: str) -> str | None:
-    best = None
+HEADROOM = 4 << 20  # bytes a destination keeps free beyond the process it takes
+
+
+def _pick_destination(loads: dict[str, float], free: dict[str, int],
+                      machines: dict[str, MachineLoad], p: ProcessLoad,
+                      exclude: str) -> str | None:
+    """The least loaded machine that takes processes and has room for `p`, counting what
+    earlier moves of the same round already promised it."""
     for name in sorted(loads, key=lambda n: (loads[n], n)):
         if name == exclude or machines[name].cordoned:
             continue
-        if machines[name].free_bytes < p.resident_bytes + (4 << 20):
+        if free[name] < p.resident_bytes + HEADROOM:
             continue
-        best = name
-        break
-    return best
+        return name
+    return None
+
+
+def _promise(free: dict[str, int], p: ProcessLoad, src: str, dst: str) -> None:
+    free[dst] -= p.resident_bytes
+    free[src] += p.resident_bytes
 
 
 def threshold(machines: Sequence[MachineLoad], params: BalancerParams,
@@ -149,6 +160,7 @@ def _spread(machines: Sequence[MachineLoad], params: BalancerParams,
     mean = total_runnable / capacity
     loads = {m.name: m.load for m in machines}
     caps = {m.name: m.computations for m in machines}
+    free = {m.name: m.free_bytes for m in machines}
     by_name = {m.name: m for m in machines}
     moves: list[Move] = []
     for src in sorted(machines, key=lambda m: -m.load):
@@ -157,10 +169,11 @@ def _spread(machines: Sequence[MachineLoad], params: BalancerParams,
         while candidates and loads[src.name] > mean + params.margin and \
                 len(moves) < params.max_moves:
             p = candidates.pop(0)
-            dst = _pick_destination(loads, caps, by_name, p, src.name)
+            dst = _pick_destination(loads, free, by_name, p, src.name)
             if dst is None or loads[dst] + 1 / caps[dst] > loads[src.name] - 1 / caps[src.name]:
                 break  # moving would not make the pair more even
             moves.append(Move(p.pid, src.name, dst, reason))
+            _promise(free, p, src.name, dst)
             loads[src.name] -= 1 / caps[src.name]
             loads[dst] += 1 / caps[dst]
     return moves
@@ -178,31 +191,34 @@ def greedy(machines: Sequence[MachineLoad], params: BalancerParams,
     procs.sort(key=lambda x: -x[0].cpu_seconds)
     assigned = {m.name: 0 for m in targets}
     caps = {m.name: m.computations for m in machines}
-    plan: dict[int, str] = {}
-    for p, _ in procs:
+    for _ in procs:
         dst = min(assigned, key=lambda n: ((assigned[n] + 1) / caps[n], n))
         assigned[dst] += 1
-        plan[p.pid] = dst
     # Keep processes where they are when their machine ends up with the same count: only the
-    # surplus has to move.
+    # surplus has to move, and only while a move makes the two machines more even.
     current: dict[str, list[ProcessLoad]] = {}
     for p, where in procs:
         current.setdefault(where, []).append(p)
-    surplus = {n: len(current.get(n, [])) - assigned.get(n, 0) for n in caps}
+    count = {n: len(current.get(n, [])) for n in caps}
+    surplus = {n: count[n] - assigned.get(n, 0) for n in caps}
     deficit = sorted((n for n in assigned if surplus[n] < 0), key=lambda n: surplus[n])
+    free = {m.name: m.free_bytes for m in machines}
     moves: list[Move] = []
-    by_name = {m.name: m for m in machines}
     for src in sorted(current, key=lambda n: -surplus[n]):
         for p in sorted(current[src], key=lambda p: p.cpu_seconds):
             if surplus[src] <= 0 or len(moves) >= params.max_moves:
                 break
             target = next((n for n in deficit if surplus[n] < 0 and
-                           by_name[n].free_bytes >= p.resident_bytes + (4 << 20)), None)
+                           free[n] >= p.resident_bytes + HEADROOM and
+                           (count[n] + 1) / caps[n] <= (count[src] - 1) / caps[src]), None)
             if target is None:
                 break
             moves.append(Move(p.pid, src, target, "greedy"))
+            _promise(free, p, src, target)
             surplus[src] -= 1
             surplus[target] += 1
+            count[src] -= 1
+            count[target] += 1
     return moves
 
 
@@ -222,16 +238,18 @@ def drain_moves(machines: Sequence[MachineLoad]) -> list[Move]:
     """Every process on a cordoned machine, each to the least loaded machine with room."""
     loads = {m.name: m.load for m in machines}
     caps = {m.name: m.computations for m in machines}
+    free = {m.name: m.free_bytes for m in machines}
     by_name = {m.name: m for m in machines}
     moves = []
     for m in machines:
         if not m.cordoned:
             continue
         for p in sorted(m.movable, key=lambda p: -p.resident_bytes):
-            dst = _pick_destination(loads, caps, by_name, p, m.name)
+            dst = _pick_destination(loads, free, by_name, p, m.name)
             if dst is None:
                 continue
             moves.append(Move(p.pid, m.name, dst, "drain"))
+            _promise(free, p, m.name, dst)
             loads[dst] += 1 / caps[dst]
     return moves
 
@@ -250,9 +268,13 @@ class Balancer:
         """Predicted seconds to migrate `nbytes`, from the migrations measured so far."""
         if not self.costs:
             return self.params.default_cost_per_mib * (nbytes / (1 << 20)) + 0.01
-        per_byte = statistics.median(s / max(b, 1) for b, s in self.costs[-32:])
-        fixed = min(s for _, s in self.costs[-32:])
-        return fixed + per_byte * nbytes
+        recent = self.costs[-32:]
+        sizes = [b for b, _ in recent]
+        if len(set(sizes)) < 2:  # one size seen: proportional to it
+            return statistics.median(s / max(b, 1) for b, s in recent) * nbytes
+        # fixed + per-byte, fitted by least squares, neither part negative
+        per_byte, fixed = np.polyfit(sizes, [s for _, s in recent], 1)
+        return max(0.0, float(fixed)) + max(0.0, float(per_byte)) * nbytes
 
     def observe(self, nbytes: int, seconds: float) -> None:
         self.costs.append((nbytes, seconds))

@@ -283,7 +283,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
                       report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty(),
                       metrics_port=None if ns.no_metrics else ns.metrics_port)
     print_summary(result.report, report_dir)
-    return 0 if result.report["all_match_native"] and not result.report["lost"] else 1
+    report = result.report
+    ok = report["all_match_native"] and not report["lost"] and not report["not_started"]
+    return 0 if ok else 1
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
@@ -358,11 +360,11 @@ def cmd_ps(ns: argparse.Namespace) -> int:
     for col in ("pid", "name", "machine", "state", "cpu s", "run s", "migrations"):
         table.add_column(col, justify="right" if col in ("pid", "cpu s", "run s",
                                                          "migrations") else "left")
-    for name, result in sorted(cluster.poll_all(reap=False).items()):
+    for name, result in sorted(cluster.list_all().items()):
         if isinstance(result, BaseException):
             table.add_row("-", "-", name, f"[red]unreachable: {result}[/red]", "", "", "")
             continue
-        for p in result.processes:
+        for p in result:
             table.add_row(str(p.pid), p.name, name, p.state, f"{p.cpu_seconds:.2f}",
                           f"{p.run_seconds:.1f}", str(len(p.migrations)))
     Console().print(table)

@@ -25,7 +25,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .balancer import Balancer, BalancerParams, MachineLoad, snapshot
 from .config import MachineConfig
-from .errors import MachineStoppedError, TenderError, UnknownMachineError
+from .errors import (
+    MachineStoppedError,
+    TenderError,
+    UnknownMachineError,
+    UnknownProcessError,
+)
 from .machine import Machine, MachineStatistics, PollResult, ProcessInfo
 from .metrics import DEFAULT_HOST as METRICS_HOST
 from .metrics import DEFAULT_PORT as METRICS_PORT
@@ -67,10 +72,19 @@ class _MachineActor:
             record = run_migration(self._machine, pid, peer,
                                    _transport(options, self._shared), options)
         except MachineStoppedError:
-            # The destination died; a machine of the same name may have been started since:
-            # look it up afresh next time instead of calling the dead one forever.
+            # The destination we knew died (the migration rolled back). A machine of the same
+            # name may have been started since: look it up afresh and, if it is a new one,
+            # try once more; otherwise the error stands.
             self._peers.pop(destination, None)
-            raise
+            try:
+                fresh = self._peer(destination)
+            except UnknownMachineError:
+                raise MachineStoppedError(f"machine {destination} is gone") from None
+            if fresh.handle.actor._actor_id == peer.handle.actor._actor_id:
+                raise
+            record = run_migration(self._machine, pid, fresh,
+                                   _transport(options, self._shared), options)
+            peer = fresh
         done = record.as_dict()
         peer.handle.actor.call.remote("record_migration", pid, done)  # no need to wait
         return done
@@ -181,6 +195,7 @@ class _BalancerActor:
         self._options = options
         self._interval = interval
         self._migrations: list[dict[str, Any]] = []
+        self._in_flight: dict[str, int] = {}  # source machine -> migrations under way
         self._failures: list[str] = []
         self._drains: list[DrainReport] = []
         self._stop = threading.Event()
@@ -246,17 +261,23 @@ class _BalancerActor:
             handle = self._handles.get(move.source)
             if handle is None:
                 continue
+            with self._lock:
+                self._in_flight[move.source] = self._in_flight.get(move.source, 0) + 1
             try:
                 record = handle.migrate(move.pid, move.destination, self._options,
                                         timeout=self._options.timeout + CALL_TIMEOUT)
             except TenderError as exc:
                 self._failures.append(f"{move}: {exc}")
                 continue
-            record["reason"] = move.reason
-            self._balancer.moved(move.pid, time.monotonic())
-            self._balancer.observe(int(record["bytes"]), float(record["seconds"]))
-            with self._lock:
-                self._migrations.append(record)
+            else:
+                record["reason"] = move.reason
+                self._balancer.moved(move.pid, time.monotonic())
+                self._balancer.observe(int(record["bytes"]), float(record["seconds"]))
+                with self._lock:
+                    self._migrations.append(record)
+            finally:
+                with self._lock:
+                    self._in_flight[move.source] -= 1
             self._log.info("migrated", pid=move.pid, source=move.source,
                            destination=move.destination, reason=move.reason,
                            seconds=record["seconds"])
@@ -274,7 +295,9 @@ class _BalancerActor:
             except TenderError:
                 break
             left = [p.pid for p in procs if p.state != "zombie"]
-            if not left:
+            with self._lock:
+                moving = self._in_flight.get(machine, 0)
+            if not left and not moving:  # empty, and every move off it is recorded
                 break
             time.sleep(min(self._interval, 0.05))
         with self._lock:
@@ -603,6 +626,26 @@ class Cluster:
             except TenderError as exc:
                 out[name] = exc
         return out
+
+    def list_all(self, timeout: float = CALL_TIMEOUT
+                 ) -> dict[str, list[ProcessInfo] | BaseException]:
+        """Every machine's processes, asked at once (without taking their output)."""
+        refs = {name: h.call_async("list_processes") for name, h in self._machines.items()}
+        out: dict[str, list[ProcessInfo] | BaseException] = {}
+        for name, ref in refs.items():
+            try:
+                out[name] = self._machines[name].resolve(ref, timeout)
+            except TenderError as exc:
+                out[name] = exc
+        return out
+
+    def locate(self, pid: int) -> MachineHandle:
+        """The machine process `pid` is on now."""
+        for name, procs in self.list_all().items():
+            if not isinstance(procs, BaseException) and any(p.pid == pid for p in procs):
+                return self._machines[name]
+        raise UnknownProcessError(f"no process {pid} on any machine "
+                                  f"({', '.join(self._machines) or 'none'})")
 
     def node_cpus(self) -> dict[str, float]:
         """CPUs of every alive Ray node, by node id."""

@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from .errors import BadProgramError, ConfigError
+from .resources.program import parse_program
 
 
 class MachineConfig(BaseModel):
@@ -87,6 +88,10 @@ class WorkloadSpec(BaseModel):
                                description="arrivals per second after the first")
     machine: str | None = Field(default=None,
                                 description="where they start; none: the least loaded")
+    memory_mib: int = Field(default=0, ge=0,
+                            description="memory each process will touch: it starts only on "
+                                        "a machine with that much free, and queues until one "
+                                        "has (0: start anywhere)")
 
 
 class BalancerSpec(BaseModel):
@@ -178,7 +183,7 @@ def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Pat
     if len(names) != len(scenario.machine_configs()):
         raise ConfigError(f"{p}: machines: two machines have the same name")
     known = set(names)
-    for i, event in enumerate(sorted(scenario.events, key=lambda e: e.at)):
+    for i, event in sorted(enumerate(scenario.events), key=lambda ie: ie[1].at):
         if event.action == "add_machine":
             if event.machine in known:
                 raise ConfigError(f"{p}: events[{i}].machine: {event.machine!r} exists already")
@@ -197,4 +202,8 @@ def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Pat
             raise ConfigError(
                 f"{p}: workloads[{i}].program: {w.program!r} not found in "
                 f"{workloads_dir()} nor relative to the scenario") from None
+        try:
+            parse_program(programs[i].read_bytes(), w.program)
+        except BadProgramError as exc:
+            raise ConfigError(f"{p}: workloads[{i}].program: {exc}") from None
     return scenario, programs

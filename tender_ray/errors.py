@@ -26,6 +26,10 @@ class BadProgramError(UsageError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[BadProgramError], tuple[str, str]]:
+        # Raised inside a machine actor, it must cross back to the caller intact.
+        return (type(self), (self.path, self.reason))
+
 
 class UnknownProcessError(UsageError):
     """No process with this id lives on the machine (or in the cluster)."""

@@ -111,8 +111,11 @@ def print_summary(report: dict[str, Any], report_dir: Path | None) -> None:
                       f"{'ok' if d['ok'] else 'left ' + str(d['left'])}")
     for lost in report["lost"]:
         console.print(f"[red]lost[/red] {lost['name']} with machine {lost['machine']}")
-    if report["queued"]:
-        console.print(f"queued for memory: {', '.join(report['queued'])}")
+    for q in report["queued"]:
+        console.print(f"queued {q['name']}: {q['reason']}"
+                      + (f" (waited {q['waited_seconds']:.1f}s)" if q["waited_seconds"] else ""))
+    for n in report.get("not_started", []):
+        console.print(f"[red]not started[/red] {n['name']}: {n['reason']}")
     if report_dir is not None:
         console.print(f"report: {report_dir / 'report.json'}, {report_dir / 'load.png'}")
 

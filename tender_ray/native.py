@@ -1088,6 +1088,8 @@ class NativeCpu:
         space = self.space
         generation = space.generation
         outcome = self.handler(nr, args)
+        if nr == SYS_MUNMAP and outcome.result == 0 and self._t_pass_munmap(args):
+            return None  # the kernel runs the guest's own call: it unmaps exactly that
         # The kernel skips the call (orig_rax = -1) and the guest sees the machine's result;
         # rax keeps the call number when there is none, as on the emulated CPU.
         r.rax = (outcome.result if outcome.result is not None else nr) & MASK64
@@ -1105,6 +1107,27 @@ class NativeCpu:
             self._t_snapshot()
             return Stop(StopKind.SYSCALL)
         return self._t_resume()
+
+    def _t_pass_munmap(self, args: tuple[int, ...]) -> bool:
+        """Let a munmap the machine has done run in the kernel too, when that is exactly the
+        host change it needs: a valid range, away from the trampoline, and the quantum not
+        over (the guest resumes at once, so the cached registers never show the call half
+        done). Saves injecting the same call."""
+        host = self._host
+        assert host is not None
+        addr, length = args[0], args[1]
+        end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        tramp = host.trampoline & ~(PAGE_SIZE - 1)
+        if (addr % PAGE_SIZE or not 0 < length <= TASK_SIZE or end > TASK_SIZE
+                or addr <= tramp < end or host.outside_signals
+                or (self._signalled == self._run_id and self._in_run)):
+            return False
+        host.maps.remove(addr >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        if host.regs_dirty:  # (set_fs_base cannot happen here; be safe all the same)
+            _ptrace(PTRACE_SETREGS, host.pid, 0, ctypes.addressof(host.regs))
+            host.regs_dirty = False
+        _ptrace(PTRACE_CONT, host.pid, 0, 0)
+        return True
 
     def _t_sync_call(self, nr: int, args: tuple[int, ...], result: int | None) -> None:
         """Make the host mappings match the virtual space where a memory call changed it."""

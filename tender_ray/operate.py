@@ -126,11 +126,4 @@ def connect(state: ClusterState | None = None) -> tuple[Any, ClusterState]:
 
 def find_process(cluster: Any, pid: int) -> str:
     """The machine a process is on now."""
-    for name, result in cluster.poll_all(reap=False).items():
-        if isinstance(result, BaseException):
-            continue
-        if any(p.pid == pid for p in result.processes):
-            return str(name)
-    from .errors import UnknownProcessError
-
-    raise UnknownProcessError(f"no process {pid} on any machine ({', '.join(cluster.machines)})")
+    return str(cluster.locate(pid).name)

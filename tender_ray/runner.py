@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from . import logs
-from .cluster import Cluster
-from .errors import BadProgramError, MachineError, ProcessStateError
+from .cluster import Cluster, MachineHandle
+from .errors import (
+    BadProgramError,
+    CordonedError,
+    MachineError,
+    ProcessStateError,
+    UnknownProcessError,
+)
 from .machine import ProcessInfo
 from .migration import MigrationOptions
 from .resources.program import parse_program
@@ -58,6 +64,20 @@ def read_program(path: str | os.PathLike[str]) -> bytes:
     return image
 
 
+def _start(cluster: Cluster, names: list[str], image: bytes, name: str, argv: list[str],
+           env: list[str]) -> tuple[MachineHandle, int]:
+    """Start the process on the first of `names` that takes it (a cordoned one does not)."""
+    refusal: CordonedError | None = None
+    for machine in names:
+        handle = cluster.machine(machine)
+        try:
+            return handle, handle.exec(image, name, argv, env)
+        except CordonedError as exc:
+            refusal = exc
+    assert refusal is not None
+    raise refusal
+
+
 def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str], *,
             machine: str | None = None, sink: OutputSink | None = None,
             poll_seconds: float = 0.02, migrate_every: float | None = None,
@@ -70,9 +90,9 @@ def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str]
     """
     image = read_program(path)
     names = list(cluster.machines)
-    where = cluster.machine(machine or names[0])
     name = os.path.basename(path)
-    pid = where.exec(image, name, [name, *args], list(env))
+    where, pid = _start(cluster, [machine] if machine else names, image, name,
+                        [name, *args], list(env))
     if migrate_every is not None:
         poll_seconds = min(poll_seconds, migrate_every)
     next_move = time.monotonic() + (migrate_every or 0.0)
@@ -86,8 +106,12 @@ def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str]
 
     info: ProcessInfo
     while True:
-        info = where.wait(pid, timeout=poll_seconds)
-        forward(*where.take_output(pid))
+        try:
+            info = where.wait(pid, timeout=poll_seconds)
+            forward(*where.take_output(pid))
+        except UnknownProcessError:
+            where = cluster.locate(pid)  # moved by someone else (a balancer, a drain)
+            continue
         if info.state == "zombie":
             break
         if migrate_every is not None and len(names) > 1 and time.monotonic() >= next_move:
@@ -97,6 +121,8 @@ def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str]
                 where = cluster.machine(target)
             except ProcessStateError:
                 pass  # it ended (or is ending) while we asked: nothing to move
+            except UnknownProcessError:
+                where = cluster.locate(pid)  # someone else moved it first
             except MachineError as exc:
                 # The destination broke; the migration rolled back and the process goes on
                 # where it is. Say so (in the log, not in the program's output), keep going.

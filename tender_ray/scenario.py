@@ -22,9 +22,10 @@ from typing import Any
 from .balancer import BalancerParams, Policy
 from .cluster import Cluster, DrainReport
 from .config import Scenario
-from .errors import CordonedError, MachineError, OutOfMemoryError, TenderError
+from .errors import CordonedError, MachineError, OutOfMemoryError, TenderError, UsageError
 from .machine import PollResult, ProcessInfo
 from .migration import MigrationOptions, Resources, Transfer
+from .resources.real_memory import PAGE_SIZE
 
 TICK = 0.1  # seconds between polls of the machines
 
@@ -40,7 +41,9 @@ class Arrival:
     started: float | None = None
     pid: int | None = None
     placed_on: str = ""
-    queued_reason: str = ""
+    queued_reason: str = ""  # why it waited to start (memory, cordons), if it did
+    memory: int = 0  # bytes it declared it will touch
+    failed: str = ""  # why it could not be started at all
 
 
 @dataclass
@@ -99,7 +102,8 @@ class ScenarioRun:
                 at = w.at + (k / w.rate if w.rate else 0.0)
                 name = f"{Path(w.program).name}#{len(self.arrivals)}"
                 self.arrivals.append(Arrival(len(self.arrivals), name, programs[i],
-                                             list(w.args), at, w.machine))
+                                             list(w.args), at, w.machine,
+                                             memory=w.memory_mib << 20))
         self.arrivals.sort(key=lambda a: (a.at, a.index))
         self.events = sorted(scenario.events, key=lambda e: e.at)
         ray_opts = scenario.ray
@@ -153,12 +157,12 @@ class ScenarioRun:
         now = self.elapsed
         while self.events and self.events[0].at <= now:
             self._fire(self.events.pop(0))
-        due = [a for a in self.arrivals if a.started is None and a.at <= now
+        due = [a for a in self.arrivals if a.started is None and not a.failed and a.at <= now
                and a not in self.queue]
         for a in [*self.queue, *due]:
             self._start(a)
         self._collect_drains()
-        pending = any(a.started is None for a in self.arrivals)
+        pending = any(a.started is None and not a.failed for a in self.arrivals)
         live = any(not t.ended and not t.lost for t in self.tracked.values())
         # Events still ahead once every process has ended are not waited for; the report
         # lists them as not fired.
@@ -177,21 +181,42 @@ class ScenarioRun:
         names = [n for *_, n in sorted(candidates)]
         return names or [n for n in self.cluster.machines]
 
+    def _room(self, name: str) -> int | None:
+        """Bytes machine `name` can still promise: free memory less what processes started
+        there (or moved there) declared and have not touched yet. None: not polled yet."""
+        poll = self.last_poll.get(name)
+        if poll is None:
+            return None
+        promised = 0
+        for info in poll.processes:
+            t = self.tracked.get(info.pid)
+            if t is not None:
+                promised += max(0, t.arrival.memory - info.resident_pages * PAGE_SIZE)
+        return poll.statistics.memory.frames_free * PAGE_SIZE - promised
+
     def _start(self, a: Arrival) -> None:
         image = self.images.get(a.program)
         if image is None:
             image = self.images[a.program] = a.program.read_bytes()
         reason = ""
         for name in self._choose_machine(a):
+            room = self._room(name)
+            if a.memory and (room is None or room < a.memory):
+                reason = (f"needs {a.memory >> 20} MiB, machine {name} can promise "
+                          f"{max(0, room or 0) >> 20} MiB")
+                continue
             try:
                 pid = self.cluster.machine(name).exec(image, a.name,
                                                       [a.program.name, *a.args])
-            except (OutOfMemoryError, CordonedError) as exc:
+            except (OutOfMemoryError, CordonedError, MachineError) as exc:
                 reason = str(exc)
                 continue
-            except MachineError as exc:
-                reason = str(exc)
-                continue
+            except UsageError as exc:  # a bad program, or a machine that is gone
+                a.failed = str(exc)
+                if a in self.queue:
+                    self.queue.remove(a)
+                self.on_event(f"{a.name} not started: {exc}")
+                return
             a.started, a.pid, a.placed_on = self.elapsed, pid, name
             self.tracked[pid] = Tracked(a, name)
             if a in self.queue:
@@ -349,8 +374,11 @@ class ScenarioRun:
             "lost": self.lost,
             "events_not_fired": [{"at": e.at, "action": e.action, "machine": e.machine}
                                  for e in self.events],
-            "queued": [p["name"] for p in processes if p["queued_seconds"] and
-                       p["queued_seconds"] > TICK * 2],
+            "queued": [{"name": a.name, "reason": a.queued_reason,
+                        "waited_seconds": (a.started - a.at) if a.started is not None else None}
+                       for a in self.arrivals if a.queued_reason],
+            "not_started": [{"name": a.name, "reason": a.failed}
+                            for a in self.arrivals if a.failed],
             "processes": processes,
             "all_match_native": all(p["output_matches_native"] is not False
                                     for p in processes),
