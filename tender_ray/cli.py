@@ -257,11 +257,12 @@ def default_scenario() -> Path:
 def cmd_run(ns: argparse.Namespace) -> int:
     import time as _time
 
-    from .config import load_scenario
+    from .config import read_scenario
     from .live import print_compare, print_summary, run_live
 
     path = Path(ns.scenario) if ns.scenario else default_scenario()
-    scenario, programs = load_scenario(path)
+    read = read_scenario(path)
+    scenario, programs, problems = read.scenario, read.programs, read.problems
     if ns.compare:
         policies = [p.strip() for p in ns.compare.split(",") if p.strip()]
         bad = [p for p in policies if p not in ("none", "threshold", "greedy", "age", "cost")]
@@ -272,6 +273,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         for policy in policies:
             report_dir = Path(ns.report or "reports") / f"{scenario.name}-{policy}"
             result = run_live(scenario, programs, address=ns.address, policy=policy,
+                              problems=problems,
                               report_dir=report_dir, live=False,
                               metrics_port=None if ns.no_metrics else ns.metrics_port)
             reports.append(result.report)
@@ -280,11 +282,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
     stamp = _time.strftime("%Y%m%d-%H%M%S")
     report_dir = Path(ns.report) if ns.report else Path("reports") / f"{scenario.name}-{stamp}"
     result = run_live(scenario, programs, address=ns.address, policy=ns.policy,
+                      problems=problems,
                       report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty(),
                       metrics_port=None if ns.no_metrics else ns.metrics_port)
     print_summary(result.report, report_dir)
     report = result.report
-    ok = report["all_match_native"] and not report["lost"] and not report["not_started"]
+    ok = (report["all_match_native"] and not report["lost"] and not report["not_started"]
+          and not report["events_failed"])
     return 0 if ok else 1
 
 

@@ -7,6 +7,7 @@ trust its inputs; an error names the file, the field and what is wrong.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -158,11 +159,21 @@ def resolve_program(program: str, base: Path) -> Path:
     raise FileNotFoundError(program)
 
 
-def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Path]]:
-    """Read and check a scenario file; the scenario and each workload's program path.
+@dataclass(frozen=True)
+class ScenarioFile:
+    """A scenario as read from its file: the model, the program of each workload that has a
+    runnable one, and the problems that do not stop it from running (each a message naming
+    the file and the field): a workload whose program is missing or cannot run, a workload
+    or an event naming an unknown machine. A run reports those and goes on without them."""
 
-    Every problem is a ConfigError naming the file, the field and what is wrong.
-    """
+    scenario: Scenario
+    programs: dict[int, Path]
+    problems: tuple[str, ...]
+
+
+def read_scenario(path: str | os.PathLike[str]) -> ScenarioFile:
+    """Read a scenario file. A file that is not a valid scenario at all (missing, not YAML,
+    wrong fields or types, duplicate machines) is a ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such scenario file (scenarios live in configs/)")
@@ -182,28 +193,42 @@ def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Pat
     names = {c.name for c in scenario.machine_configs()}
     if len(names) != len(scenario.machine_configs()):
         raise ConfigError(f"{p}: machines: two machines have the same name")
+    found: list[str] = []
     known = set(names)
     for i, event in sorted(enumerate(scenario.events), key=lambda ie: ie[1].at):
         if event.action == "add_machine":
             if event.machine in known:
-                raise ConfigError(f"{p}: events[{i}].machine: {event.machine!r} exists already")
+                found.append(f"{p}: events[{i}].machine: {event.machine!r} exists already")
             known.add(event.machine)
         elif event.machine not in known:
-            raise ConfigError(f"{p}: events[{i}].machine: unknown machine {event.machine!r} "
-                              f"(machines: {', '.join(sorted(known))})")
+            found.append(f"{p}: events[{i}].machine: unknown machine {event.machine!r} "
+                         f"(machines: {', '.join(sorted(known))})")
     programs: dict[int, Path] = {}
     for i, w in enumerate(scenario.workloads):
         if w.machine is not None and w.machine not in names:
-            raise ConfigError(f"{p}: workloads[{i}].machine: unknown machine {w.machine!r} "
-                              f"(machines: {', '.join(sorted(names))})")
+            found.append(f"{p}: workloads[{i}].machine: unknown machine {w.machine!r} "
+                         f"(machines: {', '.join(sorted(names))})")
+            continue
         try:
-            programs[i] = resolve_program(w.program, p.parent)
+            program = resolve_program(w.program, p.parent)
         except FileNotFoundError:
-            raise ConfigError(
-                f"{p}: workloads[{i}].program: {w.program!r} not found in "
-                f"{workloads_dir()} nor relative to the scenario") from None
+            found.append(f"{p}: workloads[{i}].program: {w.program!r} not found in "
+                         f"{workloads_dir()} nor relative to the scenario")
+            continue
         try:
-            parse_program(programs[i].read_bytes(), w.program)
+            parse_program(program.read_bytes(), w.program)
         except BadProgramError as exc:
-            raise ConfigError(f"{p}: workloads[{i}].program: {exc}") from None
-    return scenario, programs
+            found.append(f"{p}: workloads[{i}].program: {exc}")
+            continue
+        programs[i] = program
+    return ScenarioFile(scenario, programs, tuple(found))
+
+
+def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Path]]:
+    """Read a scenario file and insist it is wholly runnable; the scenario and each
+    workload's program. Any problem is a ConfigError naming the file, the field and what is
+    wrong."""
+    read = read_scenario(path)
+    if read.problems:
+        raise ConfigError("; ".join(read.problems))
+    return read.scenario, read.programs

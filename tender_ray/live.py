@@ -20,6 +20,7 @@ from .scenario import TICK, RunResult, ScenarioRun
 
 def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | None,
              policy: str | None, report_dir: Path | None, live: bool,
+             problems: tuple[str, ...] = (),
              metrics_port: int | None = None) -> RunResult:
     """Run a scenario to its end, drawing it live (or logging lines); its result.
     `metrics_port`: serve Prometheus metrics there while it runs (None: not at all)."""
@@ -31,7 +32,10 @@ def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | No
         if not live:
             console.print(f"[dim]{msg}[/dim]")
 
+    for problem in problems:
+        console.print(f"[yellow]warning:[/yellow] {problem}")
     run = ScenarioRun(scenario, programs, address=address, policy=policy, on_event=note,
+                      problems=problems,
                       metrics_port=metrics_port)
     note(f"scenario {scenario.name}: {len(run.arrivals)} processes, "
          f"{len(scenario.machine_configs())} machines, policy {run.policy.value}")
@@ -109,6 +113,9 @@ def print_summary(report: dict[str, Any], report_dir: Path | None) -> None:
         console.print(f"drain of {d['machine']}: {len(d['moved'])} moved in "
                       f"{d['seconds']:.2f}s (deadline {d['deadline']:.0f}s), "
                       f"{'ok' if d['ok'] else 'left ' + str(d['left'])}")
+    for e in report.get("events_failed", []):
+        console.print(f"[red]event failed[/red] t={e['at']:.1f}s {e['action']} {e['machine']}: "
+                      f"{e['error']}")
     for lost in report["lost"]:
         console.print(f"[red]lost[/red] {lost['name']} with machine {lost['machine']}")
     for q in report["queued"]:

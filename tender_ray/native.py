@@ -96,21 +96,29 @@ _FAULT_NAMES: Final = {4: "invalid instruction", 5: "breakpoint or trap", 7: "bu
 
 # Fault-around: a touched page that is not present brings a window of its neighbours, which
 # grows while the touches are sequential (up or down) and starts small otherwise; an area of
-# at most WINDOW_SMALL pages comes in whole.
+# at most WINDOW_SMALL pages (2 MiB: a malloc'd block, say) comes in whole.
 WINDOW_MIN: Final = 16
 WINDOW_GROWTH: Final = 4
 WINDOW_MAX: Final = 1024
-WINDOW_SMALL: Final = 64
+WINDOW_SMALL: Final = 512
 
-# x87/SSE: the EFLAGS bits a process owns.
+# The EFLAGS bits a process owns (the rest are the kernel's).
 _USER_FLAGS: Final = 0x40CD5  # CF PF AF ZF SF DF OF AC
 _ALWAYS_FLAGS: Final = 0x202  # reserved bit 1 and IF
 
 # --- the C library -------------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-_libc.ptrace.restype = ctypes.c_long
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        libc.ptrace.restype = ctypes.c_long
+    except (OSError, AttributeError):  # not a Unix C library: the self-check says no
+        return None
+    return libc
+
+
+_libc = _load_libc()
 
 _REG_NAMES: Final = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
                      "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
@@ -128,6 +136,7 @@ _SigInfo = ctypes.c_uint8 * 128
 
 
 def _ptrace(request: int, pid: int, addr: int = 0, data: int | None = 0) -> int:
+    assert _libc is not None
     result = _libc.ptrace(request, pid, addr, data)
     if result == -1:
         err = ctypes.get_errno()
@@ -365,7 +374,6 @@ class _Host:
         self.scratch = _Regs()  # registers for injected system calls
         self.trampoline = TRAMPOLINE
         self.maps = _HostMap()
-        self.quantum_signal_seen = False
         self.at_seccomp = False  # stopped at a system call's entry (can be turned into another)
         self.outside_signals: list[int] = []  # fatal signals from outside, seen while injecting
 
@@ -755,10 +763,9 @@ class _Tracer:
                 raise GuestGone(status, describe_status(status)[1])
             if status >> 8 == SIGTRAP | PTRACE_EVENT_SECCOMP << 8:
                 return
+            # (A quantum signal met here is checked for by `_t_resume`.)
             sig = os.WSTOPSIG(status) if status >> 16 == 0 else 0
-            if sig == QUANTUM_SIGNAL:
-                host.quantum_signal_seen = True
-            elif sig and sig not in _HARMLESS_SIGNALS:
+            if sig and sig != QUANTUM_SIGNAL and sig not in _HARMLESS_SIGNALS:
                 host.outside_signals.append(sig)
             _ptrace(PTRACE_CONT, pid, 0, 0)
 
@@ -1387,8 +1394,14 @@ def self_check() -> tuple[bool, str]:
 def _self_check() -> tuple[bool, str]:
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return False, f"it needs Linux on x86-64 (this is {sys.platform} {platform.machine()})"
+    if _libc is None or not hasattr(os, "pidfd_open") or not hasattr(os, "posix_spawn"):
+        return False, "this Python has no ptrace, pidfd_open or posix_spawn"
     if not os.access(STUB, os.X_OK):
         return False, f"its stub program {STUB} is missing or not executable"
+    with open(STUB, "rb") as f:
+        header = f.read(64)
+    if header[:4] != b"\x7fELF" or struct.unpack_from("<Q", header, 24)[0] != STUB_ENTRY:
+        return False, f"its stub program {STUB} is not the one this module knows (rebuild it)"
     outcome: list[tuple[bool, str]] = []
 
     def probe() -> None:

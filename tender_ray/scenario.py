@@ -88,6 +88,7 @@ class ScenarioRun:
 
     def __init__(self, scenario: Scenario, programs: dict[int, Path], *,
                  address: str | None = None, policy: str | None = None,
+                 problems: tuple[str, ...] = (),
                  on_event: Callable[[str], None] | None = None,
                  metrics_port: int | None = None) -> None:
         self.scenario = scenario
@@ -97,13 +98,17 @@ class ScenarioRun:
         self.policy = Policy(policy or scenario.balancer.policy)
         self.on_event = on_event or (lambda _msg: None)
         self.arrivals: list[Arrival] = []
+        self.problems = list(problems)
         for i, w in enumerate(scenario.workloads):
             for k in range(w.count):
                 at = w.at + (k / w.rate if w.rate else 0.0)
                 name = f"{Path(w.program).name}#{len(self.arrivals)}"
-                self.arrivals.append(Arrival(len(self.arrivals), name, programs[i],
-                                             list(w.args), at, w.machine,
-                                             memory=w.memory_mib << 20))
+                arrival = Arrival(len(self.arrivals), name, programs.get(i, Path(w.program)),
+                                  list(w.args), at, w.machine, memory=w.memory_mib << 20)
+                if i not in programs:  # a problem the file check reported: never started
+                    arrival.failed = next((msg for msg in problems
+                                           if f"workloads[{i}]." in msg), "cannot start")
+                self.arrivals.append(arrival)
         self.arrivals.sort(key=lambda a: (a.at, a.index))
         self.events = sorted(scenario.events, key=lambda e: e.at)
         ray_opts = scenario.ray
@@ -116,6 +121,9 @@ class ScenarioRun:
         self.drain_refs: list[tuple[str, Any]] = []
         self.drains: list[DrainReport] = []
         self.lost: list[dict[str, Any]] = []
+        self.events_failed: list[dict[str, Any]] = []
+        # Memory promised to processes started since the last poll, by machine.
+        self.promised_since_poll: dict[str, int] = {}
         self.last_poll: dict[str, PollResult] = {}
         self.queue: list[Arrival] = []
         self.start = 0.0
@@ -192,6 +200,7 @@ class ScenarioRun:
             t = self.tracked.get(info.pid)
             if t is not None:
                 promised += max(0, t.arrival.memory - info.resident_pages * PAGE_SIZE)
+        promised += self.promised_since_poll.get(name, 0)
         return poll.statistics.memory.frames_free * PAGE_SIZE - promised
 
     def _start(self, a: Arrival) -> None:
@@ -219,6 +228,7 @@ class ScenarioRun:
                 return
             a.started, a.pid, a.placed_on = self.elapsed, pid, name
             self.tracked[pid] = Tracked(a, name)
+            self.promised_since_poll[name] = self.promised_since_poll.get(name, 0) + a.memory
             if a in self.queue:
                 self.queue.remove(a)
             return
@@ -229,6 +239,7 @@ class ScenarioRun:
 
     def _poll(self) -> None:
         results = self.cluster.poll_all()
+        self.promised_since_poll.clear()  # the polls now list those processes
         sample: dict[str, Any] = {"t": self.elapsed, "machines": {}}
         for name, result in results.items():
             if isinstance(result, BaseException):
@@ -271,6 +282,8 @@ class ScenarioRun:
             elif event.action == "stop_machine":
                 self._stop_machine(event.machine)
         except TenderError as exc:
+            self.events_failed.append({"at": at, "action": event.action,
+                                       "machine": event.machine, "error": str(exc)})
             self.on_event(f"{event.action} {event.machine} failed: {exc}")
 
     def _stop_machine(self, name: str) -> None:
@@ -372,6 +385,8 @@ class ScenarioRun:
                         "moved": [{"pid": r["pid"], "to": r["to"], "seconds": r["seconds"]}
                                   for r in d.moved]} for d in self.drains],
             "lost": self.lost,
+            "events_failed": self.events_failed,
+            "problems": self.problems,
             "events_not_fired": [{"at": e.at, "action": e.action, "machine": e.machine}
                                  for e in self.events],
             "queued": [{"name": a.name, "reason": a.queued_reason,

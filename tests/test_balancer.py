@@ -149,11 +149,6 @@ def test_threshold_no_move_when_no_machine_has_room() -> None:
     assert threshold(machines, params(margin=0.0, max_moves=10), free_cost) == []
 
 
-@pytest.mark.xfail(reason="BUG: balancer.py _pick_destination/_spread (and drain_moves, "
-                          "greedy) check each move against the destination's free memory "
-                          "in the snapshot but never debit the moves already planned this "
-                          "round, so two 100 MiB processes are both sent to a machine with "
-                          "150 MiB free", strict=True)
 def test_threshold_debits_free_memory_of_moves_planned_in_the_same_round() -> None:
     machines = [machine("m0", [proc(i, mib=100) for i in range(1, 5)]),
                 machine("m1", free_mib=150)]
@@ -241,11 +236,6 @@ def test_greedy_keeps_an_even_heterogeneous_placement() -> None:
     assert greedy(machines, params(Policy.GREEDY, max_moves=100), free_cost) == []
 
 
-@pytest.mark.xfail(reason="BUG: balancer.py greedy() assigns ties by machine name, so an "
-                          "odd count already as even as it can be (m0 1, m1 2) is 'fixed' by "
-                          "moving one process m1 -> m0: a migration that gains nothing (and, "
-                          "as processes end, moves different pids back and forth)",
-                   strict=True)
 def test_greedy_does_not_move_when_the_placement_is_as_even_as_it_can_be() -> None:
     machines = [busy("m0", 1, 1), busy("m1", 2, 10)]
     assert greedy(machines, params(Policy.GREEDY, max_moves=100), free_cost) == []
@@ -448,10 +438,6 @@ def test_cost_model_uses_recent_measurements() -> None:
     assert b.cost(10 * MIB) < 1.0
 
 
-@pytest.mark.xfail(reason="BUG: balancer.py Balancer.cost adds min(seconds) (a whole "
-                          "migration, per-byte part included) to median(seconds/bytes)*n, so "
-                          "it predicts about twice what the same migration measured (observe "
-                          "10 MiB in 0.1 s -> cost(10 MiB) = 0.2 s)", strict=True)
 def test_cost_model_predicts_what_was_measured() -> None:
     b = Balancer()
     b.observe(10 * MIB, 0.1)
