@@ -35,12 +35,13 @@ from unicorn import unicorn_const as ucc
 from unicorn import x86_const as x86
 from unicorn.unicorn_py3.unicorn import uclib
 
-from .errors import EngineError
+from .errors import EngineError, OutOfMemoryError
 from .resources.real_memory import PAGE_SHIFT, RealMemory
 from .resources.virtual_space import VirtualSpace
 
 # Signals a fault ends a process with (Linux numbering).
 SIGILL = 4
+SIGKILL = 9
 SIGTRAP = 5
 SIGFPE = 8
 SIGSEGV = 11
@@ -590,7 +591,14 @@ class Cpu:
             vpn = vaddr >> PAGE_SHIFT
             pte = space.table.get(vpn)
             if pte is None:
-                pte = space.fault(vpn)
+                try:
+                    pte = space.fault(vpn)
+                except OutOfMemoryError:
+                    # The machine has no frame for the page: the process dies as the Linux
+                    # OOM killer would end it (SIGKILL), not as a broken engine.
+                    self._stop = Stop(StopKind.FAULT, SIGKILL, vaddr,
+                                      f"out of memory: no frame for the page at {vaddr:#x}")
+                    return False
                 if pte is None:
                     what = {ucc.UC_MEM_WRITE: "write to", ucc.UC_MEM_FETCH: "jump to"}.get(
                         access, "read of")

@@ -250,8 +250,6 @@ def test_running_out_of_memory_at_run_time(make_machine: MakeMachine) -> None:
     assert all_frames_free(machine)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a page fault the machine has no frame for is "
-                   "reported as an 'engine failure' (EngineError = broken host) with SIGSEGV")
 def test_running_out_of_memory_is_not_an_engine_failure(make_machine: MakeMachine) -> None:
     machine = make_machine(memory_mib=1)
     status, _, _, info = run_on_machine(machine, workload("bigmmap"), ["4"])
