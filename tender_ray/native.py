@@ -6,21 +6,28 @@ installs a seccomp filter that hands *every* system call to the tracer (SECCOMP_
 system calls through another ABI kill it), so the machine serves each one exactly as it does
 for the emulated CPU and the kernel never runs a guest's call: the tracer skips it (orig_rax =
 -1) and writes the machine's result into rax. That is the sandbox: no files, sockets, children,
-exec or signals to others, because nothing reaches the host kernel.
+exec or signals to others, because nothing reaches the host kernel. (One exception, checked: a
+munmap the machine has done on a valid range is let through, as it is exactly the host change
+needed.)
 
 Memory stays the machine's. Real memory is a shared memory file (`RealMemory(shared=True)`),
 passed to every guest as fd 3; the tracer maps it at frame offsets where the process's virtual
 space has present pages. The virtual space is the source of truth and the host mappings are a
 cache of it (like a TLB): memory system calls change the virtual space (the machine's code) and
 then the tracer makes the range match; a page that is not present stays unmapped and its
-SIGSEGV is served by the virtual space's fault path, growing a read-ahead window on sequential
-touches. Host mappings change only through system calls injected at a trampoline page the stub
-leaves behind (`syscall; jmp` at 0x1000b2), which is moved if the process maps over it.
+SIGSEGV is served by the virtual space's fault path for a window of pages (a whole small area,
+or a window that grows with sequential touches), since a fault here costs a few ptrace stops.
+Host mappings change only through system calls injected at a trampoline page the stub leaves
+behind (`syscall; jmp` at 0x1000b2), which is moved if the process maps over it. Guests never
+see a vDSO (the machine's auxiliary vector has no AT_SYSINFO_EHDR and the stub's is unmapped),
+so time calls are system calls and nothing ties a process to its host.
 
-Computation = permission to run: a quantum ends when the machine's timer thread signals the
-guest through a pidfd (SIGURG); the tracer snapshots it at the signal stop and suppresses the
-signal. Registers go in and out in the engine-neutral `CpuState`, converted from and to the
-kernel's user_regs_struct and FXSAVE area, so a process moves between engines mid-run.
+Computation = permission to run: a quantum ends when the guest's ITIMER_PROF (armed by the
+tracer) raises SIGPROF, or, for quanta shorter than a kernel tick, when the machine's timer
+thread signals the guest through a pidfd (SIGURG); the tracer snapshots it at the signal stop
+and suppresses the signal. Registers go in and out in the engine-neutral `CpuState`, converted
+from and to the kernel's user_regs_struct and FXSAVE area, so a process moves between engines
+mid-run.
 
 All ptrace calls for a machine come from its one tracer thread; computations submit requests to
 it and wait. It waits for all its guests at once with waitpid on their process group; a traced
@@ -56,6 +63,7 @@ from .errors import EngineError, OutOfMemoryError
 from .resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
 from .resources.virtual_region import NOT_PRESENT
 from .resources.virtual_space import VirtualSpace
+from .resources.virtual_user_space import VirtualUserSpace
 
 STUB: Final = Path(__file__).resolve().parent / "_stub" / "tender-stub"
 STUB_ENTRY: Final = 0x1000B0  # _start of the stub (see _stub/Makefile: text at 0x100000)
@@ -86,8 +94,15 @@ MAP_POPULATE, MAP_FIXED_NOREPLACE = 0x8000, 0x100000
 MEMORY_CALLS: Final = frozenset({SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_BRK, SYS_MREMAP,
                                  SYS_MADVISE})
 
-SIGTRAP, SIGKILL, SIGSEGV, SIGURG = 5, 9, 11, 23
+SIGTRAP, SIGKILL, SIGSEGV, SIGURG, SIGPROF = 5, 9, 11, 23, 27
 QUANTUM_SIGNAL: Final = SIGURG  # ignored by default: harmless if it ever got through
+# Quanta of at least this many microseconds are measured by the kernel: an ITIMER_PROF in the
+# guest (its CPU time; the kernel checks at each tick, so shorter ones would be rounded up to
+# a tick) raises SIGPROF, which the tracer takes as the end of the quantum. No thread of ours
+# wakes for it. Shorter quanta use the timer thread and a signal through the guest's pidfd.
+KERNEL_TIMER_MIN_US: Final = 4000
+SYS_SETITIMER, ITIMER_PROF = 38, 2
+_ITIMERVAL_OFFSET: Final = 0x800  # where in the trampoline page the tracer puts a timeval pair
 SI_USER, SI_KERNEL, SEGV_MAPERR = 0, 0x80, 1
 # Signals from outside that are not fatal by default (ignored, or job control): suppressed.
 _HARMLESS_SIGNALS: Final = frozenset({17, 18, 19, 20, 21, 22, 23, 28})  # CHLD..TTOU, URG, WINCH
@@ -375,6 +390,8 @@ class _Host:
         self.trampoline = TRAMPOLINE
         self.maps = _HostMap()
         self.at_seccomp = False  # stopped at a system call's entry (can be turned into another)
+        self.itimer_us = 0  # the guest's ITIMER_PROF interval, 0 when not armed
+        self.prof_seen = False  # a SIGPROF (end of quantum) was met while injecting
         self.outside_signals: list[int] = []  # fatal signals from outside, seen while injecting
 
     def mark_dead(self, status: int) -> None:
@@ -765,7 +782,9 @@ class _Tracer:
                 return
             # (A quantum signal met here is checked for by `_t_resume`.)
             sig = os.WSTOPSIG(status) if status >> 16 == 0 else 0
-            if sig and sig != QUANTUM_SIGNAL and sig not in _HARMLESS_SIGNALS:
+            if sig == SIGPROF and host.itimer_us:
+                host.prof_seen = True
+            elif sig and sig != QUANTUM_SIGNAL and sig not in _HARMLESS_SIGNALS:
                 host.outside_signals.append(sig)
             _ptrace(PTRACE_CONT, pid, 0, 0)
 
@@ -993,6 +1012,9 @@ class NativeCpu:
             if self._full_sync:
                 self._t_sync(0, VPN_LIMIT)
                 self._full_sync = False
+            kernel_timer = quantum >= KERNEL_TIMER_MIN_US
+            if host.itimer_us != (quantum if kernel_timer else 0):
+                self._t_set_itimer(quantum if kernel_timer else 0)
             self._cpu_mark = _host_cpu_seconds(host.pid)
             self.last_run_cpu_seconds = 0.0
             with self._run_lock:
@@ -1015,8 +1037,24 @@ class NativeCpu:
         request = self._tracer.current
         assert request is not None
         self._tracer.runs[host.pid] = request
-        self._tracer.timer.arm(self, run_id, time.monotonic() + quantum / 1e6)
+        if not kernel_timer:
+            self._tracer.timer.arm(self, run_id, time.monotonic() + quantum / 1e6)
         return _PENDING
+
+    def _t_set_itimer(self, interval_us: int) -> None:
+        """Arm (or, with 0, disarm) the guest's ITIMER_PROF: a SIGPROF every `interval_us` of
+        its CPU time."""
+        host = self._host
+        assert host is not None
+        where = (host.trampoline & ~(PAGE_SIZE - 1)) + _ITIMERVAL_OFFSET
+        seconds, micros = divmod(interval_us, 1_000_000)
+        for i, word in enumerate((seconds, micros, seconds, micros)):  # interval, first value
+            _ptrace(PTRACE_POKEDATA, host.pid, where + 8 * i, word)
+        result = self._tracer.inject(host, SYS_SETITIMER, ITIMER_PROF, where, 0)
+        if result < 0:
+            raise EngineError(f"setitimer in the guest failed: {os.strerror(-result)}")
+        host.itimer_us = interval_us
+        host.prof_seen = False
 
     def _t_lost(self, status: int) -> Stop:
         host = self._host
@@ -1037,7 +1075,8 @@ class NativeCpu:
             sig = host.outside_signals[0]
             return Stop(StopKind.FAULT, sig, 0, f"killed by signal {sig} "
                         f"({_signal_name(sig)}) from outside (host process {host.pid})")
-        if self._signalled == self._run_id and self._in_run:
+        if (self._signalled == self._run_id or host.prof_seen) and self._in_run:
+            host.prof_seen = False
             self._t_snapshot()
             return Stop(StopKind.QUANTUM)
         pid = host.pid
@@ -1126,7 +1165,7 @@ class NativeCpu:
         end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         tramp = host.trampoline & ~(PAGE_SIZE - 1)
         if (addr % PAGE_SIZE or not 0 < length <= TASK_SIZE or end > TASK_SIZE
-                or addr <= tramp < end or host.outside_signals
+                or addr <= tramp < end or host.outside_signals or host.prof_seen
                 or (self._signalled == self._run_id and self._in_run)):
             return False
         host.maps.remove(addr >> PAGE_SHIFT, end >> PAGE_SHIFT)
@@ -1232,6 +1271,12 @@ class NativeCpu:
         code = struct.unpack_from("<i", raw, 8)[0]
         (address,) = struct.unpack_from("<Q", raw, 16)
         (sender,) = struct.unpack_from("<i", raw, 16)
+        if sig == SIGPROF and code == SI_KERNEL:  # the kernel's quantum timer
+            if not host.itimer_us:
+                return self._t_resume()  # left over from before it was disarmed
+            host.prof_seen = False
+            self._t_snapshot()
+            return Stop(StopKind.QUANTUM)
         if sig == QUANTUM_SIGNAL and code == SI_USER and sender == os.getpid():
             if self._signalled == self._run_id:
                 self._t_snapshot()
@@ -1330,20 +1375,23 @@ class NativeCpu:
         self._window = (lo, hi, size)
         return lo, hi
 
-    def _populate(self, us: Any, lo: int, hi: int) -> None:
-        """Give the not-present pages [lo, hi) of a user space zeroed frames, and entries."""
+    def _populate(self, us: VirtualUserSpace, lo: int, hi: int) -> None:
+        """Give the not-present pages [lo, hi) of a user space zeroed frames, and entries
+        (what the virtual space's fault path does, for a window of pages at once)."""
         space = self.space
-        assert space is not None
+        assert space is not None and us.region is not None
         region = us.region
         base = us.start >> PAGE_SHIFT
+        a, b = lo - base, hi - base
         frames = region.frames
-        missing = [i for i in range(lo - base, hi - base) if frames[i] == NOT_PRESENT]
-        if missing:
-            region.populate(missing, self.memory)
+        window = frames[a:b]
+        if window.count(NOT_PRESENT) == len(window):
+            frames[a:b] = self.memory.allocate(b - a)  # the usual case: all new, one run
+        elif NOT_PRESENT in window:
+            region.populate([i for i in range(a, b) if frames[i] == NOT_PRESENT], self.memory)
         perms = us.perms
-        table = space.table
-        for i in range(lo - base, hi - base):
-            table[base + i] = (frames[i] << PAGE_SHIFT) | perms
+        space.table.update(zip(range(lo, hi), [(f << PAGE_SHIFT) | perms for f in frames[a:b]],
+                               strict=True))
 
 
 def _subtract(ranges: list[tuple[int, int]],

@@ -84,6 +84,9 @@ class RealMemory:
         # (address-ordered, so freed runs coalesce and regions get consecutive frames, which the
         # native engine maps as one run and DSM sends as one view).
         self._free: list[int] = list(range(self.nframes))
+        # Frames never handed out are still the host's zero pages: no need to zero them (and
+        # touching them here would commit memory the process itself may commit later).
+        self._pristine = np.ones(self.nframes, dtype=bool)
 
     @property
     def free_frames(self) -> int:
@@ -100,11 +103,20 @@ class RealMemory:
                 )
             free = self._free
             taken = [heapq.heappop(free) for _ in range(count)]  # ascending
-        if taken and zero:
+            if not taken:
+                return taken
             if count <= 8:
-                self.frames[taken] = 0
+                dirty = [f for f in taken if not self._pristine[f]]
+                self._pristine[taken] = False
             else:
-                for first, n in _runs(taken):
+                index = np.asarray(taken, dtype=np.int64)
+                dirty = index[~self._pristine[index]].tolist()
+                self._pristine[index] = False
+        if dirty and zero:
+            if len(dirty) <= 8:
+                self.frames[dirty] = 0
+            else:
+                for first, n in _runs(dirty):
                     self.frames[first: first + n] = 0
         return taken
 
@@ -116,7 +128,10 @@ class RealMemory:
                     f"({self.size >> 20} MiB) are in use; give the machine more memory"
                 )
             frame = heapq.heappop(self._free)
-        self.frames[frame] = 0
+            pristine = bool(self._pristine[frame])
+            self._pristine[frame] = False
+        if not pristine:
+            self.frames[frame] = 0
         return frame
 
     def free(self, frames: Iterable[int]) -> None:
