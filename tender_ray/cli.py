@@ -35,6 +35,10 @@ def _machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster at this address instead of "
                              "starting an embedded one")
+    parser.add_argument("--engine", choices=["auto", "native", "emulated"], default="auto",
+                        help="what runs the program: native (a traced host process, Linux "
+                             "x86-64), emulated (the Unicorn CPU), or auto (native where it "
+                             "works here; default)")
 
 
 def _migration_options(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     be = bsub.add_parser("engine", help="run time under Tender against native, per workload")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.add_argument("--repeat", type=int, default=3, help="runs per workload (best is kept)")
+    for bp in (bm, be):
+        bp.add_argument("--engines", default="native,emulated",
+                        help="engines to measure side by side (comma-separated; an engine "
+                             "that cannot run here is skipped with a notice)")
     return parser
 
 
@@ -177,18 +185,48 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             sizes = tuple(int(x) for x in ns.sizes.split(","))
         except ValueError:
             raise UsageError(f"--sizes must be comma-separated MiB, got {ns.sizes!r}") from None
-        result = migration_benchmark(sizes, repeats=ns.repeats)
-        print_migration_table(result)
+        engines = _engines(ns.engines)
+        result = {}
+        for engine in engines:
+            result[engine] = migration_benchmark(sizes, repeats=ns.repeats, engine=engine)
+            print(f"engine: {engine}")
+            print_migration_table(result[engine])
     elif ns.bench == "engine":
-        from .benchmarks import engine_benchmark, print_engine_table
+        from .benchmarks import compare_engines, print_engine_comparison
 
-        result = engine_benchmark(repeat=ns.repeat)
-        print_engine_table(result)
+        result = compare_engines(engines=_engines(ns.engines), repeat=ns.repeat)
+        print_engine_comparison(result)
     else:
         raise UsageError("name a benchmark: migration or engine")
     if ns.json:
         Path(ns.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _engine_notice(requested: str, exact: bool = False) -> None:
+    """Say once, on stderr, when the engine asked for cannot run here and why."""
+    from .engine import resolve
+
+    _, notice = resolve(requested, exact=exact)
+    if notice:
+        print(f"tender-ray: notice: {notice}", file=sys.stderr)
+
+
+def _engines(spec: str) -> list[str]:
+    from .engine import resolve
+
+    engines = [e.strip() for e in spec.split(",") if e.strip()]
+    bad = [e for e in engines if e not in ("native", "emulated")]
+    if bad or not engines:
+        raise UsageError(f"--engines: unknown engines {bad}; choose native and/or emulated")
+    usable = []
+    for e in engines:
+        got, notice = resolve(e)
+        if got != e:
+            print(f"tender-ray: {notice}; skipping the {e} engine", file=sys.stderr)
+            continue
+        usable.append(e)
+    return usable
 
 
 def _machine_configs(ns: argparse.Namespace) -> list[Any]:
@@ -198,7 +236,8 @@ def _machine_configs(ns: argparse.Namespace) -> list[Any]:
         raise UsageError("--machines must be at least 1")
     return [MachineConfig(name=f"m{i}", computations=ns.computations,
                           memory_mib=ns.memory_mib, quantum_us=ns.quantum_us,
-                          quantum_instructions=ns.exact) for i in range(ns.machines)]
+                          quantum_instructions=ns.exact, engine=ns.engine)
+            for i in range(ns.machines)]
 
 
 def cmd_exec(ns: argparse.Namespace) -> int:
@@ -210,6 +249,7 @@ def cmd_exec(ns: argparse.Namespace) -> int:
     try:
         read_program(ns.program)  # fail fast, before starting Ray
         configs = _machine_configs(ns)
+        _engine_notice(ns.engine, exact=ns.exact is not None)
     except ValidationError as exc:
         return _fail(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
     except UsageError as exc:

@@ -32,9 +32,10 @@ class MachineConfig(BaseModel):
         default=None, ge=1000,
         description="exact quanta of this many instructions (deterministic, slower) instead "
                     "of timed ones")
-    engine: str = Field(default="emulated", pattern=r"^(auto|native|emulated)$",
+    engine: str = Field(default="auto", pattern=r"^(auto|native|emulated)$",
                         description="what runs processes: native (host processes under "
-                                    "ptrace, Linux x86-64), emulated (Unicorn) or auto")
+                                    "ptrace, Linux x86-64), emulated (Unicorn), or auto: "
+                                    "native where its start-up check passes here")
     reuse: bool = Field(default=True, description="pre-create and hold resources for reuse")
     pool_size: int = Field(default=2, ge=0, le=64,
                            description="kernel processes created in advance")
@@ -63,7 +64,7 @@ class MachineSpec(BaseModel):
     computations: int = Field(default=1, ge=1, le=64)
     memory_mib: int = Field(default=512, ge=1, le=1 << 20)
     quantum_us: int = Field(default=5000, ge=100, le=1_000_000)
-    engine: str = Field(default="emulated", pattern=r"^(auto|native|emulated)$")
+    engine: str = Field(default="auto", pattern=r"^(auto|native|emulated)$")
     node_resource: str | None = Field(
         default=None, description="place the machine on the Ray node offering this custom "
                                    "resource")

@@ -367,6 +367,7 @@ class Cpu:
             assert _EXIT_REQUEST_OFFSET is not None
             ctypes.c_bool.from_address(self._handle + _EXIT_REQUEST_OFFSET).value = True
         self.space: VirtualSpace | None = None  # the running process's; not owned
+        self.last_run_cpu_seconds = 0.0  # emulation runs on the caller's thread: none else
         self.handler: SyscallHandler | None = None
         self._space_generation = -1  # of `space` when the TLB was last made consistent
         self._fills = 0  # TLB fills since the last flush

@@ -322,7 +322,8 @@ class Machine:
                 stop = cpu.run(self.quantum)
             except EngineError as exc:
                 stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")
-            cpu_time = time.thread_time() - cpu_time
+            # The computation's own CPU time, plus what a guest host process used (native).
+            cpu_time = time.thread_time() - cpu_time + cpu.last_run_cpu_seconds
             wall = time.monotonic() - wall
             with self._cond:
                 comp.busy_seconds += wall

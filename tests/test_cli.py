@@ -47,11 +47,16 @@ def test_exec_matches_native(tmp_path: Path, program: str, status: int) -> None:
     assert stats["migrations"] == []
 
 
-def test_exec_migrating_sieve(tmp_path: Path) -> None:
-    args = ("20000000",)
+@pytest.mark.parametrize(("engine", "program", "args"), [
+    ("emulated", "sieve", ("20000000",)),
+    # natively a sieve ends before it can move often; a long, mostly sleeping process can
+    ("native", "memhold", ("8", "150", "5")),
+])
+def test_exec_migrating(tmp_path: Path, engine: str, program: str, args: tuple[str, ...]
+                        ) -> None:
     result, stats = run_exec(tmp_path, "--machines", "3", "--migrate-every", "0.05",
-                             program="sieve", args=args)
-    assert (result.returncode, result.stdout, result.stderr) == native("sieve", *args), \
+                             "--engine", engine, program=program, args=args)
+    assert (result.returncode, result.stdout, result.stderr) == native(program, *args), \
         result.stderr
     migrations = stats["migrations"]
     assert len(migrations) >= 5, f"only {len(migrations)} migrations"
@@ -72,7 +77,7 @@ def test_exec_migration_strategies(tmp_path: Path, flag: str, field: str, value:
                                    ) -> None:
     args = ("8000000",)
     result, stats = run_exec(tmp_path, "--machines", "2", "--migrate-every", "0.05", flag,
-                             program="sieve", args=args)
+                             "--engine", "emulated", program="sieve", args=args)
     assert (result.returncode, result.stdout, result.stderr) == native("sieve", *args), \
         result.stderr
     assert len(stats["migrations"]) >= 2

@@ -165,7 +165,10 @@ def test_drain_moves_everything_off_and_outputs_are_native(tmp_path: Path) -> No
     ]
     data = {
         "name": "drain",
-        "machines": [{"name": "m", "count": 2, "computations": 1, "memory_mib": 96}],
+        # emulated: every process must still be running when the drain comes; natively the
+        # sieves would already have ended
+        "machines": [{"name": "m", "count": 2, "computations": 1, "memory_mib": 96,
+                      "engine": "emulated"}],
         "workloads": [{**w, "at": 0.0, "machine": "m0"} for w in on_m0],
         "balancer": {"policy": "none", "interval": 0.2},
         "events": [{"at": 0.5, "action": "drain", "machine": "m0", "deadline": 20}],
