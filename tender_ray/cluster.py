@@ -615,11 +615,12 @@ class Cluster:
         self._balancer = None
         return state
 
-    def poll_all(self, timeout: float = CALL_TIMEOUT,
-                 reap: bool = True) -> dict[str, PollResult | BaseException]:
-        """Poll every machine at once; a machine that fails answers with its error."""
-        refs = {name: h.call_async("poll", reap) for name, h in self._machines.items()}
-        out: dict[str, PollResult | BaseException] = {}
+    def _ask_all(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT
+                 ) -> dict[str, Any]:
+        """Call `method` on every machine at once; a machine that fails answers with its
+        error instead of a result."""
+        refs = {name: h.call_async(method, *args) for name, h in self._machines.items()}
+        out: dict[str, Any] = {}
         for name, ref in refs.items():
             try:
                 out[name] = self._machines[name].resolve(ref, timeout)
@@ -627,17 +628,15 @@ class Cluster:
                 out[name] = exc
         return out
 
+    def poll_all(self, timeout: float = CALL_TIMEOUT,
+                 reap: bool = True) -> dict[str, PollResult | BaseException]:
+        """Poll every machine at once (taking their output; reaping ended processes)."""
+        return self._ask_all("poll", reap, timeout=timeout)
+
     def list_all(self, timeout: float = CALL_TIMEOUT
                  ) -> dict[str, list[ProcessInfo] | BaseException]:
         """Every machine's processes, asked at once (without taking their output)."""
-        refs = {name: h.call_async("list_processes") for name, h in self._machines.items()}
-        out: dict[str, list[ProcessInfo] | BaseException] = {}
-        for name, ref in refs.items():
-            try:
-                out[name] = self._machines[name].resolve(ref, timeout)
-            except TenderError as exc:
-                out[name] = exc
-        return out
+        return self._ask_all("list_processes", timeout=timeout)
 
     def locate(self, pid: int) -> MachineHandle:
         """The machine process `pid` is on now."""

@@ -413,14 +413,18 @@ class Machine:
             if p.state is not ProcessState.FROZEN:
                 return
             p.migrating = False
-            if p.sleep_left is not None:
-                p.state = ProcessState.SLEEPING
-                p.wake_at = time.monotonic() + p.sleep_left
-                p.sleep_left = None
-                heapq.heappush(self._sleepers, (p.wake_at, next(self._seq), p))
-                self._cond.notify_all()
-            else:
-                self._make_runnable(p)
+            self._resume(p)
+
+    def _resume(self, p: Process) -> None:
+        """A frozen process goes on: asleep for what was left of its sleep, else runnable."""
+        if p.sleep_left is not None:
+            p.state = ProcessState.SLEEPING
+            p.wake_at = time.monotonic() + p.sleep_left
+            p.sleep_left = None
+            heapq.heappush(self._sleepers, (p.wake_at, next(self._seq), p))
+            self._cond.notify_all()
+        else:
+            self._make_runnable(p)
 
     def program_size(self, pid: int) -> int:
         with self._lock:
@@ -656,14 +660,7 @@ class Machine:
                 raise MigrationError(f"no transformed process {pid} on {self.name}")
             self._table[pid] = p
             self.migration_totals["in_ok"] += 1
-            if p.sleep_left is not None:
-                p.state = ProcessState.SLEEPING
-                p.wake_at = time.monotonic() + p.sleep_left
-                p.sleep_left = None
-                heapq.heappush(self._sleepers, (p.wake_at, next(self._seq), p))
-                self._cond.notify_all()
-            else:
-                self._make_runnable(p)
+            self._resume(p)
 
     def abort(self, pid: int) -> None:
         """Release whatever an unfinished incoming migration made here."""
