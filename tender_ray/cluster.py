@@ -719,11 +719,6 @@ class Cluster:
             self._shared_tmp = None
 
 
-def wait_all(refs: Sequence[Any], timeout: float | None = None) -> list[Any]:
-    """Resolve several calls at once."""
-    return list(ray.get(list(refs), timeout=timeout))
-
-
 # =========================================================================================
 # Metrics exporter (issue #5). One actor polls every machine (and the balancer) about once a
 # second and serves all their metrics on one Prometheus endpoint: machine actors never start

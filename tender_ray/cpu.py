@@ -381,7 +381,6 @@ class Cpu:
         self._grow_stop = False  # this emulator run was stopped by `_tlb_full`
         self._stop: Stop | None = None  # set by hooks during a run
         self._error: BaseException | None = None  # an exception raised inside a hook
-        self.instructions_hint = 0
         self._regs = (ctypes.c_uint64 * 7)()
         self._reg_ids = (ctypes.c_int * 7)(*_SYSCALL_IDS)
         self._reg_ptrs = (ctypes.c_void_p * 7)(

@@ -49,11 +49,6 @@ class Program:
     phnum: int
 
     @property
-    def text_bytes(self) -> int:
-        return sum(page_up(s.vaddr + s.memsz) - page_down(s.vaddr) for s in self.segments
-                   if not s.writable)
-
-    @property
     def end(self) -> int:
         """First page after the image: where the program break starts."""
         return max(page_up(s.vaddr + s.memsz) for s in self.segments)
