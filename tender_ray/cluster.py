@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .balancer import Balancer, BalancerParams, MachineLoad, snapshot
+from .balancer import Balancer, BalancerParams, MachineLoad, Move, snapshot
 from .config import MachineConfig
 from .errors import (
     MachineStoppedError,
@@ -45,6 +46,14 @@ from .migration import (
 
 NAMESPACE = "tender_ray"
 CALL_TIMEOUT = 30.0  # seconds for a control call between machines
+# An embedded Ray runs on the machines' own processors, and nobody reads its dashboard: it
+# keeps neither Ray's own metrics nor its per-task event records (tender_ray exports its own).
+EMBEDDED_RAY_CONFIG: dict[str, Any] = {"enable_metrics_collection": False,
+                                       "task_events_report_interval_ms": 0}
+IDLE_BACKOFF = 4  # a quiet balancer waits up to this many intervals between rounds
+PARALLEL_MOVES = 4  # migrations of one round under way at once, at most
+KICK_SETTLE = 0.05  # seconds a balancer told of a change waits for the changes after it
+NODE_CHECK_INTERVAL = 1.0  # seconds between questions about Ray nodes being drained
 BALANCER_NAME = "tender-balancer"
 PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
 
@@ -64,6 +73,11 @@ class _MachineActor:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self._machine, method)(*args, **kwargs)
+
+    def watch(self, balancer: Any) -> None:
+        """Tell `balancer` (an actor handle; None: nobody) of every change to the processes
+        here, without waiting (its `kick`)."""
+        self._machine.on_change = None if balancer is None else balancer.kick.remote
 
     # Migration, the source side: this machine drives it.
     def migrate(self, pid: int, destination: str, options: MigrationOptions) -> dict[str, Any]:
@@ -189,6 +203,8 @@ class _BalancerActor:
         self._handles: dict[str, MachineHandle] = {}
         self._nodes: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._kick = threading.Event()  # ends the wait before the next round
         for name in machines:
             self.add_machine(name)
         self._balancer = Balancer(params)
@@ -198,20 +214,28 @@ class _BalancerActor:
         self._in_flight: dict[str, int] = {}  # source machine -> migrations under way
         self._failures: list[str] = []
         self._drains: list[DrainReport] = []
-        self._stop = threading.Event()
+        self._last_seen: tuple[Any, ...] = ()  # what the last round saw, to tell a change
+        self._next_node_check = 0.0  # monotonic time Ray's DRAINING nodes are next asked for
         self._thread = threading.Thread(target=self._loop, daemon=True, name="balancer")
         self._thread.start()
 
     def ready(self) -> bool:
         return True
 
+    def kick(self) -> None:
+        """A machine's processes changed: balance now rather than at the next interval."""
+        self._kick.set()
+
     def add_machine(self, name: str) -> None:
         actor = ray.get_actor(self._prefix + name, namespace=ray.get_runtime_context().namespace)
         handle = MachineHandle(name, actor)
         node = handle.node_id()
+        handle.resolve(actor.watch.remote(ray.get_runtime_context().current_actor),
+                       CALL_TIMEOUT)
         with self._lock:
             self._handles[name] = handle
             self._nodes[name] = node
+        self._kick.set()
 
     def remove_machine(self, name: str) -> None:
         with self._lock:
@@ -221,21 +245,25 @@ class _BalancerActor:
     def _snapshots(self) -> list[MachineLoad]:
         with self._lock:
             handles = dict(self._handles)
-        refs = {n: (h.call_async("statistics"), h.call_async("list_processes"))
-                for n, h in handles.items()}
+        refs = {n: h.call_async("load") for n, h in handles.items()}
         now = time.time()
         loads = []
-        for name, (s_ref, p_ref) in refs.items():
+        for name, ref in refs.items():
             try:
-                stats = handles[name].resolve(s_ref, CALL_TIMEOUT)
-                procs = handles[name].resolve(p_ref, CALL_TIMEOUT)
+                stats, procs = handles[name].resolve(ref, CALL_TIMEOUT)
             except TenderError:
                 continue  # a dead machine is not a place to balance to or from
             loads.append(snapshot(stats, procs, now))
         return loads
 
     def _cordon_draining_nodes(self) -> None:
-        """Ray marks a node DRAINING (preemption, `ray drain-node`); move its machines' work."""
+        """Ray marks a node DRAINING (preemption, `ray drain-node`); move its machines' work.
+        Asked of Ray's control store at most every NODE_CHECK_INTERVAL: Ray announces a drain
+        with a deadline of tens of seconds, and each question costs the control store."""
+        now = time.monotonic()
+        if now < self._next_node_check:
+            return
+        self._next_node_check = now + NODE_CHECK_INTERVAL
         try:
             draining = set(ray._private.state.state.get_draining_nodes())
         except Exception:  # an older Ray without the call: nothing to follow
@@ -247,40 +275,72 @@ class _BalancerActor:
                 self._handles[name].call("cordon", timeout=CALL_TIMEOUT)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        # A round that finds nothing changed and nothing to do doubles the wait before the
+        # next (up to IDLE_BACKOFF intervals): a balanced cluster is asked less often, which
+        # leaves its processors to the processes. A change, a move or a drain brings the
+        # interval back.
+        wait = self._interval
+        while True:
+            if self._kick.wait(wait):
+                # Let a burst of changes (processes started together) settle into one round.
+                self._stop.wait(KICK_SETTLE)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             try:
-                self._round()
+                busy = self._round()
             except Exception as exc:  # the loop must survive a bad round
                 self._failures.append(f"round failed: {exc!r}")
+                busy = True
+            wait = self._interval if busy else min(wait * 2, self._interval * IDLE_BACKOFF)
 
-    def _round(self) -> None:
+    def _round(self) -> bool:
+        """One look at every machine and the moves planned from it; whether anything had
+        changed since the last round or was moved."""
         self._cordon_draining_nodes()
         machines = self._snapshots()
+        # Running and runnable alternate with every quantum: both count as one state here.
+        seen = tuple(sorted((m.name, m.cordoned, m.runnable,
+                             tuple(sorted((p.pid, p.state.replace("running", "runnable"))
+                                          for p in m.processes)))
+                            for m in machines))
+        changed, self._last_seen = seen != self._last_seen, seen
         moves = self._balancer.plan(machines, time.monotonic())
-        for move in moves:
-            handle = self._handles.get(move.source)
-            if handle is None:
-                continue
+        if len(moves) > 1:
+            # The moves of a round concern distinct processes: they go at once, so a
+            # machine that was idle gets all its work in one migration time, not several.
+            with ThreadPoolExecutor(min(len(moves), PARALLEL_MOVES),
+                                    thread_name_prefix="move") as pool:
+                list(pool.map(self._move, moves))
+        else:
+            for move in moves:
+                self._move(move)
+        return changed or bool(moves)
+
+    def _move(self, move: Move) -> None:
+        handle = self._handles.get(move.source)
+        if handle is None:
+            return
+        with self._lock:
+            self._in_flight[move.source] = self._in_flight.get(move.source, 0) + 1
+        try:
+            record = handle.migrate(move.pid, move.destination, self._options,
+                                    timeout=self._options.timeout + CALL_TIMEOUT)
+        except TenderError as exc:
             with self._lock:
-                self._in_flight[move.source] = self._in_flight.get(move.source, 0) + 1
-            try:
-                record = handle.migrate(move.pid, move.destination, self._options,
-                                        timeout=self._options.timeout + CALL_TIMEOUT)
-            except TenderError as exc:
                 self._failures.append(f"{move}: {exc}")
-                continue
-            else:
-                record["reason"] = move.reason
-                self._balancer.moved(move.pid, time.monotonic())
-                self._balancer.observe(int(record["bytes"]), float(record["seconds"]))
-                with self._lock:
-                    self._migrations.append(record)
-            finally:
-                with self._lock:
-                    self._in_flight[move.source] -= 1
-            self._log.info("migrated", pid=move.pid, source=move.source,
-                           destination=move.destination, reason=move.reason,
-                           seconds=record["seconds"])
+            return
+        finally:
+            with self._lock:
+                self._in_flight[move.source] -= 1
+        record["reason"] = move.reason
+        with self._lock:
+            self._balancer.moved(move.pid, time.monotonic())
+            self._balancer.observe(int(record["bytes"]), float(record["seconds"]))
+            self._migrations.append(record)
+        self._log.info("migrated", pid=move.pid, source=move.source,
+                       destination=move.destination, reason=move.reason,
+                       seconds=record["seconds"])
 
     def drain(self, machine: str, deadline: float) -> DrainReport:
         """Cordon `machine`, wait until the balancer has moved every process off it or the
@@ -288,6 +348,7 @@ class _BalancerActor:
         start = time.time()
         handle = self._handles[machine]
         handle.call("cordon", timeout=CALL_TIMEOUT)
+        self._kick.set()  # the next round now, not after an idle wait
         left: list[int] = []
         while time.time() - start < deadline:
             try:
@@ -318,7 +379,13 @@ class _BalancerActor:
 
     def stop(self) -> BalancerState:
         self._stop.set()
+        self._kick.set()
         self._thread.join(timeout=30)
+        with self._lock:
+            handles = list(self._handles.values())
+        for handle in handles:  # machines outliving the balancer stop telling it
+            with contextlib.suppress(TenderError):
+                handle.resolve(handle.actor.watch.remote(None), 5.0)
         return self.state()
 
 
@@ -484,7 +551,8 @@ class Cluster:
                 # Loopback only: an embedded cluster never listens on other interfaces.
                 kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 2,
                               object_store_memory=object_store_mib << 20,
-                              _node_ip_address="127.0.0.1")
+                              _node_ip_address="127.0.0.1",
+                              _system_config=EMBEDDED_RAY_CONFIG)
             else:
                 kwargs.update(address=address)
             ray.init(**kwargs)
@@ -726,7 +794,12 @@ class Cluster:
 # =========================================================================================
 
 EXPORTER_NAME = "tender-exporter"  # actor name (after the cluster prefix) when detached
-EXPORT_INTERVAL = 1.0  # seconds between polls
+# The exporter polls the machines when scraped (unless its last poll is younger than
+# EXPORT_FRESH), and on its own every EXPORT_INTERVAL, often enough that no migration record
+# falls out of a machine's recent list between two polls. Unscraped, it costs the machines
+# little of their processors.
+EXPORT_INTERVAL = 5.0
+EXPORT_FRESH = 1.0
 EXPORT_TIMEOUT = 5.0  # seconds a machine may take to answer a poll
 
 
@@ -747,6 +820,9 @@ class _ExporterActor:
         self._last_balancer: BalancerState | None = None
         self._interval = interval
         self._server = MetricsServer()
+        self._server.collector.refresh = self._refresh
+        self._poll_lock = threading.Lock()  # one poll at a time (scrapes, the loop)
+        self._polled_at = 0.0  # monotonic time of the last poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -784,22 +860,33 @@ class _ExporterActor:
             except Exception as exc:  # the exporter must outlive a bad poll
                 self._log.warning("poll failed", error=repr(exc))
 
-    def _poll(self) -> None:
+    def _refresh(self) -> None:
+        """Before a scrape: poll, unless a poll is younger than EXPORT_FRESH."""
+        if time.monotonic() - self._polled_at >= EXPORT_FRESH:
+            self._poll(EXPORT_FRESH)
+
+    def _poll(self, fresh: float = 0.0) -> None:
+        with self._poll_lock:
+            if time.monotonic() - self._polled_at < fresh:  # polled while we waited
+                return
+            self._polled_at = time.monotonic()
+            self._poll_locked()
+
+    def _poll_locked(self) -> None:
         start = time.perf_counter()
         with self._lock:
             handles, balancer = dict(self._handles), self._balancer
-        refs = {name: (h.call_async("statistics"), h.call_async("list_processes"),
-                       h.call_async("recent_migrations")) for name, h in handles.items()}
+        refs = {name: (h.call_async("load"), h.call_async("recent_migrations"))
+                for name, h in handles.items()}
         balancer_ref = balancer.state.remote() if balancer is not None else None
         stats: dict[str, MachineStatistics] = {}
         processes: dict[str, list[ProcessInfo]] = {}
         records: dict[str, list[dict[str, Any]]] = {}
         down: list[str] = []
-        for name, (s_ref, p_ref, r_ref) in refs.items():
+        for name, (l_ref, r_ref) in refs.items():
             handle = handles[name]
             try:
-                stats[name] = handle.resolve(s_ref, EXPORT_TIMEOUT)
-                processes[name] = handle.resolve(p_ref, EXPORT_TIMEOUT)
+                stats[name], processes[name] = handle.resolve(l_ref, EXPORT_TIMEOUT)
                 records[name] = handle.resolve(r_ref, EXPORT_TIMEOUT)
             except TenderError:
                 stats.pop(name, None)

@@ -310,6 +310,17 @@ class _Watchdog:
         with self._cond:
             self._armed.pop(token, None)
 
+    def expire(self, token: int) -> None:
+        """End an armed run now (a freeze or a kill does not wait for the quantum's end)."""
+        with self._cond:
+            entry = self._armed.get(token)
+            if entry is None:
+                return
+            now = time.monotonic()
+            self._armed[token] = (now, entry[1])
+            heapq.heappush(self._heap, (now, token))
+            self._cond.notify()
+
     def _loop(self) -> None:
         with self._cond:
             while True:
@@ -368,6 +379,11 @@ class Cpu:
             ctypes.c_bool.from_address(self._handle + _EXIT_REQUEST_OFFSET).value = True
         self.space: VirtualSpace | None = None  # the running process's; not owned
         self.last_run_cpu_seconds = 0.0  # emulation runs on the caller's thread: none else
+        # [preempt] The watchdog token of the run in progress (0: none), and whether the
+        # current run was asked to end early; set by `preempt` from other threads.
+        self._token_lock = threading.Lock()
+        self._token = 0
+        self._preempted = False
         self.handler: SyscallHandler | None = None
         self._space_generation = -1  # of `space` when the TLB was last made consistent
         self._fills = 0  # TLB fills since the last flush
@@ -545,6 +561,8 @@ class Cpu:
             starts = 1
         else:
             status, starts = self._run_timed(quantum)
+        with self._token_lock:  # a preemption asked before this run began ended it too
+            self._preempted = False
         counters = _COUNTERS
         counters.runs += 1
         counters.emu_starts += starts
@@ -559,6 +577,15 @@ class Cpu:
         self._sync_tlb(space)
         return self._stop or Stop(StopKind.QUANTUM)
 
+    def preempt(self) -> None:
+        """End the running timed quantum at the next block boundary (from another thread).
+        Exact quanta end only by their instruction count: they stay deterministic."""
+        with self._token_lock:
+            self._preempted = True
+            token = self._token
+        if token:
+            _WATCHDOG.expire(token)
+
     def _run_timed(self, quantum_us: int) -> tuple[int, int]:
         """Emulate until a hook stops or `quantum_us` has passed; (status, emulator entries).
 
@@ -568,10 +595,15 @@ class Cpu:
         starts = 0
         while True:
             self._grow_stop = False
-            token = _WATCHDOG.arm(self._handle, deadline)
+            with self._token_lock:
+                if self._preempted:
+                    return ucc.UC_ERR_OK, starts
+                token = self._token = _WATCHDOG.arm(self._handle, deadline)
             try:
                 status = uclib.uc_emu_start(self._uch, self.rip(), 0, 0, 0)
             finally:
+                with self._token_lock:
+                    self._token = 0
                 _WATCHDOG.disarm(token)
             starts += 1
             if (not self._grow_stop or status != ucc.UC_ERR_OK or self._stop is not None

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Scenario
-from .scenario import TICK, RunResult, ScenarioRun
+from .scenario import RunResult, ScenarioRun
 
 
 def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | None,
@@ -43,21 +43,22 @@ def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | No
     deadline = time.monotonic() + scenario.timeout
     try:
         if live:
-            with Live(_view(run, log), console=console, refresh_per_second=8,
+            # Drawn once per step, not by a refresh thread: the view changes only then.
+            with Live(_view(run, log), console=console, auto_refresh=False,
                       transient=False) as view:
                 while run.step():
-                    view.update(_view(run, log))
+                    view.update(_view(run, log), refresh=True)
                     if time.monotonic() > deadline:
                         note(f"timeout after {scenario.timeout:.0f}s")
                         break
-                    time.sleep(TICK)
-                view.update(_view(run, log))
+                    run.wait_next()
+                view.update(_view(run, log), refresh=True)
         else:
             while run.step():
                 if time.monotonic() > deadline:
                     note(f"timeout after {scenario.timeout:.0f}s")
                     break
-                time.sleep(TICK)
+                run.wait_next()
     except BaseException:
         run.cluster.shutdown()
         raise

@@ -8,13 +8,16 @@ one lock; a running process's CPU is touched only by the computation that holds 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import heapq
 import itertools
 import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -48,12 +51,14 @@ from .resources.computation import Computation, ComputationState, ComputationSta
 from .resources.manager import ManagerStatistics, ResourceManager
 from .resources.plate import Plate
 from .resources.process import Process, ProcessState
-from .resources.program import parse_program
+from .resources.program import Program, parse_program
 from .resources.real_memory import RealMemory, RealMemoryStatistics
 from .resources.virtual_region import RegionKind, VirtualRegion
 from .resources.virtual_space import SpaceKind, VirtualSpace
 from .resources.virtual_user_space import VirtualUserSpace
 from .syscalls import SystemCalls
+
+QUANTUM_GROWTH = 4  # a busy process's slice grows up to this many base quanta
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,11 @@ class Machine:
         self.migration_bytes = 0
         self.migration_phase_seconds: dict[str, float] = {}
         self.migration_records: deque[dict[str, object]] = deque(maxlen=64)
+        # Set by whoever balances this machine (the actor layer): called when a process
+        # starts, ends, arrives or leaves, or the machine is cordoned, so the balancer need
+        # not poll to notice. It must not block: it may run with the machine's lock held.
+        self.on_change: Callable[[], None] | None = None
+        self._programs: dict[str, Program] = {}  # image digest -> parsed program, held
         self.computations = [Computation(i) for i in range(self.config.computations)]
         for comp in self.computations:
             comp.thread = threading.Thread(target=self._run_computation, args=(comp,),
@@ -225,7 +235,7 @@ class Machine:
         if self.cordoned:
             raise CordonedError(f"machine {self.name} is cordoned (draining): start the "
                                 "program on another machine")
-        program = parse_program(image, name)  # too big for memory: vm.load_program says so
+        program = self._program(image, name)  # too big for memory: vm.load_program says so
         plate_name = self.plate.store_program(image, program.digest)
         args = [a.encode() if isinstance(a, str) else a for a in argv] or [name.encode()]
         env = [e.encode() if isinstance(e, str) else e for e in envp]
@@ -247,7 +257,47 @@ class Machine:
             p.created_at = time.time()
             self._table[p.pid] = p
             self._make_runnable(p)
+            self._preempt_for(p)
+        self._changed()
         return p.pid
+
+    def _preempt_for(self, p: Process) -> None:
+        """A process became runnable from outside (started, arrived): if no computation is
+        free, cut short the quantum that has run longest past the base slice, so the newcomer
+        waits about one base slice at most. Called with the lock held."""
+        if self.exact or p.state is not ProcessState.RUNNABLE:
+            return
+        if any(c.state is ComputationState.IDLE for c in self.computations):
+            return
+        now, base = time.monotonic(), self.quantum / 1e6
+        longest: tuple[float, Process] | None = None
+        for comp in self.computations:
+            running = self._table.get(comp.pid) if comp.pid is not None else None
+            if running is None or not running.on_cpu:
+                continue
+            ran = now - comp.run_started
+            if ran >= base and (longest is None or ran > longest[0]):
+                longest = (ran, running)
+        if longest is not None:
+            self._cpu(longest[1]).preempt()
+
+    def _changed(self) -> None:
+        callback = self.on_change
+        if callback is not None:
+            with contextlib.suppress(Exception):  # a balancer that went away changes nothing
+                callback()
+
+    def _program(self, image: bytes, name: str) -> Program:
+        """The program resource of an image: parsed once per image, held for later execs
+        (the first exec of an image pays for reading its headers)."""
+        digest = hashlib.sha256(image).hexdigest()
+        with self._lock:
+            held = self._programs.get(digest)
+        if held is None:
+            held = parse_program(image, name)
+            with self._lock:
+                self._programs[digest] = held
+        return held if held.name == name else dataclasses.replace(held, name=name)
 
     def _make_runnable(self, p: Process) -> None:
         p.state = ProcessState.RUNNABLE
@@ -304,6 +354,7 @@ class Machine:
                     p.state = ProcessState.RUNNING
                     p.on_cpu = True
                     comp.pid, comp.state = p.pid, ComputationState.RUNNING
+                    comp.run_started = now
                     return p
                 timeout = self._sleepers[0][0] - now if self._sleepers else None
                 self._cond.wait(timeout)
@@ -318,8 +369,9 @@ class Machine:
             cpu = self._cpu(p)
             wall = time.monotonic()
             cpu_time = time.thread_time()
+            quantum = self.quantum if self.exact else (p.quantum or self.quantum)
             try:
-                stop = cpu.run(self.quantum)
+                stop = cpu.run(quantum)
             except EngineError as exc:
                 stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")
             # The computation's own CPU time, plus what a guest host process used (native).
@@ -332,6 +384,14 @@ class Machine:
                 p.on_cpu = False
                 p.accounting.cpu_seconds += cpu_time
                 p.accounting.quanta += 1
+                # A process that used its whole slice gets one twice as long next time, up to
+                # QUANTUM_GROWTH times the base; one that blocks goes back to the base. Busy
+                # processes switch less often (each switch costs the machine's own work);
+                # newcomers do not wait for long slices (`_preempt_for`).
+                if stop.kind is StopKind.QUANTUM:
+                    p.quantum = min(quantum * 2, self.quantum * QUANTUM_GROWTH)
+                elif p.state is ProcessState.SLEEPING:
+                    p.quantum = 0
                 if stop.kind is StopKind.FAULT and p.exit_status is None:
                     p.exit_status = 128 + (stop.signal or 11)
                     p.exit_reason = (f"{stop.detail} at {stop.address:#x}" if stop.address
@@ -365,6 +425,7 @@ class Machine:
         vm.release_address_space(self.managers, p)
         p.space = self.kernel_space
         self._exited += 1
+        self._changed()
 
     # --- migration: the source side ------------------------------------------------------
 
@@ -383,9 +444,10 @@ class Machine:
                 raise ProcessStateError(f"process {pid} has finished ({p.exit_reason})")
             p.migrating = True
             if p.on_cpu:
-                # Its computation stops it at the end of the quantum (an instruction
-                # boundary) and leaves it FROZEN; until then its state may still change.
+                # Its computation stops it at an instruction boundary, ending the quantum
+                # early, and leaves it FROZEN; until then its state may still change.
                 p.freeze_requested = True
+                self._cpu(p).preempt()
                 while p.on_cpu and time.monotonic() < deadline:
                     self._cond.wait(deadline - time.monotonic())
                 p.freeze_requested = False
@@ -498,6 +560,7 @@ class Machine:
         self.processes.release(p, hold=reuse)
         with self._cond:
             self._cond.notify_all()
+        self._changed()
 
     def note_migration(self, record: MigrationRecord) -> None:
         with self._lock:
@@ -661,6 +724,8 @@ class Machine:
             self._table[pid] = p
             self.migration_totals["in_ok"] += 1
             self._resume(p)
+            self._preempt_for(p)
+        self._changed()
 
     def abort(self, pid: int) -> None:
         """Release whatever an unfinished incoming migration made here."""
@@ -710,6 +775,12 @@ class Machine:
     def list_processes(self) -> list[ProcessInfo]:
         with self._lock:
             return [self._info(p) for p in self._table.values()]
+
+    def load(self) -> tuple[MachineStatistics, list[ProcessInfo]]:
+        """What a balancer or an exporter reads each round, in one call: the statistics and
+        the processes (nothing taken, nothing reaped)."""
+        with self._lock:
+            return self.statistics(), [self._info(p) for p in self._table.values()]
 
     def wait(self, pid: int, timeout: float | None = None) -> ProcessInfo:
         """Wait until the process has ended (or `timeout` passed); its info either way."""
@@ -767,10 +838,12 @@ class Machine:
         """Take no new processes (exec or migration in) until `uncordon`."""
         with self._lock:
             self.cordoned = True
+        self._changed()
 
     def uncordon(self) -> None:
         with self._lock:
             self.cordoned = False
+        self._changed()
 
     def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]:
         """Remove an ended process; its final info and its uncollected output."""
@@ -799,6 +872,8 @@ class Machine:
             if p.migrating:
                 raise ProcessStateError(f"process {pid} is still migrating; try again")
             self.exit_process(p, 128 + signal, f"killed by signal {signal}")
+            if p.on_cpu:  # its computation releases it once the quantum, cut short, ends
+                self._cpu(p).preempt()
             return self._info(p)
 
     # --- the machine as a whole ----------------------------------------------------------

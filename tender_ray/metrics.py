@@ -18,10 +18,11 @@ resource, syscall, strategy, result, policy, reason): never a pid or a page.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -215,6 +216,9 @@ class TenderCollector:
         self._last_update = 0.0
         self._poll_seconds = 0.0
         self.history = MigrationHistory()
+        # Called before each scrape (by whoever polls the machines) so the scrape sees the
+        # cluster as it is now; it polls only when the last poll is older than it wants.
+        self.refresh: Callable[[], None] | None = None
 
     def update(self, machines: Mapping[str, MachineStatistics], *,
                processes: Mapping[str, Sequence[ProcessInfo]] | None = None,
@@ -247,6 +251,10 @@ class TenderCollector:
             self._poll_seconds = poll_seconds
 
     def collect(self) -> Iterator[Metric]:
+        refresh = self.refresh
+        if refresh is not None:
+            with contextlib.suppress(Exception):  # a failed poll serves the last snapshot
+                refresh()
         with self._lock:  # families are built under the lock, yielded after it
             machines = dict(sorted(self._machines.items()))
             balancer, policy = self._balancer, self._policy or "unknown"

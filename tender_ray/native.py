@@ -860,6 +860,7 @@ class NativeCpu:
         self._full_sync = True
         self._lost: Stop | None = None  # the host process died under a bound process
         self._run_id = 0
+        self._preempt_pending = False  # [preempt] asked to end a run that had not begun
         self._signalled = -1  # the run id the quantum signal was sent for
         self._in_run = False
         self._run_lock = threading.Lock()
@@ -945,6 +946,16 @@ class NativeCpu:
         host = self._host
         return host.pid if host is not None and host.alive else 0
 
+    def preempt(self) -> None:
+        """End the running quantum now (from another thread): as if its time were up. Asked
+        before the run has begun, it ends that run as soon as it begins."""
+        with self._run_lock:
+            if not self._in_run:
+                self._preempt_pending = True
+                return
+            run_id = self._run_id
+        self._quantum_expired(run_id)
+
     # --- called by the timer thread ----------------------------------------------------
 
     def _quantum_expired(self, run_id: int) -> None:
@@ -959,6 +970,7 @@ class NativeCpu:
     def _end_run(self) -> None:
         with self._run_lock:
             was_running, self._in_run = self._in_run, False
+            self._preempt_pending = False
         host = self._host
         if was_running and host is not None:
             used = max(0.0, _host_cpu_seconds(host.pid) - self._cpu_mark) if host.alive else 0.0
@@ -1021,6 +1033,8 @@ class NativeCpu:
                 self._run_id += 1
                 self._in_run = True
                 run_id = self._run_id
+                if self._preempt_pending:  # `_t_resume` ends the quantum before it starts
+                    self._signalled = run_id
             self._tracer.running[host.pid] = self
             stop = self._t_resume()
         except GuestGone as gone:

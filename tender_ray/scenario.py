@@ -27,7 +27,8 @@ from .machine import PollResult, ProcessInfo
 from .migration import MigrationOptions, Resources, Transfer
 from .resources.real_memory import PAGE_SIZE
 
-TICK = 0.1  # seconds between polls of the machines
+TICK = 0.5  # seconds between polls of the machines, at most (sooner when an arrival or
+# an event is due); the machines share their processors with the driver
 
 
 @dataclass
@@ -175,6 +176,14 @@ class ScenarioRun:
         # Events still ahead once every process has ended are not waited for; the report
         # lists them as not fired.
         return pending or live or bool(self.drain_refs)
+
+    def wait_next(self) -> None:
+        """Sleep until the next step is due: a TICK, or sooner an arrival or an event."""
+        now = self.elapsed
+        due = [a.at for a in self.arrivals if a.started is None and not a.failed]
+        due += [e.at for e in self.events]
+        ahead = [t - now for t in due if t > now]
+        time.sleep(max(0.0, min([TICK, *ahead])))
 
     def _choose_machine(self, a: Arrival) -> list[str]:
         """Where to try starting a process: the named machine, else least loaded first."""
@@ -373,6 +382,7 @@ class ScenarioRun:
                      if p["run_seconds"] and p["cpu_seconds"]]
         return {
             "scenario": self.scenario.name, "policy": self.policy.value,
+            "started_unix": self.start_wall,  # when t=0 was, to line up with metrics
             "makespan_seconds": makespan, "ideal_makespan_seconds": ideal,
             "makespan_over_ideal": makespan / ideal if ideal else None,
             "parallelism": {"computations": computations, "host_cores": host_cores,

@@ -39,6 +39,7 @@ class Computation:
         self.quanta = 0
         self.thread: threading.Thread | None = None
         self.started_at = time.monotonic()
+        self.run_started = 0.0  # monotonic time the current quantum began (while RUNNING)
 
     def statistics(self) -> ComputationStatistics:
         return ComputationStatistics(self.index, self.state.value, self.pid,

@@ -67,6 +67,7 @@ class Process:
         self.created_at = 0.0  # time.time() of creation (exec), kept across migrations
         self.ended_at: float | None = None
         self.migrations: list[dict[str, object]] = []
+        self.quantum = 0  # its next timed quantum (0: the machine's base); not migrated
         self.freeze_requested = False
         self.on_cpu = False  # a computation is running it (its state may change under us)
         self.migrating = False  # a migration owns the process (one at a time)
