@@ -310,8 +310,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
             raise UsageError(f"--compare: unknown policies {bad}; choose from none, "
                              "threshold, greedy, age, cost")
         reports = []
-        for policy in policies:
-            report_dir = Path(ns.report or "reports") / f"{scenario.name}-{policy}"
+        for i, policy in enumerate(policies):
+            # A policy named again (to see the spread of its runs) gets its own directory.
+            again = policies[:i].count(policy)
+            suffix = f"-{again + 1}" if again else ""
+            report_dir = Path(ns.report or "reports") / f"{scenario.name}-{policy}{suffix}"
             result = run_live(scenario, programs, address=ns.address, policy=policy,
                               problems=problems,
                               report_dir=report_dir, live=False,

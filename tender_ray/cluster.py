@@ -205,6 +205,12 @@ class _BalancerActor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._kick = threading.Event()  # ends the wait before the next round
+        # Machines call this actor back on changes; a balancer made as a plain object (in
+        # tests) has no handle and relies on its interval alone.
+        try:
+            self._self_handle: Any = ray.get_runtime_context().current_actor
+        except RuntimeError:
+            self._self_handle = None
         for name in machines:
             self.add_machine(name)
         self._balancer = Balancer(params)
@@ -230,8 +236,8 @@ class _BalancerActor:
         actor = ray.get_actor(self._prefix + name, namespace=ray.get_runtime_context().namespace)
         handle = MachineHandle(name, actor)
         node = handle.node_id()
-        handle.resolve(actor.watch.remote(ray.get_runtime_context().current_actor),
-                       CALL_TIMEOUT)
+        if self._self_handle is not None:
+            handle.resolve(actor.watch.remote(self._self_handle), CALL_TIMEOUT)
         with self._lock:
             self._handles[name] = handle
             self._nodes[name] = node

@@ -34,6 +34,10 @@ class MachineConfig(BaseModel):
     # to end (`Engine.preempt`), so migrations are no slower for it.
     quantum_us: int = Field(default=DEFAULT_QUANTUM_US, ge=100, le=1_000_000,
                             description="time slice of a timed quantum, microseconds")
+    quantum_growth: int = Field(
+        default=4, ge=1, le=64,
+        description="a process that uses its whole slice gets one twice as long next time, "
+                    "up to this many base quanta (1: every slice is the base quantum)")
     quantum_instructions: int | None = Field(
         default=None, ge=1000,
         description="exact quanta of this many instructions (deterministic, slower) instead "
@@ -70,6 +74,7 @@ class MachineSpec(BaseModel):
     computations: int = Field(default=1, ge=1, le=64)
     memory_mib: int = Field(default=512, ge=1, le=1 << 20)
     quantum_us: int = Field(default=DEFAULT_QUANTUM_US, ge=100, le=1_000_000)
+    quantum_growth: int = Field(default=4, ge=1, le=64)
     engine: str = Field(default="auto", pattern=r"^(auto|native|emulated)$")
     node_resource: str | None = Field(
         default=None, description="place the machine on the Ray node offering this custom "
@@ -78,7 +83,8 @@ class MachineSpec(BaseModel):
     def configs(self) -> list[MachineConfig]:
         names = [self.name] if self.count == 1 else [f"{self.name}{i}" for i in range(self.count)]
         return [MachineConfig(name=n, computations=self.computations, memory_mib=self.memory_mib,
-                              quantum_us=self.quantum_us, engine=self.engine) for n in names]
+                              quantum_us=self.quantum_us, quantum_growth=self.quantum_growth,
+                              engine=self.engine) for n in names]
 
 
 class WorkloadSpec(BaseModel):

@@ -58,8 +58,6 @@ from .resources.virtual_space import SpaceKind, VirtualSpace
 from .resources.virtual_user_space import VirtualUserSpace
 from .syscalls import SystemCalls
 
-QUANTUM_GROWTH = 4  # a busy process's slice grows up to this many base quanta
-
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -385,11 +383,11 @@ class Machine:
                 p.accounting.cpu_seconds += cpu_time
                 p.accounting.quanta += 1
                 # A process that used its whole slice gets one twice as long next time, up to
-                # QUANTUM_GROWTH times the base; one that blocks goes back to the base. Busy
+                # `quantum_growth` times the base; one that blocks goes back to the base. Busy
                 # processes switch less often (each switch costs the machine's own work);
                 # newcomers do not wait for long slices (`_preempt_for`).
                 if stop.kind is StopKind.QUANTUM:
-                    p.quantum = min(quantum * 2, self.quantum * QUANTUM_GROWTH)
+                    p.quantum = min(quantum * 2, self.quantum * self.config.quantum_growth)
                 elif p.state is ProcessState.SLEEPING:
                     p.quantum = 0
                 if stop.kind is StopKind.FAULT and p.exit_status is None:

@@ -244,6 +244,28 @@ def test_records_count_once_and_machines_come_and_go() -> None:
     assert value(got["tender_migrations_total"], source="a", destination="b") == 3
 
 
+def test_a_scrape_asks_for_a_fresh_poll_first() -> None:
+    """The exporter polls when scraped: the scrape shows the machines as they are then; a
+    failed poll still serves the last snapshot."""
+    c = TenderCollector()
+    polls: list[int] = []
+
+    def refresh() -> None:
+        polls.append(len(polls))
+        if len(polls) == 1:
+            c.update({"a": stats("a"), "b": stats("b")})
+        else:
+            raise TimeoutError("a machine did not answer")
+
+    c.refresh = refresh
+    got = scrape(c)
+    assert polls == [0]
+    assert {lab["machine"] for _, lab, _ in got["tender_machine_up"]} == {"a", "b"}
+    got = scrape(c)
+    assert polls == [0, 1]
+    assert {lab["machine"] for _, lab, _ in got["tender_machine_up"]} == {"a", "b"}
+
+
 def test_frames_add_up_and_strategy_words() -> None:
     s = stats("a", free=10, used=90)
     frames = frames_by_state(s, [proc(1, "a", "running", 100)])  # a racy, larger sum

@@ -336,7 +336,7 @@ def test_time_slicing_several_processes_on_one_computation(
 @pytest.mark.parametrize(("quantum_us", "count"), [(100, "5000000"), (4000, "150000000")])
 def test_read_modify_write_is_exact_under_many_preemptions(
         make_machine: Callable[..., Machine], quantum_us: int, count: str) -> None:
-    m = make_machine(engine="native", quantum_us=quantum_us)
+    m = make_machine(engine="native", quantum_us=quantum_us, quantum_growth=1)
     expected = run_native(workload("rmw_counter"), [count])
     status, out, err, _ = run_on_machine(m, workload("rmw_counter"), [count])
     assert (status, out, err) == expected and b"ok" in out

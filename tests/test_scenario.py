@@ -9,6 +9,7 @@ end so other modules can start theirs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -429,6 +430,35 @@ class SlowReply(MachineHandle):
         record = super().migrate(*args, **kwargs)
         time.sleep(0.5)
         return record
+
+
+def test_machines_tell_the_balancer_so_it_need_not_wait_its_interval() -> None:
+    """With an interval far longer than the test, processes started on one machine are still
+    spread at once: the machines tell the balancer actor of every start."""
+    cluster = Cluster(prefix="kick-test-")
+    try:
+        for name in ("a", "b"):
+            cluster.add_machine(MachineConfig(name=name, memory_mib=64, quantum_us=2000))
+        interval = 600.0
+        cluster.start_balancer(BalancerParams(policy=Policy.GREEDY, margin=0.5, max_moves=2,
+                                              cooldown=60.0), MigrationOptions(),
+                               interval=interval)
+        path = workload("rmw_counter")
+        started = time.monotonic()
+        pids = [cluster.machine("a").exec(path.read_bytes(), "rmw_counter",
+                                          ["rmw_counter", "4000000000"]) for _ in range(2)]
+        while not cluster.balancer_state().migrations:
+            assert time.monotonic() - started < interval / 10, "the balancer waited"
+            time.sleep(0.05)
+        state = cluster.balancer_state()
+        assert [(r["from"], r["to"]) for r in state.migrations] == [("a", "b")]
+        assert state.migrations[0]["pid"] in pids
+        for pid in pids:
+            for handle in cluster.machines.values():
+                with contextlib.suppress(Exception):
+                    handle.kill(pid)
+    finally:
+        cluster.shutdown()
 
 
 def test_drain_report_lists_every_move_even_with_a_slow_reply() -> None:
