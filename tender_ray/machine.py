@@ -58,6 +58,8 @@ from .resources.virtual_space import SpaceKind, VirtualSpace
 from .resources.virtual_user_space import VirtualUserSpace
 from .syscalls import SystemCalls
 
+PROGRAM_HOLD_LIMIT = 64  # parsed programs a machine holds for later execs of the same image
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -295,6 +297,8 @@ class Machine:
             held = parse_program(image, name)
             with self._lock:
                 self._programs[digest] = held
+                while len(self._programs) > PROGRAM_HOLD_LIMIT:  # the oldest goes first
+                    del self._programs[next(iter(self._programs))]
         return held if held.name == name else dataclasses.replace(held, name=name)
 
     def _make_runnable(self, p: Process) -> None:
@@ -385,8 +389,9 @@ class Machine:
                 # A process that used its whole slice gets one twice as long next time, up to
                 # `quantum_growth` times the base; one that blocks goes back to the base. Busy
                 # processes switch less often (each switch costs the machine's own work);
-                # newcomers do not wait for long slices (`_preempt_for`).
-                if stop.kind is StopKind.QUANTUM:
+                # newcomers do not wait for long slices (`_preempt_for`). A slice cut short
+                # (a preemption) earns nothing.
+                if not self.exact and stop.kind is StopKind.QUANTUM and wall >= quantum / 1e6:
                     p.quantum = min(quantum * 2, self.quantum * self.config.quantum_growth)
                 elif p.state is ProcessState.SLEEPING:
                     p.quantum = 0
