@@ -58,6 +58,12 @@ from .resources.virtual_space import SpaceKind, VirtualSpace
 from .resources.virtual_user_space import VirtualUserSpace
 from .syscalls import SystemCalls
 
+
+def _asleep(wake_at: float, _seq: int, p: Process) -> bool:
+    """Whether a sleepers' heap entry still stands (the process sleeps until then)."""
+    return p.state is ProcessState.SLEEPING and p.wake_at == wake_at
+
+
 PROGRAM_HOLD_LIMIT = 64  # parsed programs a machine holds for later execs of the same image
 
 
@@ -190,6 +196,11 @@ class Machine:
                                            name=f"{self.name}-computation-{comp.index}",
                                            daemon=True)
             comp.thread.start()
+        self._clock: threading.Thread | None = None
+        if not self.exact:  # exact quanta are counted, not timed: no clock cuts them
+            self._clock = threading.Thread(target=self._run_clock, name=f"{self.name}-clock",
+                                           daemon=True)
+            self._clock.start()
 
     # --- kernel processes (the process manager's hooks) ----------------------------------
 
@@ -269,17 +280,46 @@ class Machine:
             return
         if any(c.state is ComputationState.IDLE for c in self.computations):
             return
-        now, base = time.monotonic(), self.quantum / 1e6
-        longest: tuple[float, Process] | None = None
+        ran, running = self._longest_slice()
+        if running is not None and ran >= self.quantum / 1e6:
+            self._cpu(running).preempt()
+
+    def _longest_slice(self) -> tuple[float, Process | None]:
+        """How long the slice that has run longest has run, and its process (lock held)."""
+        now = time.monotonic()
+        longest: tuple[float, Process | None] = (0.0, None)
         for comp in self.computations:
             running = self._table.get(comp.pid) if comp.pid is not None else None
-            if running is None or not running.on_cpu:
-                continue
-            ran = now - comp.run_started
-            if ran >= base and (longest is None or ran > longest[0]):
-                longest = (ran, running)
-        if longest is not None:
-            self._cpu(longest[1]).preempt()
+            if running is not None and running.on_cpu and now - comp.run_started > longest[0]:
+                longest = (now - comp.run_started, running)
+        return longest
+
+    def _run_clock(self) -> None:
+        """The machine's clock: wakes a sleeper whose time is up while every computation is
+        busy, by cutting short the slice that has run longest once it has had the base
+        quantum. (An idle computation wakes sleepers itself, in `_next`.) The woken process
+        goes to the front of the run queue, so a long slice is not also a long sleep."""
+        base = self.quantum / 1e6
+        with self._cond:
+            while not self._stopped:
+                while self._sleepers and not _asleep(*self._sleepers[0]):
+                    heapq.heappop(self._sleepers)  # woken or moved on meanwhile
+                if not self._sleepers:
+                    self._cond.wait()
+                    continue
+                late = time.monotonic() - self._sleepers[0][0]
+                if late < 0:
+                    self._cond.wait(-late)
+                    continue
+                if any(c.state is ComputationState.IDLE for c in self.computations):
+                    self._cond.wait(base)  # that computation takes it
+                    continue
+                ran, running = self._longest_slice()
+                if running is not None and ran >= base:
+                    self._cpu(running).preempt()
+                    self._cond.wait(base)  # the slice ends; `_next` wakes the sleeper
+                else:
+                    self._cond.wait(max(0.001, base - ran))
 
     def _changed(self) -> None:
         callback = self.on_change
@@ -301,9 +341,12 @@ class Machine:
                     del self._programs[next(iter(self._programs))]
         return held if held.name == name else dataclasses.replace(held, name=name)
 
-    def _make_runnable(self, p: Process) -> None:
+    def _make_runnable(self, p: Process, front: bool = False) -> None:
         p.state = ProcessState.RUNNABLE
-        self._runq.append(p)
+        if front:  # a process that slept: it used little processor, it runs next
+            self._runq.appendleft(p)
+        else:
+            self._runq.append(p)
         self._cond.notify_all()
 
     # --- services for system calls (called on a computation thread) ----------------------
@@ -348,9 +391,9 @@ class Machine:
                 now = time.monotonic()
                 while self._sleepers and self._sleepers[0][0] <= now:
                     wake_at, _, p = heapq.heappop(self._sleepers)
-                    if p.state is ProcessState.SLEEPING and p.wake_at == wake_at:
+                    if _asleep(wake_at, 0, p):
                         p.wake_at = None
-                        self._make_runnable(p)
+                        self._make_runnable(p, front=True)
                 if self._runq:
                     p = self._runq.popleft()
                     p.state = ProcessState.RUNNING

@@ -176,6 +176,48 @@ def test_no_preemption_when_a_computation_is_free(make_machine: MakeMachine,
     wait_finished(m, busy)
 
 
+def test_a_sleeper_due_while_every_computation_is_busy_cuts_a_long_slice(
+        make_machine: MakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's clock wakes a sleeper whose time is up although no computation is free:
+    it cuts short the slice that has run past the base quantum."""
+    m = make_machine(engine="emulated", quantum_us=LONG, quantum_growth=1)
+    sleeper = start(m, "compute_sleep", "1000")
+    busy = start(m, "rmw_counter", FOREVER)
+    deadline = time.monotonic() + 30
+    while not (m._table[busy].on_cpu and m._table[sleeper].state.value == "sleeping"):
+        assert time.monotonic() < deadline, "never saw the sleeper asleep beside the busy one"
+        time.sleep(0.0002)
+    asked: list[int] = []
+    cpu = m._table[busy].cpu
+    assert isinstance(cpu, Cpu)
+    real = cpu.preempt
+
+    def preempt() -> None:
+        asked.append(busy)
+        real()
+
+    monkeypatch.setattr(cpu, "preempt", preempt)
+    with m._cond:  # as if its slice had run far past the base quantum
+        m.computations[0].run_started = time.monotonic() - 10 * LONG / 1e6
+        m._cond.notify_all()
+    while not asked:
+        assert time.monotonic() < deadline, "the clock never cut the slice short"
+        time.sleep(0.001)
+    # The woken sleeper runs next: it went to the front of the run queue.
+    while m.computations[0].pid != sleeper:
+        assert time.monotonic() < deadline, "the sleeper did not run next"
+        time.sleep(0.0002)
+    m.kill(busy)
+    m.kill(sleeper)
+
+
+def test_exact_quanta_have_no_clock(make_machine: MakeMachine) -> None:
+    m = make_machine(engine="emulated", quantum_instructions=100_000)
+    assert m._clock is None
+    pid = start(m, "hello")
+    assert wait_finished(m, pid).exit_status == 0
+
+
 # --- changes told to the balancer -----------------------------------------------------------
 
 def test_the_machine_tells_of_starts_ends_and_cordons(make_machine: MakeMachine) -> None:
