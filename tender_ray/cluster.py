@@ -50,7 +50,7 @@ CALL_TIMEOUT = 30.0  # seconds for a control call between machines
 # keeps neither Ray's own metrics nor its per-task event records (tender_ray exports its own).
 EMBEDDED_RAY_CONFIG: dict[str, Any] = {"enable_metrics_collection": False,
                                        "task_events_report_interval_ms": 0}
-IDLE_BACKOFF = 4  # a quiet balancer waits up to this many intervals between rounds
+IDLE_BACKOFF = 8  # a quiet balancer waits up to this many intervals between rounds
 PARALLEL_MOVES = 4  # migrations of one round under way at once, at most
 KICK_SETTLE = 0.05  # seconds a balancer told of a change waits for the changes after it
 NODE_CHECK_INTERVAL = 1.0  # seconds between questions about Ray nodes being drained

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Scenario
-from .scenario import RunResult, ScenarioRun
+from .scenario import QUIET_TICK, RunResult, ScenarioRun
 
 
 def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | None,
@@ -58,7 +58,7 @@ def run_live(scenario: Scenario, programs: dict[int, Path], *, address: str | No
                 if time.monotonic() > deadline:
                     note(f"timeout after {scenario.timeout:.0f}s")
                     break
-                run.wait_next()
+                run.wait_next(QUIET_TICK)
     except BaseException:
         run.cluster.shutdown()
         raise

@@ -29,6 +29,7 @@ from .resources.real_memory import PAGE_SIZE
 
 TICK = 0.5  # seconds between polls of the machines, at most (sooner when an arrival or
 # an event is due); the machines share their processors with the driver
+QUIET_TICK = 1.0  # the same when nobody watches a live view
 
 
 @dataclass
@@ -177,13 +178,13 @@ class ScenarioRun:
         # lists them as not fired.
         return pending or live or bool(self.drain_refs)
 
-    def wait_next(self) -> None:
-        """Sleep until the next step is due: a TICK, or sooner an arrival or an event."""
+    def wait_next(self, tick: float = TICK) -> None:
+        """Sleep until the next step is due: a tick, or sooner an arrival or an event."""
         now = self.elapsed
         due = [a.at for a in self.arrivals if a.started is None and not a.failed]
         due += [e.at for e in self.events]
         ahead = [t - now for t in due if t > now]
-        time.sleep(max(0.0, min([TICK, *ahead])))
+        time.sleep(max(0.0, min([tick, *ahead])))
 
     def _choose_machine(self, a: Arrival) -> list[str]:
         """Where to try starting a process: the named machine, else least loaded first."""
