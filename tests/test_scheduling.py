@@ -41,6 +41,21 @@ def running_on_a_long_slice(make_machine: MakeMachine, engine: str) -> tuple[Mac
     return m, pid
 
 
+def spy_preempt(m: Machine, pid: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record every preemption asked of process `pid`'s CPU (which still happens)."""
+    asked: list[int] = []
+    cpu = m._table[pid].cpu
+    assert isinstance(cpu, Cpu)
+    real = cpu.preempt
+
+    def preempt() -> None:
+        asked.append(pid)
+        real()
+
+    monkeypatch.setattr(cpu, "preempt", preempt)
+    return asked
+
+
 # --- preemption: Engine.preempt ------------------------------------------------------------
 
 def test_a_preemption_asked_before_the_run_ends_it_before_any_instruction() -> None:
@@ -137,16 +152,7 @@ def test_a_newcomer_cuts_short_a_slice_that_ran_past_the_base(make_machine: Make
     m = make_machine(engine="emulated", quantum_us=LONG, quantum_growth=1)
     busy = start(m, "rmw_counter", FOREVER)
     wait_running(m, busy)
-    asked: list[int] = []
-    cpu = m._table[busy].cpu
-    assert isinstance(cpu, Cpu)
-    real = cpu.preempt
-
-    def preempt() -> None:
-        asked.append(busy)
-        real()
-
-    monkeypatch.setattr(cpu, "preempt", preempt)
+    asked = spy_preempt(m, busy, monkeypatch)
     # Its slice began a moment ago: a newcomer waits for it (no preemption yet) ...
     m.computations[0].run_started = time.monotonic()
     first = start(m, "hello")
@@ -165,9 +171,7 @@ def test_no_preemption_when_a_computation_is_free(make_machine: MakeMachine,
     m = make_machine(engine="emulated", quantum_us=LONG, computations=2)
     busy = start(m, "rmw_counter", FOREVER)
     wait_running(m, busy)
-    cpu = m._table[busy].cpu
-    asked: list[int] = []
-    monkeypatch.setattr(cpu, "preempt", lambda: asked.append(busy))
+    asked = spy_preempt(m, busy, monkeypatch)
     m.computations[0].run_started = m.computations[1].run_started = 0.0
     pid = start(m, "hello")
     assert wait_finished(m, pid).exit_status == 0
@@ -187,16 +191,7 @@ def test_a_sleeper_due_while_every_computation_is_busy_cuts_a_long_slice(
     while not (m._table[busy].on_cpu and m._table[sleeper].state.value == "sleeping"):
         assert time.monotonic() < deadline, "never saw the sleeper asleep beside the busy one"
         time.sleep(0.0002)
-    asked: list[int] = []
-    cpu = m._table[busy].cpu
-    assert isinstance(cpu, Cpu)
-    real = cpu.preempt
-
-    def preempt() -> None:
-        asked.append(busy)
-        real()
-
-    monkeypatch.setattr(cpu, "preempt", preempt)
+    asked = spy_preempt(m, busy, monkeypatch)
     with m._cond:  # as if its slice had run far past the base quantum
         m.computations[0].run_started = time.monotonic() - 10 * LONG / 1e6
         m._cond.notify_all()
