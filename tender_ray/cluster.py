@@ -868,8 +868,7 @@ class _ExporterActor:
 
     def _refresh(self) -> None:
         """Before a scrape: poll, unless a poll is younger than EXPORT_FRESH."""
-        if time.monotonic() - self._polled_at >= EXPORT_FRESH:
-            self._poll(EXPORT_FRESH)
+        self._poll(EXPORT_FRESH)
 
     def _poll(self, fresh: float = 0.0) -> None:
         with self._poll_lock:

@@ -826,7 +826,7 @@ class Machine:
         """What a balancer or an exporter reads each round, in one call: the statistics and
         the processes (nothing taken, nothing reaped)."""
         with self._lock:
-            return self.statistics(), [self._info(p) for p in self._table.values()]
+            return self.statistics(), self.list_processes()
 
     def wait(self, pid: int, timeout: float | None = None) -> ProcessInfo:
         """Wait until the process has ended (or `timeout` passed); its info either way."""

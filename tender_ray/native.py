@@ -1037,12 +1037,8 @@ class NativeCpu:
                     self._signalled = run_id
             self._tracer.running[host.pid] = self
             stop = self._t_resume()
-        except GuestGone as gone:
-            return self._t_lost(gone.status)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return self._t_lost(self._tracer.reap_lost(host))
-            raise
+        except (GuestGone, OSError) as exc:
+            return self._t_vanished(host, exc)
         if stop is not None:
             self._tracer.running.pop(host.pid, None)
             self._end_run()
@@ -1069,6 +1065,15 @@ class NativeCpu:
             raise EngineError(f"setitimer in the guest failed: {os.strerror(-result)}")
         host.itimer_us = interval_us
         host.prof_seen = False
+
+    def _t_vanished(self, host: _Host, exc: GuestGone | OSError) -> Stop:
+        """The guest's host process went away under a ptrace call (GuestGone, or ESRCH from
+        the kernel): the process is lost. Any other OSError is a real failure: re-raised."""
+        if isinstance(exc, GuestGone):
+            return self._t_lost(exc.status)
+        if exc.errno == errno.ESRCH:
+            return self._t_lost(self._tracer.reap_lost(host))
+        raise exc
 
     def _t_lost(self, status: int) -> Stop:
         host = self._host
@@ -1130,12 +1135,8 @@ class NativeCpu:
                 return self._t_signal(os.WSTOPSIG(status))
             _ptrace(PTRACE_CONT, host.pid, 0, 0)  # another ptrace event: not asked for
             return None
-        except GuestGone as gone:
-            return self._t_lost(gone.status)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                return self._t_lost(self._tracer.reap_lost(host))
-            raise
+        except (GuestGone, OSError) as exc:
+            return self._t_vanished(host, exc)
 
     def _t_syscall(self) -> Stop | None:
         host = self._host
