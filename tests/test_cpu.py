@@ -93,7 +93,7 @@ def test_torture_rmw_counter_under_thousands_of_timed_preemptions(
     must get a core), so the program runs again until the machine has taken enough quanta;
     every run must match the native output.
     """
-    machine = make_machine(engine="emulated", quantum_us=100)
+    machine = make_machine(engine="emulated", quantum_us=100, quantum_growth=1)
     assert machine.exact is False
     native = run_native(workload("rmw_counter"), [str(RMW_TIMED_N)])
     assert native[1].decode().splitlines()[-1] == "ok"

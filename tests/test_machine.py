@@ -411,7 +411,7 @@ def _run_concurrently(machine: Machine, name: str, args: list[str],
 
 def test_processes_are_time_sliced_on_one_computation(make_machine: MakeMachine) -> None:
     # emulated: natively these sieves end within a few quanta, so nothing would be sliced
-    machine = make_machine(quantum_us=1000, engine="emulated")
+    machine = make_machine(quantum_us=1000, quantum_growth=1, engine="emulated")
     native = run_native(workload("sieve"), ["2000000"])
     results = _run_concurrently(machine, "sieve", ["2000000"], 4)
     for status, out, err, _ in results:

@@ -320,7 +320,8 @@ def test_faults_end_the_process_with_the_signal(native_machine: Machine) -> None
 @pytest.mark.parametrize("quantum_us", [200, 5000])
 def test_time_slicing_several_processes_on_one_computation(
         make_machine: Callable[..., Machine], quantum_us: int) -> None:
-    m = make_machine(engine="native", quantum_us=quantum_us, computations=1)
+    # Fixed slices: each path is tried at its own length, and the count of quanta says so.
+    m = make_machine(engine="native", quantum_us=quantum_us, quantum_growth=1, computations=1)
     scale = 1 if quantum_us < 1000 else 10
     jobs = [("rmw_counter", [str(2000000 * scale)]), ("hashwalk", ["3"]),
             ("rmw_counter", [str(1500000 * scale)]), ("sieve", [str(2000000 * scale)])]
