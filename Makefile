@@ -40,6 +40,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check tender_ray tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -55,7 +56,7 @@ workloads: setup
 
 # The native engine's stub (freestanding assembly; the built binary is committed).
 stub:
-	$(MAKE) -C tender_ray/_stub
+	$(MAKE) -C tender_ray/engines/native/_stub
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

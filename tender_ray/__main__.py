@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from tender_ray.cli.main import main
 
 sys.exit(main())

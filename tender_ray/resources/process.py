@@ -11,20 +11,68 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..cpu import CpuState
-from .program import Program
-from .virtual_space import VirtualSpace
-from .virtual_user_space import VirtualUserSpace
+from tender_ray.abi.cpu_state import CpuState
+from tender_ray.resources.program import Program
+from tender_ray.resources.virtual_space import VirtualSpace
+from tender_ray.resources.virtual_user_space import VirtualUserSpace
+
+if TYPE_CHECKING:  # for the types only: a resource depends on neither at run time
+    from tender_ray.engines.base import Engine
+    from tender_ray.migration.record import MigrationRecord
 
 
 class ProcessState(str, enum.Enum):
+    """How a process is shown to the world (snapshots, metrics, balancers, views): the six names
+    its tools read. The scheduler's own, finer states (`RunState`) fold into these."""
+
     KERNEL = "kernel"  # a kernel process: pooled, held, or being transformed by a migration
     RUNNABLE = "runnable"  # waiting for a computation
     RUNNING = "running"  # holds a computation
-    SLEEPING = "sleeping"  # waiting for a deadline; holds no computation
+    SLEEPING = "sleeping"  # waiting for a deadline
     FROZEN = "frozen"  # stopped at an instruction boundary while it migrates
     ZOMBIE = "zombie"  # exited; its status waits to be collected
+
+
+class RunState(str, enum.Enum):
+    """Where a process is in its life. Only the scheduler (`kernel/scheduler.py`) moves a
+    process from one to another, along the moves its table allows."""
+
+    KERNEL = "kernel"  # a kernel process, not (yet) in the table
+    RUNNABLE = "runnable"  # in the run queue
+    RUNNING = "running"  # a computation holds it
+    # A computation still holds it, the quantum ending soon; where it goes then:
+    FALLING_ASLEEP = "falling_asleep"  # it asked to sleep: into the sleepers
+    FREEZING = "freezing"  # a migration asked for it: FROZEN
+    EXITING = "exiting"  # it ended (exit, a kill, a fault): ZOMBIE
+    SLEEPING = "sleeping"  # among the sleepers until `wake_at`; holds no computation
+    FROZEN = "frozen"  # stopped at an instruction boundary; the migration that froze it owns it
+    ZOMBIE = "zombie"  # ended and released; the entry waits to be reaped
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether a computation holds the process (its CPU is not ours to touch)."""
+        return self in _ON_CPU
+
+    @property
+    def migrating(self) -> bool:
+        """Whether a migration owns the process (one at a time)."""
+        return self is RunState.FREEZING or self is RunState.FROZEN
+
+    @property
+    def shown(self) -> ProcessState:
+        return _SHOWN[self]
+
+
+_ON_CPU = frozenset({RunState.RUNNING, RunState.FALLING_ASLEEP, RunState.FREEZING,
+                     RunState.EXITING})
+# The states still on a computation look as they did before their quantum ends.
+_SHOWN = {RunState.KERNEL: ProcessState.KERNEL, RunState.RUNNABLE: ProcessState.RUNNABLE,
+          RunState.RUNNING: ProcessState.RUNNING, RunState.FALLING_ASLEEP: ProcessState.SLEEPING,
+          RunState.FREEZING: ProcessState.RUNNING, RunState.EXITING: ProcessState.RUNNING,
+          RunState.SLEEPING: ProcessState.SLEEPING, RunState.FROZEN: ProcessState.FROZEN,
+          RunState.ZOMBIE: ProcessState.ZOMBIE}
 
 
 @dataclass
@@ -38,46 +86,68 @@ class Accounting:
 
 
 class Process:
-    """A process table entry. Fields are owned by the machine whose table holds the entry."""
+    """A process table entry, owned by the machine whose table (or incoming table) holds it.
+
+    "lock" below is that machine's lock (its scheduler's); "its computation" is the
+    computation holding the process, which alone runs its CPU and serves its system calls.
+    """
 
     def __init__(self) -> None:
+        # Set before the entry joins a table, read-only after.
         self.pid = 0
         self.name = ""
-        self.state = ProcessState.KERNEL
+        self.plate_name = ""  # where the program image lies on the machine's plate
+        self.created_at = 0.0  # time.time() of creation (exec), kept across migrations
+        # The scheduler's, under the lock.
+        self.state = RunState.KERNEL
+        # The time.monotonic() deadline of a sleep it asked for (FALLING_ASLEEP, SLEEPING).
+        # Kept apart from the state because a sleep and a freeze or an exit overlap: a
+        # process that sleeps while FREEZING freezes asleep, and is shown "sleeping".
+        self.wake_at: float | None = None
+        self.sleep_left: float | None = None  # remaining sleep while FROZEN (or arriving)
+        self.quantum = 0  # its next timed quantum (0: the machine's base); not migrated
+        # The address space: its computation's while it runs, the migration's while FROZEN,
+        # the lock's otherwise.
         self.space: VirtualSpace | None = None  # the kernel space, or its own user space
         self.user_spaces: dict[str, VirtualUserSpace] = {}  # the fixed ones: text0.., data..
         self.program: Program | None = None
-        self.plate_name = ""  # where the program image lies on the machine's plate
         self.registers: CpuState | None = None  # saved state while not running
-        self.cpu: object | None = None  # the engine context (a Cpu), owned while active
-        # Kernel-side state (moves with the process).
+        # The engine context: kept by the entry across the pool; run only by its computation,
+        # though any thread may ask it to `preempt`.
+        self.cpu: Engine | None = None
+        # Kernel-side state that moves with the process: its computation's while it runs
+        # (system calls change it), the migration's while FROZEN.
         self.brk_start = 0
         self.brk = 0
         self.mmap_top = 0  # next anonymous mappings go below this address
         self.tid_address = 0
-        self.wake_at: float | None = None  # time.monotonic() deadline while SLEEPING
-        self.sleep_left: float | None = None  # remaining sleep while FROZEN asleep
+        self.accounting = Accounting()  # cpu_seconds and quanta under the lock
+        # Under the lock.
         self.stdout = bytearray()  # output not yet collected by the owner
         self.stderr = bytearray()
         self.stdout_taken = 0  # bytes collected before `stdout` (the offset of its start)
         self.stderr_taken = 0
-        self.exit_status: int | None = None
+        self.exit_status: int | None = None  # set once (the first reason wins), when EXITING
         self.exit_reason = ""
-        self.accounting = Accounting()
-        self.created_at = 0.0  # time.time() of creation (exec), kept across migrations
         self.ended_at: float | None = None
-        self.migrations: list[dict[str, object]] = []
-        self.quantum = 0  # its next timed quantum (0: the machine's base); not migrated
-        self.freeze_requested = False
-        self.on_cpu = False  # a computation is running it (its state may change under us)
-        self.migrating = False  # a migration owns the process (one at a time)
+        self.migrations: list[MigrationRecord] = []  # how it came here, oldest first
+
+    @property
+    def context(self) -> Engine:
+        """The engine context (every entry of a machine's table has one)."""
+        assert self.cpu is not None, f"process {self.pid} has no engine context"
+        return self.cpu
+
+    @property
+    def shown_state(self) -> ProcessState:
+        """The state as snapshots show it: a process that asked to sleep is "sleeping" from
+        then on, even while its computation still holds it."""
+        if self.state.on_cpu and self.wake_at is not None:
+            return ProcessState.SLEEPING
+        return self.state.shown
 
     def reset(self) -> None:
         """Back to an empty kernel process for the pool (its resources were released)."""
         cpu = self.cpu
         self.__init__()  # type: ignore[misc]
         self.cpu = cpu  # the engine context is the expensive part: keep it with the entry
-
-    @property
-    def alive(self) -> bool:
-        return self.state is not ProcessState.ZOMBIE and self.state is not ProcessState.KERNEL

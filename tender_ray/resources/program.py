@@ -15,9 +15,9 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from ..errors import BadProgramError
-from .real_memory import page_down, page_up
-from .virtual_user_space import PROT_EXEC, PROT_READ, PROT_WRITE
+from tender_ray.abi.linux import PROT_EXEC, PROT_READ, PROT_WRITE
+from tender_ray.errors import BadProgramError
+from tender_ray.resources.real_memory import page_down, page_up
 
 
 @dataclass(frozen=True)

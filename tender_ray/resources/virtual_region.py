@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .real_memory import RealMemory
+from tender_ray.resources.real_memory import RealMemory
 
 NOT_PRESENT = -1
 

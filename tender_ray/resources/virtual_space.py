@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from ..errors import OutOfMemoryError
-from .real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
-from .virtual_user_space import PROT_READ, PROT_WRITE, UserSpaceState, VirtualUserSpace
+from tender_ray.errors import OutOfMemoryError
+from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
+from tender_ray.resources.virtual_region import NOT_PRESENT
+from tender_ray.resources.virtual_user_space import (
+    PROT_READ,
+    PROT_WRITE,
+    UserSpaceState,
+    VirtualUserSpace,
+)
 
 
 class SpaceKind(str, enum.Enum):
@@ -97,6 +103,30 @@ class VirtualSpace:
         self._starts.clear()
         self.generation += 1
 
+    # --- entries as engines read them ----------------------------------------------------
+
+    def entry(self, vpn: int) -> int | None:
+        """The entry of page `vpn` (frame << 12 | perms); None while the page is not present."""
+        return self.table.get(vpn)
+
+    def changed(self, entries: Mapping[int, int]) -> list[int]:
+        """The pages of `entries` (vpn -> entry: the translations a TLB was handed) whose entry
+        here is no longer the same, or gone."""
+        table = self.table
+        # A subset test on item views runs in C: the usual answer (none) costs no Python loop.
+        if entries.items() <= table.items():
+            return []
+        return [vpn for vpn, entry in entries.items() if table.get(vpn) != entry]
+
+    def map_page(self, vpn: int, frame: int, perms: int) -> None:
+        """Make page `vpn` present at `frame` with `perms` outside any user space (a bare space,
+        as an engine's self-test builds). Replacing a different entry bumps `generation`."""
+        entry = (frame << PAGE_SHIFT) | perms
+        old = self.table.get(vpn)
+        self.table[vpn] = entry
+        if old is not None and old != entry:
+            self.generation += 1
+
     # --- the fault path ------------------------------------------------------------------
 
     def fault(self, vpn: int) -> int | None:
@@ -108,6 +138,24 @@ class VirtualSpace:
         entry = (frame << PAGE_SHIFT) | us.perms
         self.table[vpn] = entry
         return entry
+
+    def populate(self, us: VirtualUserSpace, lo: int, hi: int) -> None:
+        """Make pages [lo, hi) of the pasted user space `us` present: zeroed frames for those
+        that are not, and entries for all (the fault path for a window of pages at once, for an
+        engine whose faults are dear). OutOfMemoryError leaves everything as it was."""
+        assert us.region is not None
+        region = us.region
+        base = us.start >> PAGE_SHIFT
+        a, b = lo - base, hi - base
+        frames = region.frames
+        window = frames[a:b]
+        if window.count(NOT_PRESENT) == len(window):
+            frames[a:b] = self.memory.allocate(b - a)  # the usual case: all new, one run
+        elif NOT_PRESENT in window:
+            region.populate([i for i in range(a, b) if frames[i] == NOT_PRESENT], self.memory)
+        perms = us.perms
+        self.table.update(zip(range(lo, hi), [(f << PAGE_SHIFT) | perms for f in frames[a:b]],
+                              strict=True))
 
     def _frame_for(self, vpn: int, write: bool) -> int:
         entry = self.table.get(vpn)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import enum
 
-from .real_memory import PAGE_SHIFT, PAGE_SIZE
-from .virtual_region import NOT_PRESENT, VirtualRegion
+# Permission bits are Linux's PROT_*, the same values as Unicorn's UC_PROT_*, so entries feed
+# the TLB directly; named here too for the code that reads them with the user space.
+from tender_ray.abi.linux import PROT_EXEC, PROT_READ, PROT_WRITE
+from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE
+from tender_ray.resources.virtual_region import NOT_PRESENT, VirtualRegion
 
-# Permission bits, the same values as Unicorn's UC_PROT_* so entries feed the TLB directly.
-PROT_READ = 1
-PROT_WRITE = 2
-PROT_EXEC = 4
+__all__ = ["PROT_EXEC", "PROT_READ", "PROT_WRITE", "UserSpaceState", "VirtualUserSpace"]
 
 
 class UserSpaceState(str, enum.Enum):

@@ -1,0 +1,245 @@
+"""The balancing loop: rounds that look at every machine, plan moves with a `Balancer` and
+carry them out, drains that wait until a machine is empty, and machines on nodes the cluster
+manager drains cordoned. Plain Python over the `MachineClient`, `DrainingNodes` and `Clock`
+protocols: the Ray layer's balancer actor runs it over machine handles, tests over fakes."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from tender_ray import logs
+from tender_ray.balancing.client import (
+    Clock,
+    DrainingNodes,
+    Load,
+    MachineClient,
+    Pending,
+    SystemClock,
+)
+from tender_ray.balancing.policies import Balancer, BalancerParams, MachineLoad, Move, snapshot
+from tender_ray.balancing.state import BalancerState, DrainReport
+from tender_ray.errors import TenderError, UnknownMachineError
+from tender_ray.migration.options import MigrationOptions
+from tender_ray.migration.record import MigrationRecord
+
+CALL_TIMEOUT = 30.0  # seconds a machine may take to answer a control call
+IDLE_BACKOFF = 8  # a quiet balancer waits up to this many intervals between rounds
+PARALLEL_MOVES = 4  # migrations of one round under way at once, at most
+KICK_SETTLE = 0.05  # seconds a balancer told of a change waits for the changes after it
+NODE_CHECK_INTERVAL = 1.0  # seconds between questions about nodes being drained
+DRAIN_POLL = 0.05  # seconds between looks at a machine being drained, at most
+
+
+class BalancingLoop:
+    """Watches machines and migrates processes as its `Balancer` plans (policy, drains, and
+    machines on nodes being drained); keeps the record of what it did."""
+
+    def __init__(self, params: BalancerParams, options: MigrationOptions, interval: float, *,
+                 nodes: DrainingNodes | None = None, clock: Clock | None = None,
+                 call_timeout: float = CALL_TIMEOUT) -> None:
+        self._log = logs.get("balancer")
+        self._balancer = Balancer(params)
+        self._options = options
+        self._interval = interval
+        self._nodes = nodes
+        self._clock: Clock = clock or SystemClock()
+        self._call_timeout = call_timeout
+        self._lock = threading.Lock()  # guards everything below that rounds and calls share
+        self._clients: dict[str, MachineClient] = {}
+        self._machine_nodes: dict[str, str] = {}  # machine -> the node it runs on
+        self._migrations: list[MigrationRecord] = []
+        self._in_flight: dict[str, int] = {}  # source machine -> migrations under way
+        self._failures: list[str] = []
+        self._drains: list[DrainReport] = []
+        self._last_seen: tuple[object, ...] = ()  # what the last round saw, to tell a change
+        self._next_node_check = 0.0  # monotonic time the draining nodes are next asked for
+        self._stop = threading.Event()
+        self._kick = threading.Event()  # ends the wait before the next round
+        self._thread: threading.Thread | None = None
+
+    # --- machines -------------------------------------------------------------------------
+
+    def add_machine(self, client: MachineClient, node: str = "") -> None:
+        """Balance `client` too; `node`: the node it runs on ("" when nobody drains nodes)."""
+        with self._lock:
+            self._clients[client.name] = client
+            self._machine_nodes[client.name] = node
+        self._kick.set()
+
+    def remove_machine(self, name: str) -> None:
+        with self._lock:
+            self._clients.pop(name, None)
+            self._machine_nodes.pop(name, None)
+
+    def kick(self) -> None:
+        """A machine's processes changed: balance now rather than at the next interval."""
+        self._kick.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run rounds in a thread of their own until `stop`."""
+        self._thread = threading.Thread(target=self.run, daemon=True, name="balancer")
+        self._thread.start()
+
+    def run(self) -> None:
+        wait: float | None = self._interval
+        while wait is not None:
+            wait = self.step(wait)
+
+    def step(self, wait: float) -> float | None:
+        """Wait up to `wait` seconds (less when kicked), then one round; the wait before the
+        next round, or None once stopped.
+
+        A round that finds nothing changed and nothing to do doubles the wait (up to
+        IDLE_BACKOFF intervals): a balanced cluster is asked less often, which leaves its
+        processors to the processes. A change, a move or a failed round brings the interval
+        back."""
+        if self._clock.wait(self._kick, wait):
+            # Let a burst of changes (processes started together) settle into one round.
+            self._clock.wait(self._stop, KICK_SETTLE)
+        self._kick.clear()
+        if self._stop.is_set():
+            return None
+        try:
+            busy = self.round()
+        except Exception as exc:  # the loop must survive a bad round
+            with self._lock:
+                self._failures.append(f"round failed: {exc!r}")
+            busy = True
+        return self._interval if busy else min(wait * 2, self._interval * IDLE_BACKOFF)
+
+    def round(self) -> bool:
+        """One look at every machine and the moves planned from it; whether anything had
+        changed since the last round or was moved."""
+        self._cordon_draining_nodes()
+        machines = self._snapshots()
+        # Running and runnable alternate with every quantum: both count as one state here.
+        seen = tuple(sorted((m.name, m.cordoned, m.runnable,
+                             tuple(sorted((p.pid, p.state.replace("running", "runnable"))
+                                          for p in m.processes)))
+                            for m in machines))
+        changed, self._last_seen = seen != self._last_seen, seen
+        moves = self._balancer.plan(machines, self._clock.monotonic())
+        if len(moves) > 1:
+            # The moves of a round concern distinct processes: they go at once, so a
+            # machine that was idle gets all its work in one migration time, not several.
+            with ThreadPoolExecutor(min(len(moves), PARALLEL_MOVES),
+                                    thread_name_prefix="move") as pool:
+                list(pool.map(self._move, moves))
+        else:
+            for move in moves:
+                self._move(move)
+        return changed or bool(moves)
+
+    def stop(self) -> BalancerState:
+        """End the rounds (waiting for the one under way); the final state."""
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        return self.state()
+
+    def _snapshots(self) -> list[MachineLoad]:
+        with self._lock:
+            clients = dict(self._clients)
+        # Asked of every machine at once, then collected: one round trip, not one each.
+        pending: dict[str, Pending[Load]] = {}
+        for name, client in clients.items():
+            with contextlib.suppress(TenderError):
+                pending[name] = client.load_async()
+        now = self._clock.time()
+        loads = []
+        for reply in pending.values():
+            try:
+                stats, procs = reply.result(self._call_timeout)
+            except TenderError:
+                continue  # a dead machine is not a place to balance to or from
+            loads.append(snapshot(stats, procs, now))
+        return loads
+
+    def _cordon_draining_nodes(self) -> None:
+        """The cluster manager drains a node (preemption, `ray drain-node`): move its
+        machines' work. Asked at most every NODE_CHECK_INTERVAL: a drain is announced with a
+        deadline of tens of seconds, and each question costs the cluster manager."""
+        if self._nodes is None:
+            return
+        now = self._clock.monotonic()
+        if now < self._next_node_check:
+            return
+        self._next_node_check = now + NODE_CHECK_INTERVAL
+        draining = set(self._nodes.draining())
+        with self._lock:
+            hit = [self._clients[n] for n, node in self._machine_nodes.items()
+                   if node and node in draining]
+        for client in hit:
+            with contextlib.suppress(TenderError):
+                client.cordon(timeout=self._call_timeout)
+
+    def _move(self, move: Move) -> None:
+        with self._lock:
+            client = self._clients.get(move.source)
+            if client is None:
+                return
+            self._in_flight[move.source] = self._in_flight.get(move.source, 0) + 1
+        try:
+            record = client.migrate(move.pid, move.destination, self._options,
+                                    timeout=self._options.timeout + self._call_timeout)
+        except TenderError as exc:
+            with self._lock:
+                self._failures.append(f"{move}: {exc}")
+            return
+        finally:
+            with self._lock:
+                self._in_flight[move.source] -= 1
+        record = dataclasses.replace(record, reason=move.reason)
+        with self._lock:
+            self._balancer.moved(move.pid, self._clock.monotonic())
+            self._balancer.observe(record.bytes, record.seconds)
+            self._migrations.append(record)
+        self._log.info("migrated", pid=move.pid, source=move.source,
+                       destination=move.destination, reason=move.reason,
+                       seconds=record.seconds)
+
+    # --- drains and the record ------------------------------------------------------------
+
+    def drain(self, machine: str, deadline: float) -> DrainReport:
+        """Cordon `machine`, wait until the rounds have moved every process off it or the
+        deadline (seconds) passes; what moved and how long each took."""
+        start = self._clock.time()
+        with self._lock:
+            client = self._clients.get(machine)
+        if client is None:
+            raise UnknownMachineError(f"the balancer does not know machine {machine!r}")
+        client.cordon(timeout=self._call_timeout)
+        self._kick.set()  # the next round now, not after an idle wait
+        left: list[int] = []
+        while self._clock.time() - start < deadline:
+            try:
+                procs = client.list_processes()
+            except TenderError:
+                break
+            left = [p.pid for p in procs if p.state != "zombie"]
+            with self._lock:
+                moving = self._in_flight.get(machine, 0)
+            if not left and not moving:  # empty, and every move off it is recorded
+                break
+            self._clock.sleep(min(self._interval, DRAIN_POLL))
+        with self._lock:
+            moved = tuple(r for r in self._migrations
+                          if r.source == machine and r.started_at >= start)
+        report = DrainReport(machine, self._clock.time() - start, deadline, moved, tuple(left),
+                             not left)
+        with self._lock:
+            self._drains.append(report)
+        return report
+
+    def state(self) -> BalancerState:
+        with self._lock:
+            return BalancerState(self._balancer.rounds, self._balancer.decisions,
+                                 tuple(self._migrations), tuple(self._failures),
+                                 tuple(self._drains), (),
+                                 self._balancer.params.policy.value)

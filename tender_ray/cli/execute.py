@@ -1,0 +1,140 @@
+"""Running one program as a Tender process on a cluster and following it to its end.
+
+The driver forwards the process's output as it appears, follows it from machine to machine when
+it migrates, and returns what `tender-ray exec --stats` reports.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tender_ray import logs
+from tender_ray.cluster.cluster import Cluster, MachineHandle
+from tender_ray.errors import (
+    BadProgramError,
+    CordonedError,
+    MachineError,
+    ProcessStateError,
+    UnknownProcessError,
+)
+from tender_ray.kernel.snapshots import ProcessInfo
+from tender_ray.migration.options import MigrationOptions
+from tender_ray.migration.record import MigrationRecord
+from tender_ray.resources.program import parse_program
+
+OutputSink = Callable[[int, bytes], None]  # (fd, data)
+
+
+@dataclass
+class ExecResult:
+    pid: int
+    exit_status: int
+    exit_reason: str
+    run_seconds: float
+    cpu_seconds: float
+    syscalls: dict[str, int]
+    unsupported: dict[str, int]
+    migrations: list[MigrationRecord] = field(default_factory=list)
+    machine: str = ""
+
+    def stats(self) -> dict[str, Any]:
+        return {"pid": self.pid, "exit_status": self.exit_status,
+                "exit_reason": self.exit_reason, "run_seconds": self.run_seconds,
+                "cpu_seconds": self.cpu_seconds, "syscalls": self.syscalls,
+                "unsupported_syscalls": self.unsupported,
+                "migrations": [m.as_dict() for m in self.migrations],
+                "final_machine": self.machine}
+
+
+def read_program(path: str | os.PathLike[str]) -> bytes:
+    """The program file's bytes, checked to be a static x86-64 executable."""
+    p = Path(path)
+    if not p.exists():
+        raise BadProgramError(str(path), "no such file")
+    if not p.is_file():
+        raise BadProgramError(str(path), "not a regular file")
+    try:
+        image = p.read_bytes()
+    except OSError as exc:
+        raise BadProgramError(str(path), f"cannot be read ({exc.strerror})") from exc
+    parse_program(image, str(path))
+    return image
+
+
+def _start(cluster: Cluster, names: list[str], image: bytes, name: str, argv: list[str],
+           env: list[str]) -> tuple[MachineHandle, int]:
+    """Start the process on the first of `names` that takes it (a cordoned one does not)."""
+    refusal: CordonedError | None = None
+    for machine in names:
+        handle = cluster.machine(machine)
+        try:
+            return handle, handle.exec(image, name, argv, env)
+        except CordonedError as exc:
+            refusal = exc
+    assert refusal is not None
+    raise refusal
+
+
+def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str], *,
+            machine: str | None = None, sink: OutputSink | None = None,
+            poll_seconds: float = 0.02, migrate_every: float | None = None,
+            options: MigrationOptions | None = None) -> ExecResult:
+    """Run `path` as a Tender process on `machine` (default: the first) until it ends.
+
+    With `migrate_every`, the process is migrated round-robin to the next machine at that
+    interval while it runs; a migration that cannot happen (the process is just ending) is
+    skipped, and the process goes on where it is.
+    """
+    image = read_program(path)
+    names = list(cluster.machines)
+    name = os.path.basename(path)
+    where, pid = _start(cluster, [machine] if machine else names, image, name,
+                        [name, *args], list(env))
+    if migrate_every is not None:
+        poll_seconds = min(poll_seconds, migrate_every)
+    next_move = time.monotonic() + (migrate_every or 0.0)
+
+    def forward(out: bytes, err: bytes) -> None:
+        if sink is not None:
+            if out:
+                sink(1, out)
+            if err:
+                sink(2, err)
+
+    info: ProcessInfo
+    while True:
+        try:
+            info = where.wait(pid, timeout=poll_seconds)
+            forward(*where.take_output(pid))
+        except UnknownProcessError:
+            where = cluster.locate(pid)  # moved by someone else (a balancer, a drain)
+            continue
+        if info.state == "zombie":
+            break
+        if migrate_every is not None and len(names) > 1 and time.monotonic() >= next_move:
+            target = names[(names.index(where.name) + 1) % len(names)]
+            try:
+                where.migrate(pid, target, options)
+                where = cluster.machine(target)
+            except ProcessStateError:
+                pass  # it ended (or is ending) while we asked: nothing to move
+            except UnknownProcessError:
+                where = cluster.locate(pid)  # someone else moved it first
+            except MachineError as exc:
+                # The destination broke; the migration rolled back and the process goes on
+                # where it is. Say so (in the log, not in the program's output), keep going.
+                logs.get("exec").warning("migration failed", pid=pid, destination=target,
+                                         error=str(exc))
+            next_move = time.monotonic() + migrate_every
+    info, out, err = where.reap(pid)
+    forward(out, err)
+    return ExecResult(pid=pid, exit_status=info.exit_status if info.exit_status is not None
+                      else 128 + 9, exit_reason=info.exit_reason,
+                      run_seconds=info.run_seconds, cpu_seconds=info.cpu_seconds,
+                      syscalls=info.syscalls, unsupported=info.unsupported,
+                      migrations=list(info.migrations), machine=where.name)

@@ -1,0 +1,496 @@
+"""`tender-ray`: run programs as Tender processes, migrate them, and run scenarios."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tender_ray.balancing.policies import Policy
+from tender_ray.config import MachineConfig
+from tender_ray.errors import MachineError, TenderError, UsageError
+from tender_ray.migration.options import MigrationOptions, Resources, Transfer
+
+if TYPE_CHECKING:  # Ray loads only with the commands that start or reach a cluster
+    from tender_ray.cluster.cluster import Cluster
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> int:
+    print(f"tender-ray: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+POLICIES = [p.value for p in Policy]
+# The benchmarks `tender-ray bench` runs: each module's own `main(argv, prog)`.
+BENCHMARKS = {"engine": "tender_ray.bench.engine", "migration": "tender_ray.bench.migration"}
+
+
+def _setting(parser: argparse.ArgumentParser, flag: str, field: str, metavar: str = "",
+             dest: str = "") -> None:
+    """An option for MachineConfig's `field`: its default, its description and (for an enum)
+    its choices are the model's, so the command line cannot drift from what a machine
+    takes."""
+    info = MachineConfig.model_fields[field]
+    default = info.default
+    kind: dict[str, Any] = {"type": int, "metavar": metavar}
+    if isinstance(default, enum.Enum):
+        kind = {"choices": [e.value for e in type(default)]}
+        default = default.value
+    shown = "" if default is None else f" (default {default})"
+    parser.add_argument(flag, dest=dest or field, default=default,
+                        help=f"{info.description}, per machine{shown}", **kind)
+
+
+def _machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--machines", type=int, default=1, metavar="N",
+                        help="machines (Ray actors) to start (default 1)")
+    _setting(parser, "--computations", "computations", "N")
+    _setting(parser, "--memory-mib", "memory_mib", "MIB")
+    _setting(parser, "--quantum-us", "quantum_us", "US")
+    _setting(parser, "--exact", "quantum_instructions", "INSTRUCTIONS", dest="exact")
+    parser.add_argument("--address", default=None,
+                        help="join an existing Ray cluster at this address instead of "
+                             "starting an embedded one")
+    _setting(parser, "--engine", "engine")
+
+
+def _migration_options(parser: argparse.ArgumentParser) -> None:
+    default = MigrationOptions.transfer.value
+    parser.add_argument("--transfer", choices=[t.value for t in Transfer], default=default,
+                        help=f"how pages travel: dsm (object store, memory to memory) or "
+                             f"plate (files on a shared plate, NFS-like); default {default}")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="create and delete resources for every migration instead of "
+                             "taking pre-created ones and holding deleted ones")
+    parser.add_argument("--move-all", action="store_true",
+                        help="move every resource (program image and plate contents too) and "
+                             "reload the text from the plate, instead of only what must move")
+
+
+def _options(ns: argparse.Namespace) -> MigrationOptions:
+    return MigrationOptions(transfer=Transfer(ns.transfer), reuse=not ns.no_reuse,
+                            resources=Resources.ALL if ns.move_all else Resources.NEEDED)
+
+
+def _metrics_options(parser: argparse.ArgumentParser, host: bool = False) -> None:
+    from tender_ray.metrics.collector import DEFAULT_HOST, DEFAULT_PORT
+
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_PORT, metavar="PORT",
+                        help=f"serve Prometheus metrics of every machine on this port "
+                             f"(default {DEFAULT_PORT}; 0 picks a free one)")
+    if host:
+        parser.add_argument("--metrics-host", default=DEFAULT_HOST, metavar="HOST",
+                            help=f"address the metrics endpoint binds (default "
+                                 f"{DEFAULT_HOST})")
+    parser.add_argument("--no-metrics", action="store_true",
+                        help="serve no metrics")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tender-ray",
+        description="Tender's process migration on Ray: static x86-64 Linux programs run as "
+                    "Tender processes on machine actors and move between them.")
+    parser.add_argument("--log-format", choices=["console", "json"], default=None,
+                        help="structured logs as console lines or JSON, here and in every "
+                             "actor (default: $TENDER_LOG_FORMAT, else console)")
+    parser.add_argument("--log-level", default=None, metavar="LEVEL",
+                        choices=["debug", "info", "warning", "error"],
+                        help="log level (default: $TENDER_LOG_LEVEL, else warning; info logs "
+                             "every migration phase)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "exec", help="run one program as a Tender process",
+        description="Start a cluster of machine actors (an embedded local Ray unless "
+                    "--address is given), run PROGRAM (a static x86-64 ELF) as a Tender "
+                    "process, forward its stdout and stderr, and exit with its exit status "
+                    "(128+signal when it faults).")
+    _machine_options(p)
+    p.add_argument("--stats", metavar="FILE", help="write run statistics as JSON to FILE")
+    _migration_options(p)
+    p.add_argument("--migrate-every", type=float, default=None, metavar="SECONDS",
+                   help="while the program runs, migrate it round-robin to the next machine "
+                        "at this interval")
+    p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments passed to the program")
+    r = sub.add_parser(
+        "run", help="run a load-balancing scenario (default: configs/laptop.yaml)",
+        description="Run a scenario from configs/*.yaml: machines, arriving programs, a "
+                    "balancer policy and timed events (drain, undrain, add or stop a machine), "
+                    "with a live view; at the end a summary and a report directory with "
+                    "report.json and load.png.")
+    r.add_argument("scenario", nargs="?", default=None, metavar="SCENARIO",
+                   help="scenario file (default: configs/laptop.yaml)")
+    r.add_argument("--report", metavar="DIR", default=None,
+                   help="report directory (default: reports/<scenario>-<time>)")
+    r.add_argument("--address", default=None,
+                   help="run on an existing Ray cluster instead of an embedded one")
+    r.add_argument("--policy", default=None, choices=POLICIES,
+                   help="override the scenario's balancer policy")
+    r.add_argument("--compare", metavar="POLICIES", default=None,
+                   help="run the scenario once per policy (comma-separated) and print one "
+                        "table")
+    r.add_argument("--no-live", action="store_true", help="plain log lines instead of the "
+                                                          "live view")
+    _metrics_options(r)
+    u = sub.add_parser(
+        "up", help="start a long-lived cluster of machines (detached actors)",
+        description="Start machines as named detached Ray actors, and a balancer, on an "
+                    "existing Ray cluster (--address) or on a Ray head started here on "
+                    "127.0.0.1. `ps`, `migrate`, `drain`, `undrain`, `exec`, `top` act on it; "
+                    "`down` stops what `up` started.")
+    u.add_argument("--machines", type=int, default=3, metavar="N")
+    _setting(u, "--computations", "computations", "N")
+    _setting(u, "--memory-mib", "memory_mib", "MIB")
+    u.add_argument("--address", default=None, help="existing Ray cluster to join")
+    u.add_argument("--policy", default=Policy.NONE.value, choices=POLICIES,
+                   help="balancer policy (default none: it only drains)")
+    u.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the Ray head started here (default: the host's)")
+    _metrics_options(u, host=True)
+    t = sub.add_parser("top", help="live view of the running cluster",
+                       description="Machines (load, run queue, frames free/used/held, "
+                                   "draining), processes and where they run, and the last "
+                                   "migrations with their phase times, redrawn in place.")
+    t.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between refreshes (default 1)")
+    t.add_argument("--once", action="store_true", help="print one view and exit")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("ps", help="processes of the running cluster and where they run")
+    mg = sub.add_parser("migrate", help="migrate a process of the running cluster")
+    mg.add_argument("pid", type=int)
+    mg.add_argument("machine")
+    _migration_options(mg)
+    dr = sub.add_parser("drain", help="move every process off a machine, then keep it empty")
+    dr.add_argument("machine")
+    dr.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
+    ud = sub.add_parser("undrain", help="let a drained machine take processes again")
+    ud.add_argument("machine")
+    b = sub.add_parser("bench", help="run a benchmark",
+                       description="Benchmarks that report ratios measured side by side in "
+                                   "one run: engine (run time under Tender against native, "
+                                   "per workload) and migration (migration time against its "
+                                   "lower bound, a Ray actor restore, and strategy against "
+                                   "strategy). `tender-ray bench NAME --help` lists a "
+                                   "benchmark's options; `python -m tender_ray.bench.NAME` "
+                                   "runs the same.")
+    b.add_argument("bench", nargs="?", choices=list(BENCHMARKS), metavar="BENCHMARK",
+                   help=f"one of {', '.join(BENCHMARKS)}")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="the benchmark's own options")
+    return parser
+
+
+def cmd_bench(ns: argparse.Namespace) -> int:
+    import importlib
+
+    if ns.bench is None:
+        raise UsageError(f"name a benchmark: {' or '.join(BENCHMARKS)}")
+    module = importlib.import_module(BENCHMARKS[ns.bench])
+    status: int = module.main(ns.bench_args, prog=f"tender-ray bench {ns.bench}")
+    return status
+
+
+def _engine_notice(requested: str, exact: bool = False) -> None:
+    """Say once, on stderr, when the engine asked for cannot run here and why."""
+    from tender_ray.engines import resolve
+
+    _, notice = resolve(requested, exact=exact)
+    if notice:
+        print(f"tender-ray: notice: {notice}", file=sys.stderr)
+
+
+def _machine_configs(ns: argparse.Namespace) -> list[MachineConfig]:
+    if ns.machines < 1:
+        raise UsageError("--machines must be at least 1")
+    return [MachineConfig(name=f"m{i}", computations=ns.computations,
+                          memory_mib=ns.memory_mib, quantum_us=ns.quantum_us,
+                          quantum_instructions=ns.exact, engine=ns.engine)
+            for i in range(ns.machines)]
+
+
+def cmd_exec(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tender_ray.cli.execute import execute, read_program
+    from tender_ray.cluster.cluster import Cluster
+
+    try:
+        read_program(ns.program)  # fail fast, before starting Ray
+        configs = _machine_configs(ns)
+        _engine_notice(ns.engine, exact=ns.exact is not None)
+    except ValidationError as exc:
+        return _fail(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
+    except UsageError as exc:
+        return _fail(str(exc))
+
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+
+    def sink(fd: int, data: bytes) -> None:
+        stream = out if fd == 1 else err
+        stream.write(data)
+        stream.flush()
+
+    attached = _attach_up(ns.address)
+    if attached is not None:
+        cluster = attached
+    else:
+        cluster = Cluster(ns.address, num_cpus=max(2, ns.machines),
+                          prefix="" if ns.address is None else f"exec-{os.getpid()}-")
+    try:
+        if attached is None:
+            for config in configs:
+                cluster.add_machine(config)
+        if ns.migrate_every is not None and ns.migrate_every <= 0:
+            raise UsageError("--migrate-every must be a positive number of seconds")
+        result = execute(cluster, ns.program, ns.args, _environment(), sink=sink,
+                         migrate_every=ns.migrate_every, options=_options(ns))
+    finally:
+        if attached is not None:
+            cluster.forget()  # the machines belong to `up`
+        cluster.shutdown()
+    if ns.stats:
+        Path(ns.stats).write_text(json.dumps(result.stats(), indent=2) + "\n")
+    return result.exit_status
+
+
+def default_scenario() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):  # here, the checkout
+        candidate = base / "configs" / "laptop.yaml"
+        if candidate.is_file():
+            return candidate
+    return Path("configs/laptop.yaml")
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    import time as _time
+
+    from tender_ray.cli.live import print_compare, print_summary
+    from tender_ray.cli.scenario.model import read_scenario
+    from tender_ray.cli.scenario.run import run_live
+
+    path = Path(ns.scenario) if ns.scenario else default_scenario()
+    read = read_scenario(path)
+    scenario, programs, problems = read.scenario, read.programs, read.problems
+    if ns.compare:
+        policies = [p.strip() for p in ns.compare.split(",") if p.strip()]
+        bad = [p for p in policies if p not in POLICIES]
+        if bad or not policies:
+            raise UsageError(f"--compare: unknown policies {bad}; choose from "
+                             f"{', '.join(POLICIES)}")
+        reports = []
+        for i, policy in enumerate(policies):
+            # A policy named again (to see the spread of its runs) gets its own directory.
+            again = policies[:i].count(policy)
+            suffix = f"-{again + 1}" if again else ""
+            report_dir = Path(ns.report or "reports") / f"{scenario.name}-{policy}{suffix}"
+            result = run_live(scenario, programs, address=ns.address, policy=policy,
+                              problems=problems,
+                              report_dir=report_dir, live=False,
+                              metrics_port=None if ns.no_metrics else ns.metrics_port)
+            reports.append(result.report)
+        print_compare(reports)
+        return 0 if all(r.all_match_native for r in reports) else 1
+    stamp = _time.strftime("%Y%m%d-%H%M%S")
+    report_dir = Path(ns.report) if ns.report else Path("reports") / f"{scenario.name}-{stamp}"
+    result = run_live(scenario, programs, address=ns.address, policy=ns.policy,
+                      problems=problems,
+                      report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty(),
+                      metrics_port=None if ns.no_metrics else ns.metrics_port)
+    print_summary(result.report, report_dir)
+    return 0 if result.report.ok else 1
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    from tender_ray.balancing.policies import BalancerParams
+    from tender_ray.cli.operate import ClusterState, start_head, state_path, stop_head
+    from tender_ray.cluster.cluster import Cluster
+
+    if state_path().exists():
+        raise UsageError(f"a cluster is already up ({state_path()}); `tender-ray down` first")
+    if ns.machines < 1:
+        raise UsageError("--machines must be at least 1")
+    configs = [MachineConfig(name=f"m{i}", computations=ns.computations,
+                             memory_mib=ns.memory_mib) for i in range(ns.machines)]
+    head_pid = None
+    address = ns.address
+    if address is None:
+        address, head_pid = start_head(ns.num_cpus or os.cpu_count() or 2, 512)
+    shared = state_path().parent / "shared-plate"
+    shared.mkdir(parents=True, exist_ok=True)
+    try:
+        cluster = Cluster(address, shared_plate=str(shared))
+        for config in configs:
+            cluster.add_machine(config, detached=True)
+        cluster.start_balancer(BalancerParams(policy=Policy(ns.policy)), MigrationOptions(),
+                               0.25, detached=True)
+        metrics_port = None if ns.no_metrics else cluster.start_exporter(
+            ns.metrics_port, ns.metrics_host, detached=True)
+    except BaseException:
+        if head_pid is not None:
+            stop_head(head_pid)
+        raise
+    state = ClusterState(address=address, machines={c.name: i for i, c in enumerate(configs)},
+                         shared_plate=str(shared), head_pid=head_pid,
+                         metrics_port=metrics_port)
+    state.save()
+    cluster.forget()
+    print(f"up: {len(configs)} machines ({', '.join(state.machines)}) on {address}"
+          f"{' (Ray head started here, pid ' + str(head_pid) + ')' if head_pid else ''}; "
+          f"state in {state_path()}")
+    if metrics_port is not None:
+        print(f"metrics: http://{ns.metrics_host}:{metrics_port}/metrics")
+    return 0
+
+
+def cmd_down(ns: argparse.Namespace) -> int:
+    import contextlib
+
+    from tender_ray.cli.operate import ClusterState, connect, stop_head
+
+    state = ClusterState.load()
+    with contextlib.suppress(Exception):
+        cluster, _ = connect(state)
+        cluster.shutdown()
+    if state.head_pid is not None:
+        stop_head(state.head_pid)
+    ClusterState.remove()
+    print(f"down: stopped {len(state.machines)} machines"
+          f"{' and the Ray head' if state.head_pid else ''}")
+    return 0
+
+
+def cmd_ps(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tender_ray.cli.operate import connect
+
+    cluster, _ = connect()
+    table = Table()
+    for col in ("pid", "name", "machine", "state", "cpu s", "run s", "migrations"):
+        table.add_column(col, justify="right" if col in ("pid", "cpu s", "run s",
+                                                         "migrations") else "left")
+    for name, result in sorted(cluster.list_all().items()):
+        if isinstance(result, BaseException):
+            table.add_row("-", "-", name, f"[red]unreachable: {result}[/red]", "", "", "")
+            continue
+        for p in result:
+            table.add_row(str(p.pid), p.name, name, p.state, f"{p.cpu_seconds:.2f}",
+                          f"{p.run_seconds:.1f}", str(len(p.migrations)))
+    Console().print(table)
+    return 0
+
+
+def cmd_top(ns: argparse.Namespace) -> int:
+    from tender_ray.cli.operate import connect
+    from tender_ray.cli.top import run_top
+
+    if ns.interval <= 0:
+        raise UsageError("--interval must be a positive number of seconds")
+    cluster, _ = connect()
+    run_top(lambda: list(cluster.machines.values()), ns.interval,
+            balancer=cluster.balancer_state, once=ns.once or not sys.stdout.isatty())
+    return 0
+
+
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    from tender_ray.cli.operate import connect, find_process
+
+    cluster, _ = connect()
+    source = find_process(cluster, ns.pid)
+    cluster.machine(ns.machine)  # an unknown destination fails here, clearly
+    record = cluster.machine(source).migrate(ns.pid, ns.machine, _options(ns))
+    phases = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in record.phases.items())
+    print(f"migrated {ns.pid} {record.source} → {record.destination} in "
+          f"{1000 * record.seconds:.1f} ms, {record.pages} pages ({phases})")
+    return 0
+
+
+def cmd_drain(ns: argparse.Namespace) -> int:
+    from tender_ray.cli.operate import connect
+
+    cluster, _ = connect()
+    report = cluster.resolve_drain(cluster.drain_async(ns.machine, ns.deadline))
+    for r in report.moved:
+        print(f"  {r.pid} → {r.destination} in {1000 * r.seconds:.1f} ms")
+    print(f"drain of {ns.machine}: {len(report.moved)} moved in {report.seconds:.2f} s"
+          + ("" if report.ok else f"; still there at the deadline: {list(report.left)}"))
+    return 0 if report.ok else 1
+
+
+def cmd_undrain(ns: argparse.Namespace) -> int:
+    from tender_ray.cli.operate import connect
+
+    cluster, _ = connect()
+    cluster.undrain(ns.machine)
+    print(f"{ns.machine} takes processes again")
+    return 0
+
+
+def _attach_up(address: str | None) -> Cluster | None:
+    """The cluster `tender-ray up` started, when `--address` names it; else None."""
+    if address is None:
+        return None
+    from tender_ray.cli.operate import ClusterState, connect, state_path
+
+    if not state_path().exists():
+        return None
+    state = ClusterState.load()
+    if address not in (state.address, "auto"):
+        return None
+    cluster, _ = connect(state)
+    return cluster
+
+
+def _configure_logs(ns: argparse.Namespace) -> None:
+    """structlog, configured once for this process; the actors configure themselves from the
+    same TENDER_LOG_* variables (which Ray workers inherit, see Cluster.__init__)."""
+    from tender_ray import logs
+
+    if ns.log_format:
+        os.environ["TENDER_LOG_FORMAT"] = ns.log_format
+    if ns.log_level:
+        os.environ["TENDER_LOG_LEVEL"] = ns.log_level
+    logs.configure(ns.log_format, ns.log_level)
+
+
+def _environment() -> list[str]:
+    return [f"{k}={v}" for k, v in os.environ.items()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _configure_logs(ns)
+    handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run, "up": cmd_up,
+                "down": cmd_down, "ps": cmd_ps, "migrate": cmd_migrate, "drain": cmd_drain,
+                "undrain": cmd_undrain, "top": cmd_top}
+    try:
+        return handlers[ns.command](ns)
+    except UsageError as exc:
+        return _fail(str(exc))
+    except MachineError as exc:
+        print(f"tender-ray: machine failure: {exc}", file=sys.stderr)
+        return 1
+    except TenderError as exc:
+        print(f"tender-ray: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Operating a long-lived cluster: `tender-ray up`, the commands that act on it, and `down`.
+
+`up` starts machines as named detached actors (and, without `--address`, a Ray head of its
+own) and writes what it started to a state file; the other commands read it to find the
+cluster; `down` stops only what `up` started: the actors by handle, the Ray head by the process
+group it was started in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tender_ray.errors import UsageError
+
+if TYPE_CHECKING:  # loaded with Ray, only by the commands that reach a cluster
+    from tender_ray.cluster.cluster import Cluster
+
+
+def state_path() -> Path:
+    return Path(os.environ.get("TENDER_STATE", Path.home() / ".tender_ray" / "cluster.json"))
+
+
+@dataclass
+class ClusterState:
+    """What `up` started, for the commands that follow and for `down`."""
+
+    address: str
+    machines: dict[str, int]  # name -> index (pid base)
+    shared_plate: str
+    head_pid: int | None = None  # the Ray head we started (its process group), if any
+    metrics_port: int | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def save(self) -> None:
+        path = state_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @staticmethod
+    def load() -> ClusterState:
+        path = state_path()
+        if not path.is_file():
+            raise UsageError(f"no running cluster: {path} does not exist; start one with "
+                             "`tender-ray up`")
+        try:
+            return ClusterState(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{path} is not a tender-ray cluster state file ({exc}); "
+                             "remove it and run `tender-ray up`") from None
+
+    @staticmethod
+    def remove() -> None:
+        state_path().unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_head(num_cpus: int, object_store_mib: int) -> tuple[str, int]:
+    """Start a Ray head on 127.0.0.1 in a process group of its own; (address, pid)."""
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_bin is None:
+        raise UsageError("the `ray` command is not installed next to this Python")
+    port = _free_port()
+    log = state_path().parent / "ray-head.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [ray_bin, "start", "--head", "--block", f"--port={port}",
+             "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+             f"--object-store-memory={object_store_mib << 20}", "--include-dashboard=false",
+             "--disable-usage-stats"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Head and drivers must agree on authentication; drivers here run without a
+            # token unless the user set RAY_AUTH_MODE, so the head does the same.
+            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UsageError(f"the Ray head did not start (exit {proc.returncode}); see {log}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return address, proc.pid
+        time.sleep(0.25)
+    stop_head(proc.pid)
+    raise UsageError(f"the Ray head did not listen on {address} within 60 s; see {log}")
+
+
+def stop_head(pid: int) -> None:
+    """Stop the Ray head `up` started: its whole process group, which only it created."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def connect(state: ClusterState | None = None) -> tuple[Cluster, ClusterState]:
+    """A Cluster attached to the machines `up` started."""
+    from tender_ray.cluster.cluster import Cluster
+
+    state = state or ClusterState.load()
+    cluster = Cluster(state.address, shared_plate=state.shared_plate)
+    cluster.attach(state.machines)
+    cluster.attach_exporter()  # so `down` stops it too
+    return cluster, state
+
+
+def find_process(cluster: Cluster, pid: int) -> str:
+    """The machine a process is on now."""
+    return str(cluster.locate(pid).name)

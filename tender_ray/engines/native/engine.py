@@ -1,0 +1,520 @@
+"""The native engine: a Tender process's instructions run on the host CPU, in a host process
+traced by its machine (Linux x86-64).
+
+Every guest is a small stub program (`_stub/stub.S`) started by the machine's tracer thread. It
+installs a seccomp filter that hands *every* system call to the tracer (SECCOMP_RET_TRACE;
+system calls through another ABI kill it), so the machine serves each one exactly as it does
+for the emulated CPU and the kernel never runs a guest's call: the tracer skips it (orig_rax =
+-1) and writes the machine's result into rax. That is the sandbox: no files, sockets, children,
+exec or signals to others, because nothing reaches the host kernel. (One exception, checked: a
+munmap the machine has done on a valid range is let through, as it is exactly the host change
+needed.)
+
+Memory stays the machine's: the guest maps the machine's real-memory file where its virtual
+space has present pages (`mappings`). Guests never see a vDSO (the machine's auxiliary vector
+has no AT_SYSINFO_EHDR and the stub's is unmapped), so time calls are system calls and nothing
+ties a process to its host.
+
+Computation = permission to run: a quantum ends when the guest's ITIMER_PROF (armed by the
+tracer) raises SIGPROF, or, for quanta shorter than a kernel tick, when the machine's timer
+thread signals the guest through a pidfd (SIGURG); the tracer snapshots it at the signal stop
+and suppresses the signal. Registers go in and out in the engine-neutral `CpuState`
+(`registers`), so a process moves between engines mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import threading
+import time
+from typing import Final
+
+from tender_ray.abi.cpu_state import CpuState, Stop, StopKind, SyscallHandler
+from tender_ray.abi.linux import (
+    ITIMER_PROF,
+    SEGV_MAPERR,
+    SI_KERNEL,
+    SI_USER,
+    SYS_BRK,
+    SYS_MADVISE,
+    SYS_MMAP,
+    SYS_MPROTECT,
+    SYS_MREMAP,
+    SYS_MUNMAP,
+    SYS_SETITIMER,
+    Signal,
+)
+from tender_ray.engines.base import Replay
+from tender_ray.engines.native.libc import PTRACE_EVENT_SECCOMP, host_cpu_seconds
+from tender_ray.engines.native.mappings import HostMappings
+from tender_ray.engines.native.registers import MASK64, state_from_host, state_to_host
+from tender_ray.engines.native.tracer import (
+    HARMLESS_SIGNALS,
+    PENDING,
+    QUANTUM_SIGNAL,
+    TASK_SIZE,
+    VPN_LIMIT,
+    GuestGone,
+    Host,
+    describe_status,
+    release_tracer,
+    signal_text,
+    tracer_for,
+)
+from tender_ray.errors import EngineError, OutOfMemoryError
+from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
+from tender_ray.resources.virtual_space import VirtualSpace
+
+# The calls that change an address space. The machine applies them to the virtual space and may
+# ask for a stop so that an emulated CPU flushes its TLB; here the host mappings are made to
+# match before the guest runs on, so that stop is not needed (memory calls never sleep or end
+# a process).
+MEMORY_CALLS: Final = frozenset({SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_BRK, SYS_MREMAP,
+                                 SYS_MADVISE})
+
+# Quanta of at least this many microseconds are measured by the kernel: an ITIMER_PROF in the
+# guest (its CPU time; the kernel checks at each tick, so shorter ones would be rounded up to
+# a tick) raises SIGPROF, which the tracer takes as the end of the quantum. No thread of ours
+# wakes for it. Shorter quanta use the timer thread and a signal through the guest's pidfd.
+KERNEL_TIMER_MIN_US: Final = 4000
+_ITIMERVAL_OFFSET: Final = 0x800  # where in the trampoline page the tracer puts a timeval pair
+_FAULT_NAMES: Final[dict[int, str]] = {Signal.SIGILL: "invalid instruction",
+                       Signal.SIGTRAP: "breakpoint or trap", Signal.SIGBUS: "bus error",
+                       Signal.SIGFPE: "arithmetic error", Signal.SIGSEGV: "segmentation fault",
+                       Signal.SIGSYS: "bad system call"}
+
+
+class NativeCpu:
+    """One process's processor context as a traced host process (the `Engine` protocol).
+
+    Its methods run on the computation (or machine) thread; everything touching the host
+    process runs on the machine's tracer thread (`_t_*`, and the `tracer_*` methods the tracer
+    calls). While the guest is stopped, its registers are cached here: `save`, `load` and the
+    fs base never wait for the tracer.
+
+    `replay` explains a fault the host reports as another engine would (see `base.Replay`);
+    without it a fault is described from the host's signal alone.
+    """
+
+    def __init__(self, memory: RealMemory, *, replay: Replay | None = None) -> None:
+        self.memory = memory
+        self._replay = replay
+        self._tracer = tracer_for(memory)
+        self.space: VirtualSpace | None = None
+        self.handler: SyscallHandler | None = None
+        self._host: Host | None = None
+        self._pending: CpuState | None = None  # loaded, not yet written to the host
+        self._full_sync = True
+        self._lost: Stop | None = None  # the host process died under a bound process
+        self._run_id = 0
+        self._preempt_pending = False  # [preempt] asked to end a run that had not begun
+        self._signalled = -1  # the run id the quantum signal was sent for
+        self._in_run = False
+        self._run_lock = threading.Lock()
+        self._fault_repeats = 0
+        self._last_fault = -1
+        self._closed = False
+        self.stats = {"syscalls": 0, "faults": 0, "injected": 0, "quanta": 0}
+        self._mappings = HostMappings(self._tracer, self.stats)
+        # Host CPU time the guest used: in the last run, and in all runs (the computation's
+        # own thread only waits, so its CPU time does not show what the process cost).
+        self.last_run_cpu_seconds = 0.0
+        self.cpu_seconds = 0.0
+        self._cpu_mark = 0.0
+        self._tracer.submit(self._t_prepare)  # a kernel process is prepared in advance
+
+    # --- the Engine protocol -----------------------------------------------------------
+
+    def bind(self, space: VirtualSpace, handler: SyscallHandler) -> None:
+        self.space = space
+        self.handler = handler
+        self._full_sync = True
+        self._lost = None
+
+    def load(self, state: CpuState) -> None:
+        self._pending = state
+
+    def save(self) -> CpuState:
+        if self._pending is not None:
+            return self._pending
+        host = self._host
+        if host is None:
+            raise EngineError("the native CPU holds no process state")
+        return state_from_host(host.regs, bytes(host.fp))
+
+    def fs_base(self) -> int:
+        if self._pending is not None:
+            return self._pending.fs_base
+        return int(self._host.regs.fs_base) if self._host is not None else 0
+
+    def set_fs_base(self, value: int) -> None:
+        if self._pending is not None:
+            self._pending = dataclasses.replace(self._pending, fs_base=value)
+        elif self._host is not None:
+            self._host.regs.fs_base = value & MASK64
+            self._host.regs_dirty = True
+
+    def run(self, quantum: int) -> Stop:
+        """Let the guest run for `quantum` microseconds at most; why it stopped."""
+        if self.space is None or self.handler is None:
+            raise EngineError("native CPU has no process bound")
+        try:
+            result = self._tracer.call(lambda: self._t_begin(quantum))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"native engine: {exc}") from exc
+        assert isinstance(result, Stop)
+        return result
+
+    def reset(self) -> None:
+        """Forget the process; a fresh host process is prepared for the next one."""
+        self.space = None
+        self.handler = None
+        self._pending = None
+        self._lost = None
+        self._full_sync = True
+        self._mappings.forget_window()
+        self._tracer.submit(self._t_renew)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.space = None
+        self.handler = None
+        tracer = self._tracer
+        tracer.submit(self.tracer_discard)
+        release_tracer(self.memory, tracer)
+
+    @property
+    def host_pid(self) -> int:
+        """The pid of the host process running the guest (0 when there is none)."""
+        host = self._host
+        return host.pid if host is not None and host.alive else 0
+
+    def preempt(self) -> None:
+        """End the running quantum now (from another thread): as if its time were up. Asked
+        before the run has begun, it ends that run as soon as it begins."""
+        with self._run_lock:
+            if not self._in_run:
+                self._preempt_pending = True
+                return
+            run_id = self._run_id
+        self.quantum_expired(run_id)
+
+    # --- called by the timer thread (and the tracer) -----------------------------------
+
+    def quantum_expired(self, run_id: int) -> None:
+        """Run `run_id`'s time is up: signal its guest, if that run is still going."""
+        with self._run_lock:
+            if not self._in_run or self._run_id != run_id:
+                return
+            self._signalled = run_id
+            host = self._host
+        if host is not None:
+            host.send(QUANTUM_SIGNAL)
+
+    def end_run(self) -> None:
+        """The run is over (any thread may ask once more): account the guest's CPU time."""
+        with self._run_lock:
+            was_running, self._in_run = self._in_run, False
+            self._preempt_pending = False
+        host = self._host
+        if was_running and host is not None:
+            used = max(0.0, host_cpu_seconds(host.pid) - self._cpu_mark) if host.alive else 0.0
+            self.last_run_cpu_seconds = used
+            self.cpu_seconds += used
+
+    # --- tracer thread: preparing and discarding host processes -------------------------
+
+    def _t_prepare(self) -> None:
+        if self._host is None and not self._closed:
+            host = self._tracer.spawn()
+            self._host = host
+            self._tracer.owners[host.pid] = self
+
+    def tracer_discard(self) -> None:
+        """Kill the host process (tracer thread)."""
+        host, self._host = self._host, None
+        if host is not None:
+            self._tracer.kill(host)
+
+    def _t_renew(self) -> None:
+        self.tracer_discard()
+        self._t_prepare()
+
+    def tracer_idle_event(self, status: int) -> None:
+        """An event of a guest that is not running: only its end can come."""
+        host = self._host
+        if host is None or not (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            return
+        host.mark_dead(status)
+        self._tracer.owners.pop(host.pid, None)
+        if self.space is not None:
+            sig, why = describe_status(status)
+            self._lost = Stop(StopKind.FAULT, sig, 0, f"{why} (host process {host.pid})")
+
+    # --- tracer thread: running --------------------------------------------------------
+
+    def _t_begin(self, quantum: int) -> object:
+        if self._lost is not None:
+            return self._lost
+        host = self._host
+        if host is None or not host.alive:
+            self.tracer_discard()
+            self._t_prepare()
+            host = self._host
+            assert host is not None
+        try:
+            if self._pending is not None:
+                state_to_host(self._pending, host.regs, host.fp)
+                host.regs_dirty = host.fp_dirty = True
+                self._pending = None
+            if self._full_sync:
+                self._t_sync_all()
+            kernel_timer = quantum >= KERNEL_TIMER_MIN_US
+            if host.itimer_us != (quantum if kernel_timer else 0):
+                self._t_set_itimer(quantum if kernel_timer else 0)
+            self._cpu_mark = host_cpu_seconds(host.pid)
+            self.last_run_cpu_seconds = 0.0
+            with self._run_lock:
+                self._run_id += 1
+                self._in_run = True
+                run_id = self._run_id
+                if self._preempt_pending:  # `_t_resume` ends the quantum before it starts
+                    self._signalled = run_id
+            self._tracer.running[host.pid] = self
+            stop = self._t_resume()
+        except (GuestGone, OSError) as exc:
+            return self._t_vanished(host, exc)
+        if stop is not None:
+            self._tracer.running.pop(host.pid, None)
+            self.end_run()
+            return stop
+        self.stats["quanta"] += 1
+        request = self._tracer.current
+        assert request is not None
+        self._tracer.runs[host.pid] = request
+        if not kernel_timer:
+            self._tracer.timer.arm(self, run_id, time.monotonic() + quantum / 1e6)
+        return PENDING
+
+    def _t_sync_all(self) -> None:
+        """Make every host mapping match the virtual space."""
+        assert self._host is not None and self.space is not None
+        self._full_sync = True
+        self._mappings.sync(self._host, self.space, 0, VPN_LIMIT)
+        self._full_sync = False
+
+    def _t_set_itimer(self, interval_us: int) -> None:
+        """Arm (or, with 0, disarm) the guest's ITIMER_PROF: a SIGPROF every `interval_us` of
+        its CPU time."""
+        host = self._host
+        assert host is not None
+        where = (host.trampoline & ~(PAGE_SIZE - 1)) + _ITIMERVAL_OFFSET
+        seconds, micros = divmod(interval_us, 1_000_000)
+        for i, word in enumerate((seconds, micros, seconds, micros)):  # interval, first value
+            host.poke(where + 8 * i, word)
+        result = self._tracer.inject(host, SYS_SETITIMER, ITIMER_PROF, where, 0)
+        if result < 0:
+            raise EngineError(f"setitimer in the guest failed: {os.strerror(-result)}")
+        host.itimer_us = interval_us
+        host.prof_seen = False
+
+    def _t_vanished(self, host: Host, exc: GuestGone | OSError) -> Stop:
+        """The guest's host process went away under a ptrace call (GuestGone, or ESRCH from
+        the kernel): the process is lost. Any other OSError is a real failure: re-raised."""
+        if isinstance(exc, GuestGone):
+            return self._t_lost(exc.status)
+        if exc.errno == errno.ESRCH:  # the host's errno, from ptrace
+            return self._t_lost(self._tracer.reap_lost(host))
+        raise exc
+
+    def _t_lost(self, status: int) -> Stop:
+        host = self._host
+        pid = host.pid if host is not None else 0
+        if host is not None:
+            self._tracer.owners.pop(host.pid, None)
+            self._tracer.running.pop(host.pid, None)
+        self.end_run()
+        sig, why = describe_status(status)
+        self._lost = Stop(StopKind.FAULT, sig, 0, f"{why} (host process {pid})")
+        return self._lost
+
+    def _t_resume(self) -> Stop | None:
+        """Let the stopped guest go on, unless the quantum ended while the tracer worked."""
+        host = self._host
+        assert host is not None
+        if host.outside_signals:
+            sig = host.outside_signals[0]
+            return Stop(StopKind.FAULT, sig, 0, f"killed by {signal_text(sig)} from outside "
+                        f"(host process {host.pid})")
+        if (self._signalled == self._run_id or host.prof_seen) and self._in_run:
+            host.prof_seen = False
+            self._t_snapshot()
+            return Stop(StopKind.QUANTUM)
+        host.put_regs()
+        host.put_fp()
+        host.cont()
+        return None
+
+    def _t_snapshot(self) -> None:
+        """Cache the FPU state at a stop the computation will see (registers are cached)."""
+        host = self._host
+        assert host is not None
+        if not host.fp_dirty:
+            host.get_fp()
+
+    def tracer_event(self, status: int) -> Stop | None:
+        """A wait status of the running guest: the stop to report, or None when it runs on."""
+        host = self._host
+        assert host is not None
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            host.mark_dead(status)
+            return self._t_lost(status)
+        try:
+            host.at_seccomp = status >> 8 == Signal.SIGTRAP | PTRACE_EVENT_SECCOMP << 8
+            if host.at_seccomp:
+                return self._t_syscall()
+            if status >> 16 == 0:
+                return self._t_signal(os.WSTOPSIG(status))
+            host.cont()  # another ptrace event: not asked for
+            return None
+        except (GuestGone, OSError) as exc:
+            return self._t_vanished(host, exc)
+
+    # --- tracer thread: system calls ---------------------------------------------------
+
+    def _t_syscall(self) -> Stop | None:
+        host = self._host
+        assert host is not None and self.handler is not None and self.space is not None
+        r = host.regs
+        host.get_regs()
+        nr = int(r.orig_rax)
+        args = (int(r.rdi), int(r.rsi), int(r.rdx), int(r.r10), int(r.r8), int(r.r9))
+        self.stats["syscalls"] += 1
+        space = self.space
+        generation = space.generation
+        outcome = self.handler(nr, args)
+        if nr == SYS_MUNMAP and outcome.result == 0 and self._t_pass_munmap(args):
+            return None  # the kernel runs the guest's own call: it unmaps exactly that
+        # The kernel skips the call (orig_rax = -1) and the guest sees the machine's result;
+        # rax keeps the call number when there is none, as on the emulated CPU.
+        r.rax = (outcome.result if outcome.result is not None else nr) & MASK64
+        r.orig_rax = MASK64
+        host.regs_dirty = True
+        stop = outcome.stop
+        if nr in MEMORY_CALLS:
+            assert self.space is not None
+            self._mappings.after_call(host, self.space, nr, args, outcome.result)
+            stop = False
+        elif self.space is not space or space.generation != generation:
+            self._t_sync_all()  # not expected: make everything match to be safe
+        if stop:
+            self._t_snapshot()
+            return Stop(StopKind.SYSCALL)
+        return self._t_resume()
+
+    def _t_pass_munmap(self, args: tuple[int, ...]) -> bool:
+        """Let a munmap the machine has done run in the kernel too, when that is exactly the
+        host change it needs: a valid range, away from the trampoline, and the quantum not
+        over (the guest resumes at once, so the cached registers never show the call half
+        done). Saves injecting the same call."""
+        host = self._host
+        assert host is not None
+        addr, length = args[0], args[1]
+        end = (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        tramp = host.trampoline & ~(PAGE_SIZE - 1)
+        if (addr % PAGE_SIZE or not 0 < length <= TASK_SIZE or end > TASK_SIZE
+                or addr <= tramp < end or host.outside_signals or host.prof_seen
+                or (self._signalled == self._run_id and self._in_run)):
+            return False
+        host.maps.remove(addr >> PAGE_SHIFT, end >> PAGE_SHIFT)
+        host.put_regs()  # (set_fs_base cannot happen here; be safe all the same)
+        host.cont()
+        return True
+
+    # --- tracer thread: signals and faults ---------------------------------------------
+
+    def _t_signal(self, sig: int) -> Stop | None:
+        host = self._host
+        assert host is not None
+        host.get_regs()
+        code, address, sender = host.siginfo()
+        if sig == Signal.SIGPROF and code == SI_KERNEL:  # the kernel's quantum timer
+            if not host.itimer_us:
+                return self._t_resume()  # left over from before it was disarmed
+            host.prof_seen = False
+            self._t_snapshot()
+            return Stop(StopKind.QUANTUM)
+        if sig == QUANTUM_SIGNAL and code == SI_USER and sender == os.getpid():
+            if self._signalled == self._run_id:
+                self._t_snapshot()
+                return Stop(StopKind.QUANTUM)
+            return self._t_resume()  # left over from an earlier quantum
+        if sig == Signal.SIGSEGV and code == SEGV_MAPERR:
+            return self._t_fault(address)
+        if code > 0:  # raised by the CPU: the process faulted
+            why = _FAULT_NAMES.get(sig, f"signal {sig}")
+            if sig == Signal.SIGSEGV:
+                why = ("general protection fault" if code == SI_KERNEL
+                       else f"access violating the protection of {address:#x}")
+            return self._t_fatal(sig, address if code != SI_KERNEL else int(host.regs.rip),
+                                 why)
+        if sig in HARMLESS_SIGNALS:
+            return self._t_resume()
+        self._t_snapshot()
+        return Stop(StopKind.FAULT, sig, 0, f"killed by {signal_text(sig)}"
+                    f" from outside (host process {host.pid})")
+
+    def _t_fatal(self, sig: int, address: int, detail: str) -> Stop:
+        """The stop of a process the CPU killed, described as the emulated CPU would.
+
+        The host says only which signal and address; the emulated CPU (through `replay`),
+        given the same state and memory, runs the one faulting instruction and says what it
+        did (a write to an unmapped address, a divide error...), so both engines give the
+        same reasons.
+        """
+        self._t_snapshot()
+        host, space = self._host, self.space
+        assert host is not None and space is not None
+        if self._replay is not None:
+            try:
+                stop = self._replay(self.memory, space, state_from_host(host.regs,
+                                                                        bytes(host.fp)))
+                if stop.kind is StopKind.FAULT and stop.signal == sig:
+                    return stop
+            except Exception:  # only a description is at stake: keep the host's
+                pass
+        return Stop(StopKind.FAULT, sig, address, detail)
+
+    def _t_fault(self, address: int) -> Stop | None:
+        """A touch of a page the host does not map: a page the virtual space must provide."""
+        host, space = self._host, self.space
+        assert host is not None and space is not None
+        self.stats["faults"] += 1
+        vpn = address >> PAGE_SHIFT
+        us = space.find(address) if address < TASK_SIZE else None
+        if us is None or us.region is None:
+            return self._t_fatal(Signal.SIGSEGV, address,
+                                 f"access to unmapped address {address:#x}")
+        if not us.perms & 7:
+            return self._t_fatal(Signal.SIGSEGV, address,
+                                 f"access to a page without access rights at {address:#x}")
+        if vpn == self._last_fault:
+            self._fault_repeats += 1
+            if self._fault_repeats > 3:
+                self._t_snapshot()
+                return Stop(StopKind.FAULT, Signal.SIGSEGV, address,
+                            f"page {address:#x} cannot be mapped")
+        else:
+            self._last_fault, self._fault_repeats = vpn, 0
+        try:
+            self._mappings.bring_in(host, space, us, vpn)
+        except OutOfMemoryError as exc:
+            self._t_snapshot()
+            return Stop(StopKind.FAULT, Signal.SIGKILL, address, f"out of real memory: {exc}")
+        return self._t_resume()

@@ -1,0 +1,408 @@
+"""The scheduler of one machine: its process table, run queue, sleepers, clock and the
+computations' loop — and the only code that changes a process's state.
+
+Computations are host threads; an engine releases the interpreter lock while it runs a
+quantum, so the machine keeps answering calls while its processes run. Every state change
+happens under the machine's one lock (`Scheduler.lock`) through `_set_state`, which refuses a
+move `TRANSITIONS` does not list. A process a computation holds is run, and its system calls
+served, only by that computation: anyone else who needs it (a freeze, a kill, a newcomer, a
+sleeper due) asks the engine to end the quantum early (`Engine.preempt`) and lets the
+computation move the process on when the quantum ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from tender_ray.abi.cpu_state import Stop, StopKind
+from tender_ray.errors import (
+    EngineError,
+    MachineStoppedError,
+    ProcessStateError,
+    UnknownProcessError,
+)
+from tender_ray.resources.computation import Computation, ComputationState
+from tender_ray.resources.process import Process, RunState
+
+_S = RunState
+# The legal moves. An entry leaves the table as ZOMBIE (reaped) or FROZEN (moved away), and
+# `Process.reset` renews it as KERNEL when it goes back to the pool.
+TRANSITIONS: Final[Mapping[RunState, frozenset[RunState]]] = {
+    _S.KERNEL: frozenset({_S.RUNNABLE,  # exec'd, or an arrival committed
+                          _S.SLEEPING}),  # an arrival that was frozen asleep
+    _S.RUNNABLE: frozenset({_S.RUNNING,  # a computation takes it
+                            _S.FROZEN,  # frozen while it waited
+                            _S.ZOMBIE}),  # killed while it waited
+    _S.RUNNING: frozenset({_S.RUNNABLE,  # the quantum ended
+                           _S.FALLING_ASLEEP,  # it called nanosleep & co.
+                           _S.FREEZING,  # a migration wants it
+                           _S.EXITING}),  # it exited, was killed, or faulted
+    _S.FALLING_ASLEEP: frozenset({_S.SLEEPING, _S.FREEZING, _S.EXITING}),
+    _S.FREEZING: frozenset({_S.FROZEN,  # the quantum ended
+                            _S.EXITING,  # it ended first
+                            _S.RUNNING, _S.FALLING_ASLEEP}),  # the freeze gave up waiting
+    _S.EXITING: frozenset({_S.ZOMBIE}),  # the quantum ended: released
+    _S.SLEEPING: frozenset({_S.RUNNABLE,  # woken on time
+                            _S.FROZEN, _S.ZOMBIE}),
+    _S.FROZEN: frozenset({_S.RUNNABLE, _S.SLEEPING,  # thawed: as it was
+                          _S.ZOMBIE}),  # the machine stopped under the migration
+    _S.ZOMBIE: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A kernel bug: a process was moved between states along no move of `TRANSITIONS`."""
+
+
+def _set_state(p: Process, new: RunState) -> None:
+    if new not in TRANSITIONS[p.state]:
+        raise IllegalTransition(f"process {p.pid}: {p.state.value} -> {new.value}")
+    p.state = new
+
+
+def _asleep(wake_at: float, _seq: int, p: Process) -> bool:
+    """Whether a sleepers' heap entry still stands (the process sleeps until then)."""
+    return p.state is RunState.SLEEPING and p.wake_at == wake_at
+
+
+class Scheduler:
+    """Runs a machine's processes on its computations. `finish` is called once for each
+    process that ends, with the lock held and no computation running it."""
+
+    def __init__(self, name: str, computations: int, *, quantum: int, exact: bool, growth: int,
+                 finish: Callable[[Process], None]) -> None:
+        self.name = name
+        self.quantum = quantum  # the base quantum: microseconds, or instructions when exact
+        self.exact = exact
+        self.growth = growth  # a busy process's slice grows up to this many base quanta
+        self.finish = finish
+        # The machine's lock: guards the table, the run queue, the sleepers, every entry's
+        # state fields and the machine's counters. `cond` is notified on every state change.
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.table: dict[int, Process] = {}  # the process table, by pid; lock
+        # Called when a process starts, ends, arrives or leaves, or the machine is cordoned
+        # (set by whoever balances the machine, so it need not poll). It must not block: it
+        # may run with the lock held.
+        self.on_change: Callable[[], None] | None = None
+        self.stopped = False  # lock; once set, never cleared
+        self._runq: deque[Process] = deque()  # RUNNABLE processes in turn order; lock
+        self._sleepers: list[tuple[float, int, Process]] = []  # heap by wake time; lock
+        self._seq = itertools.count()  # breaks ties between equal wake times
+        self.computations = [Computation(i) for i in range(computations)]
+        self.clock: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the computations' threads and, for timed quanta, the clock."""
+        for comp in self.computations:
+            comp.thread = threading.Thread(target=self._run_computation, args=(comp,),
+                                           name=f"{self.name}-computation-{comp.index}",
+                                           daemon=True)
+            comp.thread.start()
+        if not self.exact:  # exact quanta are counted, not timed: no clock cuts them
+            self.clock = threading.Thread(target=self._run_clock, name=f"{self.name}-clock",
+                                          daemon=True)
+            self.clock.start()
+
+    # --- the table -----------------------------------------------------------------------
+
+    def get(self, pid: int) -> Process:
+        """The process `pid` of the table (lock held)."""
+        p = self.table.get(pid)
+        if p is None:
+            raise UnknownProcessError(f"no process {pid} on machine {self.name}")
+        return p
+
+    def check_running(self) -> None:
+        if self.stopped:
+            raise MachineStoppedError(f"machine {self.name} has stopped")
+
+    def changed(self) -> None:
+        """Tell whoever balances the machine that its processes changed."""
+        callback = self.on_change
+        if callback is not None:
+            with contextlib.suppress(Exception):  # a balancer that went away changes nothing
+                callback()
+
+    def add(self, p: Process) -> None:
+        """A loaded or arrived process joins the table and runs (or sleeps on)."""
+        with self.cond:
+            self.table[p.pid] = p
+            self._resume(p)
+            self._preempt_for(p)
+
+    def remove(self, p: Process) -> None:
+        """An ended (reaped) or frozen (moved away) process leaves the table."""
+        with self.cond:
+            assert p.state in (RunState.ZOMBIE, RunState.FROZEN), p.state
+            del self.table[p.pid]
+            self.cond.notify_all()  # a kill or a wait for it learns it is gone
+
+    # --- what a process, or the machine, does to a process ---------------------------------
+
+    def exit(self, p: Process, status: int, reason: str) -> None:
+        """End the process (the first reason given wins). ZOMBIE means ended *and* released:
+        a process a computation holds is released by that computation once its CPU has
+        stopped, so nobody sees a zombie whose resources are still in use."""
+        with self.cond:
+            if p.exit_status is None:
+                p.exit_status = status
+                p.exit_reason = reason
+            if p.state.on_cpu:
+                if p.state is not RunState.EXITING:
+                    _set_state(p, RunState.EXITING)
+                return
+            if p.state is RunState.ZOMBIE:
+                return
+            if p.state is RunState.RUNNABLE:
+                self._runq.remove(p)
+            self._end(p)
+
+    def kill(self, p: Process, status: int, reason: str) -> None:
+        """End the process from outside: one on a computation has its quantum cut short."""
+        with self.cond:
+            self.exit(p, status, reason)
+            if p.state.on_cpu:
+                p.context.preempt()
+
+    def sleep(self, p: Process, seconds: float) -> None:
+        """The running process sleeps once its quantum ends (its own system call asks)."""
+        with self.cond:
+            if p.state is RunState.EXITING:
+                return  # it ended first: the sleep never begins
+            if p.state is RunState.RUNNING:
+                _set_state(p, RunState.FALLING_ASLEEP)
+            p.wake_at = time.monotonic() + seconds  # a FREEZING one freezes asleep
+
+    def freeze(self, p: Process, timeout: float) -> None:
+        """Stop the process at an instruction boundary for the migration asking, which owns it
+        from then on (until `thaw`, or it leaves the table). ProcessStateError when another
+        migration owns it, it has ended, or its computation did not let go within `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            if p.state.migrating:
+                raise ProcessStateError(f"process {p.pid} is already migrating")
+            if p.state in (RunState.EXITING, RunState.ZOMBIE):
+                raise ProcessStateError(f"process {p.pid} has finished ({p.exit_reason})")
+            if p.state.on_cpu:
+                # Its computation stops it at an instruction boundary, ending the quantum
+                # early, and leaves it FROZEN; until then it may still sleep or end.
+                _set_state(p, RunState.FREEZING)
+                p.context.preempt()
+                while p.state.on_cpu and time.monotonic() < deadline:
+                    self.cond.wait(deadline - time.monotonic())
+                if p.state is RunState.FREEZING:
+                    asleep = p.wake_at is not None
+                    _set_state(p, RunState.FALLING_ASLEEP if asleep else RunState.RUNNING)
+                    raise ProcessStateError(f"process {p.pid} could not be frozen in {timeout} s")
+                if p.state is not RunState.FROZEN:
+                    raise ProcessStateError(f"process {p.pid} finished while freezing "
+                                            f"({p.exit_reason})")
+            elif p.state is RunState.RUNNABLE:
+                self._runq.remove(p)
+                _set_state(p, RunState.FROZEN)
+            elif p.state is RunState.SLEEPING:
+                self._freeze_asleep(p)
+
+    def thaw(self, p: Process) -> None:
+        """A frozen process goes on where it was; the migration lets go of it."""
+        with self.cond:
+            if p.state is RunState.FROZEN:
+                self._resume(p)
+
+    def halt(self) -> bool:
+        """Stop the computations and the clock (the quanta running end first); False when
+        the machine had stopped already."""
+        with self.cond:
+            if self.stopped:
+                return False
+            self.stopped = True
+            self.cond.notify_all()
+        for comp in self.computations:
+            if comp.thread is not None:
+                comp.thread.join(timeout=30)
+        return True
+
+    def end_all(self, reason: str) -> list[Process]:
+        """After `halt`: end every process left, as a SIGKILL would; the entries, which leave
+        the table. (One whose computation did not stop in time is still running: it is left
+        to that computation.)"""
+        with self.cond:
+            entries = [p for p in self.table.values() if not p.state.on_cpu]
+            for p in entries:
+                self.exit(p, 128 + 9, reason)
+            self.table.clear()
+            self._runq.clear()
+            self._sleepers.clear()
+            return entries
+
+    # --- internal moves (lock held) ------------------------------------------------------
+
+    def _end(self, p: Process) -> None:
+        p.wake_at = None
+        _set_state(p, RunState.ZOMBIE)
+        self.finish(p)
+        self.cond.notify_all()
+
+    def _make_runnable(self, p: Process, front: bool = False) -> None:
+        p.wake_at = None
+        _set_state(p, RunState.RUNNABLE)
+        if front:  # a process that slept: it used little processor, it runs next
+            self._runq.appendleft(p)
+        else:
+            self._runq.append(p)
+        self.cond.notify_all()
+
+    def _fall_asleep(self, p: Process) -> None:
+        assert p.wake_at is not None
+        _set_state(p, RunState.SLEEPING)
+        heapq.heappush(self._sleepers, (p.wake_at, next(self._seq), p))
+        self.cond.notify_all()
+
+    def _freeze_asleep(self, p: Process) -> None:
+        p.sleep_left = max(0.0, (p.wake_at or 0.0) - time.monotonic())
+        p.wake_at = None
+        _set_state(p, RunState.FROZEN)
+
+    def _resume(self, p: Process) -> None:
+        """A frozen (or arriving) process goes on: asleep for what was left of its sleep,
+        else runnable."""
+        if p.sleep_left is not None:
+            p.wake_at = time.monotonic() + p.sleep_left
+            p.sleep_left = None
+            self._fall_asleep(p)
+        else:
+            self._make_runnable(p)
+
+    def _preempt_for(self, p: Process) -> None:
+        """A process became runnable from outside (started, arrived): if no computation is
+        free, cut short the quantum that has run longest past the base slice, so the newcomer
+        waits about one base slice at most."""
+        if self.exact or p.state is not RunState.RUNNABLE:
+            return
+        if any(c.state is ComputationState.IDLE for c in self.computations):
+            return
+        ran, running = self._longest_slice()
+        if running is not None and ran >= self.quantum / 1e6:
+            running.context.preempt()
+
+    def _longest_slice(self) -> tuple[float, Process | None]:
+        """How long the slice that has run longest has run, and its process."""
+        now = time.monotonic()
+        longest: tuple[float, Process | None] = (0.0, None)
+        for comp in self.computations:
+            running = self.table.get(comp.pid) if comp.pid is not None else None
+            if running is not None and running.state.on_cpu and \
+                    now - comp.run_started > longest[0]:
+                longest = (now - comp.run_started, running)
+        return longest
+
+    # --- the clock and the computations --------------------------------------------------
+
+    def _run_clock(self) -> None:
+        """The machine's clock: wakes a sleeper whose time is up while every computation is
+        busy, by cutting short the slice that has run longest once it has had the base
+        quantum. (An idle computation wakes sleepers itself, in `_next`.) The woken process
+        goes to the front of the run queue, so a long slice is not also a long sleep."""
+        base = self.quantum / 1e6
+        with self.cond:
+            while not self.stopped:
+                while self._sleepers and not _asleep(*self._sleepers[0]):
+                    heapq.heappop(self._sleepers)  # woken or moved on meanwhile
+                if not self._sleepers:
+                    self.cond.wait()
+                    continue
+                late = time.monotonic() - self._sleepers[0][0]
+                if late < 0:
+                    self.cond.wait(-late)
+                    continue
+                if any(c.state is ComputationState.IDLE for c in self.computations):
+                    self.cond.wait(base)  # that computation takes it
+                    continue
+                ran, running = self._longest_slice()
+                if running is not None and ran >= base:
+                    running.context.preempt()
+                    self.cond.wait(base)  # the slice ends; `_next` wakes the sleeper
+                else:
+                    self.cond.wait(max(0.001, base - ran))
+
+    def _next(self, comp: Computation) -> Process | None:
+        """Wait for a runnable process (waking sleepers on time); None when stopping."""
+        with self.cond:
+            while not self.stopped:
+                now = time.monotonic()
+                while self._sleepers and self._sleepers[0][0] <= now:
+                    entry = heapq.heappop(self._sleepers)
+                    if _asleep(*entry):
+                        self._make_runnable(entry[2], front=True)
+                if self._runq:
+                    p = self._runq.popleft()
+                    _set_state(p, RunState.RUNNING)
+                    comp.pid, comp.state = p.pid, ComputationState.RUNNING
+                    comp.run_started = now
+                    return p
+                timeout = self._sleepers[0][0] - now if self._sleepers else None
+                self.cond.wait(timeout)
+            return None
+
+    def _run_computation(self, comp: Computation) -> None:
+        while True:
+            p = self._next(comp)
+            if p is None:
+                comp.state = ComputationState.STOPPED
+                return
+            cpu = p.context
+            wall = time.monotonic()
+            cpu_time = time.thread_time()
+            quantum = self.quantum if self.exact else (p.quantum or self.quantum)
+            try:
+                stop = cpu.run(quantum)
+            except EngineError as exc:
+                stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")
+            # The computation's own CPU time, plus what a guest host process used (native).
+            cpu_time = time.thread_time() - cpu_time + cpu.last_run_cpu_seconds
+            wall = time.monotonic() - wall
+            with self.cond:
+                comp.busy_seconds += wall
+                comp.quanta += 1
+                comp.pid, comp.state = None, ComputationState.IDLE
+                p.accounting.cpu_seconds += cpu_time
+                p.accounting.quanta += 1
+                self._grow_slice(p, stop, quantum, wall)
+                if stop.kind is StopKind.FAULT:
+                    self.exit(p, 128 + (stop.signal or 11),
+                              f"{stop.detail} at {stop.address:#x}" if stop.address
+                              else stop.detail)
+                self._let_go(p)
+
+    def _grow_slice(self, p: Process, stop: Stop, quantum: int, wall: float) -> None:
+        """A process that used its whole slice gets one twice as long next time, up to
+        `growth` times the base; one that blocks goes back to the base. Busy processes switch
+        less often (each switch costs the machine's own work); newcomers do not wait for long
+        slices (`_preempt_for`). A slice cut short (a preemption) earns nothing."""
+        if not self.exact and stop.kind is StopKind.QUANTUM and wall >= quantum / 1e6:
+            p.quantum = min(quantum * 2, self.quantum * self.growth)
+        elif p.wake_at is not None:
+            p.quantum = 0
+
+    def _let_go(self, p: Process) -> None:
+        """The quantum has ended: the process goes where its state says."""
+        if p.state is RunState.EXITING:
+            self._end(p)
+        elif p.state is RunState.FALLING_ASLEEP:
+            self._fall_asleep(p)
+        elif p.state is RunState.FREEZING:
+            if p.wake_at is not None:
+                self._freeze_asleep(p)
+            else:
+                _set_state(p, RunState.FROZEN)
+            self.cond.notify_all()
+        else:
+            self._make_runnable(p)

@@ -1,0 +1,78 @@
+"""The process image that travels in a migration: each area (a user space and its region) with
+the pages that have contents, the kernel-side state that moves with the process, the registers,
+and the page blocks as transport handles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tender_ray.abi.cpu_state import CpuState
+from tender_ray.migration.record import MigrationRecord
+from tender_ray.resources.process import Accounting
+from tender_ray.resources.program import Program
+from tender_ray.resources.virtual_region import RegionKind
+
+BLOCK_PAGES = 8192  # 32 MiB per page block: few objects, bounded memory spikes
+
+
+@dataclass(frozen=True)
+class AreaImage:
+    """One user space and its region: where, how, and which of its pages travel."""
+
+    key: str  # the process's name for it ("text1", "stack"), or "" for anonymous areas
+    kind: RegionKind
+    start: int
+    npages: int
+    perms: int
+    present: tuple[int, ...]  # page indexes with contents, in block order
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """The process's kernel-side state, which moves with it."""
+
+    name: str
+    brk_start: int
+    brk: int
+    mmap_top: int
+    tid_address: int
+    sleep_left: float | None  # remaining sleep when it was frozen asleep
+    stdout: bytes
+    stderr: bytes
+    stdout_taken: int
+    stderr_taken: int
+    accounting: Accounting
+    created_at: float
+    migrations: tuple[MigrationRecord, ...]
+
+
+@dataclass(frozen=True)
+class ProcessImage:
+    """Everything the destination needs, with page contents as transport handles."""
+
+    pid: int
+    program: Program
+    registers: CpuState
+    kernel: KernelState
+    text_areas: tuple[AreaImage, ...]
+    other_areas: tuple[AreaImage, ...]
+    text_blocks: tuple[Any, ...]  # transport handles of (n, 4096) uint8 blocks
+    data_blocks: tuple[Any, ...]
+    program_image: Any = None  # with resources=all: a handle of the program file's bytes
+
+    @property
+    def handles(self) -> tuple[Any, ...]:
+        """Every transport handle the image holds (to discard once it has been read)."""
+        extra = () if self.program_image is None else (self.program_image,)
+        return (*self.text_blocks, *self.data_blocks, *extra)
+
+    @property
+    def pages_sent(self) -> int:
+        """Pages whose contents travel (text pages do not when the text is reloaded)."""
+        text = sum(len(a.present) for a in self.text_areas) if self.text_blocks else 0
+        return text + sum(len(a.present) for a in self.other_areas)
+
+    @property
+    def pages(self) -> int:
+        return sum(len(a.present) for a in (*self.text_areas, *self.other_areas))

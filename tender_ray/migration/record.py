@@ -1,0 +1,80 @@
+"""The record of one migration: who moved where, how, how long each phase took and how it
+ended. Frozen, and passed as itself between machines, balancer, metrics and views; turned into
+a plain mapping only at the edges (JSON reports, `--stats`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# The paper's phases: the destination's own work (create, transform I-III) and the source's
+# delete.
+PHASES = ("create", "transform_space", "transform_program", "transform_start", "delete")
+# Also timed, around the paper's phases: stopping the process, putting its pages into the
+# transport, the round trips of the create and transform calls (the phases themselves are the
+# destination's own work), and the destination's confirmation.
+EXTRA_PHASES = ("freeze", "create_call", "export", "transform_call", "commit")
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    """What one migration did, as `--stats`, reports, metrics and `top` show it."""
+
+    pid: int
+    source: str
+    destination: str
+    transfer: str
+    reuse: bool
+    resources: str
+    seconds: float = 0.0
+    bytes: int = 0
+    pages: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    result: str = "ok"  # "ok" or "failed"
+    error: str = ""
+    started_at: float = 0.0  # time.time() when it began
+    reason: str = ""  # why the balancer moved it ("drain", a policy name); "" if asked for
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "ok"
+
+    @property
+    def strategy(self) -> str:
+        """The strategy in one low-cardinality word, as metrics label it: the transfer ("dsm",
+        "plate", "space" for a same-machine move), then "+noreuse" and "+all" where they
+        apply."""
+        name = self.transfer
+        if not self.reuse:
+            name += "+noreuse"
+        if self.resources == "all":
+            name += "+all"
+        return name
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data (the shape of report.json and `--stats`)."""
+        out: dict[str, Any] = {
+            "pid": self.pid, "from": self.source, "to": self.destination,
+            "seconds": self.seconds, "bytes": self.bytes, "pages": self.pages,
+            "phases": dict(self.phases), "transfer": self.transfer, "reuse": self.reuse,
+            "resources": self.resources, "result": self.result, "error": self.error,
+            "started_at": self.started_at}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+def log_migration(record: MigrationRecord) -> None:
+    """Log a finished migration, one line per phase (pid, source, destination, phase, seconds,
+    transfer), then one line for the whole of it."""
+    from tender_ray import logs
+
+    log = logs.get("migration").bind(
+        migration=f"{record.source}:{record.pid}:{record.started_at:.6f}", pid=record.pid,
+        source=record.source, destination=record.destination, transfer=record.transfer,
+        reuse=record.reuse, resources=record.resources)
+    for phase, seconds in record.phases.items():
+        log.info("migration phase", phase=phase, seconds=round(seconds, 6))
+    done = log.info if record.ok else log.warning
+    done("migration " + record.result, seconds=round(record.seconds, 6), bytes=record.bytes,
+         pages=record.pages, **({"error": record.error} if record.error else {}))

@@ -1,0 +1,127 @@
+"""`tender-ray exec` as a user runs it: a subprocess, an embedded Ray, output and status as if
+the program had run natively.
+
+Every run that gets past argument checking starts its own Ray (~8 s), so there are few of them:
+hello, exitcode, segv, one long migrating sieve, and one run per migration strategy flag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import workload
+from helpers_migration import native
+
+CLI_TIMEOUT = 240
+
+
+def tender_ray(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "tender_ray", *args], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=CLI_TIMEOUT, cwd=cwd, check=False)
+
+
+def run_exec(tmp_path: Path, *options: str, program: str, args: tuple[str, ...] = ()
+             ) -> tuple[subprocess.CompletedProcess[bytes], dict[str, Any]]:
+    stats = tmp_path / "stats.json"
+    result = tender_ray("exec", "--stats", os.fspath(stats), *options,
+                        os.fspath(workload(program)), *args)
+    data = json.loads(stats.read_text()) if stats.exists() else {}
+    return result, data
+
+
+# --- programs run as if native ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("program", "status"), [("hello", 0), ("exitcode", 42), ("segv", 139)])
+def test_exec_matches_native(tmp_path: Path, program: str, status: int) -> None:
+    result, stats = run_exec(tmp_path, program=program)
+    expected = native(program)
+    assert expected[0] == status
+    assert (result.returncode, result.stdout, result.stderr) == expected, result.stderr
+    assert stats["exit_status"] == status
+    assert stats["migrations"] == []
+
+
+@pytest.mark.parametrize(("engine", "program", "args"), [
+    ("emulated", "sieve", ("20000000",)),
+    # natively a sieve ends before it can move often; a long, mostly sleeping process can
+    ("native", "memhold", ("8", "150", "5")),
+])
+def test_exec_migrating(tmp_path: Path, engine: str, program: str, args: tuple[str, ...]
+                        ) -> None:
+    result, stats = run_exec(tmp_path, "--machines", "3", "--migrate-every", "0.05",
+                             "--engine", engine, program=program, args=args)
+    assert (result.returncode, result.stdout, result.stderr) == native(program, *args), \
+        result.stderr
+    migrations = stats["migrations"]
+    assert len(migrations) >= 5, f"only {len(migrations)} migrations"
+    machines = {"m0", "m1", "m2"}
+    for m in migrations:
+        assert m["from"] in machines and m["to"] in machines and m["from"] != m["to"]
+        assert m["result"] == "ok" and m["bytes"] == m["pages"] * 4096
+        assert (m["transfer"], m["reuse"], m["resources"]) == ("dsm", True, "needed")
+    assert stats["exit_status"] == 0 and stats["final_machine"] in machines
+
+
+@pytest.mark.parametrize(("flag", "field", "value"), [
+    ("--transfer=plate", "transfer", "plate"),
+    ("--no-reuse", "reuse", False),
+    ("--move-all", "resources", "all"),
+])
+def test_exec_migration_strategies(tmp_path: Path, flag: str, field: str, value: object
+                                   ) -> None:
+    # 8 MiB touched (the pages each strategy moves), then 80 rounds of 10 ms sleep: at least
+    # 0.8 s of running however fast the host is (a sieve's time shrinks with CPU speed; on a
+    # fast host one ended after a single move), so ~11 moves at 0.05 s where 2 are asked for;
+    # ~1.1 s a run, ~8 s with every CPU busy (where an 8000000 sieve took ~27 s)
+    args = ("8", "80", "10")
+    result, stats = run_exec(tmp_path, "--machines", "2", "--migrate-every", "0.05", flag,
+                             "--engine", "emulated", program="memhold", args=args)
+    assert (result.returncode, result.stdout, result.stderr) == native("memhold", *args), \
+        result.stderr
+    assert len(stats["migrations"]) >= 2
+    assert all(m[field] == value and m["result"] == "ok" for m in stats["migrations"])
+
+
+# --- programs that cannot run: refused before Ray starts ----------------------------------------
+
+def _one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 2, result
+    assert result.stdout == b""
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_missing_program(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-program"
+    line = _one_line_error(tender_ray("exec", os.fspath(missing)))
+    assert os.fspath(missing) in line
+
+
+def test_not_an_elf(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("just some text\n")
+    line = _one_line_error(tender_ray("exec", os.fspath(text)))
+    assert os.fspath(text) in line and "ELF" in line
+
+
+def test_dynamic_elf() -> None:
+    line = _one_line_error(tender_ray("exec", "/bin/true"))
+    assert "dynamically linked" in line
+
+
+def test_help() -> None:
+    top = tender_ray("--help")
+    assert top.returncode == 0
+    assert b"exec" in top.stdout
+    sub = tender_ray("exec", "--help")
+    assert sub.returncode == 0
+    for option in (b"--machines", b"--migrate-every", b"--transfer", b"--no-reuse",
+                   b"--move-all", b"--stats", b"PROGRAM"):
+        assert option in sub.stdout, option

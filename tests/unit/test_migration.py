@@ -1,0 +1,724 @@
+"""Process migration between Machines of one process (no Ray): `migrate_local` and friends.
+
+Every migrated program must end with exactly its native stdout, stderr and status, and every
+machine must give back every frame and resource once its processes are gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import start
+from helpers_migration import (
+    SlowTransport,
+    assert_clean,
+    bounce,
+    finish,
+    frames_free,
+    managers,
+    native,
+    wait_state,
+)
+
+from tender_ray.config import FaultSpec, MachineConfig
+from tender_ray.engines import resolve as resolve_engine
+from tender_ray.errors import (
+    CordonedError,
+    MachineStoppedError,
+    MigrationError,
+    OutOfMemoryError,
+    ProcessStateError,
+    UnknownProcessError,
+)
+from tender_ray.kernel.machine import Machine
+from tender_ray.migration.faults import FaultInjected
+from tender_ray.migration.options import MigrationOptions, Resources, Transfer
+from tender_ray.migration.protocol import migrate_local
+from tender_ray.migration.record import EXTRA_PHASES, PHASES
+from tender_ray.migration.transports import PlateTransport
+from tender_ray.resources.real_memory import PAGE_SIZE
+
+MakeMachine = Callable[..., Machine]
+
+
+@functools.cache
+def _native_engine_problem() -> str:
+    name, notice = resolve_engine("native")
+    return "" if name == "native" else notice or "native engine unavailable"
+
+
+@pytest.fixture(params=["emulated", "native"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both engines (the default `auto` is native where it works)."""
+    if request.param == "native" and _native_engine_problem():
+        pytest.skip(_native_engine_problem())
+    return str(request.param)
+
+
+@pytest.fixture
+def new_machine(make_machine: MakeMachine, engine: str) -> MakeMachine:
+    """make_machine on the test's engine, 64 MiB and 1 ms quanta unless told otherwise."""
+
+    def make(name: str, **config: object) -> Machine:
+        config.setdefault("memory_mib", 64)
+        config.setdefault("quantum_us", 1000)
+        m = make_machine(name=name, engine=engine, **config)
+        assert m.engine == engine
+        return m
+
+    return make
+
+
+@pytest.fixture
+def based_machine(engine: str) -> Iterator[Callable[[str, int], Machine]]:
+    """Machines numbering their processes from a given pid base (as cluster actors do)."""
+    made: list[Machine] = []
+
+    def make(name: str, pid_base: int, memory_mib: int = 64) -> Machine:
+        m = Machine(MachineConfig(name=name, memory_mib=memory_mib, quantum_us=1000,
+                                  engine=engine), pid_base=pid_base)
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+@pytest.fixture
+def trio(new_machine: MakeMachine) -> list[Machine]:
+    """Three machines m0, m1, m2 (stopped after the test)."""
+    return [new_machine(f"m{i}") for i in range(3)]
+
+
+# Sizes that keep a workload running long enough to be moved several times: the native engine
+# runs them about as fast as the host does, the emulated CPU 4-20 times slower.
+SIZES = {
+    "sieve": {"emulated": "3000000", "native": "20000000"},
+    "hashwalk": {"emulated": "4", "native": "24"},
+    "rmw_counter": {"emulated": "3000000", "native": "30000000"},
+}
+
+
+def sized(name: str, engine: str) -> tuple[str, str]:
+    """(name, size argument) for a workload on `engine`."""
+    return name, SIZES[name][engine]
+
+
+def pause_for(engine: str) -> float:
+    """Run time between moves in the bounce tests: the native engine runs a workload in a few
+    milliseconds, so it is moved again at once (it still runs between the moves)."""
+    return 0.003 if engine == "emulated" else 0.0
+
+
+@pytest.fixture
+def pair(trio: list[Machine]) -> tuple[Machine, Machine]:
+    return trio[0], trio[1]
+
+
+def plate_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+
+
+# --- a running process moved many times ---------------------------------------------------------
+
+# (workload, args, fewest migrations expected before it ends). The short ones end within a few
+# migrations; the first move happens right after exec, before it can have finished.
+MANY = [
+    ("sieve", ("3000000",), 5),
+    ("recursion_fp", ("1500",), 10),
+    ("hashwalk", ("4",), 5),
+    ("bigmmap", ("8",), 3),
+    ("deepstack", ("60000",), 1),
+    ("mallocstress", ("20000",), 10),
+    ("floats", (), 1),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "fewest"), MANY, ids=[m[0] for m in MANY])
+def test_running_process_migrated_many_times(trio: list[Machine], engine: str, name: str,
+                                             args: tuple[str, ...], fewest: int) -> None:
+    expected = native(name, *args)
+    pid = start(trio[0], name, *args)
+    where, records = bounce(trio, pid, pause=pause_for(engine), max_moves=30)
+    status, out, err, info = finish(trio[where], pid)
+    assert (status, out, err) == expected
+    assert len(records) >= fewest, f"only {len(records)} migrations"
+    # The chain of moves is unbroken and every record came along with the process.
+    for a, b in itertools.pairwise(records):
+        assert a.destination == b.source
+    assert all(r.result == "ok" and r.pid == pid for r in records)
+    assert [(m.source, m.destination) for m in info.migrations] == [
+        (r.source, r.destination) for r in records]
+    assert info.machine == trio[where].name
+    for m in trio:
+        assert_clean(m)
+
+
+# --- strategies -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("resources", ["needed", "all"])
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "no_reuse"])
+@pytest.mark.parametrize("transfer", ["dsm", "plate"])
+def test_strategy_combinations(trio: list[Machine], engine: str, tmp_path: Path,
+                               transfer: str, reuse: bool, resources: str) -> None:
+    options = MigrationOptions(transfer=Transfer(transfer), reuse=reuse,
+                               resources=Resources(resources))
+    shared = tmp_path / "shared-plate"
+    transport = PlateTransport(shared) if transfer == "plate" else None
+    work = sized("sieve", engine)
+    expected = native(*work)
+    pid = start(trio[0], *work)
+    where, records = bounce(trio, pid, options=options, transport=transport,
+                            pause=pause_for(engine), max_moves=20)
+    status, out, err, _ = finish(trio[where], pid)
+    assert (status, out, err) == expected
+    assert len(records) >= 3
+    size = len(Path(__file__).parent.parent.joinpath("workloads/bin/sieve").read_bytes())
+    for r in records:
+        assert (r.transfer, r.reuse, r.resources) == (transfer, reuse, resources)
+        assert r.pages > 0
+        extra = size if resources == "all" else 0
+        assert r.bytes == r.pages * PAGE_SIZE + extra
+    if transport is not None:
+        assert plate_files(shared) == [], "page block files left on the shared plate"
+    for m in trio:
+        assert_clean(m)
+
+
+def test_move_all_over_the_plate_leaves_no_files(pair: tuple[Machine, Machine],
+                                                 tmp_path: Path) -> None:
+    """The program image sent with resources=all is discarded like the page blocks."""
+    a, b = pair
+    shared = tmp_path / "shared-plate"
+    transport = PlateTransport(shared)
+    options = MigrationOptions(transfer=Transfer.PLATE, resources=Resources.ALL)
+    pid = start(a, "memhold", "1", "10", "5")
+    migrate_local(a, pid, b, options, transport)
+    status, out, err, _ = finish(b, pid)
+    assert (status, out, err) == native("memhold", "1", "10", "5")
+    assert plate_files(shared) == [], "files left on the shared plate"
+
+
+def test_reuse_takes_and_holds_resources(pair: tuple[Machine, Machine]) -> None:
+    """reuse=on: the destination takes a pre-created kernel process, the source holds what it
+    deleted; reuse=off: both create and destroy."""
+    a, b = pair
+    pid = start(a, "memhold", "1", "40", "5")
+    before_a, before_b = managers(a), managers(b)
+    migrate_local(a, pid, b, MigrationOptions(reuse=True))
+    after_a, after_b = managers(a), managers(b)
+    assert after_b["process"].reused == before_b["process"].reused + 1
+    assert after_b["process"].live == 1
+    assert after_a["process"].live == 0
+    for resource in ("process", "virtual_space", "virtual_region", "virtual_user_space"):
+        assert after_a[resource].held > before_a[resource].held, resource
+        assert after_a[resource].deleted == before_a[resource].deleted, resource
+
+    migrate_local(b, pid, a, MigrationOptions(reuse=False))
+    again_a, again_b = managers(a), managers(b)
+    assert again_a["process"].reused == after_a["process"].reused  # a new one was created
+    assert again_a["process"].created == after_a["process"].created + 1
+    for resource in ("process", "virtual_space", "virtual_region", "virtual_user_space"):
+        assert again_b[resource].held == after_b[resource].held, resource
+        assert again_b[resource].deleted > after_b[resource].deleted, resource
+    status, out, err, _ = finish(a, pid)
+    assert (status, out, err) == native("memhold", "1", "40", "5")
+    assert_clean(a)
+    assert_clean(b)
+    assert managers(a)["process"].held >= 1  # the reaped process is held for reuse
+
+
+def test_all_resources_needs_the_program_on_the_source_plate(trio: list[Machine]) -> None:
+    """A process that arrived with resources=needed has no program image on its new plate: a
+    further move with resources=all is refused, and the process keeps running there."""
+    a, b, c = trio
+    pid = start(a, "memhold", "2", "30", "5")
+    migrate_local(a, pid, b, MigrationOptions(resources=Resources.NEEDED))
+    with pytest.raises(MigrationError, match="without its program image"):
+        migrate_local(b, pid, c, MigrationOptions(resources=Resources.ALL))
+    assert b.info(pid).state in ("runnable", "running", "sleeping")
+    assert_clean(c)
+    # Nothing is stuck: it still moves with resources=needed, and back home (a has the image)
+    # it moves with resources=all again.
+    migrate_local(b, pid, a, MigrationOptions(resources=Resources.NEEDED))
+    migrate_local(a, pid, c, MigrationOptions(resources=Resources.ALL))
+    status, out, err, _ = finish(c, pid)
+    assert (status, out, err) == native("memhold", "2", "30", "5")
+    for m in trio:
+        assert_clean(m)
+
+
+def test_refused_move_all_leaves_no_page_blocks_on_the_plate(trio: list[Machine],
+                                                             tmp_path: Path) -> None:
+    """A refused resources=all move leaves no page block files behind on the plate."""
+    a, b, c = trio
+    shared = tmp_path / "shared-plate"
+    transport = PlateTransport(shared)
+    pid = start(a, "memhold", "2", "30", "5")
+    migrate_local(a, pid, b, MigrationOptions(transfer=Transfer.PLATE), transport)
+    assert plate_files(shared) == []
+    with pytest.raises(MigrationError):
+        migrate_local(b, pid, c, MigrationOptions(transfer=Transfer.PLATE,
+                                                  resources=Resources.ALL), transport)
+    try:
+        assert plate_files(shared) == [], "page blocks of a refused migration left behind"
+    finally:
+        finish(b, pid)
+
+
+# --- sleeping processes -----------------------------------------------------------------------
+
+def test_sleeping_process_stays_asleep(trio: list[Machine]) -> None:
+    """compute_sleep: caught asleep, moved, and asleep on arrival; output native."""
+    pid = start(trio[0], "compute_sleep", "5")
+    where, arrived_asleep, moves = 0, 0, 0
+    while moves < 12:
+        source = trio[where]
+        info = source.info(pid)
+        if info.state == "zombie":
+            break
+        if info.state != "sleeping":
+            time.sleep(0.0003)
+            continue
+        target = (where + 1) % 3
+        try:
+            migrate_local(source, pid, trio[target])
+        except ProcessStateError:
+            break
+        where, moves = target, moves + 1
+        arrived_asleep += trio[where].info(pid).state == "sleeping"
+    status, out, err, _ = finish(trio[where], pid)
+    assert (status, out, err) == native("compute_sleep", "5")
+    assert moves >= 3
+    assert arrived_asleep >= 1, "never asleep right after arrival"
+    for m in trio:
+        assert_clean(m)
+
+
+def test_long_sleep_survives_migration(pair: tuple[Machine, Machine]) -> None:
+    """memhold with 400 ms sleeps: asleep on arrival, not woken early, runs on after."""
+    a, b = pair
+    args = ("1", "2", "400")
+    pid = start(a, "memhold", *args)
+    wait_state(a, pid, ["sleeping"])
+    t = time.monotonic()
+    migrate_local(a, pid, b)
+    assert b.info(pid).state == "sleeping"
+    time.sleep(0.1)
+    if time.monotonic() - t < 0.3:
+        assert b.info(pid).state == "sleeping"  # still sleeping its own sleep, not woken
+    status, out, err, info = finish(b, pid)
+    assert (status, out, err) == native("memhold", *args)
+    assert info.run_seconds >= 0.75  # two 400 ms sleeps, the frozen time not counted off
+    assert_clean(a)
+    assert_clean(b)
+
+
+# --- bad requests -----------------------------------------------------------------------------
+
+def test_unknown_pid(pair: tuple[Machine, Machine]) -> None:
+    a, b = pair
+    with pytest.raises(UnknownProcessError):
+        migrate_local(a, 987654, b)
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_finished_process_cannot_migrate(pair: tuple[Machine, Machine]) -> None:
+    a, b = pair
+    pid = start(a, "hello")
+    a.wait(pid, timeout=30)
+    with pytest.raises(ProcessStateError):
+        migrate_local(a, pid, b)
+    status, out, err, _ = finish(a, pid)
+    assert (status, out, err) == native("hello")
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_same_machine_is_refused(pair: tuple[Machine, Machine]) -> None:
+    a, _ = pair
+    pid = start(a, "memhold", "1", "10", "5")
+    with pytest.raises(MigrationError):
+        migrate_local(a, pid, a)
+    assert a.info(pid).state != "frozen"
+    status, out, err, info = finish(a, pid)
+    assert (status, out, err) == native("memhold", "1", "10", "5")
+    assert info.migrations == ()
+    assert_clean(a)
+
+
+def test_destination_without_enough_frames(new_machine: MakeMachine) -> None:
+    a = new_machine("big")
+    small = new_machine("small", memory_mib=2)
+    args = ("4", "20", "5")
+    pid = start(a, "memhold", *args)
+    wait_state(a, pid, ["sleeping", "runnable", "running"],
+               pred=lambda i: i.resident_pages > 1024)
+    with pytest.raises(OutOfMemoryError):
+        migrate_local(a, pid, small)
+    assert a.info(pid).state != "frozen"
+    assert_clean(small)
+    status, out, err, _ = finish(a, pid)
+    assert (status, out, err) == native("memhold", *args)
+    assert_clean(a)
+
+
+def test_concurrent_migrations_one_wins(trio: list[Machine]) -> None:
+    """Two threads migrate one process at once (to different machines): exactly one moves it,
+    the other gets ProcessStateError and touches nothing."""
+    a, b, c = trio
+    args = ("2", "30", "5")
+    pid = start(a, "memhold", *args)
+    barrier = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def move(dest: Machine) -> None:
+        barrier.wait()
+        try:
+            results[dest.name] = migrate_local(a, pid, dest, transport=SlowTransport(0.2))
+        except Exception as exc:
+            results[dest.name] = exc
+
+    threads = [threading.Thread(target=move, args=(d,)) for d in (b, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    errors = [r for r in results.values() if isinstance(r, Exception)]
+    assert len(results) == 2 and len(errors) == 1, results
+    assert isinstance(errors[0], ProcessStateError), errors[0]
+    winner = b if not isinstance(results[b.name], Exception) else c
+    loser = c if winner is b else b
+    status, out, err, info = finish(winner, pid)
+    assert (status, out, err) == native("memhold", *args)
+    assert len(info.migrations) == 1
+    for m in (a, loser, winner):
+        assert_clean(m)
+
+
+# --- rollback ---------------------------------------------------------------------------------
+
+FAULT_PHASES = ["create", "transform_space", "transform_program", "transform_start", "commit"]
+
+
+@pytest.mark.parametrize("phase", FAULT_PHASES)
+def test_fault_at_phase_rolls_back(new_machine: MakeMachine, phase: str) -> None:
+    trio = [new_machine("m0"), new_machine("m1", fault=FaultSpec(phase=phase)),
+            new_machine("m2")]
+    a, b, c = trio
+    args = ("2", "30", "5")
+    pid = start(a, "memhold", *args)
+    time.sleep(0.01)
+    with pytest.raises(FaultInjected, match=phase):
+        migrate_local(a, pid, b)
+    assert b.faults.phase == ""  # the fault fired
+    assert a.info(pid).state != "frozen"
+    assert_clean(b)
+    assert b.migration_totals["in_aborted"] == 1
+    assert a.migration_totals["out_failed"] == 1
+    # The process was not left marked as migrating: it moves on, then ends natively.
+    migrate_local(a, pid, c)
+    status, out, err, info = finish(c, pid)
+    assert (status, out, err) == native("memhold", *args)
+    assert [(m.destination, m.result) for m in info.migrations] == [("m2", "ok")]
+    for m in trio:
+        assert_clean(m)
+
+
+@pytest.mark.parametrize("phase", FAULT_PHASES)
+def test_fault_then_finish_on_source(new_machine: MakeMachine, engine: str,
+                                     phase: str) -> None:
+    a, b = new_machine("m0"), new_machine("m1", fault=FaultSpec(phase=phase))
+    work = sized("hashwalk", engine)
+    pid = start(a, *work)
+    time.sleep(0.01)
+    with pytest.raises(FaultInjected):
+        migrate_local(a, pid, b, MigrationOptions(reuse=False, resources=Resources.ALL))
+    assert_clean(b)
+    status, out, err, info = finish(a, pid)
+    assert (status, out, err) == native(*work)
+    assert info.machine == "m0" and info.migrations == ()
+    assert_clean(a)
+
+
+# --- same-machine migration -------------------------------------------------------------------
+
+def test_same_machine_space_migration(new_machine: MakeMachine, engine: str) -> None:
+    m = new_machine("solo")
+    work = sized("sieve", engine)
+    pid = start(m, *work)
+    moves = 0
+    while moves < 10 and m.info(pid).state != "zombie":
+        try:
+            record = m.migrate_space(pid)
+        except ProcessStateError:
+            break
+        assert record.pages == 0 and record.bytes == 0
+        assert record.source == record.destination == "solo"
+        moves += 1
+        time.sleep(pause_for(engine))
+    status, out, err, info = finish(m, pid)
+    assert (status, out, err) == native(*work)
+    assert moves >= 3
+    assert len(info.migrations) == moves
+    assert_clean(m)
+
+
+def test_space_migration_copies_no_page(new_machine: MakeMachine) -> None:
+    """Asleep (so it touches nothing), the process is re-pasted into a new space: the frames
+    in use do not change at all."""
+    m = new_machine("solo")
+    args = ("2", "2", "300")
+    pid = start(m, "memhold", *args)
+    wait_state(m, pid, ["sleeping"])
+    used = m.statistics().memory.frames_used
+    resident = m.info(pid).resident_pages
+    record = m.migrate_space(pid)
+    assert m.statistics().memory.frames_used == used
+    assert m.info(pid).resident_pages == resident
+    assert m.info(pid).state == "sleeping"
+    assert record.pages == 0 and record.transfer == "space"
+    status, out, err, _ = finish(m, pid)
+    assert (status, out, err) == native("memhold", *args)
+    assert_clean(m)
+
+
+# --- the record -------------------------------------------------------------------------------
+
+def test_record_phases_and_bytes(pair: tuple[Machine, Machine]) -> None:
+    a, b = pair
+    pid = start(a, "memhold", "2", "20", "5")
+    wait_state(a, pid, ["sleeping", "runnable", "running"],
+               pred=lambda i: i.resident_pages > 512)
+    resident = a.info(pid).resident_pages
+    record = migrate_local(a, pid, b)
+    assert set(PHASES) <= set(record.phases), record.phases
+    assert set(EXTRA_PHASES) <= set(record.phases), record.phases
+    assert all(v >= 0 for v in record.phases.values())
+    assert record.pages >= resident > 512
+    assert record.bytes == record.pages * PAGE_SIZE
+    assert record.seconds >= sum(record.phases[p] for p in PHASES)
+    assert (record.source, record.destination, record.pid) == ("m0", "m1", pid)
+    d = record.as_dict()
+    for key in ("from", "to", "seconds", "bytes", "pages", "phases"):
+        assert key in d
+    assert a.migration_records[-1].destination == "m1"
+    assert a.migration_totals["out_ok"] == 1 and b.migration_totals["in_ok"] == 1
+    assert a.migration_bytes == record.bytes
+    status, out, err, info = finish(b, pid)
+    assert (status, out, err) == native("memhold", "2", "20", "5")
+    assert info.migrations[0].pages == record.pages
+    assert frames_free(a) and frames_free(b)
+
+
+# --- more ways a migration can be refused or interfered with ----------------------------------
+
+def test_read_modify_write_exact_across_migrations(trio: list[Machine], engine: str) -> None:
+    """Every migration stops the process at an instruction boundary: a memory-operand
+    increment never runs twice, however often it is moved."""
+    work = sized("rmw_counter", engine)
+    pid = start(trio[0], *work)
+    where, records = bounce(trio, pid, pause=pause_for(engine) * 0.7, max_moves=40)
+    status, out, err, _ = finish(trio[where], pid)
+    assert (status, out, err) == native(*work)
+    assert out.endswith(b"ok\n")
+    assert len(records) >= 5
+
+
+def test_stopped_destination(pair: tuple[Machine, Machine]) -> None:
+    a, b = pair
+    b.stop()
+    pid = start(a, "memhold", "1", "10", "5")
+    with pytest.raises(MachineStoppedError):
+        migrate_local(a, pid, b)
+    assert a.info(pid).state != "frozen"
+    status, out, err, _ = finish(a, pid)
+    assert (status, out, err) == native("memhold", "1", "10", "5")
+    assert_clean(a)
+
+
+def test_pid_taken_on_destination(pair: tuple[Machine, Machine]) -> None:
+    """Machines made without a pid base share pids: a destination that has a process with the
+    same pid refuses, and both processes go on untouched."""
+    a, b = pair
+    pid_a = start(a, "memhold", "1", "10", "5")
+    pid_b = start(b, "hashwalk", "2")
+    assert pid_a == pid_b
+    with pytest.raises(MigrationError, match="already has a process"):
+        migrate_local(a, pid_a, b)
+    assert (finish(a, pid_a)[:3]) == native("memhold", "1", "10", "5")
+    assert (finish(b, pid_b)[:3]) == native("hashwalk", "2")
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_kill_during_migration(pair: tuple[Machine, Machine]) -> None:
+    """A kill that arrives while a migration owns the frozen process must not tear it down
+    under the migration (it once freed the frames being exported, let the destination run the
+    "killed" process on, and put the kernel space into the space pool)."""
+    a, b = pair
+    pid = start(a, "memhold", "2", "30", "5")
+    result: dict[str, object] = {}
+    transport = SlowTransport(0.1)
+
+    def move() -> None:
+        try:
+            result["r"] = migrate_local(a, pid, b, transport=transport)
+        except Exception as exc:
+            result["r"] = exc
+
+    thread = threading.Thread(target=move)
+    thread.start()
+    try:
+        assert transport.putting.wait(30)  # frozen, its pages being exported
+        try:
+            a.kill(pid)  # waits for the migration to end, then kills it if it is still here
+            killed = True
+        except UnknownProcessError:  # it moved away meanwhile: kill it where it runs now
+            killed = False
+    finally:
+        thread.join(60)
+    assert managers(a)["virtual_space"].live >= 0
+    assert all(p.pid != pid or p.state == "zombie" for p in a.list_processes())
+    holder = b if any(p.pid == pid for p in b.list_processes()) else a
+    status, out, err, _ = finish(holder, pid)
+    if killed:
+        assert status == 128 + 9, f"killed, but it ran to its end on {holder.name}"
+    else:
+        assert (status, out, err) == native("memhold", "2", "30", "5")
+    assert_clean(a)
+    assert_clean(b)
+
+
+# --- between engines ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "args"), [("floats", ()), ("recursion_fp", ("1500",)),
+                                            ("hashwalk", ("4",)), ("sieve", ("3000000",))])
+def test_migration_between_engines(make_machine: MakeMachine, name: str,
+                                   args: tuple[str, ...]) -> None:
+    """A process image moves between the emulated CPU and the native engine and back: the
+    registers (x87, SSE, fs base) travel in one canonical form."""
+    if _native_engine_problem():
+        pytest.skip(_native_engine_problem())
+    machines = [make_machine(name=f"{e}{i}", engine=e, memory_mib=64, quantum_us=1000)
+                for i, e in enumerate(("emulated", "native", "emulated", "native"))]
+    pid = start(machines[0], name, *args)
+    where, records = bounce(machines, pid, pause=0.0, max_moves=24)
+    status, out, err, _ = finish(machines[where], pid)
+    assert (status, out, err) == native(name, *args)
+    assert len(records) >= 2
+    for m in machines:
+        assert_clean(m)
+
+
+# --- arrivals that compete ----------------------------------------------------------------------
+
+def test_two_arrivals_that_do_not_fit_together(
+        based_machine: Callable[..., Machine]) -> None:
+    """Each process fits on the 8 MiB destination alone, not both: both pass the create check,
+    the second transform runs out of frames, rolls back, and its process goes on at home."""
+    a, c = based_machine("a", 1000), based_machine("c", 2000)
+    small = based_machine("small", 3000, memory_mib=8)
+    args = ("5", "30", "5")
+    pids = {a.name: start(a, "memhold", *args)}
+    pids[c.name] = start(c, "memhold", *args)
+    for m in (a, c):
+        wait_state(m, pids[m.name], ["sleeping"], pred=lambda i: i.resident_pages > 1280)
+    barrier = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def move(source: Machine) -> None:
+        barrier.wait()
+        try:
+            results[source.name] = migrate_local(source, pids[source.name], small,
+                                                 transport=SlowTransport(0.2))
+        except Exception as exc:
+            results[source.name] = exc
+
+    threads = [threading.Thread(target=move, args=(m,)) for m in (a, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    failed = {n: r for n, r in results.items() if isinstance(r, Exception)}
+    assert len(results) == 2 and len(failed) == 1, results
+    assert isinstance(next(iter(failed.values())), OutOfMemoryError)
+    moved = next(n for n in results if n not in failed)
+    home = next(m for m in (a, c) if m.name in failed)
+    assert finish(small, pids[moved])[:3] == native("memhold", *args)
+    assert finish(home, pids[home.name])[:3] == native("memhold", *args)
+    for m in (a, c, small):
+        assert_clean(m)
+
+
+def test_cordoned_destination(pair: tuple[Machine, Machine]) -> None:
+    a, b = pair
+    b.cordon()
+    pid = start(a, "memhold", "1", "10", "5")
+    with pytest.raises(CordonedError):
+        migrate_local(a, pid, b)
+    assert a.info(pid).state != "frozen"
+    b.uncordon()
+    migrate_local(a, pid, b)
+    assert finish(b, pid)[:3] == native("memhold", "1", "10", "5")
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_exec_does_not_reuse_the_pid_of_an_arrived_process(
+        pair: tuple[Machine, Machine]) -> None:
+    a, b = pair  # both number their processes from 1000
+    args = ("1", "20", "5")
+    arrived = start(a, "memhold", *args)
+    migrate_local(a, arrived, b)
+    local = start(b, "hello")
+    try:
+        assert local != arrived
+        assert {p.pid for p in b.list_processes()} == {arrived, local}
+        assert finish(b, arrived)[:3] == native("memhold", *args)
+        assert finish(b, local)[:3] == native("hello")
+    finally:
+        b.stop()  # what is left running invisibly ends with the machine
+
+
+def test_refused_arrival_does_not_abort_another_migration(
+        based_machine: Callable[..., Machine]) -> None:
+    a, c = based_machine("a", 1000), based_machine("c", 1000)  # same pids, as local tools do
+    b = based_machine("b", 5000)
+    args = ("2", "20", "5")
+    first, second = start(a, "memhold", *args), start(c, "memhold", *args)
+    assert first == second
+    transport = SlowTransport(0.2)
+    result: dict[str, object] = {}
+
+    def move() -> None:
+        try:
+            result["r"] = migrate_local(a, first, b, transport=transport)
+        except Exception as exc:
+            result["r"] = exc
+
+    thread = threading.Thread(target=move)
+    thread.start()
+    try:
+        assert transport.putting.wait(30)  # a's migration has its kernel process on b
+        with pytest.raises(MigrationError, match="already has a process"):
+            migrate_local(c, second, b)
+    finally:
+        thread.join(60)
+    try:
+        assert not isinstance(result["r"], Exception), f"a's migration failed: {result['r']!r}"
+        assert finish(b, first)[:3] == native("memhold", *args)
+    finally:
+        for m in (a, c, b):
+            for info in m.list_processes():
+                finish(m, info.pid)
+    for m in (a, c, b):
+        assert_clean(m)

@@ -1,0 +1,91 @@
+"""`tender-ray top`: one frame drawn from hand-made snapshots, and `gather` over fake handles."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Generic, TypeVar
+
+from rich.console import Console
+from test_metrics import balancer_state, proc, record, stats
+
+from tender_ray.cli.top import gather, render, render_snapshot, run_top
+from tender_ray.errors import MachineStoppedError
+from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
+from tender_ray.migration.record import MigrationRecord
+
+T = TypeVar("T")
+
+
+def draw(renderable: Any, width: int = 200) -> str:
+    console = Console(record=True, width=width, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_render_shows_machines_processes_and_migrations() -> None:
+    now = time.time()
+    rec = record(1001, "a", "b", now - 5)
+    text = draw(render({"a": stats("a"), "b": stats("b", cordoned=True)},
+                       [proc(1001, "a", "running", 256), proc(1002, "a", "frozen", 30),
+                        proc(2001, "b", "sleeping", 10)],
+                       [rec, record(1002, "a", "b", now - 60, result="failed")],
+                       down={"c": "machine c is gone"}, balancer=balancer_state(), now=now))
+    assert "tender-ray top" in text
+    rows = {cells[1]: cells[1:-1] for cells in (line.split() for line in text.splitlines())
+            if len(cells) > 2 and cells[1] in ("a", "b", "c")}
+    # Machine a: up, load, run queue, processes, frames free/used/held (100 used: 256 pages
+    # is more than that, so none held), utilisation, migrations out/in; b is cordoned
+    # (draining), its frames held by migrations; c did not answer.
+    assert rows["a"] == ["a", "up", "1.50", "3", "4", "900", "100", "0", "40%", "2/1"]
+    assert rows["b"][:2] == ["b", "draining"] and rows["b"][5:8] == ["900", "10", "90"]
+    assert rows["c"][:2] == ["c", "down"]
+    assert "draining" in text and "down" in text and "machine c is gone" in text
+    assert "p1001" in text and "frozen" in text and "sleeping" in text
+    assert "a → b" in text and "failed" in text
+    # Phases of the migration with their times in milliseconds, in the order they ran.
+    assert "phases (ms): freeze 0.2 · create 4.0 · export 3.0 · commit 500.0" in text
+    assert "policy threshold" in text and "decisions 3" in text
+
+
+def test_render_without_anything() -> None:
+    text = draw(render({}, [], []))
+    assert "0 machines up" in text and "none yet" in text and "balancer: none" in text
+
+
+class FakeReply(Generic[T]):
+    """A reply from a fake machine: its value, or the error of a machine that is gone."""
+
+    def __init__(self, machine: str, value: T, fail: bool) -> None:
+        self.machine, self.value, self.fail = machine, value, fail
+
+    def result(self, timeout: float | None = None) -> T:
+        if self.fail:
+            raise MachineStoppedError(f"machine {self.machine} is gone")
+        return self.value
+
+
+class FakeHandle:
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+
+    def statistics_async(self) -> FakeReply[MachineStatistics]:
+        return FakeReply(self.name, stats(self.name), self.fail)
+
+    def list_processes_async(self) -> FakeReply[list[ProcessInfo]]:
+        return FakeReply(self.name, [proc(1, self.name, "running", 1)], self.fail)
+
+    def recent_migrations_async(self) -> FakeReply[list[MigrationRecord]]:
+        return FakeReply(self.name, [record(1, self.name, "x", time.time())], self.fail)
+
+
+def test_gather_and_run_once() -> None:
+    snap = gather([FakeHandle("a"), FakeHandle("b", fail=True)], balancer=lambda: None)
+    assert list(snap.machines) == ["a"] and "b" in snap.down
+    assert len(snap.processes) == 1 and len(snap.migrations) == 1
+    assert "a → x" in draw(render_snapshot(snap))
+    console = Console(record=True, width=160, color_system=None)
+    run_top([FakeHandle("a")], console=console, once=True)
+    assert "1 machine up" in console.export_text()
+    console = Console(record=True, width=160, color_system=None, force_terminal=False)
+    run_top(lambda: [FakeHandle("a")], interval=0.01, console=console, iterations=2)
