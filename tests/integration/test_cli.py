@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import workload
-from helpers_migration import native
+from support.programs import native, workload
 
 CLI_TIMEOUT = 240
 

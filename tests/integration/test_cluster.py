@@ -5,33 +5,31 @@ actors with each transfer, and a destination actor that dies in the middle of a 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import ray
-from conftest import workload
-from helpers_migration import native
+from support.machines import actor_mover, assert_clean, bounce, finish, start
+from support.programs import native, workload
 
+from tender_ray.cli.execute import execute
 from tender_ray.cluster import Cluster, MachineHandle
-from tender_ray.config import MachineConfig
+from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.errors import (
     MachineError,
     MachineStoppedError,
-    ProcessStateError,
     UnknownMachineError,
 )
-from tender_ray.machine import ProcessInfo
-from tender_ray.migration import PHASES, MigrationOptions, Resources, Transfer
-from tender_ray.runner import execute
+from tender_ray.migration.options import MigrationOptions, Resources, Transfer
+from tender_ray.migration.record import PHASES, MigrationRecord
 
 NAMES = ("a", "b", "c")
 
 
-def config(name: str) -> MachineConfig:
-    return MachineConfig(name=name, memory_mib=64, quantum_us=1000, engine="emulated")
+def config(name: str, fault: FaultSpec | None = None) -> MachineConfig:
+    return MachineConfig(name=name, memory_mib=64, quantum_us=1000, engine="emulated",
+                         fault=fault)
 
 
 @pytest.fixture(scope="module")
@@ -48,56 +46,12 @@ def cluster() -> Iterator[Cluster]:
         ray.shutdown()
 
 
-def start(handle: MachineHandle, name: str, *args: str,
-          env: Sequence[str] = ()) -> int:
-    path = workload(name)
-    return handle.exec(path.read_bytes(), name, [os.fspath(path), *args], list(env))
-
-
-def finish(handle: MachineHandle, pid: int, timeout: float = 120.0
-           ) -> tuple[int, bytes, bytes, ProcessInfo]:
-    """Wait for the end (and for its computation to let go of it), reap: status, out, err."""
-    deadline = time.monotonic() + timeout
-    while handle.wait(pid, timeout=5).state != "zombie":
-        assert time.monotonic() < deadline, f"process {pid} did not end on {handle.name}"
-    while any(c.pid == pid for c in handle.statistics().computations):
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    info, out, err = handle.reap(pid)
-    assert info.exit_status is not None
-    return info.exit_status, out, err, info
-
-
-def bounce(handles: Sequence[MachineHandle], pid: int, options: MigrationOptions | None,
-           *, pause: float = 0.01, max_moves: int = 8) -> tuple[int, list[dict[str, Any]]]:
-    """Migrate round-robin (starting on handles[0]) until it ends or max_moves are made."""
-    where, records = 0, []
-    while len(records) < max_moves:
-        source = handles[where]
-        if source.info(pid).state == "zombie":
-            break
-        target = (where + 1) % len(handles)
-        try:
-            records.append(source.migrate(pid, handles[target].name, options, timeout=120))
-        except ProcessStateError:
-            break
-        where = target
-        time.sleep(pause)
-    return where, records
-
-
-def assert_clean(handle: MachineHandle) -> None:
-    stats = handle.statistics()
-    assert stats.processes == {}, stats.processes
-    assert stats.memory.frames_free == stats.memory.frames_total, stats.memory
-    assert {s.resource: s.live for s in stats.managers if s.live} == {}
-
-
 RECORD_KEYS = {"pid", "from", "to", "seconds", "bytes", "pages", "phases", "transfer", "reuse",
                "resources", "result"}
 
 
-def check_record(record: dict[str, Any], source: str, destination: str) -> None:
+def check_record(migration: MigrationRecord, source: str, destination: str) -> None:
+    record = migration.as_dict()  # the record as reports and `--stats` show it
     assert set(record) >= RECORD_KEYS, record
     assert (record["from"], record["to"], record["result"]) == (source, destination, "ok")
     assert record["seconds"] > 0 and record["pages"] > 0
@@ -152,17 +106,18 @@ def test_migration_across_actors(cluster: Cluster, strategy: str) -> None:
     options = STRATEGIES[strategy]
     args = ("10000000",)
     pid = start(handles[0], "sieve", *args)
-    where, records = bounce(handles, pid, options, pause=0.005, max_moves=6)
+    where, records = bounce(handles, pid, move=actor_mover(options), pause=0.005,
+                            max_moves=6)
     status, out, err, info = finish(handles[where], pid)
     assert (status, out, err) == native("sieve", *args)
     assert len(records) >= 3
     for i, r in enumerate(records):
         check_record(r, NAMES[i % 3], NAMES[(i + 1) % 3])
-        assert (r["transfer"], r["reuse"], r["resources"]) == (
+        assert (r.transfer, r.reuse, r.resources) == (
             options.transfer.value, options.reuse, options.resources.value)
     assert info.machine == NAMES[where]
-    assert [(m["from"], m["to"]) for m in info.migrations] == [
-        (r["from"], r["to"]) for r in records]
+    assert [(m.source, m.destination) for m in info.migrations] == [
+        (r.source, r.destination) for r in records]
     for h in handles:
         assert_clean(h)
     leftovers = [p for p in Path(cluster.shared_plate).rglob("*") if p.is_file()]
@@ -181,12 +136,12 @@ def test_execute_with_migrations_reports_stats(cluster: Cluster) -> None:
     assert len(result.migrations) >= 2
     names = list(cluster.machines)
     for m in result.migrations:
-        assert set(m) >= RECORD_KEYS, m
-        assert m["from"] in names and m["to"] in names and m["from"] != m["to"]
-        assert m["seconds"] > 0 and m["bytes"] == m["pages"] * 4096
-        assert set(PHASES) <= set(m["phases"])
+        assert set(m.as_dict()) >= RECORD_KEYS, m
+        assert m.source in names and m.destination in names and m.source != m.destination
+        assert m.seconds > 0 and m.bytes == m.pages * 4096
+        assert set(PHASES) <= set(m.phases)
     stats = result.stats()
-    assert stats["migrations"] == result.migrations
+    assert stats["migrations"] == [m.as_dict() for m in result.migrations]
     assert stats["final_machine"] == result.machine
     for h in cluster.machines.values():
         assert_clean(h)
@@ -199,7 +154,9 @@ FAULT_PHASES = ["create", "transform_space", "transform_program", "transform_sta
 
 @pytest.mark.parametrize("phase", FAULT_PHASES)
 def test_destination_dies_at_phase(cluster: Cluster, phase: str) -> None:
-    victim = cluster.add_machine(config(f"victim-{phase.replace('_', '-')}"))
+    # The victim's whole actor process dies when the incoming migration reaches `phase`.
+    victim = cluster.add_machine(config(f"victim-{phase.replace('_', '-')}",
+                                        FaultSpec(phase=phase, action=FaultAction.EXIT)))
     try:
         check_destination_dies(cluster, victim, phase)
     finally:
@@ -209,7 +166,6 @@ def test_destination_dies_at_phase(cluster: Cluster, phase: str) -> None:
 def check_destination_dies(cluster: Cluster, victim: MachineHandle, phase: str) -> None:
     a, b = cluster.machine("a"), cluster.machine("b")
     pid = start(a, "memhold", "2", "30", "5")
-    victim.inject_fault(phase)
     with pytest.raises(MachineError) as caught:
         a.migrate(pid, victim.name, timeout=120)
     assert isinstance(caught.value, MachineStoppedError), repr(caught.value)
@@ -224,7 +180,7 @@ def check_destination_dies(cluster: Cluster, victim: MachineHandle, phase: str) 
         holder = a
     status, out, err, info = finish(holder, pid)
     assert (status, out, err) == native("memhold", "2", "30", "5")
-    assert [m["to"] for m in info.migrations] == (["b"] if holder is b else [])
+    assert [m.destination for m in info.migrations] == (["b"] if holder is b else [])
     stats = a.statistics()
     assert stats.migrations.get("out_failed", 0) >= 1
     assert_clean(a)

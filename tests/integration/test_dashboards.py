@@ -18,24 +18,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, workload
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import CollectorRegistry
+from support.programs import ROOT, workload
 
-from tender_ray.balancing.state import BalancerState, DrainReport
-from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.metrics.collector import (
     DEFAULT_PORT,
-    PHASE_BUCKETS,
-    MetricsServer,
-    TenderCollector,
-    frames_by_state,
 )
-from tender_ray.migration.record import MigrationRecord
-from tender_ray.resources.computation import ComputationStatistics
-from tender_ray.resources.manager import ManagerStatistics
-from tender_ray.resources.real_memory import RealMemoryStatistics
 
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))

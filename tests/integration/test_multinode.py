@@ -13,15 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 import ray
-from conftest import workload
-from helpers_migration import native
 from ray.cluster_utils import Cluster as RayCluster
+from support.programs import native, workload
 
 from tender_ray.cluster import Cluster
 from tender_ray.config import MachineConfig
 from tender_ray.errors import ProcessStateError
-from tender_ray.machine import ProcessInfo
-from tender_ray.migration import PHASES, MigrationOptions, Transfer
+from tender_ray.kernel.snapshots import ProcessInfo
+from tender_ray.migration.options import MigrationOptions, Transfer
+from tender_ray.migration.record import PHASES
 
 STORE = 100 << 20
 
@@ -95,10 +95,10 @@ def test_migrate_between_nodes(clusters: tuple[RayCluster, Cluster], transfer: s
     assert (info.exit_status, out, err) == native("sieve", *args)
     assert len(records) >= 3
     for i, r in enumerate(records):
-        assert (r["from"], r["to"], r["result"]) == (
+        assert (r.source, r.destination, r.result) == (
             ("na", "nb", "ok") if i % 2 == 0 else ("nb", "na", "ok"))
-        assert r["bytes"] == r["pages"] * 4096 and r["pages"] > 0
-        assert set(PHASES) <= set(r["phases"])
+        assert r.bytes == r.pages * 4096 and r.pages > 0
+        assert set(PHASES) <= set(r.phases)
     for h in handles:
         stats = h.statistics()
         assert stats.processes == {}

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_native, workload
+from support.programs import ROOT, run_native, workload
 
-from tender_ray.operate import stop_head
+from tender_ray.cli.operate import stop_head
 
 # Each CLI call joins the cluster (a few seconds each), `up` starts a Ray head: > 60 s in all.
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ CLI_TIMEOUT = 300
 
 START = """
 import json
-from tender_ray.operate import connect
+from tender_ray.cli.operate import connect
 from tender_ray.config import workloads_dir
 
 cluster, _ = connect()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import ray
 import yaml
-from conftest import run_native, workload
+from support.programs import run_native, workload
 
 from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import pytest
-from conftest import start
+from support.machines import start
 
 from tender_ray.balancing.policies import (
     POLICIES,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, workload
 from pydantic import BaseModel, ValidationError
+from support.programs import ROOT, workload
 
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.cli.main import build_parser

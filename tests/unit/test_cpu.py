@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import run_native, run_on_machine, workload
+from support.machines import run_on_machine
+from support.programs import run_native, workload
 
 import tender_ray.engines.emulated.cpu as cpu_mod
 import tender_ray.engines.emulated.private as private

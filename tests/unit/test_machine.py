@@ -8,7 +8,16 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import run_native, run_on_machine, start, wait_finished, workload
+from support.machines import (
+    frames_free,
+    holder,
+    run_on_machine,
+    start,
+    wait_finished,
+    wait_state,
+    wait_until,
+)
+from support.programs import run_native, workload
 
 from tender_ray.errors import (
     BadProgramError,
@@ -27,25 +36,10 @@ MakeMachine = Callable[..., Machine]
 FOREVER = "4000000000"  # rmw_counter iterations that outlast any test
 
 
-def all_frames_free(machine: Machine) -> bool:
-    mem = machine.statistics().memory
-    return mem.frames_free == mem.frames_total and mem.frames_used == 0
-
-
-def wait_state(machine: Machine, pid: int, state: str, timeout: float = 10.0) -> ProcessInfo:
-    deadline = time.monotonic() + timeout
-    while True:
-        info = machine.info(pid)
-        if info.state == state:
-            return info
-        assert time.monotonic() < deadline, f"process {pid} never became {state}: {info}"
-        time.sleep(0.0005)
-
-
 # --- one process, start to end -----------------------------------------------------------------
 
 def test_hello_exec_wait_reap(machine: Machine) -> None:
-    assert all_frames_free(machine)
+    assert frames_free(machine)
     pid = start(machine, "hello")
     assert machine.info(pid).name == "hello"
     info = wait_finished(machine, pid)
@@ -54,7 +48,7 @@ def test_hello_exec_wait_reap(machine: Machine) -> None:
     assert info.syscalls.get("exit_group") == 1 and info.syscalls.get("writev", 0) >= 1
     assert info.unsupported == {}
     assert info.cpu_seconds > 0 and info.run_seconds >= 0
-    assert all_frames_free(machine)  # an ended process holds no frame, even before reaping
+    assert frames_free(machine)  # an ended process holds no frame, even before reaping
     final, out, err = machine.reap(pid)
     assert (out, err) == (b"hello, tender\n", b"hello on stderr\n")
     assert final.exit_status == 0
@@ -88,7 +82,7 @@ def test_segv_kills_with_139_and_names_the_address(machine: Machine) -> None:
     assert status == 128 + 11 == run_native(workload("segv"))[0]
     assert out == b"about to segfault\n" and err == b""
     assert "0x0" in info.exit_reason and "write" in info.exit_reason
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_sigill_kills_with_132(machine: Machine) -> None:
@@ -96,7 +90,7 @@ def test_sigill_kills_with_132(machine: Machine) -> None:
     assert status == 128 + 4 == run_native(workload("sigill"))[0]
     assert "invalid instruction" in info.exit_reason
     assert out == run_native(workload("sigill"))[1]
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_efault_returns_an_error_to_the_guest(machine: Machine) -> None:
@@ -112,7 +106,7 @@ def test_unsupported_calls_get_enosys_and_are_counted(machine: Machine) -> None:
     assert info.unsupported == {"fork": 1, "socket": 1}
     assert info.syscalls["socket"] == 1 and info.syscalls["fork"] == 1
     assert machine.statistics().unsupported == {"fork": 1, "socket": 1}
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_arguments_and_environment_reach_the_program(machine: Machine) -> None:
@@ -128,7 +122,7 @@ def test_every_frame_comes_back_after_many_processes(machine: Machine) -> None:
                        ("mallocstress", ["500"])]:
         status, *_ = run_on_machine(machine, workload(name), args)
         assert status in (0, 139)
-        assert all_frames_free(machine), name
+        assert frames_free(machine), name
     stats = machine.statistics()
     assert stats.exited == 5
     for mgr in stats.managers:
@@ -172,7 +166,7 @@ def test_exec_of_bytes_that_are_not_elf(machine: Machine) -> None:
         with pytest.raises(BadProgramError, match="dynamically linked"):
             machine.exec(dynamic, "true", ["true"])
     stats = machine.statistics()
-    assert stats.processes == {} and all_frames_free(machine)
+    assert stats.processes == {} and frames_free(machine)
     assert {s.resource: s.live for s in stats.managers}["process"] == 0
     assert run_on_machine(machine, workload("hello"))[0] == 0  # still serving
 
@@ -197,7 +191,7 @@ def test_exec_of_a_program_too_big_for_real_memory(make_machine: MakeMachine) ->
     big = _enlarged_hello(2 << 20)
     with pytest.raises(BadProgramError, match="too big for real memory"):
         machine.exec(big, "big", ["big"])
-    assert all_frames_free(machine) and machine.statistics().processes == {}
+    assert frames_free(machine) and machine.statistics().processes == {}
     assert run_on_machine(machine, workload("hello"))[0] == 0
 
 
@@ -214,7 +208,7 @@ def test_exec_when_memory_is_in_use_elsewhere(make_machine: MakeMachine) -> None
     finally:
         machine.memory.free(taken)
     assert run_on_machine(machine, workload("hello"))[0] == 0
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_exec_with_large_arguments_when_memory_is_tight(make_machine: MakeMachine) -> None:
@@ -234,7 +228,7 @@ def test_exec_with_arguments_larger_than_the_stack(machine: Machine) -> None:
     image = workload("hello").read_bytes()
     with pytest.raises(UsageError):
         machine.exec(image, "hello", ["hello", *["y" * 100_000] * 90])  # 9 MB
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_running_out_of_memory_at_run_time(make_machine: MakeMachine) -> None:
@@ -246,9 +240,9 @@ def test_running_out_of_memory_at_run_time(make_machine: MakeMachine) -> None:
     assert out.startswith(b"bigmmap: 4 MiB\n")
     assert status > 128, info
     assert "memory" in info.exit_reason
-    assert all_frames_free(machine)
+    assert frames_free(machine)
     assert run_on_machine(machine, workload("hello"))[:2] == (0, b"hello, tender\n")
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_running_out_of_memory_is_not_an_engine_failure(make_machine: MakeMachine) -> None:
@@ -285,22 +279,8 @@ def test_kill_of_a_running_process_returns_its_frames(make_machine: MakeMachine)
     assert info.exit_status == 137
     assert machine.kill(pid).exit_status == 137  # killing a zombie changes nothing
     machine.reap(pid)
-    assert all_frames_free(machine)
+    assert frames_free(machine)
     assert run_on_machine(machine, workload("hello"))[0] == 0
-
-
-def wait_until(machine: Machine, what: str, condition: Callable[[], bool],
-               timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"never: {what}; {machine.list_processes()}"
-        time.sleep(0.0005)
-
-
-def holder(machine: Machine) -> int | None:
-    """The pid the (only) computation is running."""
-    (comp,) = machine.statistics().computations
-    return comp.pid
 
 
 def test_kill_of_a_sleeping_and_of_a_runnable_process(make_machine: MakeMachine) -> None:
@@ -308,17 +288,17 @@ def test_kill_of_a_sleeping_and_of_a_runnable_process(make_machine: MakeMachine)
     machine = make_machine(quantum_us=300_000)
     sleeper = start(machine, "compute_sleep", "1000")
     busy = start(machine, "rmw_counter", FOREVER)
-    wait_until(machine, "the sleeper sleeps while busy runs",
-               lambda: machine.info(sleeper).state == "sleeping" and holder(machine) == busy)
+    wait_until(lambda: machine.info(sleeper).state == "sleeping" and holder(machine) == busy,
+               10.0, "the sleeper sleeps while busy runs", machine=machine)
     used = machine.statistics().memory.frames_used
     info = machine.kill(sleeper, 15)
     assert (info.state, info.exit_status) == ("zombie", 128 + 15)
     assert info.resident_pages == 0  # not running: finished at once ...
     assert machine.statistics().memory.frames_used < used  # ... its frames back already
     waiting = start(machine, "rmw_counter", FOREVER)
-    wait_until(machine, "one rmw_counter waits while the other runs",
-               lambda: {machine.info(pid).state for pid in (busy, waiting)} ==
-               {"running", "runnable"} and holder(machine) in (busy, waiting))
+    wait_until(lambda: {machine.info(pid).state for pid in (busy, waiting)} ==
+               {"running", "runnable"} and holder(machine) in (busy, waiting),
+               10.0, "one rmw_counter waits while the other runs", machine=machine)
     runnable = busy if holder(machine) == waiting else waiting
     info = machine.kill(runnable)
     assert (info.state, info.exit_status, info.resident_pages) == ("zombie", 137, 0)
@@ -326,7 +306,7 @@ def test_kill_of_a_sleeping_and_of_a_runnable_process(make_machine: MakeMachine)
     for pid in (sleeper, busy, waiting):
         wait_finished(machine, pid, timeout=10)
         machine.reap(pid)
-    assert all_frames_free(machine)
+    assert frames_free(machine)
     assert machine.statistics().exited == 3
     assert run_on_machine(machine, workload("hello"))[0] == 0
 
@@ -336,8 +316,8 @@ def test_sleeping_processes_hold_no_computation(make_machine: MakeMachine) -> No
     machine = make_machine(quantum_us=300_000)
     sleeper = start(machine, "timecheck")
     busy = start(machine, "rmw_counter", FOREVER)
-    wait_until(machine, "the sleeper sleeps while busy runs",
-               lambda: machine.info(sleeper).state == "sleeping" and holder(machine) == busy)
+    wait_until(lambda: machine.info(sleeper).state == "sleeping" and holder(machine) == busy,
+               10.0, "the sleeper sleeps while busy runs", machine=machine)
     machine.kill(busy)
     assert wait_finished(machine, sleeper).exit_status == 0
     _, out, _ = machine.reap(sleeper)
@@ -361,7 +341,7 @@ def test_wait_returns_only_after_the_process_is_released(make_machine: MakeMachi
     try:
         holders = [c.pid for c in machine.statistics().computations]
         assert pid not in holders, "wait() returned while a computation still runs the process"
-        assert all_frames_free(machine)
+        assert frames_free(machine)
     finally:
         wait_finished(machine, pid)  # let the quantum end before the machine stops
 
@@ -423,7 +403,7 @@ def test_processes_are_time_sliced_on_one_computation(make_machine: MakeMachine)
     # took several times its own CPU time to finish (run to completion would give ~1x).
     ratios = [info.run_seconds / info.cpu_seconds for *_, info in results]
     assert min(ratios) > 2.0, ratios
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_two_computations_share_the_work(make_machine: MakeMachine) -> None:
@@ -437,7 +417,7 @@ def test_two_computations_share_the_work(make_machine: MakeMachine) -> None:
     assert all(c.quanta > 0 and c.busy_seconds > 0 for c in stats.computations), \
         stats.computations
     assert all(c.state == "idle" and c.pid is None for c in stats.computations)
-    assert all_frames_free(machine)
+    assert frames_free(machine)
 
 
 def test_compute_and_sleep_interleaved(make_machine: MakeMachine) -> None:
@@ -502,7 +482,7 @@ def test_stop_while_processes_run(make_machine: MakeMachine) -> None:
     stats = machine.statistics()
     assert stats.state == "stopped"
     assert all(c.state == "stopped" for c in stats.computations)
-    assert all_frames_free(machine)
+    assert frames_free(machine)
     with pytest.raises(MachineStoppedError):
         start(machine, "hello")
     machine.stop()  # a second stop is harmless

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import shutil
 import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-import yaml
-from conftest import ROOT, workload
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
+from support.programs import workload
+from support.snapshots import balancer_state, proc, record, stats
 
-from tender_ray.balancing.state import BalancerState, DrainReport
 from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.metrics.collector import (
     DEFAULT_PORT,
     PHASE_BUCKETS,
@@ -32,64 +24,8 @@ from tender_ray.metrics.collector import (
     frames_by_state,
 )
 from tender_ray.migration.record import MigrationRecord
-from tender_ray.resources.computation import ComputationStatistics
-from tender_ray.resources.manager import ManagerStatistics
-from tender_ray.resources.real_memory import RealMemoryStatistics
 
-GRAFANA = ROOT / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 FORBIDDEN_LABELS = {"pid", "page", "frame", "address"}
-
-
-# --- hand-made snapshots ----------------------------------------------------------------------
-
-def stats(name: str, *, free: int = 900, used: int = 100, cordoned: bool = False,
-          migrations: dict[str, int] | None = None) -> MachineStatistics:
-    return MachineStatistics(
-        name=name, state="running",
-        computations=(ComputationStatistics(0, "running", 1001, 2.5, 40),
-                      ComputationStatistics(1, "idle", None, 1.5, 20)),
-        processes={"running": 1, "runnable": 2, "frozen": 1}, runnable=3, load=1.5,
-        utilisation=0.4, memory=RealMemoryStatistics(free + used, free, used),
-        managers=(ManagerStatistics("process", 5, 1, 3, 2, 1, 2, True),
-                  ManagerStatistics("virtual_space", 4, 0, 2, 2, 1, 0, True)),
-        syscalls={"write": 10, "brk": 3, "socket": 1}, unsupported={"socket": 1},
-        exited=4, uptime=12.0, cordoned=cordoned,
-        migrations=migrations if migrations is not None else {"out_ok": 2, "in_ok": 1},
-        migration_bytes=8192, migration_phase_seconds={"freeze": 0.001, "create": 0.002})
-
-
-def proc(pid: int, machine: str, state: str, pages: int) -> ProcessInfo:
-    return ProcessInfo(pid=pid, name=f"p{pid}", machine=machine, state=state, exit_status=None,
-                       exit_reason="", cpu_seconds=1.25, run_seconds=3.0, resident_pages=pages,
-                       syscalls={}, unsupported={}, migrations=(), created_at=time.time() - 3)
-
-
-def record(pid: int, src: str, dst: str, started: float, *, result: str = "ok",
-           transfer: str = "dsm", reuse: bool = True, seconds: float = 0.02,
-           reason: str = "") -> MigrationRecord:
-    return MigrationRecord(pid=pid, source=src, destination=dst, seconds=seconds,
-                           bytes=4096 * 3, pages=3,
-                           phases={"freeze": 0.0002, "create": 0.004, "export": 0.003,
-                                   "commit": 0.5},
-                           transfer=transfer, reuse=reuse, resources="needed", result=result,
-                           error="", started_at=started, reason=reason)
-
-
-def drain_report(machine: str, seconds: float, moved: tuple[MigrationRecord, ...],
-                 ok: bool) -> DrainReport:
-    return DrainReport(machine=machine, seconds=seconds, deadline=10.0, moved=moved, left=(),
-                       ok=ok)
-
-
-def balancer_state() -> BalancerState:
-    return BalancerState(
-        rounds=7, decisions=3,
-        migrations=(record(1, "b", "a", 0.0, reason="drain"),
-                    record(2, "a", "b", 0.0, reason="cost: saves 1.2s > 0.1s")),
-        failures=("boom",),
-        drains=(drain_report("b", 1.5, (record(1, "b", "a", 0.0),), True),),
-        draining=(), policy="threshold")
 
 
 def scrape(collector: TenderCollector) -> dict[str, list[tuple[str, dict[str, str], float]]]:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_native, run_on_machine, start, wait_finished, workload
+from support.machines import frames_free, run_on_machine, start, wait_finished, wait_until
+from support.programs import run_native, workload
 
 from tender_ray import engines as engine
 from tender_ray.abi.cpu_state import CpuState, StopKind, SyscallOutcome
@@ -51,22 +52,10 @@ def native_machine(make_machine: Callable[..., Machine]) -> Machine:
     return m
 
 
-def all_frames_back(m: Machine) -> bool:
-    stats = m.memory.statistics()
-    return stats.frames_free == stats.frames_total
-
-
 def host_pid(m: Machine, pid: int) -> int:
     cpu = m.scheduler.table[pid].cpu
     assert isinstance(cpu, native.NativeCpu)
     return cpu.host_pid
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 # --- engine selection ------------------------------------------------------------------------
@@ -308,7 +297,7 @@ def test_workload_output_is_native(native_machine: Machine, name: str,
     expected = run_native(workload(name), args, env)
     status, out, err, info = run_on_machine(native_machine, workload(name), args, env)
     assert (status, out, err) == expected, info.exit_reason
-    assert all_frames_back(native_machine)
+    assert frames_free(native_machine)
 
 
 def test_faults_end_the_process_with_the_signal(native_machine: Machine) -> None:
@@ -334,7 +323,7 @@ def test_time_slicing_several_processes_on_one_computation(
         info, out, err = m.reap(pid)
         assert (info.exit_status, out, err) == run_native(workload(name), args), name
     assert m.statistics().computations[0].quanta > 4 * len(jobs)
-    assert all_frames_back(m)
+    assert frames_free(m)
 
 
 @pytest.mark.parametrize(("quantum_us", "count"), [(100, "5000000"), (4000, "150000000")])
@@ -361,7 +350,7 @@ def test_two_computations_run_two_guests_at_once(make_machine: Callable[..., Mac
         wait_finished(m, pid)
         info, out, _ = m.reap(pid)
         assert info.exit_status == 0 and b"ok" in out
-    assert all_frames_back(m)
+    assert frames_free(m)
 
 
 # --- the sandbox: denied calls never reach the host ------------------------------------------
@@ -395,7 +384,7 @@ def test_denied_file_calls_touch_no_file(native_machine: Machine, tmp_path: Path
     # The memory file (fd 3 in the host process) is intact: the machine still works.
     status, out, _, _ = run_on_machine(native_machine, workload("sieve"), ["100000"])
     assert (status, out) == run_native(workload("sieve"), ["100000"])[:2]
-    assert all_frames_back(native_machine)
+    assert frames_free(native_machine)
 
 
 def test_denied_network_calls_open_no_connection(native_machine: Machine) -> None:
@@ -424,7 +413,8 @@ def test_denied_process_calls_make_no_process_and_signal_no_one(
         pid = native_machine.exec(path.read_bytes(), "deny_procs",
                                   [str(path), str(victim.pid), "400"])
         # While it sleeps after its attempts, its host process has no children.
-        wait_until(lambda: native_machine.info(pid).state in ("sleeping", "zombie"))
+        wait_until(lambda: native_machine.info(pid).state in ("sleeping", "zombie"),
+                   interval=0.005)
         host = host_pid(native_machine, pid)
         if host:
             children = Path(f"/proc/{host}/task/{host}/children").read_text().split()
@@ -440,7 +430,7 @@ def test_denied_process_calls_make_no_process_and_signal_no_one(
     finally:
         victim.kill()
         victim.wait()
-    assert all_frames_back(native_machine)
+    assert frames_free(native_machine)
 
 
 def test_the_32_bit_system_call_abi_kills_the_process(native_machine: Machine,
@@ -450,7 +440,7 @@ def test_the_32_bit_system_call_abi_kills_the_process(native_machine: Machine,
     assert status == 128 + 31 and out == b"before\n"
     assert "sandbox" in info.exit_reason
     assert not target.exists()
-    assert all_frames_back(native_machine)
+    assert frames_free(native_machine)
     assert run_on_machine(native_machine, workload("hello"))[0] == 0
 
 
@@ -465,10 +455,10 @@ def test_guest_killed_from_outside_ends_with_a_reason(native_machine: Machine,
     pid = start(native_machine, name, *args)
     if when == "running":
         wait_until(lambda: native_machine.info(pid).cpu_seconds > 0
-                   or native_machine.info(pid).resident_pages > 0)
+                   or native_machine.info(pid).resident_pages > 0, interval=0.005)
         time.sleep(0.05)
     else:
-        wait_until(lambda: native_machine.info(pid).state == "sleeping")
+        wait_until(lambda: native_machine.info(pid).state == "sleeping", interval=0.005)
     host = host_pid(native_machine, pid)
     assert host > 0
     os.kill(host, sig)
@@ -476,7 +466,7 @@ def test_guest_killed_from_outside_ends_with_a_reason(native_machine: Machine,
     assert info.exit_status == 128 + sig
     assert f"signal {int(sig)}" in info.exit_reason and str(host) in info.exit_reason
     native_machine.reap(pid)
-    assert all_frames_back(native_machine)
+    assert frames_free(native_machine)
     status, out, _, _ = run_on_machine(native_machine, workload("hello"))
     assert (status, out) == (0, b"hello, tender\n")
 
@@ -484,7 +474,7 @@ def test_guest_killed_from_outside_ends_with_a_reason(native_machine: Machine,
 def test_harmless_signals_from_outside_are_ignored(native_machine: Machine) -> None:
     pid = start(native_machine, "rmw_counter", "20000000")
     wait_until(lambda: host_pid(native_machine, pid) > 0
-               and native_machine.info(pid).resident_pages > 0)
+               and native_machine.info(pid).resident_pages > 0, interval=0.005)
     for sig in (signal.SIGCHLD, signal.SIGWINCH, signal.SIGCONT, signal.SIGSTOP):
         host = host_pid(native_machine, pid)
         if host:
@@ -497,13 +487,13 @@ def test_harmless_signals_from_outside_are_ignored(native_machine: Machine) -> N
 
 def test_killed_machine_process_frees_its_host_process(native_machine: Machine) -> None:
     pid = start(native_machine, "memhold", "1", "1000", "20")
-    wait_until(lambda: native_machine.info(pid).state == "sleeping")
+    wait_until(lambda: native_machine.info(pid).state == "sleeping", interval=0.005)
     host = host_pid(native_machine, pid)
     native_machine.kill(pid)
     wait_finished(native_machine, pid)
     native_machine.reap(pid)
-    wait_until(lambda: not Path(f"/proc/{host}").exists())
-    assert all_frames_back(native_machine)
+    wait_until(lambda: not Path(f"/proc/{host}").exists(), interval=0.005)
+    assert frames_free(native_machine)
 
 
 # --- memory ----------------------------------------------------------------------------------
@@ -536,12 +526,12 @@ def test_a_process_may_map_over_the_trampoline(make_machine: Callable[..., Machi
     assert info.exit_status == 77, info.exit_reason
     assert info.syscalls.get("nanosleep") == 1
     m.reap(pid)
-    assert all_frames_back(m)
+    assert frames_free(m)
 
 
 def test_guest_memory_is_the_machines_memory(native_machine: Machine) -> None:
     pid = start(native_machine, "memhold", "4", "1000", "20")
-    wait_until(lambda: native_machine.info(pid).state == "sleeping")
+    wait_until(lambda: native_machine.info(pid).state == "sleeping", interval=0.005)
     p = native_machine.scheduler.table[pid]
     assert p.space is not None
     us = max((u for u in p.space.user_spaces if u.perms & PROT_WRITE and u.region is not None),
@@ -563,7 +553,7 @@ def test_guest_memory_is_the_machines_memory(native_machine: Machine) -> None:
     native_machine.kill(pid)
     wait_finished(native_machine, pid)
     native_machine.reap(pid)
-    assert all_frames_back(native_machine)
+    assert frames_free(native_machine)
 
 
 # --- migration between engines ---------------------------------------------------------------
@@ -597,4 +587,4 @@ def test_migration_native_emulated_native_keeps_native_output(
     assert (info.exit_status, out, err) == run_native(workload(name), args), info.exit_reason
     if name != "floats":  # floats is over in a few milliseconds
         assert moves >= 2
-    assert all_frames_back(a) and all_frames_back(b)
+    assert frames_free(a) and frames_free(b)

@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import workload
+from support.programs import workload
 
 from tender_ray.errors import BadProgramError, OutOfMemoryError
 from tender_ray.resources.manager import ResourceManager

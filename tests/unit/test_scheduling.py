@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import start, wait_finished, workload
+from support.machines import start, wait_finished
+from support.programs import workload
 
 from tender_ray.abi.cpu_state import CpuState, StopKind, SyscallOutcome
 from tender_ray.engines.emulated.cpu import Cpu

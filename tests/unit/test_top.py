@@ -6,7 +6,7 @@ import time
 from typing import Any, Generic, TypeVar
 
 from rich.console import Console
-from test_metrics import balancer_state, proc, record, stats
+from support.snapshots import balancer_state, proc, record, stats
 
 from tender_ray.cli.top import gather, render, render_snapshot, run_top
 from tender_ray.errors import MachineStoppedError

@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 
 import pytest
-from conftest import workload
+from support.programs import workload
 
 from tender_ray.abi import linux
 from tender_ray.abi.linux import PROT_EXEC, PROT_READ, PROT_WRITE, Errno

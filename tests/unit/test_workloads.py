@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from conftest import run_native, run_on_machine
+from support.machines import run_on_machine
+from support.programs import run_native
 
+from tender_ray.config import workloads_dir
 from tender_ray.kernel.machine import Machine
 
-BIN = Path(__file__).resolve().parent.parent / "workloads" / "bin"
+BIN = workloads_dir()  # the committed binaries (or $TENDER_WORKLOADS)
 
 # Small sizes: the whole set takes a few seconds under emulation.
 ARGS: dict[str, list[str]] = {

@@ -1,0 +1,14 @@
+"""Shared helpers of the tender_ray tests, importable from tests/unit and tests/integration
+alike (the pytest config puts `tests/` on the path: `from support.machines import finish`).
+
+- `support.programs`: the workload binaries and running them on the host (`workload`,
+  `run_native`, the cached `native`, `ROOT` and the timeouts).
+- `support.machines`: driving a machine, written once over the `MachineLike` protocol that an
+  in-process `Machine` and a Ray `MachineHandle` both satisfy: start, wait, finish, run to the
+  end, poll for a state or a condition, the "machine gave everything back" checks, moving a
+  process round-robin until it ends (`bounce`), and a slow transport.
+- `support.snapshots`: hand-made snapshots (`stats`, `proc`, `record`) and the balancer's
+  state (`balancer_state`, `drain_report`) for the metrics and `top` tests; no machine, no Ray.
+
+Fixtures stay in conftest.py; nothing here is a fixture, and nothing here imports Ray.
+"""
