@@ -19,7 +19,14 @@ from tender_ray.balancing.client import (
     Pending,
     SystemClock,
 )
-from tender_ray.balancing.policies import Balancer, BalancerParams, MachineLoad, Move, snapshot
+from tender_ray.balancing.policies import (
+    HEADROOM,
+    Balancer,
+    BalancerParams,
+    MachineLoad,
+    Move,
+    snapshot,
+)
 from tender_ray.balancing.state import BalancerState, DrainReport
 from tender_ray.errors import TenderError, UnknownMachineError
 from tender_ray.migration.options import MigrationOptions
@@ -55,6 +62,8 @@ class BalancingLoop:
         self._failures: list[str] = []
         self._drains: list[DrainReport] = []
         self._last_seen: tuple[object, ...] = ()  # what the last round saw, to tell a change
+        self._last_loads: list[MachineLoad] = []  # the last round's snapshots, for drains
+        self._move_failures: dict[str, str] = {}  # source machine -> its last failed move
         self._next_node_check = 0.0  # monotonic time the draining nodes are next asked for
         self._stop = threading.Event()
         self._kick = threading.Event()  # ends the wait before the next round
@@ -123,6 +132,8 @@ class BalancingLoop:
                                           for p in m.processes)))
                             for m in machines))
         changed, self._last_seen = seen != self._last_seen, seen
+        with self._lock:
+            self._last_loads = machines
         moves = self._balancer.plan(machines, self._clock.monotonic())
         if len(moves) > 1:
             # The moves of a round concern distinct processes: they go at once, so a
@@ -191,6 +202,8 @@ class BalancingLoop:
         except TenderError as exc:
             with self._lock:
                 self._failures.append(f"{move}: {exc}")
+                self._move_failures[move.source] = (f"process {move.pid} to "
+                                                    f"{move.destination}: {exc}")
             return
         finally:
             with self._lock:
@@ -214,28 +227,75 @@ class BalancingLoop:
             client = self._clients.get(machine)
         if client is None:
             raise UnknownMachineError(f"the balancer does not know machine {machine!r}")
+        with self._lock:
+            self._move_failures.pop(machine, None)  # only this drain's failures explain it
         client.cordon(timeout=self._call_timeout)
         self._kick.set()  # the next round now, not after an idle wait
         left: list[int] = []
-        while self._clock.time() - start < deadline:
+        seen: set[int] = set()  # every process found there during the drain
+        gone = ""  # why the machine stopped answering, if it did
+        while True:  # one look at least, even with a deadline already past
             try:
-                procs = client.list_processes()
-            except TenderError:
+                procs = client.list_processes(timeout=self._call_timeout)
+            except TenderError as exc:
+                gone = f"{machine} stopped answering: {exc}"
                 break
             left = [p.pid for p in procs if p.state != "zombie"]
+            seen.update(left)
             with self._lock:
                 moving = self._in_flight.get(machine, 0)
             if not left and not moving:  # empty, and every move off it is recorded
+                break
+            if self._clock.time() - start >= deadline:
                 break
             self._clock.sleep(min(self._interval, DRAIN_POLL))
         with self._lock:
             moved = tuple(r for r in self._migrations
                           if r.source == machine and r.started_at >= start)
+            failure = self._move_failures.get(machine, "")
+        ended = tuple(sorted(seen - {r.pid for r in moved} - set(left)))
+        why = gone
+        if not why and (left or (ended and not moved)):
+            # Processes stayed (or ended there, where they could have moved off): say why.
+            why = (self._no_destination(machine, left or list(ended))
+                   or (f"moves off failed: {failure}" if failure and left else "")
+                   or ("the moves under way did not finish before the deadline" if left
+                       else ""))
         report = DrainReport(machine, self._clock.time() - start, deadline, moved, tuple(left),
-                             not left)
+                             not left and not gone, why, ended)
         with self._lock:
             self._drains.append(report)
+        if not report.ok:
+            self._log.warning("drain incomplete", machine=machine, left=list(left), why=why)
         return report
+
+    def _no_destination(self, machine: str, pids: list[int]) -> str:
+        """Why no other machine can take `pids` off `machine`, as the balancer last saw them
+        (the last round's snapshots, or a fresh look when no round has run); "" if one can."""
+        with self._lock:
+            loads = list(self._last_loads)
+            known = set(self._clients) - {machine}
+        if not loads:
+            loads = self._snapshots()
+        others = [m for m in loads if m.name != machine]
+        if not others:
+            return "no other machine answers" if known else "no other machine"
+        takers = [m for m in others if not m.cordoned]
+        if not takers:
+            return "every other machine is cordoned"
+        here = next((m for m in loads if m.name == machine), None)
+        sizes = {p.pid: p.resident_bytes for p in (here.processes if here else ())}
+        big = [pid for pid in pids if pid in sizes]
+        if not big:
+            return ""
+        pid = max(big, key=lambda q: sizes[q])
+        best = max(takers, key=lambda m: m.free_bytes)
+        need = sizes[pid] + HEADROOM
+        if need > best.free_bytes:
+            return (f"no other machine has room: process {pid} needs {need / (1 << 20):.1f} "
+                    f"MiB free, the most is {best.free_bytes / (1 << 20):.1f} MiB on "
+                    f"{best.name}")
+        return ""
 
     def state(self) -> BalancerState:
         with self._lock:

@@ -11,14 +11,17 @@ from tender_ray.migration.record import MigrationRecord
 
 @dataclass(frozen=True)
 class DrainReport:
-    """What a drain did: each process moved off, how long it took, and what was left."""
+    """What a drain did: each process moved off, how long it took, what was left, and why
+    what did not move could not (from the last look the balancer had at the machines)."""
 
     machine: str
     seconds: float
     deadline: float
     moved: tuple[MigrationRecord, ...]
     left: tuple[int, ...]  # pids still there at the deadline
-    ok: bool
+    ok: bool  # emptied before the deadline (by moves, or by its processes ending there)
+    why: str = ""  # why processes stayed ("no other machine has room ..."); "" if none did
+    ended: tuple[int, ...] = ()  # pids that ended on the machine instead of moving off
 
 
 @dataclass(frozen=True)

@@ -69,15 +69,20 @@ def read_program(path: str | os.PathLike[str]) -> bytes:
 def _start(cluster: Cluster, names: list[str], image: bytes, name: str, argv: list[str],
            env: list[str]) -> tuple[MachineHandle, int]:
     """Start the process on the first of `names` that takes it (a cordoned one does not)."""
-    refusal: CordonedError | None = None
     for machine in names:
         handle = cluster.machine(machine)
         try:
             return handle, handle.exec(image, name, argv, env)
-        except CordonedError as exc:
-            refusal = exc
-    assert refusal is not None
-    raise refusal
+        except CordonedError:
+            continue
+    # Say what the user can do from here, which the machine's own refusal cannot know.
+    others = [m for m in cluster.machines if m not in names]
+    if len(names) == 1 and others:
+        raise CordonedError(f"machine {names[0]} is cordoned (draining): start the program on "
+                            f"another with --machine ({', '.join(others)}), or "
+                            f"`tender-ray undrain {names[0]}`")
+    raise CordonedError(f"every machine is cordoned (draining: {', '.join(names)}): "
+                        "`tender-ray undrain NAME` one of them first")
 
 
 def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str], *,

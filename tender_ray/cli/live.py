@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
@@ -18,11 +19,16 @@ from tender_ray.cli.scenario.report import Report
 if TYPE_CHECKING:  # the view reads a run; it does not start one (that needs the Ray layer)
     from tender_ray.cli.scenario.run import ScenarioRun
 
+MACHINE_COLUMNS = ("machine", "load", "runnable", "processes", "free memory", "state")
+
 
 def scenario_view(run: ScenarioRun, log: Sequence[str]) -> Panel:
     """One frame of a running scenario: its machines, progress and the last events."""
-    table = Table(expand=True, box=None)
-    for col in ("machine", "load", "runnable", "processes", "free memory", "state"):
+    # Headers in bold over a rule: without them the numbers of a row say nothing.
+    table = Table(title="machines (load: runnable per computation)", title_justify="left",
+                  expand=True, box=box.SIMPLE_HEAD, show_header=True, header_style="bold",
+                  show_edge=False, pad_edge=False)
+    for col in MACHINE_COLUMNS:
         table.add_column(col, justify="right" if col != "machine" else "left")
     for name, poll in sorted(run.last_poll.items()):
         s = poll.statistics
@@ -67,7 +73,8 @@ def print_summary(report: Report, report_dir: Path | None) -> None:
     for d in report.drains:
         console.print(f"drain of {d.machine}: {len(d.moved)} moved in "
                       f"{d.seconds:.2f}s (deadline {d.deadline:.0f}s), "
-                      f"{'ok' if d.ok else 'left ' + str(list(d.left))}")
+                      f"{'ok' if d.ok else 'left ' + str(list(d.left))}"
+                      + (f" ({d.why})" if d.why else ""))
     for e in report.events_failed:
         console.print(f"[red]event failed[/red] t={e.at:.1f}s {e.action.value} {e.machine}: "
                       f"{e.error}")
@@ -79,7 +86,8 @@ def print_summary(report: Report, report_dir: Path | None) -> None:
     for n in report.not_started:
         console.print(f"[red]not started[/red] {n.name}: {n.reason}")
     if report_dir is not None:
-        console.print(f"report: {report_dir / 'report.json'}, {report_dir / 'load.png'}")
+        console.print(f"report: {report_dir / 'report.json'}, {report_dir / 'load.png'}, "
+                      f"{report_dir / 'timeline.png'}")
 
 
 def print_compare(reports: list[Report]) -> None:

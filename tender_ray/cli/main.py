@@ -12,19 +12,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tender_ray.balancing.policies import Policy
+from tender_ray.cli import status
+from tender_ray.cli.status import UnreachableError
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MachineError, TenderError, UsageError
 from tender_ray.migration.options import MigrationOptions, Resources, Transfer
 
 if TYPE_CHECKING:  # Ray loads only with the commands that start or reach a cluster
+    from tender_ray.balancing.state import DrainReport
     from tender_ray.cluster.cluster import Cluster
 
-EXIT_USAGE = 2
+ADDRESS_HELP = ("a Ray cluster to join (host:port, or auto) instead of starting an embedded "
+                "one (default: $RAY_ADDRESS)")
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = status.USAGE) -> int:
     print(f"tender-ray: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return code
+
+
+_unreachable = status.unreachable
 
 
 POLICIES = [p.value for p in Policy]
@@ -55,9 +62,7 @@ def _machine_options(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "--memory-mib", "memory_mib", "MIB")
     _setting(parser, "--quantum-us", "quantum_us", "US")
     _setting(parser, "--exact", "quantum_instructions", "INSTRUCTIONS", dest="exact")
-    parser.add_argument("--address", default=None,
-                        help="join an existing Ray cluster at this address instead of "
-                             "starting an embedded one")
+    parser.add_argument("--address", default=None, metavar="ADDRESS", help=ADDRESS_HELP)
     _setting(parser, "--engine", "engine")
 
 
@@ -105,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"],
                         help="log level (default: $TENDER_LOG_LEVEL, else warning; info logs "
                              "every migration phase)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do; `tender-ray COMMAND --help` for its options")
     p = sub.add_parser(
         "exec", help="run one program as a Tender process",
         description="Start a cluster of machine actors (an embedded local Ray unless "
@@ -113,26 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "process, forward its stdout and stderr, and exit with its exit status "
                     "(128+signal when it faults).")
     _machine_options(p)
+    p.add_argument("--machine", default=None, metavar="NAME",
+                   help="start the program on this machine of the cluster (default: the "
+                        "first that takes it)")
     p.add_argument("--stats", metavar="FILE", help="write run statistics as JSON to FILE")
     _migration_options(p)
     p.add_argument("--migrate-every", type=float, default=None, metavar="SECONDS",
                    help="while the program runs, migrate it round-robin to the next machine "
                         "at this interval")
     p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="arguments passed to the program")
+    args = p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="arguments passed to the program (optional; everything after PROGRAM "
+                        "is the program's)")
+    # argparse counts a REMAINDER as required and writes it as a bare "...": it is optional.
+    args.required = False
+    p.usage = (p.format_usage().removeprefix("usage: ").rstrip()
+               .replace("PROGRAM ...", "PROGRAM [ARGS ...]"))
     r = sub.add_parser(
         "run", help="run a load-balancing scenario (default: configs/laptop.yaml)",
         description="Run a scenario from configs/*.yaml: machines, arriving programs, a "
                     "balancer policy and timed events (drain, undrain, add or stop a machine), "
                     "with a live view; at the end a summary and a report directory with "
-                    "report.json and load.png.")
+                    "report.json, load.png and timeline.png.")
     r.add_argument("scenario", nargs="?", default=None, metavar="SCENARIO",
                    help="scenario file (default: configs/laptop.yaml)")
     r.add_argument("--report", metavar="DIR", default=None,
                    help="report directory (default: reports/<scenario>-<time>)")
-    r.add_argument("--address", default=None,
-                   help="run on an existing Ray cluster instead of an embedded one")
+    r.add_argument("--address", default=None, metavar="ADDRESS", help=ADDRESS_HELP)
     r.add_argument("--policy", default=None, choices=POLICIES,
                    help="override the scenario's balancer policy")
     r.add_argument("--compare", metavar="POLICIES", default=None,
@@ -147,13 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "existing Ray cluster (--address) or on a Ray head started here on "
                     "127.0.0.1. `ps`, `migrate`, `drain`, `undrain`, `exec`, `top` act on it; "
                     "`down` stops what `up` started.")
-    u.add_argument("--machines", type=int, default=3, metavar="N")
+    u.add_argument("--machines", type=int, default=3, metavar="N",
+                   help="machines (detached Ray actors) to start, named m0, m1, ... "
+                        "(default 3)")
     _setting(u, "--computations", "computations", "N")
     _setting(u, "--memory-mib", "memory_mib", "MIB")
-    u.add_argument("--address", default=None, help="existing Ray cluster to join")
+    u.add_argument("--address", default=None, metavar="ADDRESS",
+                   help="an existing Ray cluster to start the machines on instead of a Ray "
+                        "head of our own on 127.0.0.1 (default: $RAY_ADDRESS)")
     u.add_argument("--policy", default=Policy.NONE.value, choices=POLICIES,
                    help="balancer policy (default none: it only drains)")
-    u.add_argument("--num-cpus", type=int, default=None,
+    u.add_argument("--num-cpus", type=int, default=None, metavar="N",
                    help="CPUs of the Ray head started here (default: the host's)")
     _metrics_options(u, host=True)
     t = sub.add_parser("top", help="live view of the running cluster",
@@ -162,18 +179,32 @@ def build_parser() -> argparse.ArgumentParser:
                                    "migrations with their phase times, redrawn in place.")
     t.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
                    help="seconds between refreshes (default 1)")
-    t.add_argument("--once", action="store_true", help="print one view and exit")
-    sub.add_parser("down", help="stop what `up` started")
-    sub.add_parser("ps", help="processes of the running cluster and where they run")
-    mg = sub.add_parser("migrate", help="migrate a process of the running cluster")
-    mg.add_argument("pid", type=int)
-    mg.add_argument("machine")
+    t.add_argument("--once", action="store_true",
+                   help="print one view and exit (also when stdout is not a terminal); "
+                        "otherwise q or Ctrl-C quits")
+    sub.add_parser("down", help="stop what `up` started",
+                   description="Stop the machines, balancer and metrics exporter `up` "
+                               "started, and the Ray head if `up` started one; nothing else. "
+                               "With nothing up, says so and exits 0.")
+    sub.add_parser("ps", help="processes of the running cluster and where they run",
+                   description="One row per process of the cluster `up` started: pid, "
+                               "name, machine, state, CPU and run seconds, migrations.")
+    mg = sub.add_parser("migrate", help="migrate a process of the running cluster",
+                        description="Move process PID to MACHINE now, and print how long "
+                                    "each phase of the migration took.")
+    mg.add_argument("pid", type=int, metavar="PID", help="the process to move (see `ps`)")
+    mg.add_argument("machine", metavar="MACHINE", help="the machine to move it to (m0, ...)")
     _migration_options(mg)
-    dr = sub.add_parser("drain", help="move every process off a machine, then keep it empty")
-    dr.add_argument("machine")
-    dr.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS")
+    dr = sub.add_parser("drain", help="move every process off a machine, then keep it empty",
+                        description="Cordon MACHINE (it takes no new processes) and have the "
+                                    "balancer move every process off it; report each move, "
+                                    "and, if processes are still there at the deadline, "
+                                    "which and why (exit status 1).")
+    dr.add_argument("machine", metavar="MACHINE", help="the machine to drain (m0, ...)")
+    dr.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS",
+                    help="seconds to wait for the machine to be empty (default 60)")
     ud = sub.add_parser("undrain", help="let a drained machine take processes again")
-    ud.add_argument("machine")
+    ud.add_argument("machine", metavar="MACHINE", help="the machine to uncordon (m0, ...)")
     b = sub.add_parser("bench", help="run a benchmark",
                        description="Benchmarks that report ratios measured side by side in "
                                    "one run: engine (run time under Tender against native, "
@@ -240,27 +271,51 @@ def cmd_exec(ns: argparse.Namespace) -> int:
         stream.write(data)
         stream.flush()
 
+    if ns.migrate_every is not None and ns.migrate_every <= 0:
+        raise UsageError("--migrate-every must be a positive number of seconds")
     attached = _attach_up(ns.address)
     if attached is not None:
         cluster = attached
     else:
-        cluster = Cluster(ns.address, num_cpus=max(2, ns.machines),
-                          prefix="" if ns.address is None else f"exec-{os.getpid()}-")
+        status.check_reachable(ns.address)
+        try:
+            cluster = Cluster(ns.address, num_cpus=max(2, ns.machines),
+                              prefix="" if ns.address is None else f"exec-{os.getpid()}-")
+        except ConnectionError:  # ray.init's way of saying nobody answers there
+            raise _unreachable(ns.address) from None
     try:
         if attached is None:
             for config in configs:
                 cluster.add_machine(config)
-        if ns.migrate_every is not None and ns.migrate_every <= 0:
-            raise UsageError("--migrate-every must be a positive number of seconds")
-        result = execute(cluster, ns.program, ns.args, _environment(), sink=sink,
-                         migrate_every=ns.migrate_every, options=_options(ns))
+        if ns.machine is not None and ns.machine not in cluster.machines:
+            raise UsageError(f"--machine {ns.machine}: no such machine in the cluster; the "
+                             f"machines are {', '.join(cluster.machines)}")
+        result = execute(cluster, ns.program, ns.args, _environment(), machine=ns.machine,
+                         sink=sink, migrate_every=ns.migrate_every, options=_options(ns))
     finally:
         if attached is not None:
             cluster.forget()  # the machines belong to `up`
         cluster.shutdown()
     if ns.stats:
         Path(ns.stats).write_text(json.dumps(result.stats(), indent=2) + "\n")
+    killed = killed_message(result.pid, result.exit_status, result.exit_reason)
+    if killed:
+        print(killed, file=sys.stderr)
     return result.exit_status
+
+
+def killed_message(pid: int, exit_status: int, exit_reason: str) -> str:
+    """`tender-ray: process 1001 killed by SIGSEGV (...)` for a guest a signal ended (what a
+    shell says natively), "" for one that exited: the status alone (128+N) says too little."""
+    from tender_ray.abi.linux import signal_name
+
+    if exit_reason == "exited" or exit_status <= status.SIGNAL_BASE:
+        return ""
+    name = signal_name(exit_status - status.SIGNAL_BASE)
+    # The machine's reason says where ("... at 0x401234") or who sent it; keep what it adds.
+    detail = exit_reason.removeprefix(f"killed by signal {exit_status - status.SIGNAL_BASE}")
+    detail = detail.removeprefix(f"killed by {name}").strip()
+    return f"tender-ray: process {pid} killed by {name}" + (f" ({detail})" if detail else "")
 
 
 def default_scenario() -> Path:
@@ -280,6 +335,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     path = Path(ns.scenario) if ns.scenario else default_scenario()
     read = read_scenario(path)
+    status.check_reachable(ns.address)  # before the scenario starts, not minutes into it
     scenario, programs, problems = read.scenario, read.programs, read.problems
     if ns.compare:
         policies = [p.strip() for p in ns.compare.split(",") if p.strip()]
@@ -299,7 +355,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
                               metrics_port=None if ns.no_metrics else ns.metrics_port)
             reports.append(result.report)
         print_compare(reports)
-        return 0 if all(r.all_match_native for r in reports) else 1
+        return status.OK if all(r.all_match_native for r in reports) else status.FAILED
     stamp = _time.strftime("%Y%m%d-%H%M%S")
     report_dir = Path(ns.report) if ns.report else Path("reports") / f"{scenario.name}-{stamp}"
     result = run_live(scenario, programs, address=ns.address, policy=ns.policy,
@@ -307,7 +363,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
                       report_dir=report_dir, live=not ns.no_live and sys.stdout.isatty(),
                       metrics_port=None if ns.no_metrics else ns.metrics_port)
     print_summary(result.report, report_dir)
-    return 0 if result.report.ok else 1
+    return status.OK if result.report.ok else status.FAILED
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
@@ -328,7 +384,11 @@ def cmd_up(ns: argparse.Namespace) -> int:
     shared = state_path().parent / "shared-plate"
     shared.mkdir(parents=True, exist_ok=True)
     try:
-        cluster = Cluster(address, shared_plate=str(shared))
+        status.check_reachable(address)
+        try:
+            cluster = Cluster(address, shared_plate=str(shared))
+        except ConnectionError:
+            raise _unreachable(address) from None
         for config in configs:
             cluster.add_machine(config, detached=True)
         cluster.start_balancer(BalancerParams(policy=Policy(ns.policy)), MigrationOptions(),
@@ -349,24 +409,36 @@ def cmd_up(ns: argparse.Namespace) -> int:
           f"state in {state_path()}")
     if metrics_port is not None:
         print(f"metrics: http://{ns.metrics_host}:{metrics_port}/metrics")
-    return 0
+    print(f"attach: `ps`, `migrate`, `drain`, `undrain`, `top` and `down` find it by the state "
+          f"file; `exec` and `run` with --address {address} (or --address auto, or "
+          f"RAY_ADDRESS={address})")
+    return status.OK
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
     import contextlib
 
-    from tender_ray.cli.operate import ClusterState, connect, stop_head
+    from tender_ray.cli.operate import ClusterState, connect, state_path, stop_head
 
+    if not state_path().exists():
+        print("down: nothing is running (no cluster started by `tender-ray up`)")
+        return status.OK
     state = ClusterState.load()
-    with contextlib.suppress(Exception):
+    reached = False
+    with contextlib.suppress(Exception):  # whatever is left of it, the state file goes
         cluster, _ = connect(state)
         cluster.shutdown()
+        reached = True
     if state.head_pid is not None:
         stop_head(state.head_pid)
     ClusterState.remove()
-    print(f"down: stopped {len(state.machines)} machines"
-          f"{' and the Ray head' if state.head_pid else ''}")
-    return 0
+    head = " and the Ray head" if state.head_pid else ""
+    if reached:
+        print(f"down: stopped {len(state.machines)} machines{head}")
+    else:  # say so: its machines went with it, nothing was there to stop
+        print(f"down: no cluster answered at {state.address} (it had stopped); forgot it"
+              f"{', stopped the Ray head' if head else ''}")
+    return status.OK
 
 
 def cmd_ps(ns: argparse.Namespace) -> int:
@@ -388,7 +460,7 @@ def cmd_ps(ns: argparse.Namespace) -> int:
             table.add_row(str(p.pid), p.name, name, p.state, f"{p.cpu_seconds:.2f}",
                           f"{p.run_seconds:.1f}", str(len(p.migrations)))
     Console().print(table)
-    return 0
+    return status.OK
 
 
 def cmd_top(ns: argparse.Namespace) -> int:
@@ -399,8 +471,9 @@ def cmd_top(ns: argparse.Namespace) -> int:
         raise UsageError("--interval must be a positive number of seconds")
     cluster, _ = connect()
     run_top(lambda: list(cluster.machines.values()), ns.interval,
-            balancer=cluster.balancer_state, once=ns.once or not sys.stdout.isatty())
-    return 0
+            balancer=cluster.balancer_state, once=ns.once or not sys.stdout.isatty(),
+            keys=sys.stdin if sys.stdin.isatty() else None)
+    return status.OK
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
@@ -413,19 +486,35 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
     phases = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in record.phases.items())
     print(f"migrated {ns.pid} {record.source} → {record.destination} in "
           f"{1000 * record.seconds:.1f} ms, {record.pages} pages ({phases})")
-    return 0
+    return status.OK
 
 
 def cmd_drain(ns: argparse.Namespace) -> int:
     from tender_ray.cli.operate import connect
 
+    if ns.deadline <= 0:
+        raise UsageError("--deadline must be a positive number of seconds")
     cluster, _ = connect()
     report = cluster.resolve_drain(cluster.drain_async(ns.machine, ns.deadline))
     for r in report.moved:
         print(f"  {r.pid} → {r.destination} in {1000 * r.seconds:.1f} ms")
-    print(f"drain of {ns.machine}: {len(report.moved)} moved in {report.seconds:.2f} s"
-          + ("" if report.ok else f"; still there at the deadline: {list(report.left)}"))
-    return 0 if report.ok else 1
+    print(drain_summary(report))
+    return status.OK if report.ok else status.FAILED
+
+
+def drain_summary(report: DrainReport) -> str:
+    """One line: what moved, what ended there by itself, and what was left and why."""
+    line = f"drain of {report.machine}: {len(report.moved)} moved"
+    if report.ended:
+        line += f", {len(report.ended)} ended there"
+    line += f" in {report.seconds:.2f} s"
+    if not report.ok:
+        pids = " ".join(str(p) for p in report.left)
+        line += (f"; still there at the deadline ({report.deadline:g} s): "
+                 f"{pids or 'unknown'}")
+    if report.why:
+        line += f" ({report.why})"
+    return line
 
 
 def cmd_undrain(ns: argparse.Namespace) -> int:
@@ -434,7 +523,7 @@ def cmd_undrain(ns: argparse.Namespace) -> int:
     cluster, _ = connect()
     cluster.undrain(ns.machine)
     print(f"{ns.machine} takes processes again")
-    return 0
+    return status.OK
 
 
 def _attach_up(address: str | None) -> Cluster | None:
@@ -473,7 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
-        return EXIT_USAGE
+        return status.USAGE
+    if getattr(ns, "address", "") is None:
+        # As Ray's own commands do: the flag first, then the environment.
+        ns.address = os.environ.get("RAY_ADDRESS") or None
     _configure_logs(ns)
     handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run, "up": cmd_up,
                 "down": cmd_down, "ps": cmd_ps, "migrate": cmd_migrate, "drain": cmd_drain,
@@ -482,14 +574,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[ns.command](ns)
     except UsageError as exc:
         return _fail(str(exc))
+    except UnreachableError as exc:
+        return _fail(str(exc), status.UNREACHABLE)
     except MachineError as exc:
         print(f"tender-ray: machine failure: {exc}", file=sys.stderr)
-        return 1
+        return status.UNREACHABLE
     except TenderError as exc:
         print(f"tender-ray: {exc}", file=sys.stderr)
-        return 1
+        return status.FAILED
+    except ConnectionError:
+        # Ray found no cluster where a command (a scenario, a benchmark) was pointed.
+        return _fail(str(_unreachable(getattr(ns, "address", None))), status.UNREACHABLE)
     except KeyboardInterrupt:
-        return 130
+        return status.INTERRUPTED
 
 
 if __name__ == "__main__":

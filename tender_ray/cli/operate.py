@@ -118,10 +118,18 @@ def stop_head(pid: int) -> None:
 
 def connect(state: ClusterState | None = None) -> tuple[Cluster, ClusterState]:
     """A Cluster attached to the machines `up` started."""
+    from tender_ray.cli.status import UnreachableError, check_reachable
     from tender_ray.cluster.cluster import Cluster
 
     state = state or ClusterState.load()
-    cluster = Cluster(state.address, shared_plate=state.shared_plate)
+    try:
+        check_reachable(state.address)
+        cluster = Cluster(state.address, shared_plate=state.shared_plate)
+    except (ConnectionError, UnreachableError):  # nobody answers there any more
+        raise UnreachableError(
+            f"no Ray cluster answers at {state.address}, where `tender-ray up` started one "
+            f"({state_path()}): it has stopped; `tender-ray down` forgets it, then "
+            "`tender-ray up` starts a new one") from None
     cluster.attach(state.machines)
     cluster.attach_exporter()  # so `down` stops it too
     return cluster, state

@@ -8,10 +8,13 @@ through their handles, and `run_top` loops the two.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -191,14 +194,57 @@ def render_snapshot(snap: Snapshot, **kwargs: Any) -> RenderableType:
                   balancer=snap.balancer, **kwargs)
 
 
+QUIT_KEYS = frozenset("qQ")
+
+
+@contextlib.contextmanager
+def _keys_mode(keys: IO[str] | None) -> Iterator[None]:
+    """A terminal's keys one at a time, unechoed (Ctrl-C still interrupts), while `top`
+    runs; the terminal as it was afterwards. Anything else (a pipe, none) is left alone."""
+    if keys is None or not keys.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    fd = keys.fileno()
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def wait_for_quit(keys: IO[str] | None, seconds: float) -> bool:
+    """Wait `seconds`, or less if a key comes: whether it was one that quits (q).
+    End of input does not quit: the view goes on, sleeping instead."""
+    if keys is None:
+        time.sleep(seconds)
+        return False
+    deadline = time.monotonic() + seconds
+    fd = keys.fileno()
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return False
+        data = os.read(fd, 64).decode(errors="replace")  # unbuffered: select saw the fd
+        if not data:  # end of input: nothing will ever come
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
+        if QUIT_KEYS & set(data):
+            return True
+    return False
+
+
 def run_top(handles: Sequence[MachineSource] | Callable[[], Sequence[MachineSource]],
             interval: float = 1.0, *,
             balancer: Callable[[], BalancerState | None] | None = None,
             console: Console | None = None, once: bool = False,
-            iterations: int | None = None) -> None:
-    """Draw the cluster every `interval` seconds, in place, until Ctrl-C (or `iterations`
-    frames); `once` prints a single frame. `handles` may be a callable, asked again at every
-    frame, when machines come and go."""
+            iterations: int | None = None, keys: IO[str] | None = None) -> None:
+    """Draw the cluster every `interval` seconds, in place, until q on `keys` (the terminal),
+    Ctrl-C, or `iterations` frames; `once` prints a single frame. `handles` may be a
+    callable, asked again at every frame, when machines come and go."""
     console = console or Console()
 
     def frame() -> RenderableType:
@@ -210,12 +256,13 @@ def run_top(handles: Sequence[MachineSource] | Callable[[], Sequence[MachineSour
         return
     drawn = 0
     try:
-        with Live(frame(), console=console, auto_refresh=False, screen=False,
-                  transient=False) as live:
+        with _keys_mode(keys), Live(frame(), console=console, auto_refresh=False,
+                                    screen=False, transient=False) as live:
             drawn = 1
             while iterations is None or drawn < iterations:
-                time.sleep(interval)
+                if wait_for_quit(keys, interval):
+                    break
                 live.update(frame(), refresh=True)
                 drawn += 1
     except KeyboardInterrupt:
-        pass
+        pass  # Ctrl-C is how a view is left: not an error

@@ -84,11 +84,14 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             pid=pid, source=source.name, destination=peer.name,
             transfer=options.transfer.value, reuse=options.reuse,
             resources=options.resources.value, seconds=seconds, bytes=nbytes, pages=pages,
-            phases=phases, result=result, error=error, started_at=started_at)
+            phases=phases, phase_starts=starts, result=result, error=error,
+            started_at=started_at)
 
     phases: dict[str, float] = {}
+    starts: dict[str, float] = {}  # seconds after `start`, as each phase begins
     nbytes = pages = 0
     start = time.perf_counter()
+    starts["freeze"] = 0.0
     frames = source.freeze(pid)
     phases["freeze"] = time.perf_counter() - start
     image: ProcessImage | None = None
@@ -102,7 +105,12 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             raise
         created = True
         phases["create_call"] = time.perf_counter() - t - phases["create"]
+        # The destination's create runs inside the call; where in it the source cannot see,
+        # so it is placed at the call's start and the call's round trip after it.
+        starts["create"] = t - start
+        starts["create_call"] = t - start + phases["create"]
         t = time.perf_counter()
+        starts["export"] = t - start
         image = source.export_image(pid, transport, options)
         phases["export"] = time.perf_counter() - t
         pages = image.pages_sent
@@ -113,7 +121,16 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         phases.update(transformed)
         # What the transform call cost beyond the destination's own work: the round trip.
         phases["transform_call"] = time.perf_counter() - t - sum(transformed.values())
+        # Transform I-III run on the destination inside the call, one after another: each
+        # starts at the call's start plus the destination phases before it (in the order the
+        # destination reports them, I, II, III); the round trip follows them.
+        offset = t - start
+        for name, seconds in transformed.items():
+            starts[name] = offset
+            offset += seconds
+        starts["transform_call"] = offset
         t = time.perf_counter()
+        starts["commit"] = t - start
         peer.commit(pid)
         phases["commit"] = time.perf_counter() - t
         committed = True
@@ -128,6 +145,7 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         source.note_migration(finished(time.perf_counter() - start, "failed", str(exc)))
         raise
     t = time.perf_counter()
+    starts["delete"] = t - start
     source.delete_migrated(pid, nbytes, options.reuse)
     phases["delete"] = time.perf_counter() - t
     record = finished(time.perf_counter() - start)

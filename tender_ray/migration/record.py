@@ -30,6 +30,9 @@ class MigrationRecord:
     bytes: int = 0
     pages: int = 0
     phases: dict[str, float] = field(default_factory=dict)
+    # When each phase began, seconds after the migration's start (`started_at`); a phase
+    # without one (a same-machine move times none) is taken to follow the one before it.
+    phase_starts: dict[str, float] = field(default_factory=dict)
     result: str = "ok"  # "ok" or "failed"
     error: str = ""
     started_at: float = 0.0  # time.time() when it began
@@ -56,7 +59,8 @@ class MigrationRecord:
         out: dict[str, Any] = {
             "pid": self.pid, "from": self.source, "to": self.destination,
             "seconds": self.seconds, "bytes": self.bytes, "pages": self.pages,
-            "phases": dict(self.phases), "transfer": self.transfer, "reuse": self.reuse,
+            "phases": dict(self.phases), "phase_starts": dict(self.phase_starts),
+            "transfer": self.transfer, "reuse": self.reuse,
             "resources": self.resources, "result": self.result, "error": self.error,
             "started_at": self.started_at}
         if self.reason:

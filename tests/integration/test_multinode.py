@@ -72,9 +72,11 @@ def test_migrate_between_nodes(clusters: tuple[RayCluster, Cluster], transfer: s
     _, cluster = clusters
     handles = [cluster.machine("na"), cluster.machine("nb")]
     options = MigrationOptions(transfer=Transfer(transfer))
-    path = workload("sieve")
-    args = ("12000000",)
-    pid = handles[0].exec(path.read_bytes(), "sieve", [os.fspath(path), *args], [])
+    # 8 MiB of pages to move, and a second of sleeps however fast the host runs the code:
+    # a sieve could end before its third move on a fast host.
+    path = workload("memhold")
+    args = ("8", "100", "10")
+    pid = handles[0].exec(path.read_bytes(), "memhold", [os.fspath(path), *args], [])
     where, records = 0, []
     while len(records) < 8:
         source = handles[where]
@@ -92,7 +94,7 @@ def test_migrate_between_nodes(clusters: tuple[RayCluster, Cluster], transfer: s
     while any(c.pid == pid for c in last.statistics().computations):
         time.sleep(0.002)
     info, out, err = last.reap(pid)
-    assert (info.exit_status, out, err) == native("sieve", *args)
+    assert (info.exit_status, out, err) == native("memhold", *args)
     assert len(records) >= 3
     for i, r in enumerate(records):
         assert (r.source, r.destination, r.result) == (

@@ -181,6 +181,6 @@ def test_down_stops_what_up_started(cluster: tuple[dict[str, str], Path]) -> Non
         time.sleep(0.2)
     assert not alive(head_pid)
     assert group_members(head_pid) == []
-    # and with nothing up, the commands say so
+    # and with nothing up, `down` says so and has nothing to do
     r = tender(env, "down")
-    assert r.returncode == 2 and "tender-ray up" in r.stderr
+    assert r.returncode == 0 and "nothing is running" in r.stdout, (r.stdout, r.stderr)

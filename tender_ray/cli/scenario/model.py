@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import enum
 import os
+import re
+import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticUndefined
+from pydantic_core import ErrorDetails, PydanticUndefined
 
 from tender_ray.balancing.policies import BalancerParams, Policy
+from tender_ray.cli.scenario.yaml_marks import Position, load_marked, position
 from tender_ray.config import Engine, MachineConfig, workloads_dir
 from tender_ray.errors import BadProgramError, ConfigError
 from tender_ray.migration.options import MigrationOptions, Resources, Transfer
@@ -189,43 +194,167 @@ class ScenarioFile:
     problems: tuple[str, ...]
 
 
+# --- errors a person can act on: where (file:line:column), what, and what was meant ---------
+
+def _at(path: Path, where: Position | None) -> str:
+    """`file:line:column`, the prefix of every problem (editors jump to it); the file alone
+    when the value is not in the file (a default, or no file at all)."""
+    return f"{path}:{where[0]}:{where[1]}" if where else str(path)
+
+
+def _did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the choice closest to `word`, if one is close enough."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` as `X`: an optional field's errors are about X."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _type_at(loc: tuple[str | int, ...]) -> Any:
+    """The type Scenario expects at pydantic's `loc` (a model, an enum, ...), None if `loc`
+    leads nowhere the models know."""
+    current: Any = Scenario
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(part) if isinstance(part, str) else None
+            if info is None:
+                return None
+            current = info.annotation
+        elif get_origin(current) is list and isinstance(part, int):
+            current = get_args(current)[0]
+        else:
+            return None
+    return _unwrap(current)
+
+
+# A name pattern as MachineConfig's (`^[A-Za-z0-9_-]{1,64}$`), said in words.
+_NAME_PATTERN = re.compile(r"^\^\[A-Za-z0-9_-\]\{1,(\d+)\}\$$")
+
+
+def _explain(error: ErrorDetails) -> str:
+    """One pydantic error as `loc: what is wrong`, on one line: an unknown field with the
+    closest allowed one, an enum's choices by name, a name pattern in words, and otherwise
+    pydantic's message with the value that was given."""
+    loc = error["loc"]
+    field = ".".join(str(x) for x in loc)
+    given = error.get("input")
+    if error["type"] == "extra_forbidden":
+        model = _type_at(loc[:-1])
+        allowed = list(model.model_fields) if isinstance(model, type) and issubclass(
+            model, BaseModel) else []
+        hint = _did_you_mean(str(loc[-1]), allowed) or (
+            f" (fields: {', '.join(allowed)})" if allowed else "")
+        return f"{field}: unknown field, extra inputs are not permitted{hint}"
+    expected = _type_at(loc)
+    if error["type"] == "enum" and isinstance(expected, type) and issubclass(
+            expected, enum.Enum):
+        values = [str(member.value) for member in expected]
+        shown = "nothing" if given is None else repr(given)  # `policy:` left empty
+        return (f"{field}: {shown} is not one of {', '.join(values)}"
+                f"{_did_you_mean(given, values)}")
+    if error["type"] == "string_pattern_mismatch":
+        words = _NAME_PATTERN.match(str(error.get("ctx", {}).get("pattern", "")))
+        if words:
+            return (f"{field}: {given!r} is not a name: 1 to {words[1]} letters, digits, "
+                    f"'_' or '-'")
+    message = " ".join(error["msg"].split())  # one line, whatever pydantic says
+    if given is None and error["type"] != "missing":
+        message += " (got nothing)"  # `machines:` with nothing after it, say
+    elif isinstance(given, str | int | float | bool) and error["type"] != "missing":
+        shown = repr(given)
+        message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+    return f"{field}: {message}"
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """A YAML syntax error on one line, at its mark; where the construct it broke began
+    follows in brackets (an unclosed bracket, say, is reported where the file goes on)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and (exc.problem_mark or exc.context_mark):
+        mark = exc.problem_mark or exc.context_mark
+        message = f"{_at(path, position(mark))}: not valid YAML: {exc.problem or exc.context}"
+        began = position(exc.context_mark)
+        if exc.context and exc.problem and began:
+            message += f" ({exc.context} at {began[0]}:{began[1]})"
+        return " ".join(message.split())
+    return f"{path}: not valid YAML: {' '.join(str(exc).split())}"
+
+
+def _duplicate(scenario: Scenario) -> tuple[int, str] | None:
+    """The first machine spec (its index) that repeats a name an earlier one made, and that
+    name."""
+    seen: set[str] = set()
+    for i, spec in enumerate(scenario.machines):
+        for config in spec.configs():
+            if config.name in seen:
+                return i, config.name
+            seen.add(config.name)
+    return None
+
+
 def read_scenario(path: str | os.PathLike[str]) -> ScenarioFile:
     """Read a scenario file. A file that is not a valid scenario at all (missing, not YAML,
-    wrong fields or types, duplicate machines) is a ConfigError."""
+    wrong fields or types, duplicate machines) is a ConfigError: one line per problem, each
+    `file:line:column: field: what is wrong` (with a suggestion where one is close)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such scenario file (scenarios live in configs/)")
     try:
-        data = yaml.safe_load(p.read_text())
+        marked = load_marked(p.read_bytes())  # bytes: PyYAML detects the encoding
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(p, exc)) from None
+    data = marked.data
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a scenario is a mapping with machines, workloads, ...")
+        empty = " (this file is empty)" if data is None else ""
+        raise ConfigError(f"{_at(p, marked.where(()))}: a scenario is a mapping with "
+                          f"machines, workloads, ...{empty}")
     data.setdefault("name", p.stem)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{p}: {problems}") from None
+        errors = [(marked.where(e["loc"], key=e["type"] == "extra_forbidden"), e)
+                  for e in exc.errors()]
+        # In the file's order: a person fixes them top to bottom.
+        errors.sort(key=lambda we: we[0] or (0, 0))
+        raise ConfigError("\n".join(f"{_at(p, where)}: {_explain(e)}"
+                                     for where, e in errors)) from None
+    duplicate = _duplicate(scenario)
+    if duplicate is not None:
+        i, name = duplicate
+        raise ConfigError(f"{_at(p, marked.where(('machines', i, 'name')))}: "
+                          f"machines[{i}].name: two machines have the same name, {name!r}")
+    found: list[tuple[Position | None, str]] = []  # where, and the whole message
     names = {c.name for c in scenario.machine_configs()}
-    if len(names) != len(scenario.machine_configs()):
-        raise ConfigError(f"{p}: machines: two machines have the same name")
-    found: list[str] = []
     known = set(names)
+
+    def problem(loc: tuple[str | int, ...], message: str) -> None:
+        where = marked.where(loc)
+        found.append((where, f"{_at(p, where)}: {loc[0]}[{loc[1]}].{loc[2]}: {message}"))
+
+    def unknown(loc: tuple[str | int, ...], name: str, machines: set[str]) -> None:
+        problem(loc, f"unknown machine {name!r}{_did_you_mean(name, machines)} "
+                     f"(machines: {', '.join(sorted(machines))})")
+
     for i, event in sorted(enumerate(scenario.events), key=lambda ie: ie[1].at):
         if event.action is EventAction.ADD_MACHINE:
             if event.machine in known:
-                found.append(f"{p}: events[{i}].machine: {event.machine!r} exists already")
+                problem(("events", i, "machine"), f"{event.machine!r} exists already")
             known.add(event.machine)
         elif event.machine not in known:
-            found.append(f"{p}: events[{i}].machine: unknown machine {event.machine!r} "
-                         f"(machines: {', '.join(sorted(known))})")
+            unknown(("events", i, "machine"), event.machine, known)
     programs: dict[int, Path] = {}
     for i, w in enumerate(scenario.workloads):
         if w.machine is not None and w.machine not in names:
-            found.append(f"{p}: workloads[{i}].machine: unknown machine {w.machine!r} "
-                         f"(machines: {', '.join(sorted(names))})")
+            unknown(("workloads", i, "machine"), w.machine, names)
             continue
         try:
             program = resolve_program(w.program, p.parent)
@@ -234,23 +363,24 @@ def read_scenario(path: str | os.PathLike[str]) -> ScenarioFile:
                 where = f"in {workloads_dir()} nor "
             except FileNotFoundError:
                 where = ""
-            found.append(f"{p}: workloads[{i}].program: {w.program!r} not found "
-                         f"{where}relative to the scenario")
+            problem(("workloads", i, "program"),
+                    f"{w.program!r} not found {where}relative to the scenario")
             continue
         try:
             parse_program(program.read_bytes(), w.program)
         except BadProgramError as exc:
-            found.append(f"{p}: workloads[{i}].program: {exc}")
+            problem(("workloads", i, "program"), " ".join(str(exc).split()))
             continue
         programs[i] = program
-    return ScenarioFile(scenario, programs, tuple(found))
+    found.sort(key=lambda wm: wm[0] or (0, 0))  # in the file's order
+    return ScenarioFile(scenario, programs, tuple(message for _, message in found))
 
 
 def load_scenario(path: str | os.PathLike[str]) -> tuple[Scenario, dict[int, Path]]:
     """Read a scenario file and insist it is wholly runnable; the scenario and each
-    workload's program. Any problem is a ConfigError naming the file, the field and what is
-    wrong."""
+    workload's program. Any problem is a ConfigError, one line per problem, each naming the
+    file, line and column, the field and what is wrong."""
     read = read_scenario(path)
     if read.problems:
-        raise ConfigError("; ".join(read.problems))
+        raise ConfigError("\n".join(read.problems))
     return read.scenario, read.programs

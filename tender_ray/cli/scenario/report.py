@@ -81,10 +81,11 @@ class DrainSummary:
     ok: bool
     left: tuple[int, ...]  # pids still there at the deadline
     moved: tuple[MigrationRecord, ...]
+    why: str = ""  # why the processes left were not moved ("" when none was left)
 
     def as_dict(self) -> dict[str, Any]:
         return {"machine": self.machine, "seconds": self.seconds, "deadline": self.deadline,
-                "ok": self.ok, "left": list(self.left),
+                "ok": self.ok, "left": list(self.left), "why": self.why,
                 "moved": [{"pid": r.pid, "to": r.destination, "seconds": r.seconds}
                           for r in self.moved]}
 

@@ -3,7 +3,9 @@
 The driver starts the machines and the balancer actor, starts processes as they arrive, fires
 the timed events (drain, undrain, add or stop a machine), follows every process's output by
 polling the machines, and at the end compares each process's output with its native run and
-writes the report (`report.py`) and its plot (`plot.py`).
+writes the report (`report.py`) and its figures (`plot.py`). The figures are drawn from exact
+times, not polls: arrivals and ends from the machines' own clocks (`created_at`,
+`run_seconds`), migrations from their records, drains and losses as the driver saw them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from rich.live import Live
 from tender_ray.balancing.policies import Policy
 from tender_ray.cli.live import scenario_view
 from tender_ray.cli.scenario.model import EventAction, EventSpec, Scenario
-from tender_ray.cli.scenario.plot import LoadSample, Mark, plot_load
+from tender_ray.cli.scenario.plot import (
+    DrainSpan,
+    Mark,
+    ProcessEvent,
+    plot_load,
+    plot_timeline,
+)
 from tender_ray.cli.scenario.report import (
     DrainSummary,
     FailedEvent,
@@ -88,7 +96,7 @@ class Tracked:
 @dataclass(frozen=True)
 class RunResult:
     report: Report
-    report_dir: Path | None  # where report.json and load.png are, if written
+    report_dir: Path | None  # where report.json, load.png and timeline.png are, if written
 
 
 def native_run(program: Path, args: list[str], timeout: float = 120.0) -> bytes | None:
@@ -140,9 +148,11 @@ class ScenarioRun:
                                object_store_mib=ray_opts.object_store_mib,
                                prefix=f"{uuid.uuid4().hex[:6]}-")
         self.tracked: dict[int, Tracked] = {}
-        self.loads: list[LoadSample] = []  # samples for load.png
         self.marks: list[Mark] = []  # drains, stops, adds for load.png
-        self.drain_refs: list[tuple[str, Pending[DrainReport]]] = []  # (machine, its drain)
+        self.losses: list[ProcessEvent] = []  # processes lost with a stopped machine
+        self.drain_spans: list[DrainSpan] = []  # for load.png
+        # (machine, its drain, when it was asked for: seconds after the start)
+        self.drain_refs: list[tuple[str, Pending[DrainReport], float]] = []
         self.drains: list[DrainSummary] = []
         self.lost: list[LostProcess] = []
         self.events_failed: list[FailedEvent] = []
@@ -267,12 +277,10 @@ class ScenarioRun:
     def _poll(self) -> None:
         results = self.cluster.poll_all()
         self.promised_since_poll.clear()  # the polls now list those processes
-        sample = LoadSample(self.elapsed, {})
         for name, result in results.items():
             if isinstance(result, BaseException):
                 continue
             self.last_poll[name] = result
-            sample.loads[name] = result.statistics.load
             for info in result.processes:
                 t = self.tracked.get(info.pid)
                 if t is not None:
@@ -285,7 +293,6 @@ class ScenarioRun:
                 t = self.tracked.get(info.pid)
                 if t is not None:
                     t.info, t.ended, t.where = info, True, name
-        self.loads.append(sample)
 
     def _fire(self, event: EventSpec) -> None:
         at = self.elapsed
@@ -295,7 +302,7 @@ class ScenarioRun:
         try:
             if event.action is EventAction.DRAIN:
                 ref = self.cluster.drain_async(event.machine, event.deadline)
-                self.drain_refs.append((event.machine, ref))
+                self.drain_refs.append((event.machine, ref, at))
             elif event.action is EventAction.UNDRAIN:
                 self.cluster.undrain(event.machine)
             elif event.action is EventAction.ADD_MACHINE:
@@ -309,23 +316,29 @@ class ScenarioRun:
     def _stop_machine(self, name: str) -> None:
         """Stop a machine without draining: whatever ran there is lost (reported by name)."""
         self.cluster.stop_machine(name, graceful=False)
+        at = self.elapsed
         self.last_poll.pop(name, None)
         for pid, t in self.tracked.items():
             if t.where == name and not t.ended:
                 t.lost = True
+                self.losses.append(ProcessEvent(at, "lost", pid, name))
                 self.lost.append(LostProcess(pid, t.arrival.name, name))
                 self.on_event(f"{t.arrival.name} lost with machine {name}")
 
     def _collect_drains(self) -> None:
-        for machine, ref in list(self.drain_refs):
+        for machine, ref, asked in list(self.drain_refs):
             try:
                 report = self.cluster.resolve_drain(ref, timeout=0)
             except Exception:  # not finished yet
                 continue
-            self.drain_refs.remove((machine, ref))
+            self.drain_refs.remove((machine, ref, asked))
+            # The span starts when the drain was asked for and lasts as long as the balancer
+            # says it took, not until this poll happened to see it finished.
+            self.drain_spans.append(DrainSpan(machine, asked, report.seconds,
+                                              len(report.moved), report.ok))
             self.drains.append(DrainSummary(report.machine, report.seconds, report.deadline,
                                             report.ok, tuple(report.left),
-                                            tuple(report.moved)))
+                                            tuple(report.moved), report.why))
             self.marks.append(Mark(self.elapsed, "drained", machine))
             self.on_event(f"drain of {machine}: {len(report.moved)} moved in "
                           f"{report.seconds:.2f}s, {len(report.left)} left")
@@ -344,10 +357,31 @@ class ScenarioRun:
         if report_dir is not None:
             report_dir.mkdir(parents=True, exist_ok=True)
             report.write(report_dir / "report.json")
-            plot_load(self.loads, self.marks, migrations, report_dir / "load.png",
-                      title=f"{self.scenario.name} — policy {self.policy.value}",
-                      t0=self.start_wall)
+            title = f"{self.scenario.name} — policy {self.policy.value}"
+            machines = [c.name for c in self.scenario.machine_configs()]
+            plot_load(self.process_events(migrations), migrations, self.drain_spans,
+                      self.marks, report_dir / "load.png", title=title, t0=self.start_wall,
+                      machines=machines)
+            plot_timeline(migrations, report_dir / "timeline.png", title=title,
+                          t0=self.start_wall)
         return RunResult(report, report_dir)
+
+    def process_events(self, migrations: list[MigrationRecord]) -> list[ProcessEvent]:
+        """Where every process was, as exact events (seconds after the start): it arrived
+        when its machine created it, moved when its migration ended, ended when its machine
+        says it did (creation plus run time), or was lost when its machine was stopped."""
+        events = list(self.losses)
+        for pid, t in self.tracked.items():
+            a, info = t.arrival, t.info
+            # The machines' clock is this host's wall clock (`created_at` is time.time());
+            # the driver's own time of the exec call stands in before the first poll.
+            born = info.created_at - self.start_wall if info else a.started or 0.0
+            events.append(ProcessEvent(born, "arrive", pid, a.placed_on))
+            if t.ended and info is not None:
+                events.append(ProcessEvent(born + info.run_seconds, "end", pid, t.where))
+        events += [ProcessEvent(r.started_at - self.start_wall + r.seconds, "move", r.pid,
+                                r.source, r.destination) for r in migrations if r.ok]
+        return events
 
     def build_report(self, migrations: list[MigrationRecord], failures: list[str],
                      node_cpus: dict[str, float]) -> Report:

@@ -1,0 +1,64 @@
+"""The exit statuses of `tender-ray`, in one place (the README's "Exit status" table lists
+them), and the error a command raises when the Ray cluster it was pointed at cannot be reached.
+
+Scripts branch on these: a status says which kind of thing went wrong, the one line on stderr
+says what exactly.
+"""
+
+from __future__ import annotations
+
+from tender_ray.errors import TenderError, UsageError
+
+OK = 0
+FAILED = 1  # the work ran but did not succeed: scenario problems, a drain left processes,
+# outputs differ from native
+USAGE = 2  # bad input: usage, a bad program or config, an unknown machine or process
+UNREACHABLE = 3  # the Ray cluster cannot be reached, or a machine of it broke
+SIGNAL_BASE = 128  # 128+N: the guest was killed by signal N (what a shell reports)
+INTERRUPTED = SIGNAL_BASE + 2  # Ctrl-C (SIGINT) during a command
+
+
+class UnreachableError(TenderError):
+    """No Ray cluster answers at the address a command was given (or that `up` recorded)."""
+
+
+PROBE_SECONDS = 3.0  # how long a Ray head's port may take to accept a connection
+
+
+def unreachable(address: str | None, detail: str = "") -> UnreachableError:
+    """What to say when no Ray cluster answers at `address`: one line, and what to do."""
+    where = f"at {address!r}" if address else "to join"
+    return UnreachableError(f"no Ray cluster {where}{f' ({detail})' if detail else ''}: "
+                            "start one with `tender-ray up` or `ray start --head`, or drop "
+                            "--address (and unset RAY_ADDRESS) to run an embedded one")
+
+
+def check_reachable(address: str | None) -> None:
+    """Raise UnreachableError unless a Ray head listens at `address` (None: an embedded Ray,
+    nothing to check). Asked before Ray is: given an address nobody answers at, ray.init
+    retries for minutes, printing its own warnings, instead of saying so."""
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    if address is None or address == "local" or "://" in address:
+        return  # embedded, or a Ray client address: Ray's own errors say enough
+    target = address
+    if address == "auto":
+        # Where `ray start --head` on this host wrote the address of the cluster it started.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        try:
+            target = current.read_text().strip()
+        except OSError:
+            raise unreachable(address, "no cluster was started on this host") from None
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: not host:port (e.g. 127.0.0.1:6379) or "
+                               "auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        detail = f"{target} does not answer: {exc.strerror or exc}"
+        raise unreachable(address, detail if target != address else
+                          f"it does not answer: {exc.strerror or exc}") from None

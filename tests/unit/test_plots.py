@@ -1,0 +1,192 @@
+"""The report's figures: lanes of process counts from events, the timeline's segments, and
+both figures written from hand-made events and records."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from tender_ray.cli.scenario.plot import (
+    TIMELINE_PHASES,
+    DrainSpan,
+    Mark,
+    ProcessEvent,
+    lane_counts,
+    plot_load,
+    plot_timeline,
+    segments,
+)
+from tender_ray.migration.record import MigrationRecord
+
+PNG = b"\x89PNG\r\n\x1a\n"
+T0 = 1_000_000.0  # the wall time of t=0 in these records
+
+
+def record(pid: int, source: str, destination: str, at: float, *,
+           starts: bool = True, reason: str = "threshold") -> MigrationRecord:
+    """A migration beginning `at` seconds after T0, with every phase timed as run_migration
+    times them (the destination's phases inside their calls)."""
+    phases = {"freeze": 0.002, "create": 0.001, "create_call": 0.003, "export": 0.004,
+              "transform_space": 0.0005, "transform_program": 0.0015,
+              "transform_start": 0.006, "transform_call": 0.002, "commit": 0.001,
+              "delete": 0.0025}
+    phase_starts: dict[str, float] = {}
+    if starts:
+        cursor = 0.0
+        for name in TIMELINE_PHASES:
+            phase_starts[name] = cursor
+            cursor += phases[name] + 0.0001  # a little of the driver's own time between
+    return MigrationRecord(pid=pid, source=source, destination=destination, transfer="dsm",
+                           reuse=True, resources="needed", seconds=sum(phases.values()),
+                           phases=phases, phase_starts=phase_starts, started_at=T0 + at,
+                           reason=reason)
+
+
+def events() -> list[ProcessEvent]:
+    return [
+        ProcessEvent(0.0, "arrive", 1, "m0"),
+        ProcessEvent(0.5, "arrive", 2, "m0"),
+        ProcessEvent(1.0, "arrive", 3, "m1"),
+        ProcessEvent(2.0, "move", 1, "m0", "m2"),
+        ProcessEvent(3.0, "end", 2, "m0"),
+        ProcessEvent(3.0, "move", 3, "m1", "m0"),  # at the same instant as 2's end
+        ProcessEvent(4.0, "lost", 3, "m0"),
+        ProcessEvent(5.0, "end", 1, "m2"),
+    ]
+
+
+def test_lane_counts_follow_each_process() -> None:
+    lanes = lane_counts(events(), ["m0", "m1", "m2", "m3"])
+    assert lanes == {
+        "m0": [(0.0, 1), (0.5, 2), (2.0, 1), (3.0, 1), (4.0, 0)],
+        "m1": [(0.0, 0), (1.0, 1), (3.0, 0)],
+        "m2": [(0.0, 0), (2.0, 1), (5.0, 0)],
+        "m3": [(0.0, 0)],
+    }
+
+
+def test_lane_counts_order_at_one_instant_and_ignore_strays() -> None:
+    # Listed out of order: the arrival still comes first, so the count never goes negative.
+    lanes = lane_counts([ProcessEvent(1.0, "end", 7, "a"), ProcessEvent(1.0, "arrive", 7, "a"),
+                         ProcessEvent(2.0, "end", 8, "a"),  # never arrived
+                         ProcessEvent(2.0, "move", 7, "a", "a")])  # to where it is
+    assert lanes == {"a": [(0.0, 0), (1.0, 0)]}
+
+
+def test_segments_in_phase_order_and_sum_to_the_phases() -> None:
+    r = record(5, "m0", "m1", 1.0)
+    segs = segments(r)
+    assert [s.phase for s in segs] == list(TIMELINE_PHASES)
+    assert sum(s.seconds for s in segs) == pytest.approx(sum(r.phases.values()))
+    assert all(s.seconds == r.phases[s.phase] for s in segs)
+    assert all(s.start == r.phase_starts[s.phase] for s in segs)
+    assert all(a.start + a.seconds <= b.start + 1e-12 for a, b in itertools.pairwise(segs))
+
+
+def test_segments_without_starts_follow_one_another() -> None:
+    r = record(5, "m0", "m1", 1.0, starts=False)
+    r = MigrationRecord(**{**r.__dict__, "phases": {**r.phases, "mystery": 0.001}})
+    segs = segments(r)
+    assert [s.phase for s in segs] == [*TIMELINE_PHASES, "mystery"]
+    assert segs[0].start == 0.0
+    for a, b in itertools.pairwise(segs):
+        assert b.start == pytest.approx(a.start + a.seconds)
+    assert sum(s.seconds for s in segs) == pytest.approx(sum(r.phases.values()))
+
+
+def test_record_as_dict_carries_phase_starts() -> None:
+    r = record(5, "m0", "m1", 1.0)
+    assert r.as_dict()["phase_starts"] == r.phase_starts
+
+
+def test_figures_are_written(tmp_path: Path) -> None:
+    migrations = [record(1, "m0", "m2", 2.0 - 0.025), record(3, "m1", "m0", 3.0 - 0.025,
+                                                             reason="drain")]
+    drains = [DrainSpan("m1", 2.5, 0.6, 1, True)]
+    marks = [Mark(2.5, "drain", "m1"), Mark(3.5, "undrain", "m1"),
+             Mark(4.0, "stop_machine", "m0")]
+    load, timeline = tmp_path / "load.png", tmp_path / "timeline.png"
+    plot_load(events(), migrations, drains, marks, load, "test", T0, ["m0", "m1", "m2"])
+    plot_timeline(migrations, timeline, "test", T0)
+    for path in (load, timeline):
+        assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+
+
+def test_timeline_shows_the_slowest(tmp_path: Path) -> None:
+    migrations = [record(i, "m0", "m1", i * 0.1) for i in range(12)]
+    plot_timeline(migrations, tmp_path / "timeline.png", "many", T0, slowest=5)
+    plot_timeline([], tmp_path / "none.png", "none", T0)
+    plot_load([], [], [], [], tmp_path / "empty.png", "empty", T0)
+    for name in ("timeline.png", "none.png", "empty.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+
+
+class _FakeImage:
+    pages_sent = 0
+    handles: tuple[object, ...] = ()
+
+
+class _FakeSource:
+    """A source whose every step takes a little while, so that phases have extents."""
+
+    name = "src"
+
+    def freeze(self, pid: int, timeout: float = 30.0) -> int:
+        time.sleep(0.002)
+        return 1
+
+    def thaw(self, pid: int) -> None: ...
+    def program_size(self, pid: int) -> int:
+        return 0
+
+    def export_image(self, pid: int, transport: object, options: object) -> _FakeImage:
+        time.sleep(0.002)
+        return _FakeImage()
+
+    def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None:
+        time.sleep(0.002)
+
+    def note_migration(self, record: MigrationRecord) -> None: ...
+
+
+class _FakePeer:
+    """A destination whose work is a few milliseconds inside each call."""
+
+    name = "dst"
+
+    def create(self, pid: int, frames: int, reuse: bool) -> float:
+        time.sleep(0.004)
+        return 0.003
+
+    def transform(self, image: object, options: object) -> dict[str, float]:
+        time.sleep(0.008)
+        return {"transform_space": 0.001, "transform_program": 0.002,
+                "transform_start": 0.003}
+
+    def commit(self, pid: int) -> None:
+        time.sleep(0.002)
+
+    def abort(self, pid: int) -> None: ...
+
+
+def test_run_migration_records_phase_starts() -> None:
+    from tender_ray.migration.options import MigrationOptions
+    from tender_ray.migration.protocol import run_migration
+    from tender_ray.migration.transports import LocalTransport
+
+    r = run_migration(_FakeSource(), 9, _FakePeer(), LocalTransport(),  # type: ignore[arg-type]
+                      MigrationOptions())
+    assert set(r.phase_starts) == set(r.phases) == set(TIMELINE_PHASES)
+    segs = segments(r)
+    assert segs[0].phase == "freeze" and segs[0].start == 0.0
+    for a, b in itertools.pairwise(segs):  # in order, none overlapping the one before
+        assert b.start >= a.start + a.seconds - 1e-9, (a, b)
+    assert segs[-1].start + segs[-1].seconds <= r.seconds + 1e-9
+    # The destination's phases sit inside their call, one after another.
+    assert r.phase_starts["transform_program"] == pytest.approx(
+        r.phase_starts["transform_space"] + 0.001)
+    assert r.phase_starts["transform_call"] == pytest.approx(
+        r.phase_starts["transform_space"] + 0.006)
