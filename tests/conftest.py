@@ -30,12 +30,13 @@ def _run_on_machine_fixture() -> Callable[..., tuple[int, bytes, bytes, ProcessI
 
 @pytest.fixture
 def make_machine() -> Iterator[Callable[..., Machine]]:
-    """Build machines from MachineConfig keywords; every one is stopped after the test."""
+    """Build machines from MachineConfig keywords (and Machine's `pid_base`, the first pid it
+    gives out, 1000 unless told); every one is stopped after the test."""
     machines: list[Machine] = []
 
-    def make(**config: object) -> Machine:
+    def make(pid_base: int = 1000, **config: object) -> Machine:
         config.setdefault("memory_mib", 64)
-        m = Machine(MachineConfig(**config))  # type: ignore[arg-type]
+        m = Machine(MachineConfig(**config), pid_base=pid_base)  # type: ignore[arg-type]
         machines.append(m)
         return m
 

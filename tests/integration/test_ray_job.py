@@ -1,11 +1,12 @@
 """A scenario run as a Ray job, as the README's "A scenario as a Ray job" shows: a Ray head with
-the dashboard (its job server) on 127.0.0.1, `ray job submit -- tender-ray run SCENARIO`,
-and the job's driver joining that cluster through the RAY_ADDRESS Ray sets for it.
+the dashboard (its job server) on 127.0.0.1, `ray job submit -- tender-ray run SCENARIO`, and
+the job's driver joining that cluster (Ray sets RAY_ADDRESS for it, naming the host's own
+interface; the test names the same port on 127.0.0.1 to keep its traffic on loopback).
 
-Needs Ray's dashboard dependencies (`ray[default]`, the `cluster` extra: `make setup-cluster`);
-skipped without them. Head and submitter run with RAY_AUTH_MODE=disabled (as `tender-ray up`
-starts its head), so no token in ~/.ray is needed. The head runs in a process group of its
-own and is stopped by it (`stop_head`, as `tender-ray down` does), whatever happens: never
+Needs Ray's dashboard dependencies (`ray[default]`, the `cluster` extra, which `make test`
+installs); skipped without them. Head and submitter run with RAY_AUTH_MODE=disabled (as `tender-
+ray up` starts its head), so no token in ~/.ray is needed. The head runs in a process group of
+its own and is stopped by it (`stop_head`, as `tender-ray down` does), whatever happens: never
 `ray stop`, which would stop every Ray on the host.
 """
 
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.processes import group_members
 from support.programs import ROOT
 
 from tender_ray.cli.operate import stop_head
@@ -82,8 +84,9 @@ def head(tmp_path: Path) -> Iterator[tuple[int, int, dict[str, str]]]:
         pytest.skip(reason)
     gcs, dashboard, agent, client = free_ports(4)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-           # as `tender-ray up` does: head and drivers agree on (no) authentication
-           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+           # Head, submitter and job agree on (no) authentication. Not inherited: an earlier
+           # ray.init in this test process sets RAY_AUTH_MODE=token in os.environ.
+           "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "ray-head.log"
     with open(log, "wb") as out:
@@ -118,21 +121,6 @@ def head(tmp_path: Path) -> Iterator[tuple[int, int, dict[str, str]]]:
     while group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert group_members(proc.pid) == [], "the Ray head's processes outlived stop_head"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group `pgid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def test_scenario_runs_as_a_ray_job(head: tuple[int, int, dict[str, str]],

@@ -7,6 +7,11 @@ alike (the pytest config puts `tests/` on the path: `from support.machines impor
   in-process `Machine` and a Ray `MachineHandle` both satisfy: start, wait, finish, run to the
   end, poll for a state or a condition, the "machine gave everything back" checks, moving a
   process round-robin until it ends (`bounce`), and a slow transport.
+- `support.balancing`: the fakes of what the balancing loop talks to, for its tests without
+  Ray: a `FakeClock` (time passes only when the loop waits or sleeps), a fake call's `Reply`,
+  and `FakeMachine`s that move processes between them in memory.
+- `support.processes`: host processes seen from /proc (`alive`, `group_members`), to check
+  that what a test started in subprocesses (a Ray head, the CLI) is gone.
 - `support.snapshots`: hand-made snapshots (`stats`, `proc`, `record`) and the balancer's
   state (`balancer_state`, `drain_report`) for the metrics and `top` tests; no machine, no Ray.
 

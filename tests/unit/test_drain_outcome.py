@@ -4,116 +4,26 @@ when they end where they are, and how `top` and the metrics count a drain that f
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from support.balancing import FRAMES, FakeClock, FakeMachine
 
 from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.balancing.state import BalancerState, DrainReport
-from tender_ray.errors import MachineStoppedError
-from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.migration.options import MigrationOptions
-from tender_ray.migration.record import MigrationRecord
-from tender_ray.resources.computation import ComputationStatistics
-from tender_ray.resources.real_memory import RealMemoryStatistics
-
-FRAMES = 4096  # 16 MiB of real memory per fake machine
 
 
-class Clock:
-    """Time that passes only when the loop sleeps or waits; `on_sleep` runs at each sleep."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps = 0
-        self.on_sleep: Callable[[], object] = lambda: None
-
-    def time(self) -> float:
-        return 1_700_000_000.0 + self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.sleeps += 1
-        self.on_sleep()
-
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        self.now += 0 if event.is_set() else timeout
-        return event.is_set()
-
-
-class Reply:
-    def __init__(self, value: object = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-
-    def result(self, timeout: float | None = None) -> object:
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class Machine:
-    """pid -> resident pages; migrations move them in memory."""
-
-    def __init__(self, world: dict[str, Machine], clock: Clock, name: str,
-                 free_frames: int = FRAMES) -> None:
-        self.world, self.clock, self.name, self.free_frames = world, clock, name, free_frames
-        self.processes: dict[int, int] = {}
-        self.cordoned = False
-        self.down = False
-        world[name] = self
-
-    def _info(self, pid: int) -> ProcessInfo:
-        return ProcessInfo(pid=pid, name=f"p{pid}", machine=self.name, state="runnable",
-                           exit_status=None, exit_reason="", cpu_seconds=1.0, run_seconds=1.0,
-                           resident_pages=self.processes[pid], syscalls={}, unsupported={},
-                           migrations=(), created_at=self.clock.time() - 5)
-
-    def _stats(self) -> MachineStatistics:
-        n = len(self.processes)
-        return MachineStatistics(
-            name=self.name, state="running",
-            computations=(ComputationStatistics(0, "idle", None, 0.0, 0),), processes={},
-            runnable=n, load=float(n), utilisation=0.0,
-            memory=RealMemoryStatistics(FRAMES, self.free_frames, FRAMES - self.free_frames),
-            managers=(), syscalls={}, unsupported={}, exited=0, uptime=1.0,
-            cordoned=self.cordoned)
-
-    def load_async(self) -> Reply:
-        if self.down:
-            return Reply(error=MachineStoppedError(f"machine {self.name} is gone"))
-        return Reply((self._stats(), [self._info(p) for p in self.processes]))
-
-    def list_processes(self, timeout: float | None = None) -> list[ProcessInfo]:
-        if self.down:
-            raise MachineStoppedError(f"machine {self.name} is gone")
-        return [self._info(p) for p in list(self.processes)]
-
-    def cordon(self, timeout: float | None = None) -> None:
-        self.cordoned = True
-
-    def migrate(self, pid: int, destination: str, options: MigrationOptions | None = None,
-                timeout: float | None = None) -> MigrationRecord:
-        started = self.clock.time()
-        self.world[destination].processes[pid] = pages = self.processes.pop(pid)
-        return MigrationRecord(pid=pid, source=self.name, destination=destination,
-                               transfer="dsm", reuse=True, resources="needed", seconds=0.01,
-                               bytes=pages * 4096, pages=pages, started_at=started)
-
-
-def setup(*machines: tuple[str, int]) -> tuple[BalancingLoop, Clock, dict[str, Machine]]:
-    clock = Clock()
-    world: dict[str, Machine] = {}
+def setup(*machines: tuple[str, int]
+          ) -> tuple[BalancingLoop, FakeClock, dict[str, FakeMachine]]:
+    clock = FakeClock()
+    world: dict[str, FakeMachine] = {}
     loop = BalancingLoop(BalancerParams(policy=Policy.NONE), MigrationOptions(), 1.0,
                          clock=clock)
     for name, free in machines:
-        loop.add_machine(Machine(world, clock, name, free))  # type: ignore[arg-type]
+        loop.add_machine(FakeMachine(world, clock, name, free))
     return loop, clock, world
 
 
-def drain_with_rounds(loop: BalancingLoop, clock: Clock, deadline: float) -> DrainReport:
+def drain_with_rounds(loop: BalancingLoop, clock: FakeClock, deadline: float) -> DrainReport:
     """Drain a, with a balancer round at each look (as the balancer's thread would)."""
     clock.on_sleep = loop.round
     return loop.drain("a", deadline)
@@ -121,7 +31,7 @@ def drain_with_rounds(loop: BalancingLoop, clock: Clock, deadline: float) -> Dra
 
 def test_alone_a_drain_that_cannot_finish_says_there_is_no_other_machine() -> None:
     loop, clock, world = setup(("a", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
     report = drain_with_rounds(loop, clock, 0.5)
     assert not report.ok and report.left == (1,) and report.moved == ()
     assert report.why == "no other machine"
@@ -130,7 +40,7 @@ def test_alone_a_drain_that_cannot_finish_says_there_is_no_other_machine() -> No
 
 def test_every_other_machine_cordoned() -> None:
     loop, clock, world = setup(("a", FRAMES), ("b", FRAMES), ("c", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
     world["b"].cordoned = world["c"].cordoned = True
     report = drain_with_rounds(loop, clock, 0.5)
     assert (report.ok, report.left, report.why) == (False, (1,), "every other machine is "
@@ -140,8 +50,8 @@ def test_every_other_machine_cordoned() -> None:
 
 def test_no_other_machine_has_room_names_the_process_and_the_room() -> None:
     loop, clock, world = setup(("a", FRAMES), ("b", FRAMES // 2))
-    world["a"].processes[1] = 16  # fits on b
-    world["a"].processes[2] = FRAMES // 2  # 8 MiB: b has 8 MiB free, less than 8 + headroom
+    world["a"].add(1, pages=16)  # fits on b
+    world["a"].add(2, pages=FRAMES // 2)  # 8 MiB: b has 8 MiB free, less than 8 + headroom
     report = drain_with_rounds(loop, clock, 0.5)
     assert not report.ok and report.left == (2,)
     assert [r.pid for r in report.moved] == [1]
@@ -151,7 +61,7 @@ def test_no_other_machine_has_room_names_the_process_and_the_room() -> None:
 
 def test_other_machines_that_do_not_answer() -> None:
     loop, clock, world = setup(("a", FRAMES), ("b", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
     world["b"].down = True
     report = drain_with_rounds(loop, clock, 0.5)
     assert (report.ok, report.why) == (False, "no other machine answers")
@@ -159,7 +69,7 @@ def test_other_machines_that_do_not_answer() -> None:
 
 def test_processes_that_end_where_they_are_are_counted_and_explained() -> None:
     loop, clock, world = setup(("a", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
 
     def look() -> None:
         loop.round()
@@ -174,7 +84,7 @@ def test_processes_that_end_where_they_are_are_counted_and_explained() -> None:
 
 def test_a_drain_that_empties_the_machine_has_no_why() -> None:
     loop, clock, world = setup(("a", FRAMES), ("b", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
     report = drain_with_rounds(loop, clock, 5.0)
     assert report.ok and [r.pid for r in report.moved] == [1]
     assert (report.why, report.ended, report.left) == ("", (), ())
@@ -182,14 +92,14 @@ def test_a_drain_that_empties_the_machine_has_no_why() -> None:
 
 def test_a_deadline_already_past_still_looks_once() -> None:
     loop, _, world = setup(("a", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
     report = loop.drain("a", 0.0)
     assert not report.ok and report.left == (1,) and report.why == "no other machine"
 
 
 def test_a_machine_that_stops_answering_fails_its_drain() -> None:
     loop, _, world = setup(("a", FRAMES), ("b", FRAMES))
-    world["a"].processes[1] = 16
+    world["a"].add(1, pages=16)
     world["a"].down = True
     report = loop.drain("a", 5.0)
     assert not report.ok

@@ -10,7 +10,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from support.machines import (
 )
 from support.programs import native, workload
 
-from tender_ray.config import FaultSpec, MachineConfig
+from tender_ray.config import FaultSpec
 from tender_ray.engines import resolve as resolve_engine
 from tender_ray.errors import (
     CordonedError,
@@ -78,19 +78,14 @@ def new_machine(make_machine: MakeMachine, engine: str) -> MakeMachine:
 
 
 @pytest.fixture
-def based_machine(engine: str) -> Iterator[Callable[[str, int], Machine]]:
+def based_machine(make_machine: MakeMachine, engine: str) -> Callable[[str, int], Machine]:
     """Machines numbering their processes from a given pid base (as cluster actors do)."""
-    made: list[Machine] = []
 
     def make(name: str, pid_base: int, memory_mib: int = 64) -> Machine:
-        m = Machine(MachineConfig(name=name, memory_mib=memory_mib, quantum_us=1000,
-                                  engine=engine), pid_base=pid_base)
-        made.append(m)
-        return m
+        return make_machine(name=name, memory_mib=memory_mib, quantum_us=1000, engine=engine,
+                            pid_base=pid_base)
 
-    yield make
-    for m in made:
-        m.stop()
+    return make
 
 
 @pytest.fixture
@@ -126,6 +121,45 @@ def pair(trio: list[Machine]) -> tuple[Machine, Machine]:
 
 def plate_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+
+
+def migrate_in_background(source: Machine, pid: int, destination: Machine,
+                          transport: SlowTransport) -> tuple[threading.Thread, dict[str, object]]:
+    """Start `migrate_local(source, pid, destination, transport=transport)` in a thread: the
+    thread (the caller joins it) and a dict whose "r" becomes the record or the exception."""
+    result: dict[str, object] = {}
+
+    def move() -> None:
+        try:
+            result["r"] = migrate_local(source, pid, destination, transport=transport)
+        except Exception as exc:
+            result["r"] = exc
+
+    thread = threading.Thread(target=move)
+    thread.start()
+    return thread, result
+
+
+def migrate_at_once(moves: dict[str, tuple[Machine, int, Machine]]) -> dict[str, object]:
+    """Run the migrations (key -> source, pid, destination) in threads that a barrier releases
+    together, each over a `SlowTransport(0.2)`, and wait for them (60 s each): key -> its
+    record, or the exception it raised."""
+    barrier = threading.Barrier(len(moves))
+    results: dict[str, object] = {}
+
+    def move(key: str, source: Machine, pid: int, destination: Machine) -> None:
+        barrier.wait()
+        try:
+            results[key] = migrate_local(source, pid, destination, transport=SlowTransport(0.2))
+        except Exception as exc:
+            results[key] = exc
+
+    threads = [threading.Thread(target=move, args=(key, *m)) for key, m in moves.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
 
 
 # --- a running process moved many times ---------------------------------------------------------
@@ -385,21 +419,7 @@ def test_concurrent_migrations_one_wins(trio: list[Machine]) -> None:
     a, b, c = trio
     args = ("2", "30", "5")
     pid = start(a, "memhold", *args)
-    barrier = threading.Barrier(2)
-    results: dict[str, object] = {}
-
-    def move(dest: Machine) -> None:
-        barrier.wait()
-        try:
-            results[dest.name] = migrate_local(a, pid, dest, transport=SlowTransport(0.2))
-        except Exception as exc:
-            results[dest.name] = exc
-
-    threads = [threading.Thread(target=move, args=(d,)) for d in (b, c)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = migrate_at_once({d.name: (a, pid, d) for d in (b, c)})
     errors = [r for r in results.values() if isinstance(r, Exception)]
     assert len(results) == 2 and len(errors) == 1, results
     assert isinstance(errors[0], ProcessStateError), errors[0]
@@ -575,17 +595,8 @@ def test_kill_during_migration(pair: tuple[Machine, Machine]) -> None:
     "killed" process on, and put the kernel space into the space pool)."""
     a, b = pair
     pid = start(a, "memhold", "2", "30", "5")
-    result: dict[str, object] = {}
     transport = SlowTransport(0.1)
-
-    def move() -> None:
-        try:
-            result["r"] = migrate_local(a, pid, b, transport=transport)
-        except Exception as exc:
-            result["r"] = exc
-
-    thread = threading.Thread(target=move)
-    thread.start()
+    thread, _ = migrate_in_background(a, pid, b, transport)
     try:
         assert transport.putting.wait(30)  # frozen, its pages being exported
         try:
@@ -647,22 +658,7 @@ def test_two_arrivals_that_do_not_fit_together(
     pids[c.name] = start(c, "memhold", *args)
     for m in (a, c):
         wait_state(m, pids[m.name], ["sleeping"], pred=lambda i: i.resident_pages > 1280)
-    barrier = threading.Barrier(2)
-    results: dict[str, object] = {}
-
-    def move(source: Machine) -> None:
-        barrier.wait()
-        try:
-            results[source.name] = migrate_local(source, pids[source.name], small,
-                                                 transport=SlowTransport(0.2))
-        except Exception as exc:
-            results[source.name] = exc
-
-    threads = [threading.Thread(target=move, args=(m,)) for m in (a, c)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = migrate_at_once({m.name: (m, pids[m.name], small) for m in (a, c)})
     failed = {n: r for n, r in results.items() if isinstance(r, Exception)}
     assert len(results) == 2 and len(failed) == 1, results
     assert isinstance(next(iter(failed.values())), OutOfMemoryError)
@@ -712,16 +708,7 @@ def test_refused_arrival_does_not_abort_another_migration(
     first, second = start(a, "memhold", *args), start(c, "memhold", *args)
     assert first == second
     transport = SlowTransport(0.2)
-    result: dict[str, object] = {}
-
-    def move() -> None:
-        try:
-            result["r"] = migrate_local(a, first, b, transport=transport)
-        except Exception as exc:
-            result["r"] = exc
-
-    thread = threading.Thread(target=move)
-    thread.start()
+    thread, result = migrate_in_background(a, first, b, transport)
     try:
         assert transport.putting.wait(30)  # a's migration has its kernel process on b
         with pytest.raises(MigrationError, match="already has a process"):
