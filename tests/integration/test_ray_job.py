@@ -5,9 +5,9 @@ interface; the test names the same port on 127.0.0.1 to keep its traffic on loop
 
 Needs Ray's dashboard dependencies (`ray[default]`, the `cluster` extra, which `make test`
 installs); skipped without them. Head and submitter run with RAY_AUTH_MODE=disabled (as
-`tender-ray up` starts its head), so no token in ~/.ray is needed. The head runs in a process group of
-its own and is stopped by it (`stop_head`, as `tender-ray down` does), whatever happens: never
-`ray stop`, which would stop every Ray on the host.
+`tender-ray up` starts its head), so no token in ~/.ray is needed. The head runs in a process
+group of its own and is stopped by it (`stop_head`, as `tender-ray down` does), whatever
+happens: never `ray stop`, which would stop every Ray on the host.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The native engine (issue #6): guests as traced host processes, every system call served by
+"""The native engine: guests as traced host processes, every system call served by
 the machine, memory the machine's shared real memory, one CPU image for both engines.
 
 Skipped as a whole where the engine's start-up self-check fails (no ptrace, not Linux x86-64).
