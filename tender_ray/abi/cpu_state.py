@@ -7,6 +7,7 @@ machines; nothing here knows how an engine runs instructions.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,15 @@ class CpuState:
     def reg(self, name: str) -> int:
         return self.gpr[GPR_NAMES.index(name)]
 
+    def with_regs(self, **values: int) -> CpuState:
+        """A copy with some general registers (by name) and/or `rip`, `rflags` changed."""
+        special = {k: values.pop(k) for k in ("rip", "rflags") if k in values}
+        unknown = set(values) - set(GPR_NAMES)
+        if unknown:
+            raise ValueError(f"no such register: {', '.join(sorted(unknown))}")
+        gpr = tuple(values.get(n, v) for n, v in zip(GPR_NAMES, self.gpr, strict=True))
+        return dataclasses.replace(self, gpr=gpr, **special)
+
 
 class StopKind(str, enum.Enum):
     QUANTUM = "quantum"  # the quantum ran out; the process is runnable
@@ -74,4 +84,5 @@ class SyscallOutcome:
 
 
 SyscallArgs = tuple[int, int, int, int, int, int]
+RegisterEdit = Callable[[CpuState], CpuState]  # a change the kernel makes between two runs
 SyscallHandler = Callable[[int, SyscallArgs], SyscallOutcome]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections import deque
@@ -77,12 +78,16 @@ class Scheduler:
     process that ends, with the lock held and no computation running it."""
 
     def __init__(self, name: str, computations: int, *, quantum: int, exact: bool, growth: int,
-                 finish: Callable[[Process], None]) -> None:
+                 finish: Callable[[Process], None],
+                 before_run: Callable[[Process], None] | None = None) -> None:
         self.name = name
         self.quantum = quantum  # the base quantum: microseconds, or instructions when exact
         self.exact = exact
         self.growth = growth  # a busy process's slice grows up to this many base quanta
         self.finish = finish
+        # Called by a process's computation just before each run, lock not held (the kernel
+        # delivers signals there); register edits are applied before it.
+        self.before_run = before_run
         # The machine's lock: guards the table, the run queue, the sleepers, every entry's
         # state fields and the machine's counters. `cond` is notified on every state change.
         self.lock = threading.RLock()
@@ -180,6 +185,34 @@ class Scheduler:
             if p.state is RunState.RUNNING:
                 _set_state(p, RunState.FALLING_ASLEEP)
             p.wake_at = time.monotonic() + seconds  # a FREEZING one freezes asleep
+
+    def block(self, p: Process) -> None:
+        """The running process waits, with no deadline, until `wake` (input to arrive, a
+        signal). It sleeps like a sleeper, so it freezes and migrates like one."""
+        self.sleep(p, math.inf)
+
+    def wake(self, p: Process) -> None:
+        """A sleeping or blocked process runs again now (its wait ended early). One that is
+        frozen asleep wakes as soon as it is thawed; one not asleep is left alone."""
+        with self.cond:
+            if p.state is RunState.SLEEPING:
+                self._make_runnable(p, front=True)
+            elif p.wake_at is not None:  # FALLING_ASLEEP, or FREEZING asleep
+                p.wake_at = time.monotonic()
+            elif p.state is RunState.FROZEN and p.sleep_left is not None:
+                p.sleep_left = 0.0
+
+    @staticmethod
+    def between_runs(p: Process) -> None:
+        """Apply the register edits the kernel asked for while the process ran (by its
+        computation, with the CPU stopped)."""
+        if p.register_edits:
+            cpu = p.context
+            state = cpu.save()
+            for edit in p.register_edits:
+                state = edit(state)
+            p.register_edits.clear()
+            cpu.load(state)
 
     def freeze(self, p: Process, timeout: float) -> None:
         """Stop the process at an instruction boundary for the migration asking, which owns it
@@ -363,7 +396,12 @@ class Scheduler:
             cpu_time = time.thread_time()
             quantum = self.quantum if self.exact else (p.quantum or self.quantum)
             try:
+                self.between_runs(p)
+                if self.before_run is not None:
+                    self.before_run(p)
+                    self.between_runs(p)
                 stop = cpu.run(quantum)
+                self.between_runs(p)  # before a freeze or a snapshot can read the registers
             except EngineError as exc:
                 stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")
             # The computation's own CPU time, plus what a guest host process used (native).

@@ -33,6 +33,14 @@ _MONOTONIC_CLOCKS = frozenset({linux.CLOCK_MONOTONIC, linux.CLOCK_MONOTONIC_RAW,
 _CPU_CLOCKS = frozenset({linux.CLOCK_PROCESS_CPUTIME_ID, linux.CLOCK_THREAD_CPUTIME_ID})
 
 
+def restart_call(p: Process, nr: int) -> SyscallOutcome:
+    """Answer a call that must wait: when the process runs again it issues the same call
+    (rip back over the 2-byte `syscall`, rax its number), as Linux restarts a call cut off by
+    -ERESTARTSYS. The registers then say everything, so a waiting process migrates as is."""
+    p.register_edits.append(lambda s: s.with_regs(rip=s.rip - 2, rax=nr))
+    return SyscallOutcome(None, stop=True)
+
+
 class Services(Protocol):
     """What a system call may ask of its kernel (the machine offers it)."""
 
@@ -286,4 +294,4 @@ _HANDLERS: dict[str, Handler] = {
     "sched_yield": SystemCalls.sched_yield,
 }
 
-__all__ = ["Services", "SystemCalls"]
+__all__ = ["Services", "SystemCalls", "restart_call"]

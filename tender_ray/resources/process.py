@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from tender_ray.abi.cpu_state import CpuState
+from tender_ray.abi.cpu_state import CpuState, RegisterEdit
 from tender_ray.resources.program import Program
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
@@ -112,6 +112,10 @@ class Process:
         self.user_spaces: dict[str, VirtualUserSpace] = {}  # the fixed ones: text0.., data..
         self.program: Program | None = None
         self.registers: CpuState | None = None  # saved state while not running
+        # Register changes the kernel asked for while the process ran (a system call to be
+        # re-issued, a signal frame): its computation applies them as soon as the CPU has
+        # stopped, before anyone else sees the registers (`Scheduler.between_runs`).
+        self.register_edits: list[RegisterEdit] = []
         # The engine context: kept by the entry across the pool; run only by its computation,
         # though any thread may ask it to `preempt`.
         self.cpu: Engine | None = None
