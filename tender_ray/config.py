@@ -7,7 +7,7 @@ import enum
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Engine(str, enum.Enum):
@@ -22,18 +22,66 @@ class Engine(str, enum.Enum):
 class FaultAction(str, enum.Enum):
     RAISE = "raise"  # the step fails with FaultInjected; the machine lives on
     EXIT = "exit"  # the machine's whole process dies at once, as in a crash
+    DROP = "drop"  # the step takes effect, its answer is lost (the caller sees no reply)
+    DELAY = "delay"  # the machine stalls `delay_s` there, then goes on (past the caller's wait)
+
+
+class FaultSide(str, enum.Enum):
+    DESTINATION = "destination"  # the machine a process arrives on
+    SOURCE = "source"  # the machine that drives the migration
+
+
+# Where a fault can fire. The destination's points are inside its calls ("before_create" as the
+# call begins, "after_create" once it took effect); the source's are around the calls it makes
+# and its own delete. The older names are points inside the destination's transform ("commit":
+# its end, before the commit call).
+STEPS = ("create", "transform", "commit", "delete")
+FAULT_POINTS = {
+    FaultSide.DESTINATION: ("create", "transform_space", "transform_program",
+                            "transform_start", "commit",
+                            *(f"{when}_{step}" for step in STEPS[:3]
+                              for when in ("before", "after"))),
+    FaultSide.SOURCE: tuple(f"{when}_{step}" for step in STEPS for when in ("before", "after")),
+}
 
 
 class FaultSpec(BaseModel):
-    """A fault a machine injects into itself once, when an incoming migration reaches `phase`:
-    a drill of the migration protocol's rollback. Set only in configs (tests, drills); no
-    remote call can arm one."""
+    """A fault a machine injects into itself once, when a migration reaches `phase` on its
+    `side`: a drill of the migration protocol under one fault. Set only in configs (tests,
+    drills); no remote call can arm one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     phase: str = Field(pattern=r"^(create|transform_space|transform_program|transform_start|"
-                               r"commit)$")
+                               r"commit|(before|after)_(create|transform|commit|delete))$")
     action: FaultAction = FaultAction.RAISE
+    side: FaultSide = FaultSide.DESTINATION
+    delay_s: float = Field(default=5.0, ge=0.0, le=600.0,
+                           description="how long a `delay` fault stalls, seconds")
+
+    @model_validator(mode="after")
+    def _a_point_of_its_side(self) -> FaultSpec:
+        if self.phase not in FAULT_POINTS[self.side]:
+            raise ValueError(f"phase {self.phase!r} is no fault point of the {self.side.value} "
+                             f"side; use one of {', '.join(FAULT_POINTS[self.side])}")
+        if self.action is FaultAction.DROP and not (
+                self.side is FaultSide.DESTINATION and self.phase.startswith("after_")):
+            raise ValueError("a `drop` fault loses a destination's answer: it needs an "
+                             "after_* phase on the destination side")
+        return self
+
+
+class CheckpointSpec(BaseModel):
+    """How a machine checkpoints its processes, so they restart elsewhere if it crashes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: float | None = Field(default=None, gt=0.0, le=86_400.0,
+                                description="seconds between two checkpoints of each process "
+                                            "(none: only when asked, `tender-ray checkpoint`)")
+    dir: str | None = Field(default=None,
+                            description="the directory checkpoints go to (default: the "
+                                        "cluster's shared plate, or the machine's own)")
 
 
 class MachineConfig(BaseModel):
@@ -71,6 +119,16 @@ class MachineConfig(BaseModel):
                                               "temporary directory)")
     fault: FaultSpec | None = Field(default=None,
                                     description="a fault to inject once (drills and tests)")
+    checkpoint: CheckpointSpec | None = Field(
+        default=None, description="checkpoints of the machine's processes (none: off)")
+    migration_lease_s: float = Field(
+        default=10.0, gt=0.0, le=3600.0,
+        description="seconds an arriving migration is kept without a call from its source; "
+                    "then the destination releases it")
+    migration_call_timeout_s: float = Field(
+        default=30.0, gt=0.0, le=3600.0,
+        description="seconds this machine waits for a destination's create, commit or abort "
+                    "answer when it drives a migration")
 
 
 def workloads_dir() -> Path:

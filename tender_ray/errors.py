@@ -67,5 +67,25 @@ class MachineStoppedError(MachineError):
     """The machine has stopped: every call pending on it, and every later call, fails with this."""
 
 
+class NoReplyError(MachineStoppedError):
+    """A machine did not answer a call in time, or its answer was lost: it may be alive and
+    may have carried the call out. Ask it again (a migration asks for its outcome by id)."""
+
+
+class LeaseExpiredError(MachineError):
+    """The destination gave up an incoming migration: its source was silent past the lease,
+    so it released what it had made. The process stayed (and runs on) at its source."""
+
+
+class OutcomeUnknownError(MachineError):
+    """A migration's commit went out but no answer came and the destination never said what
+    it did: the source keeps its copy frozen (it may not run twice). Ask again later."""
+
+
+class CheckpointError(MachineError):
+    """A checkpoint that cannot be written or read back (missing, or not matching its
+    checksum): the process it was for cannot restart from it."""
+
+
 class EngineError(MachineError):
     """The CPU engine failed in a way that is not the guest's fault (a broken host)."""

@@ -50,12 +50,13 @@ class CpuState:
 
     def with_regs(self, **values: int) -> CpuState:
         """A copy with some general registers (by name) and/or `rip`, `rflags` changed."""
-        special = {k: values.pop(k) for k in ("rip", "rflags") if k in values}
+        rip = values.pop("rip", self.rip)
+        rflags = values.pop("rflags", self.rflags)
         unknown = set(values) - set(GPR_NAMES)
         if unknown:
             raise ValueError(f"no such register: {', '.join(sorted(unknown))}")
         gpr = tuple(values.get(n, v) for n, v in zip(GPR_NAMES, self.gpr, strict=True))
-        return dataclasses.replace(self, gpr=gpr, **special)
+        return dataclasses.replace(self, gpr=gpr, rip=rip, rflags=rflags)
 
 
 class StopKind(str, enum.Enum):

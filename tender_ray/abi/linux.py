@@ -340,6 +340,7 @@ AT_SECURE: Final = 23
 AT_RANDOM: Final = 25
 AT_HWCAP2: Final = 26
 AT_EXECFN: Final = 31
+AT_MINSIGSTKSZ: Final = 51
 
 # --- clocks, ioctl, arch_prctl, timers -----------------------------------------------------
 

@@ -40,7 +40,9 @@ class MachineClient(Protocol):
 
 
 class DrainingNodes(Protocol):
-    """Where machines run: the nodes the cluster manager is draining now (their ids)."""
+    """Where machines run: the nodes the cluster manager is draining now (their ids). A
+    Mapping gives each node's deadline too (wall-clock seconds, inf when none was said; Ray's
+    view, `cluster.drain_watch.RayDrainSignal`); a plain collection means no deadline."""
 
     def draining(self) -> Collection[str]: ...
 

@@ -19,6 +19,7 @@ from tender_ray.balancing.client import (
     Pending,
     SystemClock,
 )
+from tender_ray.balancing.node_drain import NodeDrains
 from tender_ray.balancing.policies import (
     HEADROOM,
     Balancer,
@@ -65,6 +66,10 @@ class BalancingLoop:
         self._last_loads: list[MachineLoad] = []  # the last round's snapshots, for drains
         self._move_failures: dict[str, str] = {}  # source machine -> its last failed move
         self._next_node_check = 0.0  # monotonic time the draining nodes are next asked for
+        # The cluster manager's node drains, followed with their deadlines (none: not asked).
+        self._node_drains = None if nodes is None else NodeDrains(
+            nodes, options=options, clock=self._clock, balancer=self._balancer,
+            call_timeout=call_timeout, on_move=self._record_drain_move)
         self._stop = threading.Event()
         self._kick = threading.Event()  # ends the wait before the next round
         self._thread: threading.Thread | None = None
@@ -76,12 +81,16 @@ class BalancingLoop:
         with self._lock:
             self._clients[client.name] = client
             self._machine_nodes[client.name] = node
+        if self._node_drains is not None:
+            self._node_drains.add_machine(client, node)
         self._kick.set()
 
     def remove_machine(self, name: str) -> None:
         with self._lock:
             self._clients.pop(name, None)
             self._machine_nodes.pop(name, None)
+        if self._node_drains is not None:
+            self._node_drains.remove_machine(name)
 
     def kick(self) -> None:
         """A machine's processes changed: balance now rather than at the next interval."""
@@ -107,7 +116,7 @@ class BalancingLoop:
         IDLE_BACKOFF intervals): a balanced cluster is asked less often, which leaves its
         processors to the processes. A change, a move or a failed round brings the interval
         back."""
-        if self._clock.wait(self._kick, wait):
+        if self._wait(wait):
             # Let a burst of changes (processes started together) settle into one round.
             self._clock.wait(self._stop, KICK_SETTLE)
         self._kick.clear()
@@ -120,6 +129,22 @@ class BalancingLoop:
                 self._failures.append(f"round failed: {exc!r}")
             busy = True
         return self._interval if busy else min(wait * 2, self._interval * IDLE_BACKOFF)
+
+    def _wait(self, wait: float) -> bool:
+        """Wait up to `wait` seconds for a kick (whether one came). A loop that follows node
+        drains still looks at the draining nodes every NODE_CHECK_INTERVAL while it backs
+        off, so a drain's deadline never waits out an idle back-off."""
+        if self._node_drains is None:
+            return self._clock.wait(self._kick, wait)
+        end = self._clock.monotonic() + wait
+        while (left := end - self._clock.monotonic()) > 0:
+            # Until the next look is due (a wait of a whole interval could end just short).
+            due = max(self._next_node_check - self._clock.monotonic(), 0.01)
+            if self._clock.wait(self._kick, min(left, due)):
+                return True
+            if self._stop.is_set() or self._cordon_draining_nodes():
+                return True  # a node's drain began or ended: a round now
+        return False
 
     def round(self) -> bool:
         """One look at every machine and the moves planned from it; whether anything had
@@ -172,23 +197,27 @@ class BalancingLoop:
             loads.append(snapshot(stats, procs, now))
         return loads
 
-    def _cordon_draining_nodes(self) -> None:
-        """The cluster manager drains a node (preemption, `ray drain-node`): move its
-        machines' work. Asked at most every NODE_CHECK_INTERVAL: a drain is announced with a
-        deadline of tens of seconds, and each question costs the cluster manager."""
-        if self._nodes is None:
-            return
+    def _cordon_draining_nodes(self) -> bool:
+        """The cluster manager drains a node (preemption, `ray drain-node`): cordon its
+        machines and evacuate them before its deadline (`NodeDrains`). Asked at most every
+        NODE_CHECK_INTERVAL: a drain is announced with a deadline of tens of seconds, and
+        each question costs the cluster manager.
+        Whether a node's drain ended (evacuated, or cancelled) in this look."""
+        if self._node_drains is None:
+            return False
         now = self._clock.monotonic()
         if now < self._next_node_check:
-            return
+            return False
         self._next_node_check = now + NODE_CHECK_INTERVAL
-        draining = set(self._nodes.draining())
+        reports = self._node_drains.check()
         with self._lock:
-            hit = [self._clients[n] for n, node in self._machine_nodes.items()
-                   if node and node in draining]
-        for client in hit:
-            with contextlib.suppress(TenderError):
-                client.cordon(timeout=self._call_timeout)
+            self._drains += reports
+        return bool(reports)
+
+    def _record_drain_move(self, record: MigrationRecord) -> None:
+        with self._lock:
+            self._balancer.moved(record.pid, self._clock.monotonic())
+            self._migrations.append(record)
 
     def _move(self, move: Move) -> None:
         with self._lock:
@@ -301,5 +330,11 @@ class BalancingLoop:
         with self._lock:
             return BalancerState(self._balancer.rounds, self._balancer.decisions,
                                  tuple(self._migrations), tuple(self._failures),
-                                 tuple(self._drains), (),
-                                 self._balancer.params.policy.value)
+                                 tuple(self._drains), self._draining_nodes(),
+                                 self._balancer.params.policy.value,
+                                 self._node_drains.signal_errors if self._node_drains else 0)
+
+    def _draining_nodes(self) -> tuple[str, ...]:
+        if self._node_drains is None:
+            return ()
+        return tuple(d.node for d in self._node_drains.draining)

@@ -22,6 +22,18 @@ class DrainReport:
     ok: bool  # emptied before the deadline (by moves, or by its processes ending there)
     why: str = ""  # why processes stayed ("no other machine has room ..."); "" if none did
     ended: tuple[int, ...] = ()  # pids that ended on the machine instead of moving off
+    # A drain of the node the machine is on (the cluster manager's, with its deadline):
+    node: str = ""  # the node being drained ("" for a drain of the machine alone)
+    deadline_at: float | None = None  # wall seconds the node goes away (inf: not said)
+    checkpointed: tuple[int, ...] = ()  # pids that could not move in time, checkpointed
+    outcome: str = ""  # evacuated, checkpointed, incomplete, cancelled ("" for a machine drain)
+
+    @property
+    def result(self) -> str:
+        """The drain's outcome as a metric label: ok, incomplete, checkpointed, cancelled."""
+        if self.outcome in ("checkpointed", "cancelled", "incomplete"):
+            return self.outcome
+        return "ok" if self.ok else "incomplete"
 
 
 @dataclass(frozen=True)
@@ -33,5 +45,6 @@ class BalancerState:
     migrations: tuple[MigrationRecord, ...]
     failures: tuple[str, ...]
     drains: tuple[DrainReport, ...]
-    draining: tuple[str, ...]
+    draining: tuple[str, ...]  # the nodes being drained now, with machines of ours on them
     policy: str = ""  # the balancer's policy, a label of its metrics
+    signal_errors: int = 0  # times the draining nodes could not be read from the cluster

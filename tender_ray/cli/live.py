@@ -79,7 +79,10 @@ def print_summary(report: Report, report_dir: Path | None) -> None:
         console.print(f"[red]event failed[/red] t={e.at:.1f}s {e.action.value} {e.machine}: "
                       f"{e.error}")
     for lost in report.lost:
-        console.print(f"[red]lost[/red] {lost.name} with machine {lost.machine}")
+        console.print(f"[red]lost[/red] {lost.name} with machine {lost.machine} ({lost.reason})")
+    for r in report.restarts:
+        console.print(f"restarted {r.name} on {r.machine} after {r.lost_machine} crashed, from "
+                      f"checkpoint {r.checkpoint_seq} ({r.checkpoint_age_seconds:.1f} s old)")
     for q in report.queued:
         console.print(f"queued {q.name}: {q.reason}"
                       + (f" (waited {q.waited_seconds:.1f}s)" if q.waited_seconds else ""))

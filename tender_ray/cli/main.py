@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from tender_ray.balancing.policies import Policy
 from tender_ray.cli import status
 from tender_ray.cli.status import UnreachableError
-from tender_ray.config import MachineConfig
+from tender_ray.config import CheckpointSpec, MachineConfig
 from tender_ray.errors import MachineError, TenderError, UsageError
 from tender_ray.migration.options import MigrationOptions, Resources, Transfer
+from tender_ray.resources.file_view import FileViewSpec
 
 if TYPE_CHECKING:  # Ray loads only with the commands that start or reach a cluster
     from tender_ray.balancing.state import DrainReport
@@ -36,7 +37,9 @@ _unreachable = status.unreachable
 
 POLICIES = [p.value for p in Policy]
 # The benchmarks `tender-ray bench` runs: each module's own `main(argv, prog)`.
-BENCHMARKS = {"engine": "tender_ray.bench.engine", "migration": "tender_ray.bench.migration"}
+BENCHMARKS = {"engine": "tender_ray.bench.engine", "migration": "tender_ray.bench.migration",
+              "policy": "tender_ray.bench.policy", "chaos": "tender_ray.bench.chaos",
+              "churn": "tender_ray.bench.churn"}
 
 
 def _setting(parser: argparse.ArgumentParser, flag: str, field: str, metavar: str = "",
@@ -115,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "exec", help="run one program as a Tender process",
         description="Start a cluster of machine actors (an embedded local Ray unless "
-                    "--address is given), run PROGRAM (a static x86-64 ELF) as a Tender "
+                    "--address is given), run PROGRAM (an x86-64 Linux ELF) as a Tender "
                     "process, forward its stdout and stderr, and exit with its exit status "
                     "(128+signal when it faults).")
     _machine_options(p)
@@ -127,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate-every", type=float, default=None, metavar="SECONDS",
                    help="while the program runs, migrate it round-robin to the next machine "
                         "at this interval")
-    p.add_argument("program", metavar="PROGRAM", help="static x86-64 Linux executable")
+    p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
+                   help="checkpoint the process at this interval (to the cluster's shared "
+                        "plate); its output is forwarded as each checkpoint covers it")
+    p.add_argument("--root", default=FileViewSpec.root, metavar="DIR",
+                   help="the host directory the program sees as / (default: %(default)s)")
+    p.add_argument("--writable", action="append", default=None, metavar="DIR",
+                   help="a directory (as the program sees it) it may write under; repeatable "
+                        "(default: the current directory)")
+    p.add_argument("program", metavar="PROGRAM", help="x86-64 Linux program (static or dynamic)")
     args = p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="arguments passed to the program (optional; everything after PROGRAM "
                         "is the program's)")
@@ -203,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("machine", metavar="MACHINE", help="the machine to drain (m0, ...)")
     dr.add_argument("--deadline", type=float, default=60.0, metavar="SECONDS",
                     help="seconds to wait for the machine to be empty (default 60)")
+    ck = sub.add_parser("checkpoint", help="checkpoint a process of the running cluster",
+                        description="Write process PID's image to the cluster's shared plate "
+                                    "now (only the pages changed since its last checkpoint), "
+                                    "so that it restarts from there if its machine crashes; "
+                                    "print what it cost.")
+    ck.add_argument("pid", type=int, metavar="PID", help="the process (see `ps`)")
     ud = sub.add_parser("undrain", help="let a drained machine take processes again")
     ud.add_argument("machine", metavar="MACHINE", help="the machine to uncordon (m0, ...)")
     b = sub.add_parser("bench", help="run a benchmark",
@@ -210,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one run: engine (run time under Tender against native, "
                                    "per workload) and migration (migration time against its "
                                    "lower bound, a Ray actor restore, and strategy against "
-                                   "strategy). `tender-ray bench NAME --help` lists a "
+                                   "strategy) and policy (one balancing round over "
+                                   "1,000 simulated machines, per policy). "
+                                   "`tender-ray bench NAME --help` lists a "
                                    "benchmark's options; `python -m tender_ray.bench.NAME` "
                                    "runs the same.")
     b.add_argument("bench", nargs="?", choices=list(BENCHMARKS), metavar="BENCHMARK",
@@ -242,9 +261,14 @@ def _engine_notice(requested: str, exact: bool = False) -> None:
 def _machine_configs(ns: argparse.Namespace) -> list[MachineConfig]:
     if ns.machines < 1:
         raise UsageError("--machines must be at least 1")
+    every = getattr(ns, "checkpoint_every", None)
+    if every is not None and every <= 0:
+        raise UsageError("--checkpoint-every must be a positive number of seconds")
+    checkpoint = CheckpointSpec(every=every) if every is not None else None
     return [MachineConfig(name=f"m{i}", computations=ns.computations,
                           memory_mib=ns.memory_mib, quantum_us=ns.quantum_us,
-                          quantum_instructions=ns.exact, engine=ns.engine)
+                          quantum_instructions=ns.exact, engine=ns.engine,
+                          checkpoint=checkpoint)
             for i in range(ns.machines)]
 
 
@@ -290,8 +314,11 @@ def cmd_exec(ns: argparse.Namespace) -> int:
         if ns.machine is not None and ns.machine not in cluster.machines:
             raise UsageError(f"--machine {ns.machine}: no such machine in the cluster; the "
                              f"machines are {', '.join(cluster.machines)}")
+        files = FileViewSpec(root=ns.root, cwd=os.getcwd(),
+                             writable=tuple(ns.writable) if ns.writable else None)
         result = execute(cluster, ns.program, ns.args, _environment(), machine=ns.machine,
-                         sink=sink, migrate_every=ns.migrate_every, options=_options(ns))
+                         sink=sink, migrate_every=ns.migrate_every, options=_options(ns),
+                         files=files, stdin_fd=0)
     finally:
         if attached is not None:
             cluster.forget()  # the machines belong to `up`
@@ -315,6 +342,7 @@ def killed_message(pid: int, exit_status: int, exit_reason: str) -> str:
     # The machine's reason says where ("... at 0x401234") or who sent it; keep what it adds.
     detail = exit_reason.removeprefix(f"killed by signal {exit_status - status.SIGNAL_BASE}")
     detail = detail.removeprefix(f"killed by {name}").strip()
+    detail = detail.removeprefix(f"({name})").strip()  # the kernel names it too
     return f"tender-ray: process {pid} killed by {name}" + (f" ({detail})" if detail else "")
 
 
@@ -391,8 +419,9 @@ def cmd_up(ns: argparse.Namespace) -> int:
             raise _unreachable(address) from None
         for config in configs:
             cluster.add_machine(config, detached=True)
+        # No driver follows an `up` cluster's machines: the balancer restarts a dead one's.
         cluster.start_balancer(BalancerParams(policy=Policy(ns.policy)), MigrationOptions(),
-                               0.25, detached=True)
+                               0.25, detached=True, restart_dead=True)
         metrics_port = None if ns.no_metrics else cluster.start_exporter(
             ns.metrics_port, ns.metrics_host, detached=True)
     except BaseException:
@@ -489,6 +518,19 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
     return status.OK
 
 
+def cmd_checkpoint(ns: argparse.Namespace) -> int:
+    from tender_ray.cli.operate import connect, find_process
+
+    cluster, _ = connect()
+    record = cluster.machine(find_process(cluster, ns.pid)).checkpoint(ns.pid)
+    kind = "full" if record.full else "incremental"
+    print(f"checkpoint {record.seq} of {ns.pid} on {record.machine} ({kind}): "
+          f"{record.pages_written} of {record.pages} pages, {record.bytes} bytes, frozen "
+          f"{1000 * record.frozen_seconds:.1f} ms, {1000 * record.seconds:.1f} ms in all, "
+          f"in {record.store}")
+    return status.OK
+
+
 def cmd_drain(ns: argparse.Namespace) -> int:
     from tender_ray.cli.operate import connect
 
@@ -569,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logs(ns)
     handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run, "up": cmd_up,
                 "down": cmd_down, "ps": cmd_ps, "migrate": cmd_migrate, "drain": cmd_drain,
-                "undrain": cmd_undrain, "top": cmd_top}
+                "undrain": cmd_undrain, "top": cmd_top, "checkpoint": cmd_checkpoint}
     try:
         return handlers[ns.command](ns)
     except UsageError as exc:

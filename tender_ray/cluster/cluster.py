@@ -16,6 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tender_ray.balancing.policies import BalancerParams
 from tender_ray.balancing.state import BalancerState, DrainReport
 from tender_ray.cluster.balancer_actor import BALANCER_NAME, RemoteBalancer
+from tender_ray.cluster.drain_watch import DrainWatchHandle
 from tender_ray.cluster.exporter_actor import EXPORTER_NAME, RemoteExporter
 from tender_ray.cluster.handles import (
     CALL_TIMEOUT,
@@ -54,9 +55,14 @@ class Cluster:
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  object_store_mib: int = 256, namespace: str = NAMESPACE,
-                 shared_plate: str | None = None, prefix: str = "") -> None:
+                 shared_plate: str | None = None, prefix: str = "",
+                 watch_drains: bool = True) -> None:
         self.prefix = prefix  # actor names: prefix + machine name (runs side by side)
         self._owns_ray = False
+        # Follow Ray's node drains even with no balancer (a drain watcher actor, once the Ray
+        # cluster has more than one node). An embedded Ray never has: no watcher there.
+        self._watch_drains = watch_drains and not (
+            not ray.is_initialized() and address in (None, "local"))
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(namespace=namespace, include_dashboard=False,
                                           logging_level="ERROR", log_to_driver=False,
@@ -74,6 +80,8 @@ class Cluster:
         self._machines: dict[str, MachineHandle] = {}
         self._next_index = 0
         self._balancer: BalancerHandle | None = None
+        # Follows Ray's node drains while no balancer runs (the balancer does it when it runs).
+        self._drain_watch: DrainWatchHandle | None = None
         self._exporter: ExporterHandle | None = None  # the metrics exporter, when one runs
         self._probes: dict[str, ProbeHandle] = {}  # benchmark probes, by the machine they sit by
         # The plate every machine can reach, for the plate transfer path. On one host a
@@ -119,6 +127,12 @@ class Cluster:
         self._machines[config.name] = handle
         if self._balancer is not None:
             self._balancer.add_machine(config.name, timeout=CALL_TIMEOUT)
+        elif self._drain_watch is not None:
+            self._drain_watch.add_machine(config.name)
+        elif self._watch_drains and len(self.node_cpus()) > 1:
+            # A Ray of one node has nowhere to evacuate a drained node to: no watcher there.
+            self._drain_watch = DrainWatchHandle.start(list(self._machines), self.prefix,
+                                                       detached=detached)
         if self._exporter is not None:
             with contextlib.suppress(Exception):
                 self._exporter.add_machine(handle, timeout=CALL_TIMEOUT)
@@ -138,6 +152,9 @@ class Cluster:
         if self._balancer is not None:
             with contextlib.suppress(Exception):
                 self._balancer.remove_machine(name, timeout=CALL_TIMEOUT)
+        if self._drain_watch is not None:
+            with contextlib.suppress(Exception):
+                self._drain_watch.remove_machine(name)
         if self._exporter is not None:
             with contextlib.suppress(Exception):
                 self._exporter.remove_machine(name, timeout=CALL_TIMEOUT)
@@ -158,11 +175,14 @@ class Cluster:
             with contextlib.suppress(ValueError):
                 self._balancer = BalancerHandle(
                     ray.get_actor(self.prefix + BALANCER_NAME, namespace=namespace))
+        if self._balancer is None:
+            self._drain_watch = DrainWatchHandle.find(self.prefix)
 
     def forget(self) -> None:
         """Drop the handles without stopping anything (the actors are detached)."""
         self._machines.clear()
         self._balancer = None
+        self._drain_watch = None
         self._exporter = None
 
     # --- asking every machine ------------------------------------------------------------
@@ -206,13 +226,23 @@ class Cluster:
     # --- the balancer --------------------------------------------------------------------
 
     def start_balancer(self, params: BalancerParams, options: MigrationOptions,
-                       interval: float, *, detached: bool = False) -> None:
-        opts: dict[str, Any] = dict(num_cpus=0, max_concurrency=16)
+                       interval: float, *, detached: bool = False,
+                       restart_dead: bool = False) -> None:
+        """Start the balancer actor. `restart_dead`: it also restarts a dead machine's
+        processes from their checkpoints (for `up`, where no scenario or exec driver does)."""
+        # On the driver's node: a balancer on a node being drained would go with it, and it
+        # is the one that must evacuate that node.
+        opts: dict[str, Any] = dict(num_cpus=0, max_concurrency=16,
+                                    scheduling_strategy=NodeAffinitySchedulingStrategy(
+                                        ray.get_runtime_context().get_node_id(), soft=False))
         if detached:
             opts.update(lifetime="detached", name=self.prefix + BALANCER_NAME)
         self._balancer = BalancerHandle(RemoteBalancer.options(**opts).remote(
-            list(self._machines), params, options, interval, self.prefix))
+            list(self._machines), params, options, interval, self.prefix, restart_dead))
         self._balancer.ready()
+        watch, self._drain_watch = self._drain_watch, None
+        if watch is not None:  # the balancer follows the node drains from now on
+            watch.stop()
         if self._exporter is not None:
             with contextlib.suppress(Exception):
                 self._exporter.set_balancer(self._balancer, timeout=CALL_TIMEOUT)
@@ -234,6 +264,15 @@ class Cluster:
 
     def undrain(self, machine: str) -> None:
         self.machine(machine).uncordon()
+
+    def node_drains(self) -> tuple[DrainReport, ...]:
+        """Every drain of a Ray node followed so far (by the balancer, or the drain watcher
+        when no balancer runs): what moved, was checkpointed or was left, by machine."""
+        if self._balancer is not None:
+            return tuple(d for d in self.balancer_state().drains if d.node)
+        if self._drain_watch is not None:
+            return self._drain_watch.reports()
+        return ()
 
     def balancer_state(self) -> BalancerState:
         return self._require_balancer().state(timeout=CALL_TIMEOUT)
@@ -324,6 +363,9 @@ class Cluster:
             self.stop_exporter()  # first: it polls the machines
         with contextlib.suppress(Exception):
             self.stop_balancer()
+        watch, self._drain_watch = self._drain_watch, None
+        if watch is not None:
+            watch.stop()
         for name in list(self._probes):
             self._stop_probe(name)
         for name in list(self._machines):

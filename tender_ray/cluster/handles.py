@@ -1,8 +1,9 @@
 """Typed references to the actors: a `MachineHandle` offers one method per remote operation of a
 machine (an allow-list: nothing else of the machine can be called from outside), a
 `BalancerHandle` the same for the balancer, and `Pending` a call under way. Ray's failures
-become Tender's: a dead actor or one that does not answer in time raises `MachineStoppedError`,
-and a Tender error raised inside an actor is raised again as itself."""
+become Tender's: a dead actor raises `MachineStoppedError`, one that does not answer in time
+`NoReplyError` (a `MachineStoppedError` that may still be alive and may have acted), and a
+Tender error raised inside an actor is raised again as itself."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from tender_ray.balancing.state import BalancerState, DrainReport
-from tender_ray.errors import MachineStoppedError, TenderError
-from tender_ray.kernel.snapshots import MachineStatistics, PollResult, ProcessInfo
+from tender_ray.errors import MachineStoppedError, NoReplyError, TenderError
+from tender_ray.kernel.snapshots import MachineStatistics, OutputChunk, PollResult, ProcessInfo
+from tender_ray.migration.checkpoint import CheckpointRecord, RestartRecord
 from tender_ray.migration.image import ProcessImage
 from tender_ray.migration.options import MigrationOptions
-from tender_ray.migration.record import MigrationRecord
+from tender_ray.migration.record import MigrationRecord, Outcome
+from tender_ray.resources.file_view import FileViewSpec
 
 T = TypeVar("T")
 
@@ -43,7 +46,7 @@ def resolve(who: str, ref: Any, timeout: float | None = None) -> Any:
     except RayActorError as exc:
         raise MachineStoppedError(f"{who} is gone: {exc.__class__.__name__}") from exc
     except GetTimeoutError as exc:
-        raise MachineStoppedError(f"{who} did not answer within {timeout} s") from exc
+        raise NoReplyError(f"{who} did not answer within {timeout} s") from exc
     except RayTaskError as exc:
         raise unwrap(exc) from None
 
@@ -83,8 +86,12 @@ class MachineHandle:
     # --- processes ------------------------------------------------------------------------
 
     def exec(self, image: bytes, name: str, argv: Sequence[str | bytes],
-             envp: Sequence[str | bytes] = ()) -> int:
-        return int(self._get(self.actor.exec.remote(image, name, list(argv), list(envp))))
+             envp: Sequence[str | bytes] = (), *, files: FileViewSpec | None = None,
+             stdin: str = "empty") -> int:
+        """Start a program; `files` is its view of the host tree, `stdin` "empty", "none",
+        "stream" (then `feed_stdin`) or a path in the view (see `Machine.exec`)."""
+        return int(self._get(self.actor.exec.remote(image, name, list(argv), list(envp),
+                                                    files, stdin)))
 
     def info(self, pid: int) -> ProcessInfo:
         return cast(ProcessInfo, self._get(self.actor.info.remote(pid)))
@@ -93,8 +100,16 @@ class MachineHandle:
         """Wait until the process has ended, or `timeout` passed (on the machine)."""
         return cast(ProcessInfo, self._get(self.actor.wait.remote(pid, timeout)))
 
+    def feed_stdin(self, pid: int, data: bytes, eof: bool = False) -> int:
+        """Data for a stdin="stream" process; the bytes now buffered there (at most 1 MiB)."""
+        return int(self._get(self.actor.feed_stdin.remote(pid, data, eof)))
+
     def take_output(self, pid: int) -> tuple[bytes, bytes]:
         return cast(tuple[bytes, bytes], self._get(self.actor.take_output.remote(pid)))
+
+    def take_chunks(self, pid: int) -> tuple[OutputChunk, ...]:
+        """What `take_output` takes, with where each piece starts in its stream."""
+        return cast(tuple[OutputChunk, ...], self._get(self.actor.take_chunks.remote(pid)))
 
     def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]:
         return cast(tuple[ProcessInfo, bytes, bytes], self._get(self.actor.reap.remote(pid)))
@@ -170,26 +185,60 @@ class MachineHandle:
         ref = self.actor.migrate.remote(pid, destination, options or MigrationOptions())
         return cast(MigrationRecord, self._get(ref, timeout))
 
-    # The destination's side, called by the source machine's actor during a migration.
-    def create_incoming(self, pid: int, frames: int, reuse: bool,
+    # The destination's side, called by the source machine's actor during a migration; each
+    # call names the migration by id (see migration/protocol.py).
+    def create_incoming(self, mid: str, source: str, pid: int, frames: int, reuse: bool,
                         timeout: float | None = None) -> float:
-        return float(self._get(self.actor.create_incoming.remote(pid, frames, reuse), timeout))
+        ref = self.actor.create_incoming.remote(mid, source, pid, frames, reuse)
+        return float(self._get(ref, timeout))
 
-    def transform(self, image: ProcessImage, options: MigrationOptions,
+    def transform(self, mid: str, image: ProcessImage, options: MigrationOptions,
                   timeout: float | None = None) -> dict[str, float]:
-        ref = self.actor.transform.remote(image, options)
+        ref = self.actor.transform.remote(mid, image, options)
         return cast(dict[str, float], self._get(ref, timeout))
 
-    def commit(self, pid: int, timeout: float | None = None) -> None:
-        self._get(self.actor.commit.remote(pid), timeout)
+    def commit(self, mid: str, timeout: float | None = None) -> Outcome:
+        return Outcome(self._get(self.actor.commit.remote(mid), timeout))
 
-    def abort(self, pid: int, timeout: float | None = None) -> None:
-        self._get(self.actor.abort.remote(pid), timeout)
+    def abort(self, mid: str, timeout: float | None = None) -> Outcome:
+        return Outcome(self._get(self.actor.abort.remote(mid), timeout))
 
-    def record_migration(self, pid: int, record: MigrationRecord) -> None:
+    def outcome(self, mid: str, timeout: float | None = None) -> Outcome:
+        """What became of migration `mid` on this machine."""
+        return Outcome(self._get(self.actor.outcome.remote(mid), timeout))
+
+    def renew(self, mid: str, timeout: float | None = None) -> Outcome:
+        """Keep migration `mid`'s lease on this machine (a heartbeat); its outcome so far."""
+        return Outcome(self._get(self.actor.renew.remote(mid), timeout))
+
+    def record_migration(self, pid: int, record: MigrationRecord,
+                         timeout: float | None = None) -> None:
         """Give the destination the finished record of the migration that brought `pid`;
-        does not wait for the answer (nothing depends on it)."""
-        self.actor.record_migration.remote(pid, record)
+        returns once it is stored there."""
+        self._get(self.actor.record_migration.remote(pid, record), timeout)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, pid: int, timeout: float | None = None) -> CheckpointRecord:
+        """Write process `pid`'s image where it survives this machine (the cluster's shared
+        plate unless the machine's config names a directory); what it cost. The process is
+        frozen only while its pages are copied and runs on here. ProcessStateError when a
+        migration owns it (checkpoint it where it lands) or it has ended; CheckpointError
+        when the store cannot be written (the previous checkpoint stays valid)."""
+        return cast(CheckpointRecord, self._get(self.actor.checkpoint.remote(pid), timeout))
+
+    def restart(self, pid: int, timeout: float | None = None) -> RestartRecord:
+        """Run process `pid` on this machine from its last checkpoint (its machine was lost).
+        CheckpointError when it has none, or it is corrupt; nothing is made then."""
+        return cast(RestartRecord, self._get(self.actor.restart.remote(pid), timeout))
+
+    def checkpointed(self, timeout: float | None = None) -> list[int]:
+        """The pids that have a checkpoint in this machine's store."""
+        return cast(list[int], self._get(self.actor.checkpointed.remote(), timeout))
+
+    def worker_pid(self, timeout: float | None = None) -> int:
+        """The host pid of the actor's worker process (what a crash drill kills)."""
+        return int(self._get(self.actor.worker_pid.remote(), timeout))
 
 
 @dataclass(frozen=True)

@@ -4,22 +4,25 @@ the machine, plus the source's side of a migration, which reaches the destinatio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import ray
 
 from tender_ray import logs
-from tender_ray.cluster.handles import CALL_TIMEOUT, BalancerHandle, MachineHandle
+from tender_ray.cluster.handles import BalancerHandle, MachineHandle
 from tender_ray.cluster.transport import transport_for
 from tender_ray.config import MachineConfig
-from tender_ray.errors import MachineStoppedError, UnknownMachineError
+from tender_ray.errors import MachineError, MachineStoppedError, NoReplyError, UnknownMachineError
 from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.snapshots import MachineStatistics, PollResult, ProcessInfo
+from tender_ray.kernel.snapshots import MachineStatistics, OutputChunk, PollResult, ProcessInfo
+from tender_ray.migration.checkpoint import CheckpointRecord, PlateCheckpointStore, RestartRecord
 from tender_ray.migration.image import ProcessImage
 from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.protocol import run_migration
-from tender_ray.migration.record import MigrationRecord
+from tender_ray.migration.record import MigrationRecord, Outcome
+from tender_ray.resources.file_view import FileViewSpec
 
 
 class MachineActor:
@@ -30,14 +33,23 @@ class MachineActor:
         logs.configure()  # once per actor process
         self._machine = Machine(config, pid_base=pid_base)
         self._shared = shared_plate
+        if shared_plate and not (config.checkpoint and config.checkpoint.dir):
+            # Checkpoints go where every machine reads them, so another restarts them (set
+            # before the periodic checkpointer's first round, `every` seconds from now).
+            self._machine.checkpoint_store = PlateCheckpointStore(
+                os.path.join(shared_plate, "checkpoints"))
         # Destinations, looked up once. Nothing private is a method here: Ray lets a caller
         # reach every method of an actor class, so this one has only its remote operations.
-        self._peers = _Peers(prefix)
+        self._peers = _Peers(prefix, config.migration_call_timeout_s)
+        # How long a lost commit's outcome is asked for: past the destination's lease (what it
+        # does not commit by then expires) and a few calls' time.
+        self._settle = 2 * config.migration_lease_s + 3 * config.migration_call_timeout_s
 
     # Processes.
     def exec(self, image: bytes, name: str, argv: Sequence[str | bytes],
-             envp: Sequence[str | bytes] = ()) -> int:
-        return self._machine.exec(image, name, argv, envp)
+             envp: Sequence[str | bytes] = (), files: FileViewSpec | None = None,
+             stdin: str = "empty") -> int:
+        return self._machine.exec(image, name, argv, envp, files=files, stdin=stdin)
 
     def info(self, pid: int) -> ProcessInfo:
         return self._machine.info(pid)
@@ -45,8 +57,14 @@ class MachineActor:
     def wait(self, pid: int, timeout: float | None = None) -> ProcessInfo:
         return self._machine.wait(pid, timeout)
 
+    def feed_stdin(self, pid: int, data: bytes, eof: bool = False) -> int:
+        return self._machine.feed_stdin(pid, data, eof)
+
     def take_output(self, pid: int) -> tuple[bytes, bytes]:
         return self._machine.take_output(pid)
+
+    def take_chunks(self, pid: int) -> tuple[OutputChunk, ...]:
+        return self._machine.take_chunks(pid)
 
     def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]:
         return self._machine.reap(pid)
@@ -97,8 +115,11 @@ class MachineActor:
         peer = self._peers.get(destination)
         try:
             record = run_migration(self._machine, pid, peer,
-                                   transport_for(options, self._shared), options)
-        except MachineStoppedError:
+                                   transport_for(options, self._shared), options,
+                                   self._settle)
+        except MachineStoppedError as exc:
+            if isinstance(exc, NoReplyError) or self._machine.handed_over.get(pid):
+                raise  # it may be alive, or the process is not back: no second try
             # The destination we knew died (the migration rolled back). A machine of the same
             # name may have been started since: look it up afresh and, if it is a new one,
             # try once more; otherwise the error stands.
@@ -110,26 +131,55 @@ class MachineActor:
             if fresh.handle.same_actor(peer.handle):
                 raise
             record = run_migration(self._machine, pid, fresh,
-                                   transport_for(options, self._shared), options)
+                                   transport_for(options, self._shared), options,
+                                   self._settle)
             peer = fresh
-        peer.handle.record_migration(pid, record)  # no need to wait
+        try:  # the destination keeps the record too; it is stored once this returns
+            peer.handle.record_migration(pid, record, timeout=peer.timeout)
+        except MachineError as exc:
+            # The process moved all the same; only the destination's copy of the record is
+            # missing (the process's own list there lacks this move).
+            logs.get("migration").warning("record not stored at destination", pid=pid,
+                                          destination=destination, error=str(exc))
         return record
 
-    # Migration, the destination side.
-    def create_incoming(self, pid: int, frames: int, reuse: bool) -> float:
-        return self._machine.create_incoming(pid, frames, reuse)
+    # Migration, the destination side (every call names its migration by id).
+    def create_incoming(self, mid: str, source: str, pid: int, frames: int,
+                        reuse: bool) -> float:
+        return self._machine.create_incoming(mid, source, pid, frames, reuse)
 
-    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
-        return self._machine.transform(image, transport_for(options, self._shared), options)
+    def transform(self, mid: str, image: ProcessImage, options: MigrationOptions
+                  ) -> dict[str, float]:
+        return self._machine.transform(image, transport_for(options, self._shared), options,
+                                       mid)
 
-    def commit(self, pid: int) -> None:
-        self._machine.commit(pid)
+    def commit(self, mid: str) -> Outcome:
+        return self._machine.commit(mid)
 
-    def abort(self, pid: int) -> None:
-        self._machine.abort(pid)
+    def abort(self, mid: str) -> Outcome:
+        return self._machine.abort(mid)
+
+    def outcome(self, mid: str) -> Outcome:
+        return self._machine.outcome(mid)
+
+    def renew(self, mid: str) -> Outcome:
+        return self._machine.renew(mid)
 
     def record_migration(self, pid: int, record: MigrationRecord) -> None:
         self._machine.record_migration(pid, record)
+
+    # Checkpoints.
+    def checkpoint(self, pid: int) -> CheckpointRecord:
+        return self._machine.checkpoint(pid)
+
+    def restart(self, pid: int) -> RestartRecord:
+        return self._machine.restart(pid)
+
+    def checkpointed(self) -> list[int]:
+        return self._machine.checkpoint_store.pids()
+
+    def worker_pid(self) -> int:
+        return os.getpid()
 
 
 RemoteMachine: Any = ray.remote(MachineActor)
@@ -139,38 +189,45 @@ class _ActorPeer:
     """The destination machine, reached from inside the source machine's actor (the
     migration protocol's `Peer`)."""
 
-    def __init__(self, name: str, prefix: str) -> None:
+    def __init__(self, name: str, prefix: str, timeout: float) -> None:
         try:
             actor = ray.get_actor(prefix + name, namespace=ray.get_runtime_context().namespace)
         except ValueError:
             raise UnknownMachineError(f"unknown machine {name!r}: no such actor") from None
         self.name = name
         self.handle = MachineHandle(name, actor)
+        self.timeout = timeout  # seconds for create, commit, abort (the source's config)
 
-    def create(self, pid: int, frames: int, reuse: bool) -> float:
-        return self.handle.create_incoming(pid, frames, reuse, timeout=CALL_TIMEOUT)
+    def create(self, mid: str, source: str, pid: int, frames: int, reuse: bool) -> float:
+        return self.handle.create_incoming(mid, source, pid, frames, reuse,
+                                           timeout=self.timeout)
 
-    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
-        return self.handle.transform(image, options, timeout=options.timeout)
+    def transform(self, mid: str, image: ProcessImage,
+                  options: MigrationOptions) -> dict[str, float]:
+        return self.handle.transform(mid, image, options, timeout=options.timeout)
 
-    def commit(self, pid: int) -> None:
-        self.handle.commit(pid, timeout=CALL_TIMEOUT)
+    def commit(self, mid: str) -> Outcome:
+        return self.handle.commit(mid, timeout=self.timeout)
 
-    def abort(self, pid: int) -> None:
-        self.handle.abort(pid, timeout=CALL_TIMEOUT)
+    def abort(self, mid: str) -> Outcome:
+        return self.handle.abort(mid, timeout=self.timeout)
+
+    def outcome(self, mid: str) -> Outcome:
+        return self.handle.outcome(mid, timeout=self.timeout)
 
 
 class _Peers:
     """The destinations a source machine has reached, by name (actor names: prefix + name)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, timeout: float) -> None:
         self._prefix = prefix
+        self._timeout = timeout
         self._peers: dict[str, _ActorPeer] = {}
 
     def get(self, name: str) -> _ActorPeer:
         peer = self._peers.get(name)
         if peer is None:
-            peer = self._peers[name] = _ActorPeer(name, self._prefix)
+            peer = self._peers[name] = _ActorPeer(name, self._prefix, self._timeout)
         return peer
 
     def forget(self, name: str) -> None:

@@ -1,5 +1,5 @@
-"""A process's address space built from Tender resources: loading a program, the initial stack,
-the program break and anonymous mappings.
+"""A process's address space built from Tender resources: loading a program (and its dynamic
+loader), the initial stack, the program break, anonymous and file mappings.
 
 Every area is a virtual region pasted into the process's virtual space by a virtual user space;
 these functions take both from the machine's managers and give them back, so holding and pools
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ from tender_ray.abi.linux import (
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
     MAP_GROWSDOWN,
+    MAP_PRIVATE,
+    MAP_SHARED,
     PROT_READ,
     PROT_WRITE,
     Errno,
@@ -30,7 +33,7 @@ from tender_ray.errors import BadProgramError, OutOfMemoryError
 from tender_ray.migration.image import AreaImage
 from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.process import Process
-from tender_ray.resources.program import Program
+from tender_ray.resources.program import Program, parse_program
 from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory, page_down, page_up
 from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind, VirtualRegion
 from tender_ray.resources.virtual_space import VirtualSpace
@@ -120,30 +123,64 @@ ARG_MAX = STACK_SIZE // 4  # like Linux: arguments and environment take at most 
 def stack_bytes(argv: list[bytes], envp: list[bytes]) -> int:
     """Bytes the initial stack takes: strings, pointers, auxv, random bytes, alignment."""
     strings = sum(len(s) + 1 for s in (*argv, *envp)) + len(argv[0] if argv else b"") + 8
-    words = 1 + len(argv) + 1 + len(envp) + 1 + 2 * 18
+    words = 1 + len(argv) + 1 + len(envp) + 1 + 2 * 20
     return strings + 8 * words + 64
 
 
 def frames_needed(program: Program, argv: list[bytes] | None = None,
-                  envp: list[bytes] | None = None) -> int:
-    """Frames a program needs at exec: its file-backed pages and the initial stack (BSS,
-    heap and the rest of the stack come on first touch)."""
+                  envp: list[bytes] | None = None, interpreter: Program | None = None) -> int:
+    """Frames a program needs at exec: its file-backed pages (and its dynamic loader's) and the
+    initial stack (BSS, heap and the rest of the stack come on first touch)."""
     stack = page_up(stack_bytes(argv or [], envp or [])) >> PAGE_SHIFT
+    images = (program,) if interpreter is None else (program, interpreter)
     return sum((page_up(s.vaddr + s.filesz) - page_down(s.vaddr)) >> PAGE_SHIFT
-               for s in program.segments) + stack + 1
+               for image in images for s in image.segments) + stack + 1
+
+
+def interpreter_base(span: int, top: int = MMAP_TOP) -> int:
+    """Where the dynamic loader goes: right below the mmap top, as Linux maps it top-down
+    (the process's later mappings then go below it)."""
+    return page_down(top - page_up(span))
+
+
+def read_interpreter(program: Program,
+                     read_file: Callable[[str], bytes]) -> tuple[Program, bytes] | None:
+    """The program's dynamic loader (PT_INTERP) parsed at its base, with its image; None for
+    a program without one. `read_file(path)` reads it as the process sees files."""
+    if not program.interpreter:
+        return None
+    path = program.interpreter
+    try:
+        image = read_file(path)
+    except OSError as exc:
+        raise BadProgramError(program.name, f"its dynamic loader {path} cannot be read "
+                                            f"({exc.strerror or exc}); install it on the "
+                                            "machine or give a static program") from exc
+    probe = parse_program(image, path, base=PAGE_SIZE)  # a fixed-address image keeps base 0
+    if probe.interpreter or probe.base == 0:
+        raise BadProgramError(program.name, f"its dynamic loader {path} is not a "
+                                            "self-relocating ET_DYN image without a loader")
+    span = probe.end - min(page_down(seg.vaddr) for seg in probe.segments)
+    return parse_program(image, path, base=interpreter_base(span)), image
 
 
 def load_program(m: Managers, process: Process, program: Program, image: bytes,
-                 argv: list[bytes], envp: list[bytes]) -> None:
+                 argv: list[bytes], envp: list[bytes],
+                 interpreter: tuple[Program, bytes] | None = None,
+                 hwcap: tuple[int, int] = (0x178BFBFF, 0)) -> None:
     """Give `process` a fresh virtual space holding `program`, a stack and its registers.
 
-    On failure nothing stays allocated: the caller releases the address space.
+    `interpreter` is the program's dynamic loader, parsed at its base (see
+    `interpreter_base`), with its image: it is mapped too and the process starts at its entry,
+    the auxv telling it where the program lies (AT_PHDR, AT_ENTRY, AT_BASE). `hwcap` is
+    AT_HWCAP/AT_HWCAP2. On failure nothing stays allocated: the caller releases the space.
     """
     if stack_bytes(argv, envp) > ARG_MAX:
         raise BadProgramError(program.name, f"arguments and environment take "
                                             f"{stack_bytes(argv, envp)} bytes, more than "
                                             f"{ARG_MAX} (E2BIG); pass less")
-    need = frames_needed(program, argv, envp)
+    loader = interpreter[0] if interpreter is not None else None
+    need = frames_needed(program, argv, envp, loader)
     if need > m.memory.nframes:
         raise BadProgramError(program.name, f"too big for real memory: needs {need * 4} KiB, "
                                             f"the machine has {m.memory.size >> 10} KiB")
@@ -152,10 +189,42 @@ def load_program(m: Managers, process: Process, program: Program, image: bytes,
                                f"{m.memory.free_frames} free; retry when processes end")
     process.space = m.spaces.acquire()
     process.program = program
+    # The program's own segments are its text and data (text moves as the program's text in
+    # a migration); the loader's are ordinary file mappings.
+    _map_segments(m, process, program, image, "")
+    process.brk_start = process.brk = program.end
+    process.mmap_top = MMAP_TOP
+    entry = program.entry
+    if interpreter is not None:
+        loader, loader_image = interpreter
+        if loader.end > MMAP_TOP or any(process.space.overlapping(
+                page_down(s.vaddr), page_up(s.vaddr + s.memsz)) for s in loader.segments):
+            raise BadProgramError(loader.name, "its load base overlaps the program; parse it "
+                                               "at interpreter_base(span)")
+        _map_segments(m, process, loader, loader_image, "interp")
+        process.mmap_top = min(page_down(s.vaddr) for s in loader.segments)
+        entry = loader.entry
+    process.user_spaces["stack"] = add_area(m, process, RegionKind.STACK, STACK_TOP - STACK_SIZE,
+                                            STACK_SIZE >> PAGE_SHIFT, PROT_READ | PROT_WRITE)
+    rsp = _initial_stack(process.space, program, argv, envp,
+                         loader.base if loader is not None else 0, hwcap)
+    process.registers = CpuState.initial(entry, rsp)
+
+
+def _map_segments(m: Managers, process: Process, program: Program, image: bytes,
+                  prefix: str) -> None:
+    """Map each loadable segment: file-backed pages copied into frames, the rest on touch.
+    `prefix` "" names the program's own areas (text, data, bss); any other names file
+    mappings of another image (all of kind MMAP)."""
+    assert process.space is not None
     for i, seg in enumerate(program.segments):
         start, end = page_down(seg.vaddr), page_up(seg.vaddr + seg.memsz)
         file_end = page_up(seg.vaddr + seg.filesz) if seg.writable else end
-        kind = RegionKind.DATA if seg.writable else RegionKind.TEXT
+        if prefix:
+            kind = bss_kind = RegionKind.MMAP
+        else:
+            kind = RegionKind.DATA if seg.writable else RegionKind.TEXT
+            bss_kind = RegionKind.BSS
         if file_end > start:
             us = add_area(m, process, kind, start, (file_end - start) >> PAGE_SHIFT, seg.perms)
             assert us.region is not None
@@ -166,16 +235,10 @@ def load_program(m: Managers, process: Process, program: Program, image: bytes,
             flat[off: off + seg.filesz] = np.frombuffer(image, np.uint8, seg.filesz, seg.offset)
             m.memory.frames[frames] = buf
             process.space.refresh(us)
-            process.user_spaces[f"{kind.value}{i}"] = us
+            process.user_spaces[f"{prefix or kind.value}{i}"] = us
         if end > file_end:
-            process.user_spaces[f"bss{i}"] = add_area(
-                m, process, RegionKind.BSS, file_end, (end - file_end) >> PAGE_SHIFT, seg.perms)
-    process.brk_start = process.brk = program.end
-    process.mmap_top = MMAP_TOP
-    process.user_spaces["stack"] = add_area(m, process, RegionKind.STACK, STACK_TOP - STACK_SIZE,
-                                            STACK_SIZE >> PAGE_SHIFT, PROT_READ | PROT_WRITE)
-    rsp = _initial_stack(process.space, program, argv, envp)
-    process.registers = CpuState.initial(program.entry, rsp)
+            process.user_spaces[f"{prefix}bss{i}"] = add_area(
+                m, process, bss_kind, file_end, (end - file_end) >> PAGE_SHIFT, seg.perms)
 
 
 def text_pages(program: Program, image: bytes,
@@ -201,9 +264,16 @@ def text_pages(program: Program, image: bytes,
     return np.concatenate(out)
 
 
+MINSIGSTKSZ = 2048  # AT_MINSIGSTKSZ: a signal frame of the FXSAVE-sized state we keep
+
+
 def _initial_stack(space: VirtualSpace, program: Program, argv: list[bytes],
-                   envp: list[bytes]) -> int:
-    """Write the System V initial stack (argc, argv, envp, auxv and their strings)."""
+                   envp: list[bytes], interpreter_base: int = 0,
+                   hwcap: tuple[int, int] = (0x178BFBFF, 0)) -> int:
+    """Write the System V initial stack (argc, argv, envp, auxv and their strings).
+
+    The auxv is what glibc's and musl's start-up code read; there is no AT_SYSINFO_EHDR, so no
+    vDSO is used (time calls arrive as system calls and nothing is pinned to an address)."""
     strings = bytearray()
     offsets = []
     for s in [*argv, *envp, b"x86_64", argv[0] if argv else b""]:
@@ -218,12 +288,14 @@ def _initial_stack(space: VirtualSpace, program: Program, argv: list[bytes],
     envp_addrs = addrs[len(argv): len(argv) + len(envp)]
     platform_at, execfn_at = addrs[-2], addrs[-1]
     auxv = [(linux.AT_PHDR, program.phdr), (linux.AT_PHENT, program.phent),
-            (linux.AT_PHNUM, program.phnum), (linux.AT_PAGESZ, PAGE_SIZE), (linux.AT_BASE, 0),
-            (linux.AT_FLAGS, 0), (linux.AT_ENTRY, program.entry), (linux.AT_UID, 0),
-            (linux.AT_EUID, 0), (linux.AT_GID, 0), (linux.AT_EGID, 0),
-            (linux.AT_HWCAP, 0x178BFBFF), (linux.AT_CLKTCK, 100), (linux.AT_SECURE, 0),
+            (linux.AT_PHNUM, program.phnum), (linux.AT_PAGESZ, PAGE_SIZE),
+            (linux.AT_BASE, interpreter_base), (linux.AT_FLAGS, 0),
+            (linux.AT_ENTRY, program.entry), (linux.AT_UID, 0), (linux.AT_EUID, 0),
+            (linux.AT_GID, 0), (linux.AT_EGID, 0), (linux.AT_HWCAP, hwcap[0]),
+            (linux.AT_HWCAP2, hwcap[1]), (linux.AT_CLKTCK, 100), (linux.AT_SECURE, 0),
             (linux.AT_RANDOM, random_at), (linux.AT_PLATFORM, platform_at),
-            (linux.AT_EXECFN, execfn_at), (linux.AT_NULL, 0)]
+            (linux.AT_EXECFN, execfn_at), (linux.AT_MINSIGSTKSZ, MINSIGSTKSZ),
+            (linux.AT_NULL, 0)]
     words = [len(argv), *argv_addrs, 0, *envp_addrs, 0]
     for key, value in auxv:
         words += [key, value]
@@ -275,34 +347,78 @@ def _find_gap(space: VirtualSpace, length: int, top: int) -> int | None:
     return end - length if end - length >= 1 << 16 else None
 
 
-def map_anonymous(m: Managers, process: Process, addr: int, length: int, prot: int,
-                  flags: int) -> int:
-    """mmap of anonymous memory: the address, or -errno."""
+def _place(m: Managers, process: Process, addr: int, length: int, flags: int) -> int:
+    """Where a new mapping of `length` (page-rounded) bytes goes: its address, or -errno.
+    MAP_FIXED removes what was there (a file mapping as much as an anonymous one)."""
     space = process.space
     assert space is not None
-    if length <= 0 or addr % PAGE_SIZE:
-        return -Errno.EINVAL
-    if not flags & MAP_ANONYMOUS:
-        return -Errno.ENODEV  # a Tender process has no files to map
-    length = page_up(length)
     if addr + length > ADDRESS_LIMIT:
         return -Errno.ENOMEM
     if flags & MAP_FIXED_NOREPLACE:
         if space.overlapping(addr, addr + length):
             return -Errno.EEXIST
-        start = addr
-    elif flags & MAP_FIXED:
+        return addr
+    if flags & MAP_FIXED:
         unmap(m, process, addr, length)
-        start = addr
-    elif addr and addr >= 1 << 16 and not space.overlapping(addr, addr + length):
-        start = addr
-    else:
-        found = _find_gap(space, length, process.mmap_top)
-        if found is None:
-            return -Errno.ENOMEM
-        start = found
+        return addr
+    if addr and addr >= 1 << 16 and not space.overlapping(addr, addr + length):
+        return addr
+    found = _find_gap(space, length, process.mmap_top)
+    return -Errno.ENOMEM if found is None else found
+
+
+def map_anonymous(m: Managers, process: Process, addr: int, length: int, prot: int,
+                  flags: int) -> int:
+    """mmap of anonymous memory: the address, or -errno."""
+    if length <= 0 or addr % PAGE_SIZE:
+        return -Errno.EINVAL
+    if not flags & MAP_ANONYMOUS:
+        return -Errno.ENODEV  # a file mapping goes through map_file
+    length = page_up(length)
+    start = _place(m, process, addr, length, flags)
+    if start < 0:
+        return start
     kind = RegionKind.STACK if flags & MAP_GROWSDOWN else RegionKind.MMAP
     add_area(m, process, kind, start, length >> PAGE_SHIFT, prot & 7)
+    return start
+
+
+def map_file(m: Managers, process: Process, addr: int, length: int, prot: int, flags: int,
+             offset: int, pread: Callable[[int, int], bytes]) -> int:
+    """mmap of a file: the address, or -errno. `pread(length, offset)` reads the open file
+    (it may raise; then nothing changed).
+
+    The pages are copied from the file into fresh frames at once (past the end of the file
+    they read as zeros), so the mapping is an ordinary private area that migrates like any
+    other. MAP_PRIVATE gives exactly that; MAP_SHARED read-only is indistinguishable from it
+    (nobody here writes the file while it is mapped); MAP_SHARED writable would need writes to
+    reach the file, which no program we run asks for: -ENODEV, and the caller counts it.
+    """
+    if length <= 0 or addr % PAGE_SIZE or offset % PAGE_SIZE or offset < 0:
+        return -Errno.EINVAL
+    if flags & MAP_SHARED and not flags & MAP_PRIVATE and prot & PROT_WRITE:
+        return -Errno.ENODEV
+    length = page_up(length)
+    if length > m.memory.free_frames * PAGE_SIZE:
+        return -Errno.ENOMEM
+    data = pread(length, offset)[:length]  # read before MAP_FIXED removes anything
+    start = _place(m, process, addr, length, flags)
+    if start < 0:
+        return start
+    assert process.space is not None
+    us = add_area(m, process, RegionKind.MMAP, start, length >> PAGE_SHIFT, prot & 7)
+    assert us.region is not None
+    used = page_up(len(data)) >> PAGE_SHIFT
+    if used:
+        try:
+            frames = us.region.populate(list(range(used)), m.memory)
+        except OutOfMemoryError:
+            remove_area(m, process, us)
+            return -Errno.ENOMEM
+        buf = np.zeros((used, PAGE_SIZE), dtype=np.uint8)
+        buf.reshape(-1)[: len(data)] = np.frombuffer(data, np.uint8)
+        m.memory.frames[frames] = buf
+        process.space.refresh(us)
     return start
 
 

@@ -2,35 +2,70 @@
 process, transform it into the arriving one (operating space, program, start position), then
 commit it into the table — or abort and give back whatever was made.
 
+Every call names its migration by id. What an arriving migration made is held under a lease
+that each call of its source renews; a source silent past the lease (it died, or lost its way)
+has it all released by the lease reaper, and the migration is then EXPIRED: it can never
+commit. Commit and abort are idempotent and exclusive (the first one to decide wins; the other
+answers with it), and the outcome of recent migrations is remembered, so a source that lost an
+answer asks again instead of guessing.
+
 `MigrationDestination` is a part of `Machine` (mixed in): it works on the machine state
 declared below, which `Machine.__init__` sets, under the machine's lock (`scheduler.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from tender_ray.errors import CordonedError, MigrationError, OutOfMemoryError
+from tender_ray.config import MachineConfig
+from tender_ray.engines import features
+from tender_ray.errors import (
+    CordonedError,
+    LeaseExpiredError,
+    MigrationError,
+    OutOfMemoryError,
+)
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.migration.image import AreaImage, ProcessImage
 from tender_ray.migration.options import MigrationOptions, Resources
-from tender_ray.migration.record import MigrationRecord
+from tender_ray.migration.record import MigrationRecord, Outcome
 from tender_ray.migration.transports import Transport
 from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process
 from tender_ray.resources.program import parse_program
-from tender_ray.resources.real_memory import RealMemory
+from tender_ray.resources.real_memory import PAGE_SIZE, RealMemory
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
+
+OUTCOMES_KEPT = 4096  # outcomes of finished migrations remembered, for sources that ask late
+
+
+@dataclass
+class IncomingMigration:
+    """One arriving migration while it is under way (the destination's lock guards it)."""
+
+    mid: str  # the migration's id (chosen by the source)
+    pid: int
+    source: str  # the machine that drives it (for errors and logs)
+    process: Process  # the kernel process being transformed
+    expires_at: float  # time.monotonic(); each call of the source renews it
+    calls: int = 0  # calls of this migration running here now: no expiry while one runs
+    doomed: Outcome | None = None  # aborted or expired while a call ran: that call releases
+    # What this side knows of the migration, kept with the process at commit so it has a
+    # record even if the source dies before sending its full one (which then replaces it).
+    record: MigrationRecord | None = None
 
 
 class MigrationDestination:
@@ -52,19 +87,34 @@ class MigrationDestination:
     # Kernel processes created for arriving processes, by pid, until commit or abort; lock.
     # Their pids are taken: nothing else may start under them meanwhile.
     incoming: dict[int, Process]
+    config: MachineConfig
+    engine: str  # the engine its processes run on
+    incoming_migrations: dict[str, IncomingMigration]  # lock; by migration id, as `incoming`
+    migration_outcomes: OrderedDict[str, Outcome]  # lock; of finished ones, the last few
+    _lease_reaper: threading.Thread | None = None  # lock; started with the first arrival
 
-    def create_incoming(self, pid: int, frames: int, reuse: bool) -> float:
-        """Step 1: a kernel process for an arriving process (from the pool when reusing);
-        the seconds it took."""
+    def create_incoming(self, mid: str, source: str, pid: int, frames: int,
+                        reuse: bool) -> float:
+        """Step 1: a kernel process for an arriving process (from the pool when reusing),
+        held under a lease for migration `mid` from machine `source`; the seconds it took."""
         start = time.perf_counter()
+        self.faults.check("before_create")
         self.faults.check("create")
         with self.scheduler.lock:
             self.scheduler.check_running()
             if self.cordoned:
                 raise CordonedError(f"machine {self.name} is cordoned (draining): it takes "
                                     "no arriving processes; pick another destination")
+            if mid in self.incoming_migrations or mid in self.migration_outcomes:
+                # A create that arrives after its source gave up (it was slow) must not
+                # make anything: the source has already taken its copy back.
+                raise MigrationError(f"migration {mid} is already known on {self.name} "
+                                     f"({self._outcome(mid).value}); start a new one")
             if pid in self.scheduler.table or pid in self.incoming:
-                raise MigrationError(f"machine {self.name} already has a process {pid}")
+                other = [m.mid for m in self.incoming_migrations.values() if m.pid == pid]
+                raise MigrationError(
+                    f"machine {self.name} already has a process {pid}"
+                    + (f" (arriving by migration {other[0]})" if other else ""))
             if frames > self.memory.free_frames:
                 raise OutOfMemoryError(
                     f"machine {self.name} has {self.memory.free_frames} free frames, process "
@@ -72,22 +122,159 @@ class MigrationDestination:
         p = self.processes.acquire(reuse=reuse)
         p.pid = pid
         with self.scheduler.lock:
-            self.incoming[pid] = p
+            if pid in self.incoming or mid in self.incoming_migrations or (
+                    mid in self.migration_outcomes):  # lost a race with another create
+                raced = True
+            else:
+                raced = False
+                self.incoming[pid] = p
+                self.incoming_migrations[mid] = IncomingMigration(
+                    mid, pid, source, p, time.monotonic() + self.config.migration_lease_s)
+                if self._lease_reaper is None:
+                    self._lease_reaper = threading.Thread(
+                        target=self._reap_leases, name=f"{self.name}-lease-reaper",
+                        daemon=True)
+                    self._lease_reaper.start()
+        if raced:
+            self.processes.release(p)
+            raise MigrationError(f"process {pid} or migration {mid} arrived twice on "
+                                 f"{self.name} at once; start a new migration")
         seconds = time.perf_counter() - start
         if reuse:
             threading.Thread(target=self.processes.refill, daemon=True).start()
+        self.faults.check("after_create")
         return seconds
 
-    def transform(self, image: ProcessImage, transport: Transport,
-                  options: MigrationOptions) -> dict[str, float]:
-        """Step 2: turn the kernel process into the arriving one; seconds per sub-step."""
+    # --- the lease ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _call(self, mid: str) -> Iterator[IncomingMigration]:
+        """One call of migration `mid` from its source: the lease renewed as it begins and
+        ends, no expiry while it runs, and what an abort or expiry meanwhile doomed released
+        once it ends."""
         with self.scheduler.lock:
-            p = self.incoming.get(image.pid)
-        if p is None:
-            raise MigrationError(f"no kernel process was created for {image.pid} on "
-                                 f"{self.name}")
+            m = self.incoming_migrations.get(mid)
+            if m is None or m.doomed is not None:
+                outcome = self._outcome(mid)
+                if outcome is Outcome.EXPIRED:
+                    raise LeaseExpiredError(
+                        f"migration {mid} expired on {self.name}: its source was silent for "
+                        f"over {self.config.migration_lease_s} s; start a new migration")
+                raise MigrationError(f"no migration {mid} under way on {self.name} "
+                                     f"({outcome.value}); start a new one")
+            m.calls += 1
+            m.expires_at = time.monotonic() + self.config.migration_lease_s
+        try:
+            yield m
+        finally:
+            with self.scheduler.lock:
+                m.calls -= 1
+                m.expires_at = time.monotonic() + self.config.migration_lease_s
+                release = m.calls == 0 and m.doomed is not None and (
+                    self.incoming_migrations.get(mid) is m)
+                if release:
+                    self._forget(m)
+            if release:
+                self.release_incoming(m.process)
+
+    def renew(self, mid: str) -> Outcome:
+        """A heartbeat of the source during a long step of its own: keep migration `mid`'s
+        lease; its outcome so far."""
+        with self.scheduler.lock:
+            m = self.incoming_migrations.get(mid)
+            if m is not None and m.doomed is None:
+                m.expires_at = time.monotonic() + self.config.migration_lease_s
+            return self._outcome(mid)
+
+    def outcome(self, mid: str) -> Outcome:
+        """What became of migration `mid` here (UNKNOWN: never seen, or long forgotten)."""
+        with self.scheduler.lock:
+            return self._outcome(mid)
+
+    def _outcome(self, mid: str) -> Outcome:  # lock held
+        m = self.incoming_migrations.get(mid)
+        if m is not None:
+            return m.doomed or Outcome.PENDING
+        return self.migration_outcomes.get(mid, Outcome.UNKNOWN)
+
+    def _decide(self, mid: str, outcome: Outcome) -> None:  # lock held
+        self.migration_outcomes[mid] = outcome
+        self.migration_outcomes.move_to_end(mid)
+        while len(self.migration_outcomes) > OUTCOMES_KEPT:
+            self.migration_outcomes.popitem(last=False)
+
+    def _forget(self, m: IncomingMigration) -> None:  # lock held; the caller releases
+        self.incoming_migrations.pop(m.mid, None)
+        if self.incoming.get(m.pid) is m.process:
+            del self.incoming[m.pid]
+
+    def _reap_leases(self) -> None:
+        """Release the arriving migrations whose source went silent past the lease (a thread
+        of its own: it must run whatever the computations do)."""
+        lease = self.config.migration_lease_s
+        while True:
+            time.sleep(min(lease / 4, 0.5))
+            expired: list[IncomingMigration] = []
+            with self.scheduler.lock:
+                if self.scheduler.stopped:
+                    return  # `stop` released everything
+                now = time.monotonic()
+                for m in list(self.incoming_migrations.values()):
+                    if m.calls == 0 and m.doomed is None and m.expires_at < now:
+                        self._decide(m.mid, Outcome.EXPIRED)
+                        self._forget(m)
+                        self.migration_totals["in_expired"] += 1
+                        expired.append(m)
+            for m in expired:
+                self.release_incoming(m.process)
+
+    def transform(self, image: ProcessImage, transport: Transport,
+                  options: MigrationOptions, mid: str = "") -> dict[str, float]:
+        """Step 2: turn the kernel process into the arriving one; seconds per sub-step.
+
+        With `mid`, that migration's kernel process, under its lease (an abort or expiry
+        that comes meanwhile releases it when this ends); without, the one created for the
+        image's pid (callers that hold it themselves)."""
+        if not mid:
+            with self.scheduler.lock:
+                p = self.incoming.get(image.pid)
+            if p is None:
+                raise MigrationError(f"no kernel process was created for {image.pid} on "
+                                     f"{self.name}")
+            return self._transform(p, image, transport, options)
+        self.faults.check("before_transform")
+        with self._call(mid) as m:
+            if m.pid != image.pid:
+                raise MigrationError(f"migration {mid} brings process {m.pid}, not "
+                                     f"{image.pid}")
+            started_at = time.time()
+            phases = self._transform(m.process, image, transport, options)
+            with self.scheduler.lock:
+                doomed = m.doomed
+                m.record = MigrationRecord(
+                    pid=m.pid, source=m.source, destination=self.name,
+                    transfer=options.transfer.value, reuse=options.reuse,
+                    resources=options.resources.value, seconds=sum(phases.values()),
+                    pages=image.pages_sent, bytes=image.pages_sent * PAGE_SIZE,
+                    phases=dict(phases), started_at=started_at, migration_id=mid)
+        if doomed is not None:
+            raise MigrationError(f"migration {mid} was {doomed.value} on {self.name} while "
+                                 "it transformed; the process stays at its source")
+        self.faults.check("after_transform")
+        return phases
+
+    def _transform(self, p: Process, image: ProcessImage, transport: Transport,
+                   options: MigrationOptions) -> dict[str, float]:
         m = self.managers
         phases: dict[str, float] = {}
+        lacking = features.missing(image.kernel.cpu_features,
+                                   features.engine_features(self.engine))
+        if lacking:  # before anything is made: the process goes on at its source
+            raise MigrationError(
+                f"process {image.pid} started on a CPU with {', '.join(sorted(lacking))}, "
+                f"which {self.name}'s {self.engine} engine lacks; its code may use them "
+                "(glibc picks code by cpuid at start): move it to a machine whose engine "
+                "offers them")
         # (I) change the operating space.
         t = time.perf_counter()
         self.faults.check("transform_space")
@@ -119,11 +306,15 @@ class MigrationDestination:
                          [transport.get(b) for b in image.data_blocks])
         k = image.kernel
         p.name, p.brk_start, p.brk, p.mmap_top = k.name, k.brk_start, k.brk, k.mmap_top
+        p.cpu_features = k.cpu_features
         p.tid_address, p.sleep_left = k.tid_address, k.sleep_left
+        if k.signals is not None:  # its signal state goes on here, its timer from its time left
+            p.signals = k.signals.arrived()  # type: ignore[attr-defined]  # see signals.of
         p.stdout, p.stderr = bytearray(k.stdout), bytearray(k.stderr)
         p.stdout_taken, p.stderr_taken = k.stdout_taken, k.stderr_taken
         p.accounting, p.created_at = k.accounting, k.created_at
         p.migrations = list(k.migrations)
+        p.files, p.view = k.files.restore()  # host files reopen on their first call
         p.registers = image.registers
         self.syscalls.attach(p)
         phases["transform_start"] = time.perf_counter() - t
@@ -155,23 +346,57 @@ class MigrationDestination:
         for us in user_spaces:
             p.space.refresh(us)  # pasted before they had frames: write their entries now
 
-    def commit(self, pid: int) -> None:
-        """The destination confirms: the process joins the table and runs (or sleeps on)."""
-        with self.scheduler.lock:
-            p = self.incoming.pop(pid, None)
-            if p is None:
-                raise MigrationError(f"no transformed process {pid} on {self.name}")
-            self.migration_totals["in_ok"] += 1
-            self.scheduler.add(p)
-        self.scheduler.changed()
+    def commit(self, mid: str) -> Outcome:
+        """The destination confirms: the process joins the table and runs (or sleeps on).
 
-    def abort(self, pid: int) -> None:
-        """Release whatever an unfinished incoming migration made here."""
+        Idempotent: COMMITTED, again on a repeat. A migration aborted or expired here, or
+        one never heard of, does not commit: its outcome is the answer (the source keeps its
+        copy)."""
+        self.faults.check("before_commit")
         with self.scheduler.lock:
-            p = self.incoming.pop(pid, None)
+            self.scheduler.check_running()  # a stopped machine is a dead one: it runs nothing
+            m = self.incoming_migrations.get(mid)
+            if m is None or m.doomed is not None:
+                return self._outcome(mid)
+            self._forget(m)
+            self._decide(mid, Outcome.COMMITTED)
+            self.migration_totals["in_ok"] += 1
+            if m.record is not None:
+                m.process.migrations.append(m.record)
+            self.scheduler.add(m.process)
+        self.arrived(m.process)
+        self.scheduler.changed()
+        self.faults.check("after_commit")
+        return Outcome.COMMITTED
+
+    def arrived(self, p: Process) -> None:
+        """A committed arrival is in the table (the machine re-arms what runs on host time,
+        such as a signal timer)."""
+
+    def abort(self, mid: str) -> Outcome:
+        """Release whatever the unfinished migration `mid` made here; ABORTED, or COMMITTED
+        if it had already committed (then nothing is undone: the source must delete).
+        Idempotent; a migration not (yet) seen is marked aborted, so a late create of it
+        makes nothing."""
+        with self.scheduler.lock:
+            # A stopped machine answers as a dead one: what it committed died with it.
+            self.scheduler.check_running()
+            outcome = self._outcome(mid)
+            if outcome is not Outcome.PENDING:
+                if outcome is Outcome.UNKNOWN:
+                    self._decide(mid, Outcome.ABORTED)
+                    self.migration_totals["in_aborted"] += 1
+                    return Outcome.ABORTED
+                return outcome
+            m = self.incoming_migrations[mid]
+            self._decide(mid, Outcome.ABORTED)
             self.migration_totals["in_aborted"] += 1
-        if p is not None:
-            self.release_incoming(p)
+            if m.calls:  # a transform still runs on it: that call releases it as it ends
+                m.doomed = Outcome.ABORTED
+                return Outcome.ABORTED
+            self._forget(m)
+        self.release_incoming(m.process)
+        return Outcome.ABORTED
 
     def release_incoming(self, p: Process) -> None:
         """Give back an arriving process that will not join the table, and all it holds."""
@@ -184,5 +409,10 @@ class MigrationDestination:
         """Keep the finished record of the migration that brought `pid` here."""
         with self.scheduler.lock:
             p = self.scheduler.table.get(pid)
-            if p is not None:
-                p.migrations.append(record)
+            if p is None:
+                return
+            for i, known in enumerate(p.migrations):  # this side's own, kept at commit
+                if record.migration_id and known.migration_id == record.migration_id:
+                    p.migrations[i] = record
+                    return
+            p.migrations.append(record)

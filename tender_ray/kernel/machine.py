@@ -14,27 +14,33 @@ import hashlib
 import itertools
 import os
 import tempfile
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from tender_ray import engines
+from tender_ray.abi.cpu_state import CpuState
 from tender_ray.config import FaultAction, FaultSpec, MachineConfig
+from tender_ray.engines import features
 from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError
 from tender_ray.kernel import address_space as vm
+from tender_ray.kernel import file_calls, signals
+from tender_ray.kernel.checkpoint import Checkpointing, held_output
 from tender_ray.kernel.destination import MigrationDestination
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.snapshots import MachineStatistics, OutputChunk, PollResult, ProcessInfo
 from tender_ray.kernel.source import MigrationSource
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
+from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, ProcessState, RunState
 from tender_ray.resources.program import Program, parse_program
 from tender_ray.resources.real_memory import RealMemory
 from tender_ray.resources.virtual_region import VirtualRegion
-from tender_ray.resources.virtual_space import SpaceKind, VirtualSpace
+from tender_ray.resources.virtual_space import BadAddress, SpaceKind, VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
 
 PROGRAM_HOLD_LIMIT = 64  # parsed programs a machine holds for later execs of the same image
@@ -54,10 +60,26 @@ def fault_plan(spec: FaultSpec | None) -> FaultPlan:
     """The machine's fault plan from its configuration (an empty plan without one)."""
     if spec is None:
         return FaultPlan()
-    return FaultPlan(phase=spec.phase, action=_die if spec.action is FaultAction.EXIT else None)
+    return FaultPlan(phase=spec.phase, action=_die if spec.action is FaultAction.EXIT else None,
+                     side=spec.side.value, kind=spec.action.value, delay_s=spec.delay_s)
 
 
-class Machine(MigrationSource, MigrationDestination):
+def choosing_features(program: Program, image: bytes, engine: str) -> frozenset[str]:
+    """The CPU features a new process's code may pick paths by: the engine's, for glibc
+    programs (dynamically linked, or static glibc, which names its cpu tunables); none for
+    the others (musl never reads cpuid), so those move between any engines."""
+    if program.interpreter or b"glibc.cpu." in image:
+        return features.engine_features(engine)
+    return frozenset()
+
+
+def _read_host_file(path: str) -> bytes:
+    """A file of the host, whole (the dynamic loader of a program the machine execs)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Machine(MigrationSource, MigrationDestination, Checkpointing):
     """A Tender machine. Thread-safe; `stop()` ends it and fails every pending wait."""
 
     def __init__(self, config: MachineConfig | None = None, *, pid_base: int = 1000) -> None:
@@ -96,7 +118,7 @@ class Machine(MigrationSource, MigrationDestination):
         self.faults = fault_plan(self.config.fault)  # locks itself
         self.scheduler = Scheduler(self.name, self.config.computations, quantum=self.quantum,
                                    exact=self.exact, growth=self.config.quantum_growth,
-                                   finish=self._finish)
+                                   finish=self._finish, before_run=self._before_run)
         self.computations = self.scheduler.computations
         # The rest is guarded by the machine's lock (`scheduler.lock`).
         self._pids = itertools.count(pid_base)
@@ -106,12 +128,16 @@ class Machine(MigrationSource, MigrationDestination):
         self.unsupported_totals: Counter[str] = Counter()
         self.cordoned = False
         self.incoming = {}
+        self.incoming_migrations = {}  # by migration id; with `incoming`, see destination.py
+        self.migration_outcomes = OrderedDict()
+        self.handed_over = {}  # pid -> migration id; see source.py
         self.migration_totals = Counter()  # "out_ok", "in_ok", "out_failed"...
         self.migration_bytes = 0
         self.migration_phase_seconds = {}
         self.migration_records = deque(maxlen=64)
         self._programs: dict[str, Program] = {}  # image digest -> parsed program, held
         self.scheduler.start()
+        self._init_checkpoints()  # and the periodic checkpointer, when the config asks
 
     @property
     def on_change(self) -> Callable[[], None] | None:
@@ -133,7 +159,12 @@ class Machine(MigrationSource, MigrationDestination):
         return p
 
     def _reset_kernel_process(self, p: Process) -> None:
+        # Host files still open here (a process that migrated away: its image carries their
+        # paths and offsets, the destination reopened them) are closed before the entry
+        # goes back to the pool.
+        p.files.close_all()
         p.reset()
+        p.signals = signals.SignalState()  # type: ignore[attr-defined]  # see signals.of
         if p.cpu is not None:
             p.cpu.reset()
         p.space = self.kernel_space
@@ -146,10 +177,17 @@ class Machine(MigrationSource, MigrationDestination):
     # --- creating processes --------------------------------------------------------------
 
     def exec(self, image: bytes, name: str, argv: Sequence[str | bytes],
-             envp: Sequence[str | bytes] = ()) -> int:
-        """Load a static x86-64 program and schedule it; its pid.
+             envp: Sequence[str | bytes] = (),
+             read_file: Callable[[str], bytes] | None = None, *,
+             files: FileViewSpec | None = None, stdin: str = "empty") -> int:
+        """Load an x86-64 program (static, PIE or dynamically linked) and schedule it; its pid.
 
         The image is kept on the machine's plate once; the text is in memory from then on.
+        A dynamically linked program's loader (PT_INTERP) is read with `read_file(path)`
+        (the machine's own files unless given) and mapped too; the process starts in it.
+        `files` is the process's view of the host tree (default: all of it, the machine's
+        cwd writable); `stdin` is "empty", "none" (EBADF), "stream" (`feed_stdin`) or a path
+        in the view.
         """
         self.scheduler.check_running()
         if self.cordoned:
@@ -159,11 +197,17 @@ class Machine(MigrationSource, MigrationDestination):
         plate_name = self.plate.store_program(image, program.digest)
         args = [a.encode() if isinstance(a, str) else a for a in argv] or [name.encode()]
         env = [e.encode() if isinstance(e, str) else e for e in envp]
+        # The loader is read as the process will see files: switch to its file view here.
+        interpreter = vm.read_interpreter(program, read_file or _read_host_file)
         p = self.processes.acquire()
         try:
-            vm.load_program(self.managers, p, program, image, args, env)
+            vm.load_program(self.managers, p, program, image, args, env, interpreter)
+            p.cpu_features = choosing_features(program, image, self.engine)
             self.syscalls.attach(p)
+            file_calls.setup_files(self.syscalls, p, files, stdin,
+                                   exe=args[0].decode("utf-8", "surrogateescape"))
         except BaseException:
+            p.files.close_all()
             if p.space is not self.kernel_space:
                 vm.release_address_space(self.managers, p)
             self.processes.release(p)
@@ -201,6 +245,7 @@ class Machine(MigrationSource, MigrationDestination):
         self.syscall_totals.update(p.accounting.syscalls)
         self.unsupported_totals.update(p.accounting.unsupported)
         vm.release_address_space(self.managers, p)
+        p.files.close_all()  # host files and pipe ends go back with it
         p.space = self.kernel_space
         self._exited += 1
         self.scheduler.changed()
@@ -214,8 +259,77 @@ class Machine(MigrationSource, MigrationDestination):
     def exit_process(self, p: Process, status: int, reason: str) -> None:
         self.scheduler.exit(p, status, reason)
 
+    def raise_signal(self, p: Process, sig: int, code: int = signals.SI_KERNEL) -> None:
+        """Queue a signal for `p` (its own call, SIGPIPE, a timer, `kill`); a waiting process
+        wakes for one it will take, a running one is cut short so it takes it soon."""
+        with self.scheduler.lock:
+            if signals.queue(p, signals.SigInfo(sig, code, p.pid if code != signals.SI_KERNEL
+                                                else 0)):
+                self.scheduler.wake(p)
+                if p.state.on_cpu:
+                    p.context.preempt()
+
+    def arrived(self, p: Process) -> None:
+        self.timer_changed(p)  # a waiting arrival with an armed timer is woken on time
+
+    def timer_changed(self, p: Process) -> None:
+        """ITIMER_REAL was set: a process that waits meanwhile is woken by a host timer."""
+        state = signals.of(p)
+        if state.timer_at is None:
+            return
+        gen = state.timer_at
+
+        def fire() -> None:
+            with self.scheduler.lock:
+                if self.scheduler.table.get(p.pid) is not p or state.timer_at != gen:
+                    return  # gone, re-armed or already fired while it ran
+                if signals.timer_due(state, time.monotonic()):
+                    self.raise_signal(p, signals.Signal.SIGALRM)
+                    self.timer_changed(p)
+
+        timer = threading.Timer(max(0.0, gen - time.monotonic()), fire)
+        timer.daemon = True
+        timer.start()
+
+    def _before_run(self, p: Process) -> None:
+        """Deliver a pending signal before the process runs on: its default action, or its
+        handler's frame (a register edit). Its computation calls it, CPU stopped."""
+        with self.scheduler.lock:
+            state = signals.of(p)
+            if signals.timer_due(state, time.monotonic()):
+                signals.queue(p, signals.SigInfo(signals.Signal.SIGALRM, signals.SI_KERNEL))
+            while True:
+                sig = state.deliverable()
+                if not sig:
+                    state.wait = None  # it runs on: whatever it waited for is over
+                    return
+                action = state.actions[sig - 1]
+                if sig == signals.Signal.SIGKILL or action.handler == signals.SIG_DFL:
+                    state.pending.pop(sig)
+                    if sig in signals.IGNORED_BY_DEFAULT:
+                        continue
+                    self.scheduler.exit(p, 128 + sig, signals.default_reason(sig))
+                    return
+                if action.handler == signals.SIG_IGN:
+                    state.pending.pop(sig)
+                    continue
+                break
+
+        def deliver(s: CpuState) -> CpuState:
+            try:
+                return signals.push_frame(p, sig, signals.end_wait(p, sig, s))
+            except BadAddress:  # no room for the frame: Linux forces SIGSEGV
+                self.scheduler.exit(p, 128 + 11, signals.default_reason(11)
+                                    + f" (no stack for the frame of {signals.signal_name(sig)})")
+                return s
+
+        p.register_edits.append(deliver)
+
     def sleep_process(self, p: Process, seconds: float) -> None:
         self.scheduler.sleep(p, seconds)
+
+    def block_process(self, p: Process) -> None:
+        self.scheduler.block(p)
 
     def set_fs_base(self, p: Process, value: int) -> None:
         p.context.set_fs_base(value)
@@ -267,18 +381,44 @@ class Machine(MigrationSource, MigrationDestination):
                 scheduler.cond.wait(left if left is not None else 1.0)
             return self._info(p)
 
+    def feed_stdin(self, pid: int, data: bytes, eof: bool = False) -> int:
+        """Data for a process started with stdin="stream"; the bytes now buffered (at most
+        1 MiB: feed more once it has read some). A process waiting for input wakes."""
+        with self.scheduler.lock:
+            p = self.scheduler.table.get(pid)
+            if p is None:
+                raise UnknownProcessError(f"no process {pid} on machine {self.name}")
+            if p.state.migrating:  # its image may be taken already: data would be lost
+                raise ProcessStateError(f"process {pid} is migrating: feed it again where "
+                                        "it arrives")
+            buffered = file_calls.feed_stdin(p, data, eof)
+        self.scheduler.wake(p)
+        return buffered
+
     def take_output(self, pid: int) -> tuple[bytes, bytes]:
-        """Collect what the process wrote since the last call (stdout, stderr)."""
+        """Collect what the process wrote since the last call (stdout, stderr). Output not
+        yet covered by a checkpoint is held (output commit, `kernel/checkpoint.py`)."""
         with self.scheduler.lock:
             return self._take(self.scheduler.get(pid))
 
-    @staticmethod
-    def _take(p: Process) -> tuple[bytes, bytes]:
-        out, err = bytes(p.stdout), bytes(p.stderr)
+    def take_chunks(self, pid: int) -> tuple[OutputChunk, ...]:
+        """`take_output` with the offsets of what it takes in each stream, so a follower
+        writes once what a restart from a checkpoint sends again."""
+        with self.scheduler.lock:
+            p = self.scheduler.get(pid)
+            offsets = (p.stdout_taken, p.stderr_taken)
+            out, err = self._take(p)
+        return tuple(OutputChunk(pid, fd, offset, data) for fd, offset, data in
+                     ((1, offsets[0], out), (2, offsets[1], err)) if data)
+
+    def _take(self, p: Process) -> tuple[bytes, bytes]:
+        held_out, held_err = held_output(p, self.checkpointing)
+        out = bytes(p.stdout[:len(p.stdout) - held_out])
+        err = bytes(p.stderr[:len(p.stderr) - held_err])
         p.stdout_taken += len(out)
         p.stderr_taken += len(err)
-        p.stdout.clear()
-        p.stderr.clear()
+        del p.stdout[:len(out)]
+        del p.stderr[:len(err)]
         return out, err
 
     def poll(self, reap: bool = True) -> PollResult:
@@ -288,6 +428,7 @@ class Machine(MigrationSource, MigrationDestination):
         with self.scheduler.lock:
             chunks: list[OutputChunk] = []
             ended: list[ProcessInfo] = []
+            reaped: list[int] = []
             for p in list(self.scheduler.table.values()):
                 offsets = (p.stdout_taken, p.stderr_taken)
                 out, err = self._take(p)
@@ -297,11 +438,15 @@ class Machine(MigrationSource, MigrationDestination):
                     chunks.append(OutputChunk(p.pid, 2, offsets[1], err))
                 if reap and p.state is RunState.ZOMBIE:
                     ended.append(self._info(p))
+                    reaped.append(p.pid)
                     self.scheduler.remove(p)
                     self.processes.release(p)
-            return PollResult(self.statistics(), tuple(self._info(p) for p in
-                                                       self.scheduler.table.values()),
-                              tuple(chunks), tuple(ended))
+            result = PollResult(self.statistics(), tuple(self._info(p) for p in
+                                                         self.scheduler.table.values()),
+                                tuple(chunks), tuple(ended))
+        for pid in reaped:  # collected: a restart of it would run it twice
+            self.forget_checkpoint(pid)
+        return result
 
     def cordon(self) -> None:
         """Take no new processes (exec or migration in) until `uncordon`."""
@@ -325,6 +470,7 @@ class Machine(MigrationSource, MigrationDestination):
             out, err = bytes(p.stdout), bytes(p.stderr)
             self.scheduler.remove(p)
         self.processes.release(p)
+        self.forget_checkpoint(pid)
         return info, out, err
 
     def kill(self, pid: int, signal: int = 9) -> ProcessInfo:
@@ -342,7 +488,15 @@ class Machine(MigrationSource, MigrationDestination):
                                           "while being killed; kill it where it runs now")
             if p.state.migrating:
                 raise ProcessStateError(f"process {pid} is still migrating; try again")
-            scheduler.kill(p, 128 + signal, f"killed by signal {signal}")
+            state = signals.of(p)
+            if signal == signals.Signal.SIGKILL or (
+                    state.actions[signal - 1].handler == signals.SIG_DFL
+                    and signal not in signals.IGNORED_BY_DEFAULT
+                    and not state.blocked & signals.bit(signal)):
+                # Its default action ends it: at once, as SIGKILL, without waiting for a run.
+                scheduler.kill(p, 128 + signal, signals.default_reason(signal))
+            elif signal:  # queued: its handler or its default action, before it runs on
+                self.raise_signal(p, signal, signals.SI_USER)
             return self._info(p)
 
     # --- the machine as a whole ----------------------------------------------------------
@@ -369,10 +523,13 @@ class Machine(MigrationSource, MigrationDestination):
                 exited=self._exited, uptime=uptime, cordoned=self.cordoned,
                 migrations=dict(self.migration_totals), migration_bytes=self.migration_bytes,
                 migration_phase_seconds=dict(self.migration_phase_seconds),
-                engine=self.engine)
+                engine=self.engine, checkpoints=dict(self.checkpoint_totals),
+                checkpoint_records=tuple(self.checkpoint_records),
+                restarts=tuple(self.restart_records))
 
     def stop(self) -> None:
         """Stop the computations, end every process and free everything."""
+        self._stop_checkpointer()
         if not self.scheduler.halt():
             return
         with self.scheduler.lock:

@@ -354,7 +354,7 @@ class Scheduler:
                     continue
                 late = time.monotonic() - self._sleepers[0][0]
                 if late < 0:
-                    self.cond.wait(-late)
+                    self.cond.wait(min(-late, 60.0))  # a blocked one: until inf
                     continue
                 if any(c.state is ComputationState.IDLE for c in self.computations):
                     self.cond.wait(base)  # that computation takes it
@@ -381,7 +381,9 @@ class Scheduler:
                     comp.pid, comp.state = p.pid, ComputationState.RUNNING
                     comp.run_started = now
                     return p
-                timeout = self._sleepers[0][0] - now if self._sleepers else None
+                # A blocked process sleeps until inf, which Condition.wait cannot take.
+                timeout = (min(self._sleepers[0][0] - now, 60.0) if self._sleepers
+                           else None)
                 self.cond.wait(timeout)
             return None
 
@@ -400,7 +402,8 @@ class Scheduler:
                 if self.before_run is not None:
                     self.before_run(p)
                     self.between_runs(p)
-                stop = cpu.run(quantum)
+                # A signal's default action may have ended it before it ran.
+                stop = Stop(StopKind.SYSCALL) if p.state is RunState.EXITING else cpu.run(quantum)
                 self.between_runs(p)  # before a freeze or a snapshot can read the registers
             except EngineError as exc:
                 stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")

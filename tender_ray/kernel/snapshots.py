@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tender_ray.migration.checkpoint import CheckpointRecord, RestartRecord
 from tender_ray.migration.record import MigrationRecord
 from tender_ray.resources.computation import ComputationStatistics
 from tender_ray.resources.manager import ManagerStatistics
@@ -63,6 +64,10 @@ class MachineStatistics:
     migration_bytes: int = 0
     migration_phase_seconds: dict[str, float] = field(default_factory=dict)
     engine: str = "emulated"
+    checkpoints: dict[str, int] = field(default_factory=dict)  # ok, failed, bytes, restarts
+    # The last checkpoints taken here and the processes restarted here (oldest first).
+    checkpoint_records: tuple[CheckpointRecord, ...] = ()
+    restarts: tuple[RestartRecord, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,16 @@ import numpy as np
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MigrationError, ProcessStateError
 from tender_ray.kernel import address_space as vm
+from tender_ray.kernel import signals
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
+from tender_ray.migration.faults import FaultPlan
 from tender_ray.migration.image import BLOCK_PAGES, AreaImage, KernelState, ProcessImage
 from tender_ray.migration.options import MigrationOptions, Resources
 from tender_ray.migration.record import MigrationRecord, log_migration
 from tender_ray.migration.transports import Transport
 from tender_ray.resources.manager import ResourceManager
+from tender_ray.resources.open_file import FilesImage
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, RunState
 from tender_ray.resources.real_memory import RealMemory
@@ -46,6 +49,10 @@ class MigrationSource:
     migration_bytes: int  # lock; bytes of processes that left
     migration_phase_seconds: dict[str, float]  # lock; summed over the migrations driven here
     migration_records: deque[MigrationRecord]  # lock; the last ones driven here
+    faults: FaultPlan  # where to fail on purpose (drills and tests)
+    # Frozen processes whose commit has gone out, by pid: the migration's id. Only that
+    # migration's outcome may thaw (not committed) or delete (committed) them; lock.
+    handed_over: dict[int, str]
 
     def freeze(self, pid: int, timeout: float = 30.0) -> int:
         """Stop a process at an instruction boundary for a migration; its resident pages.
@@ -59,10 +66,32 @@ class MigrationSource:
             assert p.space is not None
             return p.space.resident_pages()
 
-    def thaw(self, pid: int) -> None:
-        """Resume a frozen process where it was (a migration failed or was refused)."""
+    def thaw(self, pid: int, mid: str = "") -> None:
+        """Resume a frozen process where it was (a migration failed or was refused). One
+        handed over to a destination thaws only for its own migration `mid`, which knows
+        the destination did not commit it."""
         with self.scheduler.lock:
+            owner = self.handed_over.get(pid)
+            if owner is not None and owner != mid:
+                raise ProcessStateError(
+                    f"process {pid} is handed over by migration {owner}: only that "
+                    "migration's outcome may resume it here")
+            self.handed_over.pop(pid, None)
             self.scheduler.thaw(self.scheduler.get(pid))
+
+    def hand_over(self, pid: int, mid: str) -> None:
+        """Mark the frozen process as handed over by migration `mid`, before its commit goes
+        out: from now on nothing but that migration's outcome resumes or deletes it."""
+        with self.scheduler.lock:
+            p = self.scheduler.get(pid)
+            if p.state is not RunState.FROZEN:
+                raise ProcessStateError(f"process {pid} is not frozen; it cannot be handed "
+                                        "over")
+            self.handed_over[pid] = mid
+
+    def fault_point(self, phase: str) -> None:
+        """Fire this machine's source-side fault if it is armed at `phase` (drills)."""
+        self.faults.check(phase, side="source")
 
     def program_size(self, pid: int) -> int:
         with self.scheduler.lock:
@@ -101,7 +130,8 @@ class MigrationSource:
                 tid_address=p.tid_address, sleep_left=p.sleep_left, stdout=bytes(p.stdout),
                 stderr=bytes(p.stderr), stdout_taken=p.stdout_taken,
                 stderr_taken=p.stderr_taken, accounting=p.accounting, created_at=p.created_at,
-                migrations=tuple(p.migrations))
+                migrations=tuple(p.migrations), files=FilesImage.of(p.files, p.view),
+                cpu_features=p.cpu_features, signals=signals.of(p).for_image())
             program = p.program
             plate_name = p.plate_name
             memory = self.memory
@@ -129,6 +159,7 @@ class MigrationSource:
         with self.scheduler.lock:
             p = self.scheduler.get(pid)
             self.scheduler.remove(p)
+            self.handed_over.pop(pid, None)
             self.migration_bytes += moved_bytes
         vm.release_address_space(self.managers, p, hold=reuse)
         p.space = self.kernel_space

@@ -18,6 +18,8 @@ from tender_ray.abi import linux
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno, syscall_name
 from tender_ray.kernel import address_space as vm
+from tender_ray.kernel import file_calls, file_calls_more, signal_calls, signals
+from tender_ray.resources.file_view import LocalFileService
 from tender_ray.resources.process import Process
 from tender_ray.resources.virtual_space import BadAddress
 
@@ -38,7 +40,24 @@ def restart_call(p: Process, nr: int) -> SyscallOutcome:
     (rip back over the 2-byte `syscall`, rax its number), as Linux restarts a call cut off by
     -ERESTARTSYS. The registers then say everything, so a waiting process migrates as is."""
     p.register_edits.append(lambda s: s.with_regs(rip=s.rip - 2, rax=nr))
+    signals.of(p).wait = signals.Wait("restart", nr=nr)  # a signal may end the wait: EINTR
     return SyscallOutcome(None, stop=True)
+
+
+def _pread_all(pread: Callable[[int, int], bytes], length: int, offset: int) -> bytes:
+    """`length` bytes of a file from `offset` (fewer at its end), in 1 MiB reads."""
+    parts, done = [], 0
+    while done < length:
+        part = pread(min(length - done, 1 << 20), offset + done)
+        if not part:
+            break
+        parts.append(part)
+        done += len(part)
+    return b"".join(parts)
+
+
+_FUTEX_WAIT, _FUTEX_WAKE, _FUTEX_WAIT_BITSET, _FUTEX_WAKE_BITSET = 0, 1, 9, 10
+_FUTEX_PRIVATE, _FUTEX_CLOCK_REALTIME = 128, 256
 
 
 class Services(Protocol):
@@ -50,6 +69,9 @@ class Services(Protocol):
     def append_output(self, p: Process, fd: int, data: bytes) -> None: ...
     def exit_process(self, p: Process, status: int, reason: str) -> None: ...
     def sleep_process(self, p: Process, seconds: float) -> None: ...
+    def block_process(self, p: Process) -> None: ...
+    def raise_signal(self, p: Process, sig: int, code: int = 0x80) -> None: ...
+    def timer_changed(self, p: Process) -> None: ...
     def get_fs_base(self, p: Process) -> int: ...
     def set_fs_base(self, p: Process, value: int) -> None: ...
 
@@ -60,6 +82,7 @@ class SystemCalls:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.managers = services.managers
+        self.file_service = LocalFileService()  # host files of views that name none
         self._table: dict[int, Handler] = {linux.sysno(name): handler
                                            for name, handler in _HANDLERS.items()}
 
@@ -139,7 +162,21 @@ class SystemCalls:
 
     def mmap(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         addr, length, prot, flags = a[0], a[1], a[2], a[3]
-        return SyscallOutcome(vm.map_anonymous(self.managers, p, addr, length, prot, flags))
+        if flags & linux.MAP_ANONYMOUS:
+            return SyscallOutcome(vm.map_anonymous(self.managers, p, addr, length, prot, flags))
+        file_calls.reattach(self, p)  # one that arrived since it opened the file
+        try:  # a file: its pages are copied in at once (address_space.map_file says why)
+            file = p.files.get(a[4] & 0xFFFFFFFF)
+            shared_write = (flags & 3) == linux.MAP_SHARED and prot & linux.PROT_WRITE
+            if not file.readable or (shared_write and not file.writable):
+                return SyscallOutcome(-Errno.EACCES)  # as Linux: the descriptor forbids it
+            result = vm.map_file(self.managers, p, addr, length, prot, flags, a[5],
+                                 lambda n, off: _pread_all(file.pread, n, off))
+        except OSError as e:
+            return SyscallOutcome(-(e.errno or int(Errno.EIO)))
+        if result == -Errno.ENODEV:
+            p.accounting.unsupported["mmap(MAP_SHARED|PROT_WRITE of a file)"] += 1
+        return SyscallOutcome(result)
 
     def munmap(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         return SyscallOutcome(vm.unmap(self.managers, p, a[0], a[1]))
@@ -164,10 +201,6 @@ class SystemCalls:
         p.tid_address = a[0]
         return SyscallOutcome(p.pid)
 
-    def signal_setup(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        """Signal set-up calls: accepted, but no signal is ever delivered."""
-        return SyscallOutcome(0)
-
     def arch_prctl(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         if a[0] == linux.ARCH_SET_FS:
             self.services.set_fs_base(p, a[1])
@@ -180,20 +213,6 @@ class SystemCalls:
 
     def exit(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         self.services.exit_process(p, a[0] & 0xFF, "exited")
-        return SyscallOutcome(None, stop=True)
-
-    def tkill(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        return self._kill_self(p, a[0], a[1])
-
-    def tgkill(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        return self._kill_self(p, a[1], a[2])
-
-    def _kill_self(self, p: Process, tid: int, sig: int) -> SyscallOutcome:
-        if tid != p.pid:
-            return SyscallOutcome(-Errno.ESRCH)  # a Tender process can signal only itself
-        if sig == 0:
-            return SyscallOutcome(0)
-        self.services.exit_process(p, 128 + sig, f"killed by signal {sig} (raised by itself)")
         return SyscallOutcome(None, stop=True)
 
     def uname(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
@@ -249,7 +268,8 @@ class SystemCalls:
             p.space.write(a[0], struct.pack("<q", now))
         return SyscallOutcome(now)
 
-    def _sleep(self, p: Process, req: int, absolute_clock: int | None) -> SyscallOutcome:
+    def _sleep(self, p: Process, req: int, absolute_clock: int | None,
+               rem: int = 0) -> SyscallOutcome:
         assert p.space is not None
         sec, nsec = struct.unpack("<qq", p.space.read(req, 16))
         if sec < 0 or not 0 <= nsec < 1_000_000_000:
@@ -260,19 +280,44 @@ class SystemCalls:
             if now is None:
                 return SyscallOutcome(-Errno.EINVAL)
             seconds = max(0.0, seconds - now / 1e9)
+        signals.of(p).wait = signals.Wait("sleep", until=time.time() + seconds,
+                                          rem=rem)  # a signal ends it with -EINTR
         self.services.sleep_process(p, seconds)
         return SyscallOutcome(0, stop=True)
 
     def nanosleep(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        return self._sleep(p, a[0], None)
+        return self._sleep(p, a[0], None, a[1])
 
     def clock_nanosleep(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         if self._clock_ns(p, a[0]) is None:
             return SyscallOutcome(-Errno.EINVAL)
-        return self._sleep(p, a[2], a[0] if a[1] & linux.TIMER_ABSTIME else None)
+        absolute = bool(a[1] & linux.TIMER_ABSTIME)
+        return self._sleep(p, a[2], a[0] if absolute else None, 0 if absolute else a[3])
 
     def sched_yield(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         return SyscallOutcome(0, stop=True)
+
+    def futex(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
+        """Futexes of a single-threaded process: nobody else can wake a waiter or be woken.
+        glibc's locks and its exit path call them even without threads."""
+        op = a[1] & ~(_FUTEX_PRIVATE | _FUTEX_CLOCK_REALTIME)
+        if op in (_FUTEX_WAKE, _FUTEX_WAKE_BITSET):
+            return SyscallOutcome(0)  # no other thread waits
+        if op in (_FUTEX_WAIT, _FUTEX_WAIT_BITSET):
+            assert p.space is not None
+            (word,) = struct.unpack("<I", p.space.read(a[0], 4))
+            if word != a[2] & 0xFFFF_FFFF:
+                return SyscallOutcome(-Errno.EAGAIN)
+            if a[3] and op == _FUTEX_WAIT:  # a relative timeout: it ends by timing out
+                sec, nsec = struct.unpack("<qq", p.space.read(a[3], 16))
+                self.services.sleep_process(p, max(0.0, sec + nsec / 1e9))
+                return SyscallOutcome(-Errno.ETIMEDOUT, stop=True)
+            # The value matches: only another thread could change it, and there is none, so
+            # the wait would never end. Linux would hang; say so instead.
+            self.services.exit_process(p, 128 + 6, "futex wait that no thread can end "
+                                       "(threads are not supported)")
+            return SyscallOutcome(None, stop=True)
+        return SyscallOutcome(-Errno.ENOSYS)
 
 
 # The calls served, by Linux name (several names share a handler).
@@ -283,15 +328,15 @@ _HANDLERS: dict[str, Handler] = {
     "mprotect": SystemCalls.mprotect, "madvise": SystemCalls.madvise,
     "getpid": SystemCalls.getpid, "gettid": SystemCalls.getpid, "getppid": SystemCalls.getppid,
     "set_tid_address": SystemCalls.set_tid_address, "arch_prctl": SystemCalls.arch_prctl,
-    "rt_sigaction": SystemCalls.signal_setup, "rt_sigprocmask": SystemCalls.signal_setup,
-    "sigaltstack": SystemCalls.signal_setup,
     "exit": SystemCalls.exit, "exit_group": SystemCalls.exit,
-    "tkill": SystemCalls.tkill, "tgkill": SystemCalls.tgkill,
     "uname": SystemCalls.uname, "getrandom": SystemCalls.getrandom,
     "clock_gettime": SystemCalls.clock_gettime, "clock_getres": SystemCalls.clock_getres,
     "gettimeofday": SystemCalls.gettimeofday, "time": SystemCalls.time,
     "nanosleep": SystemCalls.nanosleep, "clock_nanosleep": SystemCalls.clock_nanosleep,
-    "sched_yield": SystemCalls.sched_yield,
+    "sched_yield": SystemCalls.sched_yield, "futex": SystemCalls.futex,
 }
+_HANDLERS.update(signal_calls.HANDLERS)  # signals: kernel/signal_calls.py
+_HANDLERS.update(file_calls.HANDLERS)  # descriptors and files: kernel/file_calls.py
+_HANDLERS.update(file_calls_more.HANDLERS)  # ids, limits, directories, links, statx
 
 __all__ = ["Services", "SystemCalls", "restart_call"]

@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import (
 
 from tender_ray.balancing.state import BalancerState
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
+from tender_ray.migration.checkpoint import CheckpointRecord
 from tender_ray.migration.record import EXTRA_PHASES, PHASES, MigrationRecord
 from tender_ray.resources.process import ProcessState
 from tender_ray.resources.real_memory import PAGE_SIZE
@@ -52,6 +53,7 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # of failures have data before the first failure.
 MACHINE_MIGRATION_KEYS = ("out_ok", "out_failed", "in_ok", "in_aborted", "local_ok")
 BALANCER_REASONS = ("drain", "threshold", "greedy", "age", "cost")
+DRAIN_RESULTS = ("ok", "incomplete", "checkpointed", "cancelled")  # DrainReport.result
 FRAME_STATES = ("free", "used", "held")
 RESOURCE_STATES = ("live", "held", "pool")
 
@@ -156,6 +158,30 @@ class MigrationHistory:
         hist.observe(record.seconds)
 
 
+class CheckpointHistory:
+    """Checkpoint records (from each machine's statistics snapshot) accumulated into
+    histograms of their time and freeze, by kind (full, incremental), each record once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, set[tuple[int, int, float]]] = {}
+        self.durations: dict[str, _Histogram] = {}  # kind
+        self.frozen: dict[str, _Histogram] = {}  # kind
+
+    def add(self, machine: str, records: Iterable[CheckpointRecord]) -> None:
+        window = list(records)
+        seen = self._seen.get(machine, set())
+        for r in window:
+            if (r.pid, r.seq, r.taken_at) in seen:
+                continue
+            kind = "full" if r.full else "incremental"
+            for hists, value in ((self.durations, r.seconds), (self.frozen, r.frozen_seconds)):
+                hist = hists.get(kind)
+                if hist is None:
+                    hist = hists[kind] = _Histogram(PHASE_BUCKETS)
+                hist.observe(value)
+        self._seen[machine] = {(r.pid, r.seq, r.taken_at) for r in window}
+
+
 @dataclass(frozen=True)
 class _Machine:
     statistics: MachineStatistics
@@ -176,6 +202,7 @@ class TenderCollector:
         self._last_update = 0.0
         self._poll_seconds = 0.0
         self.history = MigrationHistory()
+        self.checkpoints = CheckpointHistory()
         # Called before each scrape (by whoever polls the machines) so the scrape sees the
         # cluster as it is now; it polls only when the last poll is older than it wants.
         self.refresh: Callable[[], None] | None = None
@@ -201,6 +228,8 @@ class TenderCollector:
                 if old is not None and name not in current:
                     current[name] = _Machine(old.statistics, old.processes, False)
             self._machines = current
+            for name, stats in machines.items():
+                self.checkpoints.add(name, stats.checkpoint_records)
             for name, records in (migrations or {}).items():
                 self.history.add(name, records)
             if balancer is not None:
@@ -220,6 +249,7 @@ class TenderCollector:
             balancer, policy = self._balancer, self._policy or "unknown"
             families = [*self._machine_families(machines, self._errors),
                         *self._migration_families(self.history),
+                        *self._checkpoint_families(machines, self.checkpoints),
                         *self._balancer_families(balancer, policy, list(machines)),
                         *self._exporter_families(self._updates, self._last_update,
                                                  self._poll_seconds)]
@@ -357,6 +387,35 @@ class TenderCollector:
         yield from (count, nbytes, phases, duration)
 
     @staticmethod
+    def _checkpoint_families(machines: Mapping[str, _Machine],
+                             history: CheckpointHistory) -> Iterator[Metric]:
+        count = CounterMetricFamily("tender_checkpoints", "Checkpoints taken by the machine, "
+                                    "by result", labels=["machine", "result"])
+        nbytes = CounterMetricFamily("tender_checkpoint_bytes", "Bytes the machine's "
+                                     "checkpoints wrote (changed pages only when incremental)",
+                                     labels=["machine"])
+        restarts = CounterMetricFamily("tender_restarts", "Processes restarted on the "
+                                       "machine from a checkpoint after theirs crashed",
+                                       labels=["machine"])
+        for name, m in machines.items():
+            totals = m.statistics.checkpoints
+            for result in ("ok", "failed"):
+                count.add_metric([name, result], float(totals.get(result, 0)))
+            nbytes.add_metric([name], float(totals.get("bytes", 0)))
+            restarts.add_metric([name], float(totals.get("restarts", 0)))
+        duration = HistogramMetricFamily("tender_checkpoint_duration_seconds", "Duration of "
+                                         "whole checkpoints: freeze, copy, hash, write",
+                                         labels=["kind"])
+        for kind, hist in sorted(history.durations.items()):
+            duration.add_metric([kind], hist.buckets(), hist.total)
+        frozen = HistogramMetricFamily("tender_checkpoint_frozen_seconds", "How long a "
+                                       "checkpoint kept its process frozen (the page copy)",
+                                       labels=["kind"])
+        for kind, hist in sorted(history.frozen.items()):
+            frozen.add_metric([kind], hist.buckets(), hist.total)
+        yield from (count, nbytes, restarts, duration, frozen)
+
+    @staticmethod
     def _balancer_families(balancer: BalancerState | None, policy: str,
                            machines: Sequence[str]) -> Iterator[Metric]:
         p = ["policy"]
@@ -371,8 +430,13 @@ class TenderCollector:
         failures = CounterMetricFamily("tender_balancer_failures", "Moves or rounds of the "
                                        "balancer that failed", labels=p)
         drains = CounterMetricFamily("tender_balancer_drains", "Drains finished, by machine "
-                                     "and result (ok: emptied before the deadline)",
+                                     "and result (ok: emptied before the deadline; "
+                                     "checkpointed: what could not move in time was; "
+                                     "cancelled: the node's drain was called off)",
                                      labels=["machine", "result"])
+        signal_errors = CounterMetricFamily("tender_balancer_drain_signal_errors", "Times "
+                                            "the cluster's draining nodes could not be read",
+                                            labels=p)
         drain_seconds = CounterMetricFamily("tender_balancer_drain_seconds", "Seconds the "
                                             "finished drains took", labels=["machine"])
         drain_moved = CounterMetricFamily("tender_balancer_drain_moved_processes", "Processes "
@@ -386,21 +450,22 @@ class TenderCollector:
             for reason in [*BALANCER_REASONS, *sorted(set(reasons) - set(BALANCER_REASONS))]:
                 moves.add_metric([policy, reason], float(reasons.get(reason, 0)))
             failures.add_metric([policy], float(len(balancer.failures)))
+            signal_errors.add_metric([policy], float(balancer.signal_errors))
             done: Counter[tuple[str, str]] = Counter()
             seconds: dict[str, float] = {}
             moved: Counter[str] = Counter()
             for d in balancer.drains:
-                done[(d.machine, "ok" if d.ok else "incomplete")] += 1
+                done[(d.machine, d.result)] += 1
                 seconds[d.machine] = seconds.get(d.machine, 0.0) + d.seconds
                 moved[d.machine] += len(d.moved)
             names = sorted({*machines, *seconds})
             for name in names:
-                for result in ("ok", "incomplete"):
+                for result in DRAIN_RESULTS:
                     drains.add_metric([name, result], float(done.get((name, result), 0)))
                 drain_seconds.add_metric([name], float(seconds.get(name, 0.0)))
                 drain_moved.add_metric([name], float(moved.get(name, 0)))
         yield from (info, rounds, decisions, moves, failures, drains, drain_seconds,
-                    drain_moved)
+                    drain_moved, signal_errors)
 
     @staticmethod
     def _exporter_families(updates: int, last: float, poll_seconds: float) -> Iterator[Metric]:

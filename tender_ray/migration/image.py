@@ -4,11 +4,12 @@ and the page blocks as transport handles."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tender_ray.abi.cpu_state import CpuState
 from tender_ray.migration.record import MigrationRecord
+from tender_ray.resources.open_file import FilesImage
 from tender_ray.resources.process import Accounting
 from tender_ray.resources.program import Program
 from tender_ray.resources.virtual_region import RegionKind
@@ -45,6 +46,12 @@ class KernelState:
     accounting: Accounting
     created_at: float
     migrations: tuple[MigrationRecord, ...]
+    # Descriptors, offsets, pipes, the stdin buffer and the view (resources/open_file.py).
+    files: FilesImage = field(default_factory=FilesImage)
+    cpu_features: frozenset[str] = frozenset()  # Process.cpu_features
+    # kernel.signals.SignalState (actions, mask, pending, alternate stack, the timer's time
+    # left), kept opaque here: the kernel, above, fills and reads it. None: all default.
+    signals: Any = None
 
 
 @dataclass(frozen=True)

@@ -6,22 +6,36 @@
    heap, stack and mappings through DSM and set the registers;
 3. *delete*: the source deletes its process, holding the resources for reuse.
 
-Until the destination confirms (commit), the source keeps everything; any failure releases what
-the destination made and resumes the process where it was. Only pages that were ever touched
-travel, batched into page blocks. `run_migration` knows the two machines only as the `Source`
-and `Peer` protocols, which the kernel's machine and the Ray layer's handles implement.
+Exactly one live copy under any single fault: every call carries the migration's id; the
+destination holds what it made under a lease the source's calls renew (a silent source's
+migration expires and can never commit); before the commit goes out the source's copy is
+frozen and handed over, so only the migration's outcome can resume it. A commit answer means
+delete; a lost or failed answer is settled by asking (an abort, which answers COMMITTED if the
+commit had taken effect) until the destination answers or is known dead; the source resumes
+its copy only on a definite not-committed outcome. Only pages that were ever touched travel,
+batched into page blocks. `run_migration` knows the two machines only as the `Source` and
+`Peer` protocols, which the kernel's machine and the Ray layer's handles implement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
+import uuid
 from typing import Protocol
 
-from tender_ray.errors import MachineError, MigrationError, TenderError
+from tender_ray.errors import (
+    LeaseExpiredError,
+    MachineStoppedError,
+    MigrationError,
+    NoReplyError,
+    OutcomeUnknownError,
+    TenderError,
+)
 from tender_ray.migration.image import ProcessImage
 from tender_ray.migration.options import MigrationOptions, Resources
-from tender_ray.migration.record import MigrationRecord
+from tender_ray.migration.record import MigrationRecord, Outcome
 from tender_ray.migration.transports import LocalTransport, Transport
 from tender_ray.resources.real_memory import PAGE_SIZE
 
@@ -33,7 +47,9 @@ class Source(Protocol):
     def name(self) -> str: ...
 
     def freeze(self, pid: int, timeout: float = 30.0) -> int: ...
-    def thaw(self, pid: int) -> None: ...
+    def thaw(self, pid: int, mid: str = "") -> None: ...
+    def hand_over(self, pid: int, mid: str) -> None: ...
+    def fault_point(self, phase: str) -> None: ...
     def program_size(self, pid: int) -> int: ...
     def export_image(self, pid: int, transport: Transport,
                      options: MigrationOptions) -> ProcessImage: ...
@@ -48,11 +64,13 @@ class Destination(Protocol):
     @property
     def name(self) -> str: ...
 
-    def create_incoming(self, pid: int, frames: int, reuse: bool) -> float: ...
+    def create_incoming(self, mid: str, source: str, pid: int, frames: int,
+                        reuse: bool) -> float: ...
     def transform(self, image: ProcessImage, transport: Transport,
-                  options: MigrationOptions) -> dict[str, float]: ...
-    def commit(self, pid: int) -> None: ...
-    def abort(self, pid: int) -> None: ...
+                  options: MigrationOptions, mid: str = "") -> dict[str, float]: ...
+    def commit(self, mid: str) -> Outcome: ...
+    def abort(self, mid: str) -> Outcome: ...
+    def outcome(self, mid: str) -> Outcome: ...
     def record_migration(self, pid: int, record: MigrationRecord) -> None: ...
 
 
@@ -61,23 +79,66 @@ class Peer(Protocol):
 
     name: str
 
-    def create(self, pid: int, frames: int, reuse: bool) -> float: ...
-    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]: ...
-    def commit(self, pid: int) -> None: ...
-    def abort(self, pid: int) -> None: ...
+    def create(self, mid: str, source: str, pid: int, frames: int, reuse: bool) -> float: ...
+    def transform(self, mid: str, image: ProcessImage,
+                  options: MigrationOptions) -> dict[str, float]: ...
+    def commit(self, mid: str) -> Outcome: ...
+    def abort(self, mid: str) -> Outcome: ...
+    def outcome(self, mid: str) -> Outcome: ...
+
+
+_ids = itertools.count(1)
+SETTLE_SECONDS = 60.0  # how long a source asks for a lost commit's outcome before giving up
+_SETTLE_PAUSE = (0.02, 1.0)  # the first and the longest pause between two asks
+
+
+def new_migration_id(source: str) -> str:
+    """A migration id unique across machines and restarts: the source's name, a counter and
+    a random part (a restarted machine's counter starts again)."""
+    return f"{source}:{next(_ids)}:{uuid.uuid4().hex[:12]}"
+
+
+def settle(peer: Peer, mid: str, seconds: float = SETTLE_SECONDS) -> Outcome | None:
+    """The definite outcome of migration `mid` after its commit answer was lost or failed:
+    ask the destination to abort it (it answers COMMITTED if the commit took effect, and
+    otherwise the abort makes sure it never will), again with back-off until it answers.
+    None: the destination is known dead (what it committed died with it). Raises
+    OutcomeUnknownError if it neither answers nor is known dead within `seconds`."""
+    deadline = time.monotonic() + seconds
+    pause, longest = _SETTLE_PAUSE
+    last: BaseException | None = None
+    while True:
+        try:
+            return peer.abort(mid)
+        except NoReplyError as exc:  # alive, maybe: ask again
+            last = exc
+        except MachineStoppedError:
+            return None
+        except (TenderError, OSError) as exc:  # an error answer (a drill, a broken call)
+            last = exc
+        if time.monotonic() + pause > deadline:
+            raise OutcomeUnknownError(
+                f"migration {mid} to {peer.name}: the commit went out but {peer.name} gave "
+                f"no outcome within {seconds:.0f} s ({last}); the process stays frozen on "
+                "the source, handed over, until the outcome is known") from last
+        time.sleep(pause)
+        pause = min(pause * 2, longest)
 
 
 def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
-                  options: MigrationOptions) -> MigrationRecord:
+                  options: MigrationOptions,
+                  settle_seconds: float = SETTLE_SECONDS) -> MigrationRecord:
     """Migrate process `pid` of machine `source` to `peer`; the record of what happened.
 
-    On any failure before the destination commits, the process resumes on the source and the
-    error is raised (MigrationError for a refused request, MachineError for a broken peer).
+    On a failure the error is raised with a note saying where the process is: still on the
+    source (resumed), on the destination (committed; the source deleted its copy), or frozen
+    on the source with the outcome unknown (OutcomeUnknownError).
     """
     started_at = time.time()
     if peer.name == source.name:
         raise MigrationError(f"process {pid} is already on machine {source.name}; a move "
                              "inside one machine is a virtual-space migration (local=True)")
+    mid = new_migration_id(source.name)
 
     def finished(seconds: float, result: str = "ok", error: str = "") -> MigrationRecord:
         return MigrationRecord(
@@ -85,7 +146,12 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             transfer=options.transfer.value, reuse=options.reuse,
             resources=options.resources.value, seconds=seconds, bytes=nbytes, pages=pages,
             phases=phases, phase_starts=starts, result=result, error=error,
-            started_at=started_at)
+            started_at=started_at, migration_id=mid)
+
+    def failed(exc: BaseException, where: str) -> None:
+        exc.add_note(f"migration {mid}: process {pid} {where}")
+        source.note_migration(finished(time.perf_counter() - start, "failed",
+                                       f"{exc} ({where})"))
 
     phases: dict[str, float] = {}
     starts: dict[str, float] = {}  # seconds after `start`, as each phase begins
@@ -95,15 +161,13 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
     frames = source.freeze(pid)
     phases["freeze"] = time.perf_counter() - start
     image: ProcessImage | None = None
-    created = committed = False
+    created = False
     try:
         t = time.perf_counter()
-        try:
-            phases["create"] = peer.create(pid, frames, options.reuse)
-        except MachineError:
-            created = True  # it may have made the kernel process before breaking: abort
-            raise
-        created = True
+        source.fault_point("before_create")
+        created = True  # from here the destination may hold something: abort on failure
+        phases["create"] = peer.create(mid, source.name, pid, frames, options.reuse)
+        source.fault_point("after_create")
         phases["create_call"] = time.perf_counter() - t - phases["create"]
         # The destination's create runs inside the call; where in it the source cannot see,
         # so it is placed at the call's start and the call's round trip after it.
@@ -117,7 +181,9 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         nbytes = image.pages_sent * PAGE_SIZE + (
             source.program_size(pid) if options.resources is Resources.ALL else 0)
         t = time.perf_counter()
-        transformed = peer.transform(image, options)
+        source.fault_point("before_transform")
+        transformed = peer.transform(mid, image, options)
+        source.fault_point("after_transform")
         phases.update(transformed)
         # What the transform call cost beyond the destination's own work: the round trip.
         phases["transform_call"] = time.perf_counter() - t - sum(transformed.values())
@@ -129,28 +195,73 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             starts[name] = offset
             offset += seconds
         starts["transform_call"] = offset
-        t = time.perf_counter()
-        starts["commit"] = t - start
-        peer.commit(pid)
-        phases["commit"] = time.perf_counter() - t
-        committed = True
+        # Before the commit goes out, the copy here can no longer be resumed by anyone but
+        # this migration's outcome: it runs at the destination only once it cannot run here.
+        source.hand_over(pid, mid)
+        source.fault_point("before_commit")
     except BaseException as exc:
-        if not committed:
-            if created:  # a refused create made nothing: another migration's may be there
-                with contextlib.suppress(TenderError, OSError):
-                    peer.abort(pid)  # a dead peer has nothing left to release
-            source.thaw(pid)
+        # No commit went out: the destination cannot run the process. Release what it made
+        # (once: if it does not answer, its lease releases it), resume here.
+        if created:
+            with contextlib.suppress(TenderError, OSError):
+                peer.abort(mid)
+        source.thaw(pid, mid)
         if image is not None:
             transport.discard(image.handles)
-        source.note_migration(finished(time.perf_counter() - start, "failed", str(exc)))
+        failed(exc, f"runs on at {source.name}")
         raise
     t = time.perf_counter()
+    starts["commit"] = t - start
+    error: BaseException | None = None
+    try:
+        outcome: Outcome | None = peer.commit(mid)
+    except (TenderError, OSError) as exc:  # the answer was lost, late or an error
+        error = exc
+        try:
+            outcome = settle(peer, mid, settle_seconds)
+        except OutcomeUnknownError as unknown:
+            transport.discard(image.handles)
+            failed(unknown, f"is frozen on {source.name}, handed over to {peer.name}")
+            raise
+    phases["commit"] = time.perf_counter() - t
+    if outcome is not Outcome.COMMITTED:  # definite: it will never run there
+        source.thaw(pid, mid)
+        transport.discard(image.handles)
+        where = f"runs on at {source.name}"
+        if outcome is Outcome.EXPIRED:
+            error = LeaseExpiredError(
+                f"migration {mid}: {peer.name} released it, its lease expired before the "
+                "commit; try again (a longer MachineConfig.migration_lease_s on the "
+                "destination if the source is slow)")
+        elif error is None:
+            error = MachineStoppedError(
+                f"migration {mid}: {peer.name} answered {outcome.value if outcome else 'dead'}"
+                " to the commit (restarted, or it aborted the migration)")
+        failed(error, where)
+        raise error
+    # Committed: the process is the destination's; whatever fails from here, delete it.
+    t = time.perf_counter()
     starts["delete"] = t - start
+    late: BaseException | None = None  # a fault here does not undo the move
+    try:
+        source.fault_point("after_commit")
+        source.fault_point("before_delete")
+    except BaseException as exc:
+        late = exc
     source.delete_migrated(pid, nbytes, options.reuse)
     phases["delete"] = time.perf_counter() - t
-    record = finished(time.perf_counter() - start)
     transport.discard(image.handles)
+    if late is None:
+        try:
+            source.fault_point("after_delete")
+        except BaseException as exc:
+            late = exc
+    record = finished(time.perf_counter() - start)
     source.note_migration(record)
+    if late is not None:
+        late.add_note(f"migration {mid}: process {pid} runs at {peer.name} (it moved; the "
+                      f"source deleted its copy)")
+        raise late
     return record
 
 
@@ -162,17 +273,21 @@ class LocalPeer:
         self.name: str = machine.name
         self.transport = transport
 
-    def create(self, pid: int, frames: int, reuse: bool) -> float:
-        return float(self.machine.create_incoming(pid, frames, reuse))
+    def create(self, mid: str, source: str, pid: int, frames: int, reuse: bool) -> float:
+        return float(self.machine.create_incoming(mid, source, pid, frames, reuse))
 
-    def transform(self, image: ProcessImage, options: MigrationOptions) -> dict[str, float]:
-        return self.machine.transform(image, self.transport, options)
+    def transform(self, mid: str, image: ProcessImage,
+                  options: MigrationOptions) -> dict[str, float]:
+        return self.machine.transform(image, self.transport, options, mid)
 
-    def commit(self, pid: int) -> None:
-        self.machine.commit(pid)
+    def commit(self, mid: str) -> Outcome:
+        return self.machine.commit(mid)
 
-    def abort(self, pid: int) -> None:
-        self.machine.abort(pid)
+    def abort(self, mid: str) -> Outcome:
+        return self.machine.abort(mid)
+
+    def outcome(self, mid: str) -> Outcome:
+        return self.machine.outcome(mid)
 
 
 def migrate_local(source: Source, pid: int, destination: Destination,
@@ -183,5 +298,5 @@ def migrate_local(source: Source, pid: int, destination: Destination,
     if transport is None:
         transport = LocalTransport()
     record = run_migration(source, pid, LocalPeer(destination, transport), transport, options)
-    destination.record_migration(pid, record)
+    destination.record_migration(pid, record)  # a plain call: stored when it returns
     return record

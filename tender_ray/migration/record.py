@@ -4,8 +4,19 @@ a plain mapping only at the edges (JSON reports, `--stats`)."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class Outcome(str, enum.Enum):
+    """What became of one migration (by its id) as its destination tells it."""
+
+    PENDING = "pending"  # under way: created, maybe transformed, not committed
+    COMMITTED = "committed"  # the process is the destination's: the source must delete it
+    ABORTED = "aborted"  # given up (by the source, or a failed step): the source keeps it
+    EXPIRED = "expired"  # the source was silent past the lease: released, may not commit
+    UNKNOWN = "unknown"  # never heard of (or forgotten, or the machine is a new one)
 
 # The paper's phases: the destination's own work (create, transform I-III) and the source's
 # delete.
@@ -37,6 +48,7 @@ class MigrationRecord:
     error: str = ""
     started_at: float = 0.0  # time.time() when it began
     reason: str = ""  # why the balancer moved it ("drain", a policy name); "" if asked for
+    migration_id: str = ""  # the id every call of this migration carried (source: protocol)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +77,8 @@ class MigrationRecord:
             "started_at": self.started_at}
         if self.reason:
             out["reason"] = self.reason
+        if self.migration_id:
+            out["migration_id"] = self.migration_id
         return out
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tender_ray.abi.cpu_state import CpuState, RegisterEdit
+from tender_ray.resources.file_view import FileView
+from tender_ray.resources.open_file import standard_files
 from tender_ray.resources.program import Program
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
@@ -124,6 +126,9 @@ class Process:
         self.brk_start = 0
         self.brk = 0
         self.mmap_top = 0  # next anonymous mappings go below this address
+        # The CPU features its code may have chosen paths by (engines/features.py): set at
+        # exec from the engine it started on; a destination lacking one is refused.
+        self.cpu_features: frozenset[str] = frozenset()
         self.tid_address = 0
         self.accounting = Accounting()  # cpu_seconds and quanta under the lock
         # Under the lock.
@@ -131,10 +136,18 @@ class Process:
         self.stderr = bytearray()
         self.stdout_taken = 0  # bytes collected before `stdout` (the offset of its start)
         self.stderr_taken = 0
+        # Stream offsets (stdout, stderr) up to which a checkpoint covers the output: beyond
+        # them it is held from the owner, since a restart would write it again. None: no
+        # checkpoint yet (held all the same when the machine checkpoints periodically).
+        self.output_commit: tuple[int, int] | None = None
         self.exit_status: int | None = None  # set once (the first reason wins), when EXITING
         self.exit_reason = ""
         self.ended_at: float | None = None
         self.migrations: list[MigrationRecord] = []  # how it came here, oldest first
+        # Open files and the view they are opened through: its computation's while it runs
+        # (system calls change them), the migration's while FROZEN; they travel.
+        self.files = standard_files()
+        self.view: FileView | None = None  # None: the host tree from the machine's cwd
 
     @property
     def context(self) -> Engine:

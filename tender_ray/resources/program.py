@@ -1,7 +1,11 @@
 """Program: what a process runs — segment sizes and addresses and the entry point.
 
 It hides the executable format: the ELF file is parsed here (pyelftools) and nowhere else.
-Only static x86-64 executables are accepted, since a Tender process has no dynamic loader.
+x86-64 executables of both kinds are accepted: fixed-address (ET_EXEC) ones at their link
+addresses, and position-independent (ET_DYN: PIE, static-PIE, the dynamic loader itself) ones
+at a load base chosen by the kernel, every address here already moved by it. Nothing is
+relocated: a PIE asks for its dynamic loader (PT_INTERP) and the loader relocates itself and
+the program; a static-PIE relocates itself.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from elftools.elf.elffile import ELFFile
 from tender_ray.abi.linux import PROT_EXEC, PROT_READ, PROT_WRITE
 from tender_ray.errors import BadProgramError
 from tender_ray.resources.real_memory import page_down, page_up
+
+PIE_BASE = 0x5555_5555_4000  # where Linux puts a PIE (ELF_ET_DYN_BASE, no randomisation)
 
 
 @dataclass(frozen=True)
@@ -37,16 +43,19 @@ class Segment:
 
 @dataclass(frozen=True)
 class Program:
-    """A parsed static executable. `digest` names its image on a plate."""
+    """A parsed executable, its addresses as loaded at `base`. `digest` names its image on a
+    plate. All fields are set once by `parse_program`."""
 
     name: str
     digest: str
     size: int
-    entry: int
+    entry: int  # where it starts once loaded (AT_ENTRY)
     segments: tuple[Segment, ...]
     phdr: int  # address of the program headers once loaded (AT_PHDR)
     phent: int
     phnum: int
+    base: int = 0  # load bias: 0 for ET_EXEC, the chosen base for ET_DYN (AT_BASE of a loader)
+    interpreter: str = ""  # PT_INTERP: the dynamic loader the kernel must load first ("": none)
 
     @property
     def end(self) -> int:
@@ -54,11 +63,15 @@ class Program:
         return max(page_up(s.vaddr + s.memsz) for s in self.segments)
 
 
-def parse_program(image: bytes, name: str) -> Program:
-    """Parse and check an executable image; BadProgramError says what is wrong with it."""
+def parse_program(image: bytes, name: str, base: int | None = None) -> Program:
+    """Parse and check an executable image; BadProgramError says what is wrong with it.
+
+    A position-independent image (ET_DYN) is placed at `base` (PIE_BASE unless given, page
+    aligned); a fixed-address one (ET_EXEC) ignores it.
+    """
     if image[:4] != b"\x7fELF":
-        raise BadProgramError(name, "not an ELF executable (no ELF magic); give a static "
-                                    "x86-64 Linux program, e.g. built with musl-gcc -static")
+        raise BadProgramError(name, "not an ELF executable (no ELF magic); give an x86-64 "
+                                    "Linux program")
     try:
         elf = ELFFile(io.BytesIO(image))
         header = elf.header
@@ -67,19 +80,26 @@ def parse_program(image: bytes, name: str) -> Program:
                 name, f"built for {header['e_machine']} ({elf.elfclass}-bit), not x86-64; "
                       "rebuild it for x86-64")
         phdrs = list(elf.iter_segments())
-        if any(p["p_type"] == "PT_INTERP" for p in phdrs) or any(
-            p["p_type"] == "PT_DYNAMIC" for p in phdrs
-        ):
-            raise BadProgramError(name, "dynamically linked; rebuild it statically "
-                                        "(musl-gcc -static)")
-        if header["e_type"] != "ET_EXEC":
-            raise BadProgramError(name, f"ELF type {header['e_type']} is not a static "
-                                        "executable (ET_EXEC); link with -static -no-pie")
+        if header["e_type"] not in ("ET_EXEC", "ET_DYN"):
+            raise BadProgramError(name, f"ELF type {header['e_type']} is not an executable "
+                                        "(ET_EXEC or ET_DYN); link it as a program")
+        bias = 0
+        if header["e_type"] == "ET_DYN":
+            bias = PIE_BASE if base is None else base
+            if bias % 4096:
+                raise ValueError(f"load base {bias:#x} is not page aligned")
+        interpreter = ""
         segments = []
         phdr_addr = 0
         for p in phdrs:
             if p["p_type"] == "PT_PHDR":
-                phdr_addr = p["p_vaddr"]
+                phdr_addr = bias + p["p_vaddr"]
+            if p["p_type"] == "PT_INTERP":
+                raw = image[p["p_offset"]: p["p_offset"] + p["p_filesz"]]
+                interpreter = raw.split(b"\0", 1)[0].decode(errors="replace")
+                if not interpreter.startswith("/"):
+                    raise BadProgramError(name, f"its dynamic loader {interpreter!r} is not an "
+                                                "absolute path; relink it")
             if p["p_type"] != "PT_LOAD" or p["p_memsz"] == 0:
                 continue
             flags = p["p_flags"]
@@ -88,8 +108,8 @@ def parse_program(image: bytes, name: str) -> Program:
                      | (PROT_EXEC if flags & P_FLAGS.PF_X else 0))
             if p["p_offset"] + p["p_filesz"] > len(image):
                 raise BadProgramError(name, "truncated: a segment lies past the end of the file")
-            segments.append(Segment(p["p_vaddr"], p["p_memsz"], p["p_filesz"], p["p_offset"],
-                                    perms))
+            segments.append(Segment(bias + p["p_vaddr"], p["p_memsz"], p["p_filesz"],
+                                    p["p_offset"], perms))
     except ELFError as exc:
         raise BadProgramError(name, f"malformed ELF ({exc})") from exc
     if not segments:
@@ -109,9 +129,11 @@ def parse_program(image: bytes, name: str) -> Program:
         name=name,
         digest=hashlib.sha256(image).hexdigest(),
         size=len(image),
-        entry=header["e_entry"],
+        entry=bias + header["e_entry"],
         segments=tuple(ordered),
         phdr=phdr_addr,
         phent=header["e_phentsize"],
         phnum=header["e_phnum"],
+        base=bias,
+        interpreter=interpreter,
     )

@@ -123,6 +123,14 @@ def test_ps_migrate_drain_undrain(cluster: tuple[dict[str, str], Path]) -> None:
     assert r.returncode == 0, r.stderr
     assert "migrated" in r.stdout and "m0 → m1" in r.stdout
 
+    # A checkpoint where it runs now: full the first time, then only the changed pages.
+    r = tender(env, "checkpoint", str(a))
+    assert r.returncode == 0, r.stderr
+    assert f"checkpoint 0 of {a} on m1 (full)" in r.stdout, r.stdout
+    r = tender(env, "checkpoint", str(a))
+    assert r.returncode == 0, r.stderr
+    assert f"checkpoint 1 of {a} on m1 (incremental)" in r.stdout, r.stdout
+
     r = tender(env, "drain", "m0", "--deadline", "10")
     assert r.returncode == 0, r.stdout + r.stderr
     # (not "1 moved": the drain report can miss its last move, see test_scenario.py

@@ -126,6 +126,11 @@ class FakeMachine:
         self.cordoned = True
         self.cordons += 1
 
+    def uncordon(self, timeout: float | None = None) -> None:
+        if self.down:
+            raise self._gone()
+        self.cordoned = False
+
     def migrate(self, pid: int, destination: str, options: MigrationOptions | None = None,
                 timeout: float | None = None) -> MigrationRecord:
         started = self.clock.time()

@@ -92,7 +92,7 @@ def test_policy_names_the_choices_and_suggests(tmp_path: Path) -> None:
 def test_event_action_suggests(tmp_path: Path) -> None:
     line = only(tmp_path, GOOD.replace("action: drain", "action: drian"))
     assert line.endswith(":13:13: events.0.action: 'drian' is not one of drain, undrain, "
-                         "add_machine, stop_machine (did you mean 'drain'?)")
+                         "add_machine, stop_machine, crash_machine (did you mean 'drain'?)")
 
 
 def test_enum_without_a_close_value_only_lists(tmp_path: Path) -> None:

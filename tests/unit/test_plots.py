@@ -19,7 +19,7 @@ from tender_ray.cli.scenario.plot import (
     plot_timeline,
     segments,
 )
-from tender_ray.migration.record import MigrationRecord
+from tender_ray.migration.record import MigrationRecord, Outcome
 
 PNG = b"\x89PNG\r\n\x1a\n"
 T0 = 1_000_000.0  # the wall time of t=0 in these records
@@ -138,7 +138,9 @@ class _FakeSource:
         time.sleep(0.002)
         return 1
 
-    def thaw(self, pid: int) -> None: ...
+    def thaw(self, pid: int, mid: str = "") -> None: ...
+    def hand_over(self, pid: int, mid: str) -> None: ...
+    def fault_point(self, phase: str) -> None: ...
     def program_size(self, pid: int) -> int:
         return 0
 
@@ -157,19 +159,24 @@ class _FakePeer:
 
     name = "dst"
 
-    def create(self, pid: int, frames: int, reuse: bool) -> float:
+    def create(self, mid: str, source: str, pid: int, frames: int, reuse: bool) -> float:
         time.sleep(0.004)
         return 0.003
 
-    def transform(self, image: object, options: object) -> dict[str, float]:
+    def transform(self, mid: str, image: object, options: object) -> dict[str, float]:
         time.sleep(0.008)
         return {"transform_space": 0.001, "transform_program": 0.002,
                 "transform_start": 0.003}
 
-    def commit(self, pid: int) -> None:
+    def commit(self, mid: str) -> Outcome:
         time.sleep(0.002)
+        return Outcome.COMMITTED
 
-    def abort(self, pid: int) -> None: ...
+    def abort(self, mid: str) -> Outcome:
+        return Outcome.ABORTED
+
+    def outcome(self, mid: str) -> Outcome:
+        return Outcome.COMMITTED
 
 
 def test_run_migration_records_phase_starts() -> None:

@@ -10,7 +10,7 @@ from support.programs import workload
 
 from tender_ray.errors import BadProgramError, OutOfMemoryError
 from tender_ray.resources.manager import ResourceManager
-from tender_ray.resources.program import parse_program
+from tender_ray.resources.program import PIE_BASE, parse_program
 from tender_ray.resources.real_memory import PAGE_SIZE, RealMemory
 from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind, VirtualRegion
 from tender_ray.resources.virtual_space import BadAddress, VirtualSpace
@@ -539,20 +539,29 @@ def test_parse_rejects_a_32_bit_elf() -> None:
         parse_program(elf32, "elf32")
 
 
-def test_parse_rejects_a_dynamically_linked_program() -> None:
-    path = "/bin/true"
-    with open(path, "rb") as f:
-        image = f.read()
-    if b"/ld-" not in image and b"ld-linux" not in image:
-        pytest.skip("/bin/true is not dynamically linked on this host")
-    with pytest.raises(BadProgramError, match="dynamically linked"):
-        parse_program(image, path)
+def test_parse_accepts_a_dynamically_linked_pie_at_its_base() -> None:
+    path = "/usr/bin/sha256sum"
+    try:
+        with open(path, "rb") as f:
+            image = f.read()
+    except OSError:
+        pytest.skip(f"{path} is not installed here")
+    linked = parse_program(image, path, base=0x10000)
+    placed = parse_program(image, path)
+    assert placed.interpreter.startswith("/") and "ld-linux" in placed.interpreter
+    assert placed.base == PIE_BASE and linked.base == 0x10000
+    # Every address moves by the base and nothing else changes.
+    assert placed.entry - placed.base == linked.entry - linked.base
+    assert placed.phdr - placed.base == linked.phdr - linked.base
+    assert [s.vaddr - placed.base for s in placed.segments] == \
+        [s.vaddr - linked.base for s in linked.segments]
+    assert min(s.vaddr for s in placed.segments) >= PIE_BASE
 
 
-def test_parse_rejects_a_position_independent_executable() -> None:
-    pie = _patched(16, (3).to_bytes(2, "little"))  # e_type = ET_DYN
-    with pytest.raises(BadProgramError, match="ET_EXEC"):
-        parse_program(pie, "pie")
+def test_parse_rejects_a_relocatable_object() -> None:
+    obj = _patched(16, (1).to_bytes(2, "little"))  # e_type = ET_REL
+    with pytest.raises(BadProgramError, match="ET_REL is not an executable"):
+        parse_program(obj, "obj")
 
 
 def test_parse_rejects_truncated_files() -> None:

@@ -21,7 +21,7 @@ from pydantic_core import ErrorDetails, PydanticUndefined
 
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.cli.scenario.yaml_marks import Position, load_marked, position
-from tender_ray.config import Engine, MachineConfig, workloads_dir
+from tender_ray.config import CheckpointSpec, Engine, MachineConfig, workloads_dir
 from tender_ray.errors import BadProgramError, ConfigError
 from tender_ray.migration.options import MigrationOptions, Resources, Transfer
 from tender_ray.resources.program import parse_program
@@ -92,6 +92,25 @@ class WorkloadSpec(BaseModel):
                             description="memory each process will touch: it starts only on "
                                         "a machine with that much free, and queues until one "
                                         "has (0: start anywhere)")
+    stdin: str | None = Field(default=None,
+                              description="a file that is its standard input (relative to "
+                                          "the scenario file); none: stdin reads as ended")
+    cwd: str | None = Field(default=None,
+                            description="its working directory (relative to the scenario "
+                                        "file; default: the scenario file's directory)")
+    writable: list[str] = Field(default_factory=list,
+                                description="directories it may write under (relative to "
+                                            "the scenario file); none: the files are "
+                                            "read-only")
+
+    def with_paths(self, base: Path) -> WorkloadSpec:
+        """The same workload with its file paths made absolute against `base`."""
+        def absolute(path: str) -> str:
+            return str((base / path).resolve())
+        return self.model_copy(update={
+            "stdin": absolute(self.stdin) if self.stdin is not None else None,
+            "cwd": absolute(self.cwd if self.cwd is not None else "."),
+            "writable": [absolute(w) for w in self.writable]})
 
 
 class BalancerSpec(BaseModel):
@@ -131,6 +150,8 @@ class EventAction(str, enum.Enum):
     UNDRAIN = "undrain"  # let it take processes again
     ADD_MACHINE = "add_machine"
     STOP_MACHINE = "stop_machine"  # without a drain: what ran there is lost
+    # Its actor's worker killed (SIGKILL): what had a checkpoint restarts elsewhere from it.
+    CRASH_MACHINE = "crash_machine"
 
 
 class EventSpec(BaseModel):
@@ -166,9 +187,15 @@ class Scenario(BaseModel):
     migration: MigrationSpec = Field(default_factory=MigrationSpec)
     events: list[EventSpec] = Field(default_factory=list)
     timeout: float = Field(default=600.0, gt=0.0, description="seconds before giving up")
+    checkpoint: CheckpointSpec | None = Field(
+        default=None, description="every machine checkpoints its processes (`every: S`), so "
+                                  "a crashed machine's restart elsewhere")
 
     def machine_configs(self) -> list[MachineConfig]:
-        return [c for spec in self.machines for c in spec.configs()]
+        configs = [c for spec in self.machines for c in spec.configs()]
+        if self.checkpoint is None:
+            return configs
+        return [c.model_copy(update={"checkpoint": self.checkpoint}) for c in configs]
 
 
 def resolve_program(program: str, base: Path) -> Path:
@@ -351,8 +378,13 @@ def read_scenario(path: str | os.PathLike[str]) -> ScenarioFile:
             known.add(event.machine)
         elif event.machine not in known:
             unknown(("events", i, "machine"), event.machine, known)
+    scenario = scenario.model_copy(update={
+        "workloads": [w.with_paths(p.parent) for w in scenario.workloads]})
     programs: dict[int, Path] = {}
     for i, w in enumerate(scenario.workloads):
+        if w.stdin is not None and not Path(w.stdin).is_file():
+            problem(("workloads", i, "stdin"), f"{w.stdin!r} is not a file")
+            continue
         if w.machine is not None and w.machine not in names:
             unknown(("workloads", i, "machine"), w.machine, names)
             continue

@@ -92,11 +92,26 @@ class DrainSummary:
 
 @dataclass(frozen=True)
 class LostProcess:
-    """A process that was on a machine stopped without a drain."""
+    """A process that was on a machine stopped without a drain, or crashed without a usable
+    checkpoint of it."""
 
     pid: int
     name: str
     machine: str
+    reason: str = "machine stopped"  # or "no checkpoint", or what was wrong with it
+
+
+@dataclass(frozen=True)
+class RestartedProcess:
+    """A process of a crashed machine that restarted elsewhere from its last checkpoint."""
+
+    pid: int
+    name: str
+    lost_machine: str  # the machine that crashed
+    machine: str  # where it restarted
+    checkpoint_seq: int
+    checkpoint_age_seconds: float  # how much of its run was done again
+    crashed_at: float  # seconds after the start
 
 
 @dataclass(frozen=True)
@@ -152,6 +167,7 @@ class Report:
     queued: tuple[QueuedProcess, ...]
     not_started: tuple[NotStarted, ...]
     processes: tuple[ProcessReport, ...]
+    restarts: tuple[RestartedProcess, ...] = ()
 
     @property
     def all_match_native(self) -> bool:
@@ -178,6 +194,7 @@ class Report:
             "migrations": self.migrations.as_dict(),
             "drains": [d.as_dict() for d in self.drains],
             "lost": [_plain(x) for x in self.lost],
+            "restarts": [_plain(x) for x in self.restarts],
             "events_failed": [_plain(e) for e in self.events_failed],
             "problems": list(self.problems),
             "events_not_fired": [_plain(e) for e in self.events_not_fired],

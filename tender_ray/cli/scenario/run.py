@@ -44,17 +44,22 @@ from tender_ray.cli.scenario.report import (
     ProcessReport,
     QueuedProcess,
     Report,
+    RestartedProcess,
 )
 from tender_ray.cluster import Cluster, DrainReport, Pending
+from tender_ray.cluster.supervisor import crash, recover
 from tender_ray.errors import (
     CordonedError,
     MachineError,
+    MachineStoppedError,
+    NoReplyError,
     OutOfMemoryError,
     TenderError,
     UsageError,
 )
 from tender_ray.kernel.snapshots import PollResult, ProcessInfo
 from tender_ray.migration.record import MigrationRecord
+from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.real_memory import PAGE_SIZE
 
 TICK = 0.5  # seconds between polls of the machines, at most (sooner when an arrival or
@@ -76,6 +81,8 @@ class Arrival:
     queued_reason: str = ""  # why it waited to start (memory, cordons), if it did
     memory: int = 0  # bytes it declared it will touch
     failed: str = ""  # why it could not be started at all
+    files: FileViewSpec | None = None  # its view of the host tree
+    stdin: str | None = None  # the file that is its standard input
 
 
 @dataclass
@@ -90,7 +97,14 @@ class Tracked:
     lost: bool = False
 
     def output(self, fd: int) -> bytes:
-        return b"".join(data for _, data in sorted(self.chunks[fd].items()))
+        """The stream from its chunks by offset. Chunks overlap after a restart from a
+        checkpoint (its machine sends again what the checkpoint had not yet handed over):
+        each byte is kept once."""
+        out = bytearray()
+        for offset, data in sorted(self.chunks[fd].items()):
+            if offset + len(data) > len(out):
+                out += data[max(0, len(out) - offset):]
+        return bytes(out)
 
 
 @dataclass(frozen=True)
@@ -99,13 +113,16 @@ class RunResult:
     report_dir: Path | None  # where report.json, load.png and timeline.png are, if written
 
 
-def native_run(program: Path, args: list[str], timeout: float = 120.0) -> bytes | None:
-    """The program's stdout when run natively, or None where that is impossible here."""
+def native_run(program: Path, args: list[str], timeout: float = 120.0, *,
+               stdin: str | None = None, cwd: str | None = None) -> bytes | None:
+    """The program's stdout when run natively (from `cwd`, reading the file `stdin`), or None
+    where that is impossible here."""
     if os.uname().machine != "x86_64" or os.uname().sysname != "Linux":
         return None
     try:
-        done = subprocess.run([str(program), *args], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout, check=False)
+        with open(stdin if stdin is not None else os.devnull, "rb") as source:
+            done = subprocess.run([str(program), *args], stdin=source, cwd=cwd,
+                                  capture_output=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout
@@ -136,7 +153,10 @@ class ScenarioRun:
                 at = w.at + (k / w.rate if w.rate else 0.0)
                 name = f"{Path(w.program).name}#{len(self.arrivals)}"
                 arrival = Arrival(len(self.arrivals), name, programs.get(i, Path(w.program)),
-                                  list(w.args), at, w.machine, memory=w.memory_mib << 20)
+                                  list(w.args), at, w.machine, memory=w.memory_mib << 20,
+                                  files=FileViewSpec(cwd=w.cwd or os.getcwd(),
+                                                     writable=tuple(w.writable)),
+                                  stdin=w.stdin)
                 if i not in programs:  # a problem the file check reported: never started
                     arrival.failed = next((msg for msg in problems
                                            if f"workloads[{i}]." in msg), "cannot start")
@@ -155,6 +175,7 @@ class ScenarioRun:
         self.drain_refs: list[tuple[str, Pending[DrainReport], float]] = []
         self.drains: list[DrainSummary] = []
         self.lost: list[LostProcess] = []
+        self.restarts: list[RestartedProcess] = []  # processes of crashed machines
         self.events_failed: list[FailedEvent] = []
         # Memory promised to processes started since the last poll, by machine.
         self.promised_since_poll: dict[str, int] = {}
@@ -253,7 +274,8 @@ class ScenarioRun:
                 continue
             try:
                 pid = self.cluster.machine(name).exec(image, a.name,
-                                                      [a.program.name, *a.args])
+                                                      [a.program.name, *a.args],
+                                                      files=a.files, stdin=a.stdin or "empty")
             except (OutOfMemoryError, CordonedError, MachineError) as exc:
                 reason = str(exc)
                 continue
@@ -278,6 +300,9 @@ class ScenarioRun:
         results = self.cluster.poll_all()
         self.promised_since_poll.clear()  # the polls now list those processes
         for name, result in results.items():
+            if isinstance(result, MachineStoppedError) and not isinstance(result, NoReplyError):
+                self._machine_died(name)  # Ray says its actor is dead (not merely slow)
+                continue
             if isinstance(result, BaseException):
                 continue
             self.last_poll[name] = result
@@ -306,9 +331,15 @@ class ScenarioRun:
             elif event.action is EventAction.UNDRAIN:
                 self.cluster.undrain(event.machine)
             elif event.action is EventAction.ADD_MACHINE:
-                self.cluster.add_machine(event.machine_config())
+                config = event.machine_config()
+                if self.scenario.checkpoint is not None:
+                    config = config.model_copy(update={"checkpoint": self.scenario.checkpoint})
+                self.cluster.add_machine(config)
             elif event.action is EventAction.STOP_MACHINE:
                 self._stop_machine(event.machine)
+            elif event.action is EventAction.CRASH_MACHINE:
+                crash(self.cluster.machine(event.machine))
+                self._machine_died(event.machine)
         except TenderError as exc:
             self.events_failed.append(FailedEvent(at, event.action, event.machine, str(exc)))
             self.on_event(f"{action} {event.machine} failed: {exc}")
@@ -324,6 +355,29 @@ class ScenarioRun:
                 self.losses.append(ProcessEvent(at, "lost", pid, name))
                 self.lost.append(LostProcess(pid, t.arrival.name, name))
                 self.on_event(f"{t.arrival.name} lost with machine {name}")
+
+    def _machine_died(self, name: str) -> None:
+        """A machine died (crashed, or Ray reports its actor dead): what ran there restarts
+        from its last checkpoint on another machine; the rest is lost, with the reason."""
+        at = self.elapsed
+        self.last_poll.pop(name, None)
+        pids = [pid for pid, t in self.tracked.items()
+                if t.where == name and not t.ended and not t.lost]
+        recovery = recover(self.cluster, name, pids)
+        for r in recovery.restarted:
+            t = self.tracked[r.pid]
+            t.where = r.machine
+            self.restarts.append(RestartedProcess(r.pid, t.arrival.name, name, r.machine,
+                                                  r.seq, time.time() - r.taken_at, at))
+            self.losses.append(ProcessEvent(at, "move", r.pid, name, r.machine))
+            self.on_event(f"{t.arrival.name} restarted on {r.machine} from checkpoint "
+                          f"{r.seq} ({time.time() - r.taken_at:.1f} s old)")
+        for x in recovery.lost:
+            t = self.tracked[x.pid]
+            t.lost = True
+            self.losses.append(ProcessEvent(at, "lost", x.pid, name))
+            self.lost.append(LostProcess(x.pid, t.arrival.name, name, x.reason))
+            self.on_event(f"{t.arrival.name} lost with machine {name}: {x.reason}")
 
     def _collect_drains(self) -> None:
         for machine, ref, asked in list(self.drain_refs):
@@ -388,16 +442,18 @@ class ScenarioRun:
         """The report of the run so far: every process against its native run, with the
         balancer's `migrations` and `failures`; `node_cpus` (by Ray node) bound how many
         processes could run at once."""
-        natives: dict[tuple[Path, tuple[str, ...]], bytes | None] = {}
+        natives: dict[tuple[Path, tuple[str, ...], str | None, str | None],
+                      bytes | None] = {}
         processes: list[ProcessReport] = []
         total_cpu = 0.0
         first = min((a.started for a in self.arrivals if a.started is not None), default=0.0)
         last_end = first
         for pid, t in sorted(self.tracked.items()):
             a = t.arrival
-            key = (a.program, tuple(a.args))
+            cwd = a.files.cwd if a.files is not None else None
+            key = (a.program, tuple(a.args), a.stdin, cwd)
             if key not in natives:
-                natives[key] = native_run(a.program, a.args)
+                natives[key] = native_run(a.program, a.args, stdin=a.stdin, cwd=cwd)
             out = t.output(1)
             info = t.info
             machines = [a.placed_on]
@@ -437,7 +493,7 @@ class ScenarioRun:
             mean_slowdown=sum(slowdowns) / len(slowdowns) if slowdowns else None,
             migrations=MigrationSummary(len(migrations), sum(m.bytes for m in migrations),
                                         tuple(migrations), tuple(failures)),
-            drains=tuple(self.drains), lost=tuple(self.lost),
+            drains=tuple(self.drains), lost=tuple(self.lost), restarts=tuple(self.restarts),
             events_failed=tuple(self.events_failed), problems=tuple(self.problems),
             events_not_fired=tuple(PendingEvent(e.at, e.action, e.machine)
                                    for e in self.events),

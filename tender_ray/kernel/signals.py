@@ -1,0 +1,260 @@
+"""The signals of one single-threaded process: its actions, blocked mask, pending set,
+alternate stack and ITIMER_REAL timer (`SignalState`, kernel-side, travelling in the image),
+and delivery — the default action, or a Linux-compatible `rt_sigframe` pushed on the user
+stack and read back by `rt_sigreturn`.
+
+Delivery is engine-neutral: it is a register edit (`CpuState` → `CpuState`) that writes the
+frame through the process's virtual space, applied by the scheduler between two runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+from dataclasses import dataclass, field
+
+from tender_ray.abi.cpu_state import CpuState
+from tender_ray.abi.linux import Errno, Signal, signal_name
+from tender_ray.resources.process import Process
+
+NSIG = 64
+SIG_DFL, SIG_IGN = 0, 1
+SA_SIGINFO, SA_ONSTACK, SA_RESTART = 0x4, 0x08000000, 0x10000000
+SA_NODEFER, SA_RESETHAND, SA_RESTORER = 0x40000000, 0x80000000, 0x04000000
+SS_ONSTACK, SS_DISABLE = 1, 2
+SI_USER, SI_KERNEL, SI_TKILL = 0, 0x80, -6
+UNBLOCKABLE = (1 << (Signal.SIGKILL - 1)) | (1 << (Signal.SIGSTOP - 1))
+# Default action "ignore" (SIGCONT/SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU: stopping is not modelled,
+# so they are ignored too — a stopped single process would only wait for SIGCONT).
+IGNORED_BY_DEFAULT = frozenset({Signal.SIGCHLD, Signal.SIGURG, Signal.SIGWINCH, Signal.SIGCONT,
+                                Signal.SIGSTOP, Signal.SIGTSTP, Signal.SIGTTIN, Signal.SIGTTOU})
+
+# struct rt_sigframe (x86-64): pretcode, struct ucontext (304 bytes), struct siginfo (128).
+UC_OFFSET, SIGINFO_OFFSET, FRAME_SIZE = 8, 8 + 304, 8 + 304 + 128
+MCONTEXT = 40  # uc_mcontext within the ucontext, after uc_flags, uc_link, uc_stack
+SIGMASK = MCONTEXT + 256  # uc_sigmask: the kernel's 8-byte sigset
+# struct sigcontext's first 18 words, in Linux order.
+SIGCONTEXT_REGS = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp",
+                   "rbx", "rdx", "rax", "rcx", "rsp", "rip", "eflags")
+FPSTATE_PTR = MCONTEXT + 184
+FXSAVE_SIZE = 512
+UC_FLAGS = 0x2 | 0x4  # UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS, as Linux sets them
+USER_CS, USER_SS = 0x33, 0x2B
+RED_ZONE = 128
+EFLAGS_USER = 0x40DD5  # CF PF AF ZF SF TF DF OF AC: what sigreturn may change
+
+
+def bit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+@dataclass(frozen=True)
+class SigAction:
+    """One signal's struct kernel_sigaction."""
+
+    handler: int = SIG_DFL
+    flags: int = 0
+    restorer: int = 0
+    mask: int = 0
+
+
+@dataclass(frozen=True)
+class SigInfo:
+    """What a pending signal carries (the first fields of siginfo_t)."""
+
+    signo: int
+    code: int  # SI_USER (kill), SI_TKILL (tkill/tgkill), SI_KERNEL (timer, kernel)
+    pid: int = 0  # the sender (the process itself, or 0 from outside)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """The wait a process is in, so that a signal can end it as Linux would."""
+
+    kind: str  # "sleep" (nanosleep & co., rax holds 0), "pause" (rax holds -EINTR),
+    #            "restart" (a call answered by `restart_call`: rip/rax re-issue it)
+    until: float = 0.0  # sleep: time.time() it ends (for the time left written back)
+    rem: int = 0  # sleep: where to write the time left (0: nowhere)
+    nr: int = -1  # restart: the call's number
+
+
+@dataclass
+class SignalState:
+    """A process's signal state (its computation or the machine's lock guards it; the
+    kernel fills and reads it, and it travels in the image as it is)."""
+
+    actions: list[SigAction] = field(default_factory=lambda: [SigAction()] * NSIG)
+    blocked: int = 0  # rt_sigprocmask's mask (bit sig-1)
+    pending: dict[int, SigInfo] = field(default_factory=dict)  # by signal; one of each
+    altstack: tuple[int, int, int] = (0, SS_DISABLE, 0)  # (ss_sp, ss_flags, ss_size)
+    # ITIMER_REAL: time.monotonic() it fires (None: disarmed) and its interval (seconds).
+    # In an image `timer_left` holds the time left instead, as a sleep's is.
+    timer_at: float | None = None
+    timer_interval: float = 0.0
+    timer_left: float | None = None
+    saved_mask: int | None = None  # rt_sigsuspend's mask to restore after the handler
+    wait: Wait | None = None  # set by a waiting call, cleared when the process runs on
+
+    def for_image(self) -> SignalState:
+        """A copy to travel: the timer as the time left."""
+        left = None if self.timer_at is None else max(0.0, self.timer_at - time.monotonic())
+        return dataclasses.replace(self, actions=list(self.actions), pending=dict(self.pending),
+                                   timer_at=None, timer_left=left)
+
+    def arrived(self) -> SignalState:
+        """The state as it goes on at the destination: the time left as a deadline here."""
+        at = None if self.timer_left is None else time.monotonic() + self.timer_left
+        return dataclasses.replace(self, actions=list(self.actions), pending=dict(self.pending),
+                                   timer_at=at, timer_left=None)
+
+    def ignored(self, sig: int) -> bool:
+        handler = self.actions[sig - 1].handler
+        return handler == SIG_IGN or (handler == SIG_DFL and sig in IGNORED_BY_DEFAULT)
+
+    def deliverable(self) -> int:
+        """The lowest pending signal not blocked (0: none), as Linux picks it."""
+        ready = [s for s in self.pending if not self.blocked & bit(s)
+                 or s in (Signal.SIGKILL, Signal.SIGSTOP)]
+        return min(ready) if ready else 0
+
+
+def of(p: Process) -> SignalState:
+    """The process's signal state (made on first use)."""
+    state: SignalState | None = getattr(p, "signals", None)
+    if state is None:
+        state = SignalState()
+        p.signals = state  # type: ignore[attr-defined]
+    return state
+
+
+def queue(p: Process, info: SigInfo) -> bool:
+    """Make a signal pending (discarded when ignored, as Linux does at generation); whether
+    it is now pending and deliverable, so the caller wakes a waiting process."""
+    state = of(p)
+    if state.ignored(info.signo) and info.signo != Signal.SIGKILL:
+        return False
+    state.pending.setdefault(info.signo, info)
+    return state.deliverable() != 0
+
+
+def default_reason(sig: int) -> str:
+    return f"killed by signal {sig} ({signal_name(sig)})"
+
+
+def timer_due(state: SignalState, now: float) -> bool:
+    """Whether ITIMER_REAL has fired by `now`; re-arms an interval timer."""
+    if state.timer_at is None or state.timer_at > now:
+        return False
+    state.timer_at = (state.timer_at + state.timer_interval if state.timer_interval else None)
+    if state.timer_at is not None and state.timer_at < now:
+        state.timer_at = now + state.timer_interval  # overruns are one signal, as on Linux
+    return True
+
+
+# --- the frame -------------------------------------------------------------------------------
+
+def _fxsave(s: CpuState) -> bytes:
+    top = (s.fpsw >> 11) & 7
+    abridged = sum(1 << i for i in range(8) if (s.fptag >> 2 * i) & 3 != 3)
+    head = struct.pack("<HHBBHQQII", s.fpcw, s.fpsw, abridged, 0, 0, 0, 0, s.mxcsr, 0xFFFF)
+    st = b"".join(struct.pack("<QH6x", *s.st[(top + i) & 7]) for i in range(8))
+    xmm = b"".join(x.to_bytes(16, "little") for x in s.xmm)
+    return (head + st + xmm).ljust(FXSAVE_SIZE, b"\0")
+
+
+def _from_fxsave(s: CpuState, area: bytes) -> CpuState:
+    fpcw, fpsw, abridged, _, _, _, _, mxcsr, _ = struct.unpack_from("<HHBBHQQII", area)
+    top = (fpsw >> 11) & 7
+    stack = [struct.unpack_from("<QH", area, 32 + 16 * i) for i in range(8)]
+    st = tuple(stack[(p - top) & 7] for p in range(8))
+    # A present register is tagged valid (0): the engines classify zero/special themselves.
+    tag = sum(3 << 2 * p for p in range(8) if not abridged >> p & 1)
+    xmm = tuple(int.from_bytes(area[160 + 16 * i:176 + 16 * i], "little") for i in range(16))
+    return dataclasses.replace(s, fpcw=fpcw, fpsw=fpsw, fptag=tag, mxcsr=mxcsr & 0xFFFF,
+                               st=st, xmm=xmm)
+
+
+def push_frame(p: Process, sig: int, s: CpuState) -> CpuState:
+    """Deliver `sig` to its handler: push the rt_sigframe and point the CPU at the handler
+    (the register edit a delivery is). Raises BadAddress when the stack cannot take it."""
+    state = of(p)
+    action = state.actions[sig - 1]
+    info = state.pending.pop(sig)
+    space = p.space
+    assert space is not None
+    rsp = s.reg("rsp")
+    ss_sp, ss_flags, ss_size = state.altstack
+    on_alt = ss_flags != SS_DISABLE and ss_sp < rsp <= ss_sp + ss_size
+    sp = rsp - RED_ZONE
+    if action.flags & SA_ONSTACK and ss_flags != SS_DISABLE and not on_alt:
+        sp = ss_sp + ss_size
+    fpstate = (sp - FXSAVE_SIZE) & ~63
+    frame = ((fpstate - FRAME_SIZE) & ~15) - 8  # rsp+8 16-byte aligned at handler entry
+    mask = state.blocked if state.saved_mask is None else state.saved_mask
+    regs = {n: s.reg(n) for n in SIGCONTEXT_REGS[:16]} | {"rip": s.rip, "eflags": s.rflags}
+    mcontext = struct.pack("<18QHHHHQQQQQ", *(regs[n] for n in SIGCONTEXT_REGS), USER_CS, 0, 0,
+                           USER_SS, 0, 0, mask, 0, fpstate).ljust(256, b"\0")
+    flags = SS_ONSTACK if on_alt or sp == ss_sp + ss_size else ss_flags
+    ucontext = struct.pack("<QQQiiQ", UC_FLAGS, 0, ss_sp, flags, 0, ss_size) + mcontext + \
+        struct.pack("<Q", mask)
+    siginfo = struct.pack("<iiiiiI", info.signo, 0, info.code, 0, info.pid, 0).ljust(128, b"\0")
+    space.write(fpstate, _fxsave(s))
+    space.write(frame, struct.pack("<Q", action.restorer) + ucontext + siginfo)
+    state.blocked |= action.mask | (0 if action.flags & SA_NODEFER else bit(sig))
+    state.blocked &= ~UNBLOCKABLE
+    state.saved_mask = None
+    if action.flags & SA_RESETHAND:
+        state.actions[sig - 1] = SigAction()
+    # The handler starts with the direction flag and the trap flag clear, as on Linux.
+    return s.with_regs(rsp=frame, rip=action.handler, rdi=sig, rsi=frame + SIGINFO_OFFSET,
+                       rdx=frame + UC_OFFSET, rax=0, rflags=s.rflags & ~0x500)
+
+
+def read_frame(p: Process, s: CpuState) -> CpuState:
+    """rt_sigreturn: the registers, FP state and mask the frame at rsp - 8 saved (the
+    handler's `ret` popped the return address)."""
+    state = of(p)
+    space = p.space
+    assert space is not None
+    frame = s.reg("rsp") - 8
+    mc = space.read(frame + UC_OFFSET + MCONTEXT, 256)
+    words = struct.unpack_from("<18Q", mc)
+    regs = dict(zip(SIGCONTEXT_REGS, words, strict=True))
+    fpstate = struct.unpack_from("<Q", mc, 184)[0]
+    mask = struct.unpack("<Q", space.read(frame + UC_OFFSET + SIGMASK, 8))[0]
+    state.blocked = mask & ~UNBLOCKABLE
+    rflags = (s.rflags & ~EFLAGS_USER) | (regs.pop("eflags") & EFLAGS_USER)
+    restored = s.with_regs(rflags=rflags, **regs)
+    if fpstate:
+        restored = _from_fxsave(restored, space.read(fpstate, FXSAVE_SIZE))
+    return restored
+
+
+def end_wait(p: Process, sig: int, s: CpuState) -> CpuState:
+    """A handler for `sig` is about to run over a wait it cut short: the call answers as
+    Linux's does — a sleep -EINTR with the time left written; a call waiting by
+    `restart_call` is re-issued after the handler with SA_RESTART, else answers -EINTR."""
+    state = of(p)
+    wait, state.wait = state.wait, None
+    eintr = -Errno.EINTR & (2**64 - 1)
+    if wait is None:
+        return s
+    if wait.kind == "restart":
+        if state.actions[sig - 1].flags & SA_RESTART or s.reg("rax") != wait.nr:
+            return s
+        return s.with_regs(rip=s.rip + 2, rax=eintr)
+    if wait.kind != "sleep":
+        return s
+    left = wait.until - time.time()
+    if left <= 0:
+        return s  # it had slept its time: it returns 0
+    if wait.rem:
+        assert p.space is not None
+        ns = int(left * 1e9)
+        p.space.write(wait.rem, struct.pack("<qq", ns // 1_000_000_000, ns % 1_000_000_000))
+    return s.with_regs(rax=eintr)
+
+
+__all__ = ["SigAction", "SigInfo", "SignalState", "Wait", "end_wait", "of", "push_frame",
+           "queue", "read_frame"]

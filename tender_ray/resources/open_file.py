@@ -1,0 +1,397 @@
+"""Open files as process state: the open file descriptions and a process's descriptor table.
+
+A description is what `open`, `pipe2` or the machine made (a host file, a directory, a pipe
+end, the standard input stream, an output stream, an emulated device); a descriptor points at
+one, and `dup` shares it with its offset. The whole table is plain data that pickles and deep-
+copies with its sharing intact, so it travels in the process image. Host fds never travel: a
+host file keeps its view path, flags and offset, and its handle in the machine's file service
+is dropped on pickling and reopened at the destination (`FdTable.attach`).
+
+Errors are `OSError` with a Linux errno; a read or write that must wait answers None.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from tender_ray.abi.linux import Errno
+from tender_ray.resources.file_view import FileService, FileView
+
+STDIN_LIMIT = 1 << 20  # bytes the standard input may hold; the feeder waits for less
+PIPE_CAPACITY = 1 << 16  # as Linux's default pipe
+MAX_FDS = 1024  # RLIMIT_NOFILE's usual soft limit
+_ACCESS = os.O_ACCMODE
+
+
+def _error(errno: Errno, what: str) -> OSError:
+    return OSError(int(errno), what)
+
+
+class OpenFile:
+    """An open file description. `flags` are its status flags (access mode, O_APPEND,
+    O_NONBLOCK), owned by the process's computation like everything in the table."""
+
+    kind = "file"
+
+    def __init__(self, flags: int) -> None:
+        self.flags = flags
+        self.refs = 0  # descriptors pointing at it (FdTable's)
+
+    @property
+    def readable(self) -> bool:
+        return self.flags & _ACCESS in (os.O_RDONLY, os.O_RDWR)
+
+    @property
+    def writable(self) -> bool:
+        return self.flags & _ACCESS in (os.O_WRONLY, os.O_RDWR)
+
+    def read(self, length: int) -> bytes | None:
+        raise _error(Errno.EINVAL, f"{self.kind} cannot be read")
+
+    def write(self, data: bytes) -> int | None:
+        raise _error(Errno.EINVAL, f"{self.kind} cannot be written")
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Bytes at an offset, the offset unchanged (also what mmap of an fd reads)."""
+        raise _error(Errno.ESPIPE, f"{self.kind} has no offsets")
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        raise _error(Errno.ESPIPE, f"{self.kind} has no offsets")
+
+    def seek(self, offset: int, whence: int) -> int:
+        raise _error(Errno.ESPIPE, f"{self.kind} cannot seek")
+
+    def release(self) -> None:
+        """The last descriptor is gone."""
+
+    def attach(self, service: FileService) -> None:
+        """Give it the machine's file service (after exec or arrival)."""
+
+
+class HostFile(OpenFile):
+    """A regular file of the host tree, seen through the view: its host fd is a handle in the
+    file service (not migrated); `offset` is the description's and travels."""
+
+    kind = "host file"
+
+    def __init__(self, guest_path: str, host_path: str, flags: int, handle: int,
+                 service: FileService) -> None:
+        super().__init__(flags)
+        self.guest_path = guest_path  # what the guest opened, for /proc-like answers
+        self.host_path = host_path  # reopened from this at a destination
+        self.offset = 0
+        self.handle: int | None = handle  # the service's, dropped on pickling
+        self.service: FileService | None = service
+        self.lost: int | None = None  # the errno of a failed reopen: later calls answer it
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["handle"] = None
+        state["service"] = None
+        return state
+
+    def attach(self, service: FileService) -> None:
+        self.service = service
+        self.handle = None
+        try:
+            # Never recreate or truncate: the file is reopened as it is now.
+            flags = self.flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
+            self.handle = service.open(self.host_path, flags | os.O_NOFOLLOW, 0)
+        except OSError as e:
+            self.lost = e.errno or int(Errno.EIO)
+
+    def _live(self) -> tuple[FileService, int]:
+        if self.lost is not None:
+            raise _error(Errno(self.lost), f"{self.guest_path} vanished since it was opened")
+        if self.service is None or self.handle is None:
+            raise _error(Errno.EIO, f"{self.guest_path} is not attached to a file service")
+        return self.service, self.handle
+
+    def read(self, length: int) -> bytes | None:
+        if not self.readable:
+            raise _error(Errno.EBADF, f"{self.guest_path} is not open for reading")
+        data = self.pread(length, self.offset)
+        self.offset += len(data)
+        return data
+
+    def write(self, data: bytes) -> int | None:
+        if not self.writable:
+            raise _error(Errno.EBADF, f"{self.guest_path} is not open for writing")
+        if self.flags & os.O_APPEND:
+            service, handle = self._live()
+            self.offset = service.fstat(handle).size
+        written = self.pwrite(data, self.offset)
+        self.offset += written
+        return written
+
+    def pread(self, length: int, offset: int) -> bytes:
+        service, handle = self._live()
+        return service.pread(handle, length, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        service, handle = self._live()
+        return service.pwrite(handle, data, offset)
+
+    def seek(self, offset: int, whence: int) -> int:
+        if whence == os.SEEK_SET:
+            base = 0
+        elif whence == os.SEEK_CUR:
+            base = self.offset
+        elif whence == os.SEEK_END:
+            service, handle = self._live()
+            base = service.fstat(handle).size
+        else:
+            raise _error(Errno.EINVAL, f"whence {whence} is not SEEK_SET/CUR/END")
+        if base + offset < 0:
+            raise _error(Errno.EINVAL, "the offset would be negative")
+        self.offset = base + offset
+        return self.offset
+
+    def release(self) -> None:
+        if self.service is not None and self.handle is not None:
+            self.service.close(self.handle)
+        self.handle = None
+
+
+class Directory(OpenFile):
+    """A directory opened for getdents64; `position` counts entries already returned."""
+
+    kind = "directory"
+
+    def __init__(self, guest_path: str, host_path: str, flags: int) -> None:
+        super().__init__(flags)
+        self.guest_path = guest_path
+        self.host_path = host_path
+        self.position = 0
+
+    def read(self, length: int) -> bytes | None:
+        raise _error(Errno.EISDIR, f"{self.guest_path} is a directory")
+
+    def seek(self, offset: int, whence: int) -> int:
+        if whence != os.SEEK_SET or offset < 0:
+            raise _error(Errno.EINVAL, "a directory seeks only to a position it gave")
+        self.position = offset
+        return offset
+
+
+@dataclass
+class PipeBuffer:
+    """The bounded buffer between a pipe's ends; the counts say which ends are still open."""
+
+    data: bytearray = field(default_factory=bytearray)
+    readers: int = 0
+    writers: int = 0
+
+
+class PipeEnd(OpenFile):
+    """One end of an in-process pipe (`pipe2`)."""
+
+    kind = "pipe"
+
+    def __init__(self, pipe: PipeBuffer, write_end: bool, flags: int) -> None:
+        super().__init__(flags | (os.O_WRONLY if write_end else os.O_RDONLY))
+        self.pipe = pipe
+        self.write_end = write_end
+        if write_end:
+            pipe.writers += 1
+        else:
+            pipe.readers += 1
+
+    def read(self, length: int) -> bytes | None:
+        if self.write_end:
+            raise _error(Errno.EBADF, "the write end of a pipe cannot be read")
+        if not self.pipe.data:
+            return b"" if self.pipe.writers == 0 else None
+        data = bytes(self.pipe.data[:length])
+        del self.pipe.data[:length]
+        return data
+
+    def write(self, data: bytes) -> int | None:
+        if not self.write_end:
+            raise _error(Errno.EBADF, "the read end of a pipe cannot be written")
+        if self.pipe.readers == 0:
+            # SIGPIPE too, once signals can be raised (Services.raise_signal).
+            raise _error(Errno.EPIPE, "every read end of the pipe is closed")
+        room = PIPE_CAPACITY - len(self.pipe.data)
+        if room <= 0:
+            return None
+        self.pipe.data.extend(data[:room])
+        return min(room, len(data))
+
+    def release(self) -> None:
+        if self.write_end:
+            self.pipe.writers -= 1
+        else:
+            self.pipe.readers -= 1
+
+
+class StdinStream(OpenFile):
+    """The standard input fed from outside (`Machine.feed_stdin`), bounded by STDIN_LIMIT.
+    `available` False: the driver has no standard input, reads answer EBADF."""
+
+    kind = "standard input"
+
+    def __init__(self, available: bool = True) -> None:
+        super().__init__(os.O_RDONLY)
+        self.buffer = bytearray()  # fed by the machine under its lock, read by the process
+        self.eof = False  # no more data will come
+        self.available = available
+
+    def feed(self, data: bytes, eof: bool) -> int:
+        """Buffer data from the feeder; the bytes now buffered."""
+        if self.eof and data:
+            raise ValueError("standard input already ended (eof was passed): feed nothing more")
+        if len(self.buffer) + len(data) > STDIN_LIMIT:
+            raise ValueError(f"standard input holds {len(self.buffer)} bytes and at most "
+                             f"{STDIN_LIMIT}: feed less, after the process has read some")
+        self.buffer.extend(data)
+        self.eof = self.eof or eof
+        return len(self.buffer)
+
+    def read(self, length: int) -> bytes | None:
+        if not self.available:
+            raise _error(Errno.EBADF, "this process has no standard input")
+        if not self.buffer:
+            return b"" if self.eof else None
+        data = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return data
+
+
+class OutputStream(OpenFile):
+    """Standard output or error: the kernel streams what is written to the owner
+    (`Services.append_output(p, stream, data)`); the description only says which."""
+
+    kind = "output stream"
+
+    def __init__(self, stream: int) -> None:
+        super().__init__(os.O_WRONLY)
+        self.stream = stream  # 1 or 2
+
+
+class Device(OpenFile):
+    """/dev/null, /dev/zero, /dev/urandom, emulated."""
+
+    kind = "device"
+
+    def __init__(self, name: str, flags: int) -> None:
+        super().__init__(flags)
+        self.name = name  # "null", "zero", "urandom"
+
+    def read(self, length: int) -> bytes | None:
+        return self.pread(length, 0)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        if self.name == "null":
+            return b""
+        return bytes(length) if self.name == "zero" else os.urandom(length)
+
+    def write(self, data: bytes) -> int | None:
+        return len(data)
+
+    def seek(self, offset: int, whence: int) -> int:
+        return 0
+
+
+@dataclass
+class FdEntry:
+    """One descriptor: the description it points at and its own FD_CLOEXEC flag."""
+
+    file: OpenFile
+    cloexec: bool = False
+
+
+class FdTable:
+    """A process's descriptors, lowest free first; owned by its computation."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, FdEntry] = {}
+
+    def get(self, fd: int) -> OpenFile:
+        entry = self.entries.get(fd)
+        if entry is None:
+            raise _error(Errno.EBADF, f"descriptor {fd} is not open")
+        return entry.file
+
+    def install(self, file: OpenFile, *, lowest: int = 0, cloexec: bool = False,
+                fd: int | None = None) -> int:
+        """Point a descriptor at a description: `fd` exactly (closing what it held), or the
+        lowest free one at or above `lowest`."""
+        if fd is None:
+            fd = lowest
+            while fd in self.entries:
+                fd += 1
+        if fd >= MAX_FDS or fd < 0:
+            raise _error(Errno.EMFILE if fd >= MAX_FDS else Errno.EBADF,
+                         f"descriptor {fd} is out of 0..{MAX_FDS - 1}")
+        file.refs += 1
+        if fd in self.entries:
+            self.close(fd)
+        self.entries[fd] = FdEntry(file, cloexec)
+        return fd
+
+    def dup(self, old: int, *, new: int | None = None, lowest: int = 0,
+            cloexec: bool = False) -> int:
+        return self.install(self.get(old), fd=new, lowest=lowest, cloexec=cloexec)
+
+    def close(self, fd: int) -> None:
+        entry = self.entries.pop(fd, None)
+        if entry is None:
+            raise _error(Errno.EBADF, f"descriptor {fd} is not open")
+        entry.file.refs -= 1
+        if entry.file.refs == 0:
+            entry.file.release()
+
+    def close_all(self) -> None:
+        for fd in sorted(self.entries):
+            self.close(fd)
+
+    def attach(self, service: FileService) -> None:
+        """After arrival: reopen every host file through this machine's service."""
+        seen: set[int] = set()
+        for entry in self.entries.values():
+            if id(entry.file) not in seen:
+                seen.add(id(entry.file))
+                entry.file.attach(service)
+
+    def stdin(self) -> StdinStream | None:
+        """The standard input stream, wherever a descriptor holds it."""
+        for entry in self.entries.values():
+            if isinstance(entry.file, StdinStream):
+                return entry.file
+        return None
+
+
+def standard_files(stdin: StdinStream | None = None) -> FdTable:
+    """Descriptors 0, 1, 2: the standard input (empty and ended unless given), the outputs."""
+    table = FdTable()
+    if stdin is None:
+        stdin = StdinStream()
+        stdin.eof = True  # nothing will come: reads answer end of file
+    table.install(stdin)
+    table.install(OutputStream(1))
+    table.install(OutputStream(2))
+    return table
+
+
+@dataclass(frozen=True)
+class FilesImage:
+    """A process's open files as they travel: the descriptor table (offsets, flags, pipe
+    contents, the standard input's buffer) and its view, pickled together so shared
+    descriptions stay shared. Host fds stay behind: the first file call at the destination
+    reopens them through its own service (kernel/file_calls.py)."""
+
+    blob: bytes = b""  # empty: the standard descriptors and the default view
+
+    @classmethod
+    def of(cls, files: FdTable, view: FileView | None) -> FilesImage:
+        return cls(pickle.dumps((files, view)))
+
+    def restore(self) -> tuple[FdTable, FileView | None]:
+        if not self.blob:
+            return standard_files(), None
+        files, view = pickle.loads(self.blob)
+        return files, view
