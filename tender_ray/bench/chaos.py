@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -45,6 +46,7 @@ CHECKPOINT_EVERY = 0.5  # seconds between a machine's checkpoints of each proces
 # process gets a few checkpoints in before any crash (the start may also wait in a queue).
 CRASH_MARGIN = 1.0 + 4 * CHECKPOINT_EVERY
 CRASH_SPREAD = 1.5  # seconds after the margin over which the crashes fall
+ANCHOR_AFTER_CRASH = 2.0  # seconds the process pinned to a crashing machine outlives it
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,16 @@ def chaos_scenario(spec: ChaosSpec) -> Scenario:
     events = [EventSpec(at=0.1 * spec.duration, action=EventAction.DRAIN, machine=drained,
                         deadline=max(30.0, spec.duration)),
               EventSpec(at=0.3 * spec.duration, action=EventAction.UNDRAIN, machine=drained)]
-    for name in crashed:
+    for i, name in enumerate(crashed):
         # Soon after the margin, while the last arrivals still run.
-        events.append(EventSpec(at=round(first_crash + rng.uniform(0, CRASH_SPREAD), 3),
-                                action=EventAction.CRASH_MACHINE, machine=name))
+        at = round(first_crash + rng.uniform(0, CRASH_SPREAD), 3)
+        events.append(EventSpec(at=at, action=EventAction.CRASH_MACHINE, machine=name))
+        # However fast the others end, one process on the machine outlives its crash (a
+        # scenario ends when its processes have, and a crash after that would never fire).
+        # It arrives first, so it has started (and been checkpointed) long before.
+        rounds = math.ceil((at + ANCHOR_AFTER_CRASH) * 100)  # 10 ms per round
+        workloads[i] = WorkloadSpec(program="memhold", args=["8", str(rounds), "10"],
+                                    at=0.0, machine=name)
     return Scenario(
         name=f"chaos-seed{spec.seed}",
         description=f"{spec.processes} processes, {spec.machines} machines, "

@@ -39,7 +39,7 @@ POLICIES = [p.value for p in Policy]
 # The benchmarks `tender-ray bench` runs: each module's own `main(argv, prog)`.
 BENCHMARKS = {"engine": "tender_ray.bench.engine", "migration": "tender_ray.bench.migration",
               "policy": "tender_ray.bench.policy", "chaos": "tender_ray.bench.chaos",
-              "churn": "tender_ray.bench.churn"}
+              "churn": "tender_ray.bench.churn", "io": "tender_ray.bench.io"}
 
 
 def _setting(parser: argparse.ArgumentParser, flag: str, field: str, metavar: str = "",

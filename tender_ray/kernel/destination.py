@@ -309,7 +309,7 @@ class MigrationDestination:
         p.cpu_features = k.cpu_features
         p.tid_address, p.sleep_left = k.tid_address, k.sleep_left
         if k.signals is not None:  # its signal state goes on here, its timer from its time left
-            p.signals = k.signals.arrived()  # type: ignore[attr-defined]  # see signals.of
+            p.signals = k.signals.arrived()
         p.stdout, p.stderr = bytearray(k.stdout), bytearray(k.stderr)
         p.stdout_taken, p.stderr_taken = k.stdout_taken, k.stderr_taken
         p.accounting, p.created_at = k.accounting, k.created_at

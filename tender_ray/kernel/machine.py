@@ -164,7 +164,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
         # goes back to the pool.
         p.files.close_all()
         p.reset()
-        p.signals = signals.SignalState()  # type: ignore[attr-defined]  # see signals.of
+        p.signals = signals.SignalState()
         if p.cpu is not None:
             p.cpu.reset()
         p.space = self.kernel_space

@@ -124,7 +124,7 @@ def of(p: Process) -> SignalState:
     state: SignalState | None = getattr(p, "signals", None)
     if state is None:
         state = SignalState()
-        p.signals = state  # type: ignore[attr-defined]
+        p.signals = state
     return state
 
 

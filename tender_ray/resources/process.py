@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tender_ray.abi.cpu_state import CpuState, RegisterEdit
 from tender_ray.resources.file_view import FileView
@@ -147,6 +147,9 @@ class Process:
         # Open files and the view they are opened through: its computation's while it runs
         # (system calls change them), the migration's while FROZEN; they travel.
         self.files = standard_files()
+        # The kernel's signal state (kernel/signals.py's SignalState; made on first use):
+        # its computation's while it runs, the migration's while FROZEN.
+        self.signals: Any = None
         self.view: FileView | None = None  # None: the host tree from the machine's cwd
 
     @property

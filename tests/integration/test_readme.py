@@ -60,6 +60,7 @@ COVERED: dict[str, tuple[str, str]] = {
     "tender-ray undrain": ("tests/integration/test_operate.py", '"undrain"'),
     "tender-ray down": ("tests/integration/test_operate.py", '"down"'),
     "tender-ray top": ("tests/unit/test_top.py", "top"),
+    "tender-ray bench io": ("tests/unit/test_bench_io.py", "io_benchmark"),
     "prometheus": ("tests/integration/test_dashboards.py", "--config.file"),
     # Grafana itself is not run; its dashboards are checked against their builder and
     # every panel's query against a real Prometheus.
@@ -136,9 +137,13 @@ def test_every_readme_command_is_tested() -> None:
 
 
 def small_scenario(path: Path, tmp_path: Path) -> Path:
-    """A copy of scenario `path` with its workloads' numeric arguments capped by SMALL."""
+    """A copy of scenario `path` with its workloads' numeric arguments capped by SMALL (its
+    file paths still resolve where the original's did)."""
     data: dict[str, Any] = yaml.safe_load(path.read_text())
     for w in data.get("workloads", []):
+        w["cwd"] = str((path.parent / w.get("cwd", ".")).resolve())
+        if "stdin" in w:
+            w["stdin"] = str((path.parent / w["stdin"]).resolve())
         caps = SMALL.get(Path(str(w["program"])).name, ())
         w["args"] = [str(min(int(a), caps[i])) if i < len(caps) and str(a).isdigit() else str(a)
                      for i, a in enumerate(w.get("args", []))]

@@ -493,3 +493,24 @@ def test_drain_report_lists_every_move_even_with_a_slow_reply() -> None:
         if balancer is not None:
             balancer.stop()
         cluster.shutdown()
+
+
+# --- real programs: Debian's, reading files and stdin, moved and drained ----------------------
+
+def test_real_programs_scenario_outputs_are_native(tmp_path: Path) -> None:
+    """configs/real-programs.yaml as shipped: Debian's dynamically linked coreutils, gzip, xz,
+    bc and python3 and busybox-static, reading a file or a stdin file from the scenario's
+    directory, balanced and drained mid-run; every output is the native run's."""
+    scenario_file = Path(__file__).resolve().parents[2] / "configs" / "real-programs.yaml"
+    read = read_scenario(scenario_file)
+    missing = [str(w.program) for w in read.scenario.workloads if not Path(w.program).exists()]
+    if missing:
+        pytest.skip(f"not installed here: {', '.join(missing)} (make setup installs them)")
+    assert read.problems == ()
+    result = run_live(read.scenario, read.programs, address=None, policy=None,
+                      report_dir=tmp_path / "rep", live=False)
+    report = result.report
+    assert len(report.processes) == sum(w.count for w in read.scenario.workloads)
+    for p in report.processes:
+        assert finished_native(p), p
+    assert report.lost == () and report.ok, report.events_failed

@@ -43,9 +43,16 @@ def test_crashes_after_the_drain_on_distinct_machines_leaving_a_survivor(seed: i
     assert min(crash_times) >= max(w.at for w in scenario.workloads) + CRASH_MARGIN
     assert len(scenario.workloads) == spec.processes
     assert all(w.at <= 0.4 * spec.duration for w in scenario.workloads)
-    # None pinned to a machine that will crash: it might never start.
-    assert all(w.machine is None or w.machine in names - set(crashed)
-               for w in scenario.workloads)
+    # On each machine that will crash, one process arriving first outlives the crash (else
+    # the scenario could end before it); no other is pinned there: it might never start.
+    anchors = [w for w in scenario.workloads if w.machine in crashed]
+    assert sorted(w.machine or "" for w in anchors) == sorted(crashed)
+    for w in anchors:
+        crash_at = next(e.at for e in scenario.events if e.machine == w.machine
+                        and e.action is EventAction.CRASH_MACHINE)
+        assert w.at == 0.0 and w.program == "memhold"
+        assert int(w.args[1]) * 0.01 >= crash_at + 1.0  # rounds of 10 ms sleep
+    assert all(w.machine is None or w.machine in names for w in scenario.workloads)
     # Checkpoints on: a crashed machine's processes have something to restart from.
     assert all(c.checkpoint is not None for c in scenario.machine_configs())
 

@@ -326,7 +326,7 @@ def test_time_slicing_several_processes_on_one_computation(
     assert frames_free(m)
 
 
-@pytest.mark.parametrize(("quantum_us", "count"), [(100, "5000000"), (4000, "150000000")])
+@pytest.mark.parametrize(("quantum_us", "count"), [(100, "50000000"), (4000, "150000000")])
 def test_read_modify_write_is_exact_under_many_preemptions(
         make_machine: Callable[..., Machine], quantum_us: int, count: str) -> None:
     m = make_machine(engine="native", quantum_us=quantum_us, quantum_growth=1)

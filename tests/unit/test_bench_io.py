@@ -1,0 +1,28 @@
+"""The system-call-heavy benchmark runs Debian's programs on each engine, checks their output
+against the native run, and reports a ratio per case and engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tender_ray.bench.io import io_benchmark
+from tender_ray.bench.options import usable_engines
+
+
+def test_io_benchmark_reports_every_case_with_native_outputs() -> None:
+    for program in ("/usr/bin/sha256sum", "/usr/bin/gzip"):
+        if not Path(program).is_file():
+            pytest.skip(f"{program} is not installed here")
+    engines = usable_engines("native,emulated")
+    result = io_benchmark(2, engines, repeat=1)
+    assert [r["case"] for r in result["rows"]] == [
+        "sha256sum FILE", "gzip -c -1 <FILE", "sha256sum FILE, migrated"]
+    for row in result["rows"]:
+        assert row["native_s"] > 0
+        for engine in engines:
+            column = row["engines"][engine]
+            assert column["identical"], (row["case"], engine)
+            assert column["ratio"] == pytest.approx(column["best_s"] / row["native_s"],
+                                                    rel=0.01)
