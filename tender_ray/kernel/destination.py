@@ -210,7 +210,9 @@ class MigrationDestination:
 
     def _reap_leases(self) -> None:
         """Release the arriving migrations whose source went silent past the lease (a thread
-        of its own: it must run whatever the computations do)."""
+        of its own: it must run whatever the computations do). The outcome is decided first,
+        under the lock, so no late call can commit; the resources are given back just after,
+        outside it (releasing an engine context may wait for its tracer)."""
         lease = self.config.migration_lease_s
         while True:
             time.sleep(min(lease / 4, 0.5))

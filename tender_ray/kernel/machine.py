@@ -185,8 +185,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
         The image is kept on the machine's plate once; the text is in memory from then on.
         A dynamically linked program's loader (PT_INTERP) is read with `read_file(path)`
         (the machine's own files unless given) and mapped too; the process starts in it.
-        `files` is the process's view of the host tree (default: all of it, the machine's
-        cwd writable); `stdin` is "empty", "none" (EBADF), "stream" (`feed_stdin`) or a path
+        `files` is the process's view of the host tree (default: all of it, read-only, from
+        the machine's cwd); `stdin` is "empty", "none" (EBADF), "stream" (`feed_stdin`) or a path
         in the view.
         """
         self.scheduler.check_running()

@@ -206,6 +206,9 @@ def test_source_dead_after_create_is_released_by_the_lease(new_machine: MakeMach
         # (an image the expired call refuses before reading any of it)
         b.transform(cast(ProcessImage, SimpleNamespace(pid=4242)), LocalTransport(),
                     MigrationOptions(), mid)
+    # The reaper decides EXPIRED first (so no late call can commit), then gives back.
+    wait_until(lambda: not any(s.live for s in b.statistics().managers), timeout=5,
+               what="the expired migration's resources to be given back")
     assert_clean(b)
 
 
