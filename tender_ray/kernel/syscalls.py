@@ -23,8 +23,6 @@ from tender_ray.resources.file_view import LocalFileService
 from tender_ray.resources.process import Process
 from tender_ray.resources.virtual_space import BadAddress
 
-MAX_IO = 1 << 24  # one write moves at most 16 MiB, like a pipe would in chunks
-
 Handler = Callable[["SystemCalls", Process, SyscallArgs], SyscallOutcome]
 
 _REALTIME_CLOCKS = frozenset({linux.CLOCK_REALTIME, linux.CLOCK_REALTIME_COARSE,
@@ -113,47 +111,7 @@ class SystemCalls:
             return SyscallOutcome(outcome.result, stop=True)
         return outcome
 
-    # --- input and output ----------------------------------------------------------------
-
-    def read(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        fd = a[0]
-        if fd != 0:
-            return SyscallOutcome(-Errno.EBADF)
-        return SyscallOutcome(0)  # a Tender process's standard input is empty
-
-    def _output(self, p: Process, fd: int, data: bytes) -> int:
-        if fd not in (1, 2):
-            return -Errno.EBADF
-        self.services.append_output(p, fd, data)
-        return len(data)
-
-    def write(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        fd, buf, count = a[0], a[1], min(a[2], MAX_IO)
-        if fd not in (1, 2):
-            return SyscallOutcome(-Errno.EBADF)
-        assert p.space is not None
-        return SyscallOutcome(self._output(p, fd, p.space.read(buf, count)))
-
-    def writev(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        fd, iov, count = a[0], a[1], a[2]
-        if fd not in (1, 2):
-            return SyscallOutcome(-Errno.EBADF)
-        if count > 1024:
-            return SyscallOutcome(-Errno.EINVAL)
-        assert p.space is not None
-        vectors = struct.unpack(f"<{2 * count}Q", p.space.read(iov, 16 * count))
-        data = b"".join(p.space.read(vectors[2 * i], vectors[2 * i + 1])
-                        for i in range(count))
-        return SyscallOutcome(self._output(p, fd, data))
-
-    def close(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        return SyscallOutcome(0 if a[0] in (0, 1, 2) else -Errno.EBADF)
-
-    def ioctl(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        if a[0] not in (0, 1, 2):
-            return SyscallOutcome(-Errno.EBADF)
-        # Not a terminal (TIOCGWINSZ, TCGETS, any request): stdio buffers fully, as in a pipe.
-        return SyscallOutcome(-Errno.ENOTTY)
+    # Input and output, on any descriptor, are kernel/file_calls.py's.
 
     # --- memory --------------------------------------------------------------------------
 
@@ -322,8 +280,6 @@ class SystemCalls:
 
 # The calls served, by Linux name (several names share a handler).
 _HANDLERS: dict[str, Handler] = {
-    "read": SystemCalls.read, "write": SystemCalls.write, "writev": SystemCalls.writev,
-    "close": SystemCalls.close, "ioctl": SystemCalls.ioctl,
     "brk": SystemCalls.brk, "mmap": SystemCalls.mmap, "munmap": SystemCalls.munmap,
     "mprotect": SystemCalls.mprotect, "madvise": SystemCalls.madvise,
     "getpid": SystemCalls.getpid, "gettid": SystemCalls.getpid, "getppid": SystemCalls.getppid,
