@@ -19,6 +19,14 @@ class Engine(str, enum.Enum):
     EMULATED = "emulated"
 
 
+class HostFiles(str, enum.Enum):
+    """Whose host files a machine's processes use (`kernel/host_tree.py`)."""
+
+    NODE = "node"  # its own; a process from a machine on the same Ray node keeps them too
+    HOME = "home"  # its own; a process from any other machine sends its file calls home
+    NONE = "none"  # none of its own: processes that arrived use their home's
+
+
 class FaultAction(str, enum.Enum):
     RAISE = "raise"  # the step fails with FaultInjected; the machine lives on
     EXIT = "exit"  # the machine's whole process dies at once, as in a crash
@@ -117,6 +125,13 @@ class MachineConfig(BaseModel):
     plate_dir: str | None = Field(default=None,
                                   description="the machine's plate directory (default: a "
                                               "temporary directory)")
+    host_files: HostFiles = Field(
+        default=HostFiles.NODE,
+        description="whose host files processes use: node (this host's; a process that came "
+                    "from a machine on the same Ray node uses them directly), home (a process "
+                    "that came from another machine sends every file call to the machine it "
+                    "started on), none (no host files here: only processes that arrived, "
+                    "through their home)")
     fault: FaultSpec | None = Field(default=None,
                                     description="a fault to inject once (drills and tests)")
     checkpoint: CheckpointSpec | None = Field(

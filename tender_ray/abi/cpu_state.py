@@ -24,7 +24,11 @@ class CpuState:
     """Everything of a CPU a process needs to continue elsewhere, independent of the engine.
 
     `st` holds the x87 data registers as (64-bit mantissa, 16-bit sign+exponent) in physical
-    register order; `xmm` the sixteen 128-bit SSE registers.
+    register order; `xmm` the sixteen 128-bit SSE registers. `extended` is the rest of the
+    XSAVE area as the native engine's host saved it (AVX upper halves, AVX-512 registers and
+    masks; Linux's NT_X86_XSTATE layout from byte 512): empty when no such component is in
+    use. Only a host with the same XSAVE layout restores it, which the CPU features a process
+    records ensure (`engines.features`); the emulated CPU has none of those registers.
     """
 
     gpr: tuple[int, ...]
@@ -38,6 +42,7 @@ class CpuState:
     fptag: int
     st: tuple[tuple[int, int], ...]
     xmm: tuple[int, ...]
+    extended: bytes = b""
 
     @classmethod
     def initial(cls, entry: int, stack_pointer: int) -> CpuState:
@@ -73,6 +78,10 @@ class Stop:
     signal: int = 0
     address: int = 0
     detail: str = ""
+    # A fault the CPU raised: its si_code (SEGV_MAPERR, FPE_INTDIV, SI_KERNEL...), so the
+    # kernel can hand it to the process's handler. 0: the process was killed, lost its host
+    # process or its engine broke; it cannot go on.
+    code: int = 0
 
 
 @dataclass(frozen=True)

@@ -369,4 +369,7 @@ ITIMER_PROF: Final = 2
 # siginfo codes
 SI_USER: Final = 0
 SI_KERNEL: Final = 0x80
-SEGV_MAPERR: Final = 1
+SEGV_MAPERR: Final = 1  # no mapping at the address
+SEGV_ACCERR: Final = 2  # a mapping, without the access rights
+ILL_ILLOPN: Final = 2
+FPE_INTDIV: Final = 1

@@ -5,7 +5,6 @@ protocols: the Ray layer's balancer actor runs it over machine handles, tests ov
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,19 +13,16 @@ from tender_ray import logs
 from tender_ray.balancing.client import (
     Clock,
     DrainingNodes,
-    Load,
     MachineClient,
-    Pending,
     SystemClock,
 )
-from tender_ray.balancing.node_drain import NodeDrains
+from tender_ray.balancing.node_drain import NodeDrains, machine_loads
 from tender_ray.balancing.policies import (
     HEADROOM,
     Balancer,
     BalancerParams,
     MachineLoad,
     Move,
-    snapshot,
 )
 from tender_ray.balancing.state import BalancerState, DrainReport
 from tender_ray.errors import TenderError, UnknownMachineError
@@ -181,21 +177,8 @@ class BalancingLoop:
 
     def _snapshots(self) -> list[MachineLoad]:
         with self._lock:
-            clients = dict(self._clients)
-        # Asked of every machine at once, then collected: one round trip, not one each.
-        pending: dict[str, Pending[Load]] = {}
-        for name, client in clients.items():
-            with contextlib.suppress(TenderError):
-                pending[name] = client.load_async()
-        now = self._clock.time()
-        loads = []
-        for reply in pending.values():
-            try:
-                stats, procs = reply.result(self._call_timeout)
-            except TenderError:
-                continue  # a dead machine is not a place to balance to or from
-            loads.append(snapshot(stats, procs, now))
-        return loads
+            clients = list(self._clients.values())
+        return machine_loads(clients, self._clock, self._call_timeout)
 
     def _cordon_draining_nodes(self) -> bool:
         """The cluster manager drains a node (preemption, `ray drain-node`): cordon its

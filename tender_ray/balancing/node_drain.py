@@ -16,11 +16,18 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from tender_ray import logs
-from tender_ray.balancing.client import Clock, DrainingNodes, MachineClient, SystemClock
+from tender_ray.balancing.client import (
+    Clock,
+    DrainingNodes,
+    Load,
+    MachineClient,
+    Pending,
+    SystemClock,
+)
 from tender_ray.balancing.policies import (
     HEADROOM,
     Balancer,
@@ -36,6 +43,24 @@ from tender_ray.migration.record import MigrationRecord
 
 NO_DEADLINE = math.inf  # a drain announced without a deadline (Ray's 0)
 MARGIN = 0.25  # seconds kept free before a deadline: a move predicted to end later waits
+
+
+def machine_loads(clients: Iterable[MachineClient], clock: Clock,
+                  timeout: float) -> list[MachineLoad]:
+    """One look at each machine of `clients`, the balancing loop's and the evacuation's: a
+    machine that is gone or does not answer within `timeout` seconds is left out (it is not a
+    place to move processes to or from)."""
+    # Asked of every machine at once, then collected: one round trip, not one each.
+    pending: list[Pending[Load]] = []
+    for client in clients:
+        with contextlib.suppress(TenderError):
+            pending.append(client.load_async())
+    now = clock.time()
+    loads = []
+    for reply in pending:
+        with contextlib.suppress(TenderError):
+            loads.append(snapshot(*reply.result(timeout), now))
+    return loads
 
 
 @dataclass(frozen=True)
@@ -172,17 +197,8 @@ class NodeDrains:
 
     def _loads(self) -> list[MachineLoad]:
         with self._lock:
-            clients = dict(self._clients)
-        pending = {}
-        for name, client in clients.items():
-            with contextlib.suppress(TenderError):
-                pending[name] = client.load_async()
-        now = self._clock.time()
-        loads = []
-        for reply in pending.values():
-            with contextlib.suppress(TenderError):
-                loads.append(snapshot(*reply.result(self._call_timeout), now))
-        return loads
+            clients = list(self._clients.values())
+        return machine_loads(clients, self._clock, self._call_timeout)
 
     def _evacuate(self, status: NodeDrainStatus, draining: set[str]) -> list[DrainReport]:
         """Move every process off the node's machines before its deadline, largest first; a

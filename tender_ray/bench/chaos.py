@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tender_ray.balancing.policies import Policy
+from tender_ray.bench.scenarios import SIEVE, Program, compute_sleep, memhold, start_scenario
 from tender_ray.cli.scenario.model import (
     BalancerSpec,
     EventAction,
@@ -26,19 +27,13 @@ from tender_ray.cli.scenario.model import (
     MachineSpec,
     Scenario,
     WorkloadSpec,
-    resolve_program,
 )
 from tender_ray.config import CheckpointSpec
 from tender_ray.errors import UsageError
 
-# Programs of workloads/bin with their arguments: each runs a few seconds natively at most and
-# writes an output the report compares with the native run's (a mix of compute, sleep and
-# memory, so checkpoints carry pages and processes are caught asleep and running).
-PROGRAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("compute_sleep", ("250",)),
-    ("memhold", ("16", "300", "10")),
-    ("sieve", ("20000000",)),
-)
+# What the arrivals run: a mix of compute, sleep and memory, so checkpoints carry pages and
+# processes are caught asleep and running.
+PROGRAMS: tuple[Program, ...] = (compute_sleep(250), memhold(16), SIEVE)
 MACHINE_PREFIX = "m"  # machines are m0..m<n-1>
 CHECKPOINT_EVERY = 0.5  # seconds between a machine's checkpoints of each process
 # Seconds from the last arrival to the first crash: a process younger than its first checkpoint
@@ -168,14 +163,9 @@ class ChaosResult:
 def run_chaos(spec: ChaosSpec, *, address: str | None = None,
               on_event: Any = None) -> ChaosResult:
     """Run the chaos scenario of `spec` on a Ray cluster (embedded unless `address`)."""
-    from tender_ray.cli.scenario.run import ScenarioRun
-
     scenario = chaos_scenario(spec)
-    base = Path.cwd()
-    programs = {i: resolve_program(w.program, base) for i, w in enumerate(scenario.workloads)}
-    run = ScenarioRun(scenario, programs, address=address, on_event=on_event)
     started = time.monotonic()
-    run.setup()
+    run = start_scenario(scenario, address=address, on_event=on_event)
     deadline = started + scenario.timeout
     leaked: dict[str, int] = {}
     restart_seconds: list[float] = []

@@ -2,9 +2,12 @@
 with the balancer moving them (most arrive on one machine, so it must), run on real machine
 actors. It checks that nothing leaks: at the end every machine's frames are all free and every
 resource manager has nothing handed out (`ManagerStatistics.live == 0`), no machine actor was
-restarted (its worker pid unchanged), every output is the native one, and the machine actors'
-worker memory (VmRSS from /proc/<pid>/status, sampled at the start, middle and end) stays
-flat: it reports the slope in MiB per 100 processes."""
+restarted (its worker pid unchanged), every output is the native one, and it records the
+machine actors' worker memory over the run, every `--sample-every` seconds: VmRSS and its
+parts (`memory_kib`), two of which only grow to a high-water mark (the machine's real memory,
+whose freed frames are kept, and the Ray object store pages the worker touched). What tells a
+leak from a warm-up is the second half of the run: the slope there in MiB per minute and the
+growth from the half-way point to the end, of the whole and of each part."""
 
 from __future__ import annotations
 
@@ -19,25 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from tender_ray.balancing.policies import Policy
-from tender_ray.cli.scenario.model import (
-    BalancerSpec,
-    MachineSpec,
-    Scenario,
-    WorkloadSpec,
-    resolve_program,
-)
+from tender_ray.bench.scenarios import SIEVE, Program, compute_sleep, memhold, start_scenario
+from tender_ray.cli.scenario.model import BalancerSpec, MachineSpec, Scenario, WorkloadSpec
 from tender_ray.errors import UsageError
 from tender_ray.kernel.snapshots import MachineStatistics
 
-# Programs of workloads/bin of a few seconds at most natively, a mix of compute, sleep and
-# memory so frames, files and processes are made and given back all the time; the computing
-# ones live long enough for a balancing round to see the hot machine loaded and move them.
-PROGRAMS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("compute_sleep", ("250",)),
-    ("compute_sleep", ("150",)),
-    ("memhold", ("4", "300", "10")),
-    ("sieve", ("20000000",)),
-)
+# What the arrivals run: a mix of compute, sleep and memory so frames, files and processes are
+# made and given back all the time; the computing ones live long enough for a balancing round
+# to see the hot machine loaded and move them.
+PROGRAMS: tuple[Program, ...] = (compute_sleep(250), compute_sleep(150), memhold(4), SIEVE)
 MACHINES = 4
 HOT_MACHINE = "m0"  # where most processes arrive: the balancer has work to do
 HOT_SHARE = 0.75  # the share of arrivals on HOT_MACHINE; the rest go to the least loaded
@@ -105,18 +98,121 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def slope_mib_per_100(samples: Sequence[tuple[int, float]]) -> float | None:
-    """The least-squares slope of (processes started, RSS MiB) samples, per 100 processes;
-    None with fewer than two distinct process counts."""
-    if len(samples) < 2:
+def memory_kib(pid: int, frames_bytes: int) -> dict[str, int] | None:
+    """Where a machine actor's worker memory is, in KiB; None when the process is gone.
+
+    "rss" (VmRSS) and its kinds from /proc/<pid>/status, "anon" (the heaps: interpreter,
+    numpy, engines), "file" (code and files mapped) and "shmem"; and from /proc/<pid>/smaps
+    two mappings that only grow to a high-water mark: "frames", the machine's real memory
+    (the native engine's memfd "tender-real-memory", or an anonymous mapping of exactly
+    `frames_bytes`: freed frames are kept, never given back to the host), and
+    "object_store", Ray's object store (plasma) pages the worker has touched, page blocks
+    of migrations among them. A part not found is left out (an anonymous mapping the kernel
+    merged with a neighbour has another size: no figure rather than a wrong one)."""
+    out: dict[str, int] = {}
+    keys = {"VmRSS:": "rss", "RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        smaps = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
         return None
-    xs = [float(x) for x, _ in samples]
-    ys = [y for _, y in samples]
+    for line in status:
+        key, _, value = line.partition(" ")
+        if key.strip() in keys:
+            out[keys[key.strip()]] = int(value.split()[0])
+    if "rss" not in out:
+        return None
+    part = ""
+    for line in smaps:
+        head, _, rest = line.partition(" ")
+        if "-" in head and ":" not in head:  # a mapping's first line: range, perms, ..., name
+            lo, _, hi = head.partition("-")
+            fields = rest.split(maxsplit=4)
+            name = fields[4] if len(fields) > 4 else ""
+            try:
+                size = int(hi, 16) - int(lo, 16)
+            except ValueError:
+                size = -1
+            part = ("frames" if "tender-real-memory" in name
+                    or (not name and size == frames_bytes)
+                    else "object_store" if "plasma" in name else "")
+        elif part and head == "Rss:":
+            out[part] = out.get(part, 0) + int(rest.split()[0])
+    return out
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float | None:
+    """The least-squares slope of (x, y) points; None with fewer than two distinct x."""
+    if len(points) < 2:
+        return None
+    xs = [float(x) for x, _ in points]
+    ys = [y for _, y in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mx) ** 2 for x in xs)
     if var == 0:
         return None
-    return 100 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def slope_mib_per_100(samples: Sequence[tuple[int, float]]) -> float | None:
+    """The least-squares slope of (processes started, RSS MiB) samples, per 100 processes;
+    None with fewer than two distinct process counts."""
+    per_process = slope(samples)
+    return None if per_process is None else 100 * per_process
+
+
+# The parts of a sample the steady state is given for: the whole, the two high-water
+# mappings, the heaps, and what is neither high-water mapping ("other").
+PARTS = ("rss", "frames", "object_store", "anon", "other")
+
+
+@dataclass(frozen=True)
+class RssSample:
+    """One look at a machine actor's worker memory, in MiB by part (see `memory_kib`)."""
+
+    seconds: float  # after the run started
+    processes: int  # started by then
+    mib: dict[str, float]  # "rss", and the parts that were found
+
+    @property
+    def rss_mib(self) -> float:
+        return self.mib["rss"]
+
+    def part(self, name: str) -> float | None:
+        """A part in MiB; "other" is the RSS besides the frames and the object store (None
+        unless both were found)."""
+        if name == "other":
+            if "frames" not in self.mib or "object_store" not in self.mib:
+                return None
+            return round(self.mib["rss"] - self.mib["frames"] - self.mib["object_store"], 1)
+        return self.mib.get(name)
+
+
+@dataclass(frozen=True)
+class SteadyState:
+    """A machine actor's memory over the second half of the run: from `half_at` seconds (the
+    half-way point of the arrivals) to the last sample, by part (`PARTS`)."""
+
+    half_at: float
+    samples: int  # in the second half, both ends included
+    mib_per_min: dict[str, float | None]  # least-squares slope
+    growth_mib: dict[str, float | None]  # the last sample less the one at the half-way point
+
+
+def steady_state(samples: Sequence[RssSample], half_at: float) -> SteadyState:
+    """The second half of `samples` (those from `half_at` seconds on) as slopes and growths."""
+    second = [s for s in samples if s.seconds >= half_at]
+    per_min: dict[str, float | None] = {}
+    growth: dict[str, float | None] = {}
+    for name in PARTS:
+        points = [(s.seconds / 60, s.part(name)) for s in second]
+        got = slope([(x, y) for x, y in points if y is not None])
+        per_min[name] = None if got is None else round(got, 3)
+        ends = (points[0][1], points[-1][1]) if points else (None, None)
+        growth[name] = (None if ends[0] is None or ends[1] is None
+                        else round(ends[1] - ends[0], 1))
+    return SteadyState(half_at=round(half_at, 1), samples=len(second), mib_per_min=per_min,
+                       growth_mib=growth)
 
 
 @dataclass(frozen=True)
@@ -129,7 +225,10 @@ class ChurnResult:
     mismatched: tuple[str, ...]
     not_ended: tuple[str, ...]
     rss_mib: dict[str, list[float]]  # machine -> at start, middle, end
-    rss_slope_mib_per_100: dict[str, float | None]
+    rss_slope_mib_per_100: dict[str, float | None]  # over the whole run
+    rss_samples: dict[str, list[RssSample]]  # machine -> every sample, in order
+    steady: dict[str, SteadyState]  # machine -> its second half
+    engines: dict[str, str]  # machine -> the engine it ran (its real memory's kind)
 
     @property
     def ok(self) -> bool:
@@ -139,43 +238,57 @@ class ChurnResult:
         return {**asdict(self), "ok": self.ok}
 
 
-def run_churn(spec: ChurnSpec, *, address: str | None = None) -> ChurnResult:
-    from tender_ray.cli.scenario.run import ScenarioRun
+SAMPLE_EVERY = 15.0  # seconds between two looks at the machine actors' memory
 
+
+def run_churn(spec: ChurnSpec, *, address: str | None = None,
+              sample_every: float = SAMPLE_EVERY) -> ChurnResult:
+    """Run the churn on real machine actors, sampling their workers' memory every
+    `sample_every` seconds, at the half-way point of the arrivals and at the end."""
+    if sample_every <= 0:
+        raise UsageError(f"--sample-every {sample_every}: use a positive number of seconds")
     scenario = churn_scenario(spec)
-    base = Path.cwd()
-    programs = {i: resolve_program(w.program, base) for i, w in enumerate(scenario.workloads)}
-    run = ScenarioRun(scenario, programs, address=address)
     started = time.monotonic()
-    run.setup()
+    run = start_scenario(scenario, address=address)
     handles = run.cluster.machines
     pids = {name: h.worker_pid() for name, h in handles.items()}
-    samples: dict[str, list[tuple[int, float]]] = {name: [] for name in handles}
+    memory = {c.name: c.memory_mib << 20 for c in scenario.machine_configs()}
+    samples: dict[str, list[RssSample]] = {name: [] for name in handles}
 
     def sample() -> None:
         begun = sum(1 for a in run.arrivals if a.started is not None)
+        at = round(run.elapsed, 1)
         for name, pid in pids.items():
-            kib = rss_kib(pid)
+            kib = memory_kib(pid, memory.get(name, 0))
             if kib is not None:
-                samples[name].append((begun, kib / 1024))
+                samples[name].append(RssSample(at, begun, {k: round(v / 1024, 1)
+                                                           for k, v in kib.items()}))
 
     sample()
     middle_at = spec.processes / spec.rate / 2  # halfway through the arrivals
     sampled_middle = False
+    next_at = sample_every
     leaked: list[str] = []
     restarted: list[str] = []
+    engines: dict[str, str] = {}
     try:
         deadline = started + scenario.timeout
         while run.step() and time.monotonic() < deadline:
             if not sampled_middle and run.elapsed >= middle_at:
                 sample()
                 sampled_middle = True
+            elif run.elapsed >= next_at:
+                sample()
+            while next_at <= run.elapsed:  # the next sample is due a period on
+                next_at += sample_every
             run.wait_next()
         sample()
         for name, h in handles.items():
             if h.worker_pid() != pids[name]:
                 restarted.append(name)
-            leaked += leaks(h.statistics())
+            stats = h.statistics()
+            engines[name] = stats.engine
+            leaked += leaks(stats)
     except BaseException:
         run.cluster.shutdown()
         raise
@@ -187,17 +300,40 @@ def run_churn(spec: ChurnSpec, *, address: str | None = None) -> ChurnResult:
         mismatched=tuple(p.name for p in report.processes if p.output_matches_native is not True),
         not_ended=tuple(p.name for p in report.processes if p.exit_status is None)
         + tuple(f"{x.name}: {x.reason}" for x in report.not_started),
-        rss_mib={n: [round(y, 1) for _, y in s] for n, s in samples.items()},
-        rss_slope_mib_per_100={n: slope_mib_per_100(s) for n, s in samples.items()})
+        rss_mib={n: _start_middle_end(s, middle_at) for n, s in samples.items()},
+        rss_slope_mib_per_100={n: slope_mib_per_100([(x.processes, x.rss_mib) for x in s])
+                               for n, s in samples.items()},
+        rss_samples=samples,
+        steady={n: steady_state(s, middle_at) for n, s in samples.items()},
+        engines=engines)
+
+
+def _start_middle_end(samples: Sequence[RssSample], middle_at: float) -> list[float]:
+    """The RSS at the start, at the half-way point (the first sample from it on) and at the
+    end; fewer when there were fewer samples."""
+    if not samples:
+        return []
+    middle = next((s for s in samples if s.seconds >= middle_at), samples[-1])
+    picked = [samples[0], middle, samples[-1]]
+    return [s.rss_mib for i, s in enumerate(picked) if i == 0 or s is not picked[i - 1]]
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:+.2f}{unit}"
 
 
 def print_result(result: ChurnResult) -> None:
     print(f"churn: {result.processes} processes, {result.migrations} migrations, "
           f"{result.seconds:.0f} s")
     for name, rss in result.rss_mib.items():
-        slope = result.rss_slope_mib_per_100[name]
-        print(f"  {name}: worker RSS {' -> '.join(f'{x:.1f}' for x in rss)} MiB, slope "
-              f"{'-' if slope is None else f'{slope:+.2f}'} MiB/100 processes")
+        per_100 = result.rss_slope_mib_per_100[name]
+        print(f"  {name}: worker RSS {' -> '.join(f'{x:.1f}' for x in rss)} MiB "
+              f"(start, half-way, end), slope {_num(per_100)} MiB/100 processes")
+        st = result.steady[name]
+        print(f"    second half ({st.samples} samples from {st.half_at:.0f} s, "
+              f"{result.engines.get(name, '?')} engine), MiB/min and MiB to the end: "
+              + ", ".join(f"{part} {_num(st.mib_per_min[part])} {_num(st.growth_mib[part])}"
+                          for part in PARTS))
     for label, items in (("leak", result.leaks), ("actor restarted", result.restarted_actors),
                          ("output differs from native", result.mismatched),
                          ("did not end", result.not_ended)):
@@ -218,14 +354,20 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--machines", type=int, default=MACHINES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--address", default=None, help="a Ray cluster (default: embedded)")
+    parser.add_argument("--sample-every", type=float, default=SAMPLE_EVERY, metavar="SECONDS",
+                        help="seconds between two samples of the machine actors' memory "
+                             f"(default {SAMPLE_EVERY:g})")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE")
     ns = parser.parse_args(argv)
     spec = ChurnSpec(ns.processes, ns.rate, ns.machines, ns.seed)
     try:
         spec.check()
+        if ns.sample_every <= 0:
+            raise UsageError(f"--sample-every {ns.sample_every}: use a positive number of "
+                             "seconds")
     except UsageError as exc:
         parser.error(str(exc))
-    result = run_churn(spec, address=ns.address)
+    result = run_churn(spec, address=ns.address, sample_every=ns.sample_every)
     print_result(result)
     if ns.json is not None:
         ns.json.write_text(json.dumps(result.as_dict(), indent=2) + "\n")

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from tender_ray.bench.options import DEFAULT_ENGINES, usable_engines
 from tender_ray.config import Engine, MachineConfig, workloads_dir
@@ -487,9 +487,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tender_ray.be
                              "slices, so the time-slicing cost shows)")
     parser.add_argument("--workload", action="append", default=None, metavar="NAME[:ARG...]",
                         help="a workload and its arguments separated by ':' (repeatable)")
+    parser.add_argument("--io", type=int, default=0, metavar="MIB",
+                        help="side by side: also the system-call-heavy cases of `bench io` "
+                             "(sha256sum, gzip, a migrated read, home I/O) on a file of this "
+                             "many MiB (0: skip; `bench io` alone adds the Ray case)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results as JSON")
     ns = parser.parse_args(argv)
+    if ns.io < 0:
+        parser.error("--io must be 0 (skip) or a size in MiB")
     workloads = None
     if ns.workload:
         workloads = [(w.split(":")[0], w.split(":")[1:]) for w in ns.workload]
@@ -501,10 +507,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tender_ray.be
         comparison = compare_engines(workloads, engines=engines, repeat=ns.repeat,
                                      quantum_us=ns.quantum_us)
         print_engine_comparison(comparison)
+        rows = list(comparison["rows"])
+        out: dict[str, Any] = dict(comparison)
+        if ns.io:
+            from tender_ray.bench.io import io_benchmark, print_io_table
+
+            out["io"] = io_benchmark(ns.io, engines, ns.repeat, ray=False)
+            print_io_table(out["io"])
+            rows += out["io"]["rows"]
         if ns.json is not None:
-            ns.json.write_text(json.dumps(comparison, indent=2) + "\n")
-        return 0 if all(c["identical"] for r in comparison["rows"]
-                        for c in r["engines"].values()) else 1
+            ns.json.write_text(json.dumps(out, indent=2) + "\n")
+        return 0 if all(c["identical"] for r in rows for c in r["engines"].values()) else 1
     result = engine_benchmark(workloads, repeat=ns.repeat, timeslice_processes=ns.processes,
                               quantum_us=ns.quantum_us, engine=ns.engine)
     print_engine_table(result)

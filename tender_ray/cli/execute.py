@@ -143,9 +143,13 @@ def _start(cluster: Cluster, names: list[str], image: bytes, name: str, argv: li
                         "`tender-ray undrain NAME` one of them first")
 
 
+RESTARTED_ELSEWHERE_PATIENCE = 120.0  # seconds another restarter's copy may take to appear
+
+
 def _restarted(cluster: Cluster, dead: str, pid: int) -> MachineHandle:
     """The machine process `pid` runs on after its machine `dead` died: restarted from its
-    last checkpoint (or found alive elsewhere); MachineError when it was lost."""
+    last checkpoint (here, or by another restarter such as `up`'s restart watch), or found
+    alive elsewhere; MachineError when it was lost."""
     recovery = recover(cluster, dead, [pid])
     for r in recovery.restarted:
         logs.get("exec").warning("machine died; process restarted from its checkpoint",
@@ -154,6 +158,21 @@ def _restarted(cluster: Cluster, dead: str, pid: int) -> MachineHandle:
     for x in recovery.lost:
         raise MachineError(f"process {pid} was lost with machine {dead}: {x.reason} (run "
                            "with --checkpoint-every to have it restart elsewhere)")
+    for e in recovery.elsewhere:
+        logs.get("exec").warning("machine died; another restarter restarted the process",
+                                 pid=pid, machine=e.machine, lost_machine=dead)
+        # Its claim comes before its copy joins a machine's table: wait for the copy.
+        deadline = time.monotonic() + RESTARTED_ELSEWHERE_PATIENCE
+        while True:
+            try:
+                return cluster.locate(pid)
+            except UnknownProcessError:
+                if time.monotonic() > deadline:
+                    raise MachineError(
+                        f"process {pid} was lost with machine {dead}: another restart "
+                        f"claimed it for machine {e.machine}, but it runs nowhere after "
+                        f"{RESTARTED_ELSEWHERE_PATIENCE:.0f} s ({e.reason})") from None
+                time.sleep(0.1)
     return cluster.locate(pid)
 
 

@@ -305,7 +305,7 @@ class Cluster:
         if detached:
             opts.update(lifetime="detached", name=self.prefix + EXPORTER_NAME)
         exporter = ExporterHandle(RemoteExporter.options(**opts).remote(
-            list(self._machines.values()), self._balancer, interval))
+            list(self._machines.values()), self._balancer, interval, self.prefix))
         try:
             bound = exporter.start(port, host, timeout=CALL_TIMEOUT)
         except Exception:

@@ -4,7 +4,8 @@ deadlines (`RayDrainSignal`, the view Ray Serve's controller reads: the GCS clie
 drain a node (`request_drain`, what the hidden `ray drain-node` calls); and the drain watcher
 actor, which follows those drains (`balancing.node_drain.NodeDrains`) for a cluster with no
 balancer running. With a balancer, the balancer actor follows them in its rounds instead: one
-watcher per cluster either way."""
+watcher per cluster either way. The metrics exporter reads the watcher's drains (`status`) as
+the balancer's state, so its drains are in Prometheus too."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tender_ray import logs
 from tender_ray.balancing.node_drain import NO_DEADLINE, NodeDrains
 from tender_ray.balancing.state import DrainReport
-from tender_ray.cluster.handles import CALL_TIMEOUT, MachineHandle, resolve
+from tender_ray.cluster.handles import CALL_TIMEOUT, MachineHandle, Pending, resolve
 from tender_ray.errors import MachineError, TenderError
+from tender_ray.metrics.node_drains import DRAIN_WATCH, NodeDrainView
 
 DRAIN_WATCH_NAME = "tender-drain-watch"  # actor name (after the cluster prefix)
 WATCH_INTERVAL = 1.0  # seconds between looks at the draining nodes
@@ -111,6 +113,12 @@ class DrainWatchActor:
     def signal_errors(self) -> int:
         return self._drains.signal_errors
 
+    def status(self) -> NodeDrainView:
+        """Its node drains: finished, under way (one being evacuated too: the watcher's
+        thread is inside its look meanwhile), and the signal's errors."""
+        return NodeDrainView(DRAIN_WATCH, self._drains.reports, self._drains.draining,
+                             self._drains.signal_errors)
+
     def stop(self) -> tuple[DrainReport, ...]:
         self._stop.set()
         self._thread.join(timeout=CALL_TIMEOUT)
@@ -162,6 +170,10 @@ class DrainWatchHandle:
 
     def signal_errors(self) -> int:
         return int(self._get(self.actor.signal_errors.remote()))
+
+    def status_async(self) -> Pending[NodeDrainView]:
+        """Its node drains, finished and under way (what the metrics exporter reads)."""
+        return Pending("the drain watcher", self.actor.status.remote())
 
     def stop(self) -> None:
         """End its looks and the actor."""

@@ -1,6 +1,7 @@
-"""The metrics exporter actor: one actor polls every machine (and the balancer) and serves all
-their metrics on one Prometheus endpoint, so machine actors never start HTTP servers of their
-own (several on one port collide). See `tender_ray.metrics.collector`."""
+"""The metrics exporter actor: one actor polls every machine (and the balancer, or the drain
+watcher when no balancer runs) and serves all their metrics on one Prometheus endpoint, so
+machine actors never start HTTP servers of their own (several on one port collide). See
+`tender_ray.metrics.collector`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import ray
 
 from tender_ray import logs
 from tender_ray.balancing.state import BalancerState
+from tender_ray.cluster.drain_watch import DrainWatchHandle
 from tender_ray.cluster.handles import BalancerHandle, MachineHandle, Pending
 from tender_ray.errors import TenderError, UsageError
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.metrics.collector import MetricsServer
+from tender_ray.metrics.node_drains import NodeDrainView
 from tender_ray.migration.record import MigrationRecord
 
 EXPORTER_NAME = "tender-exporter"  # actor name (after the cluster prefix) when detached
@@ -34,11 +37,11 @@ class ExporterActor:
     callers reach it through `ExporterHandle`."""
 
     def __init__(self, machines: list[MachineHandle], balancer: BalancerHandle | None,
-                 interval: float = EXPORT_INTERVAL) -> None:
+                 interval: float = EXPORT_INTERVAL, prefix: str = "") -> None:
         logs.configure()
         # Nothing private is a method here: Ray lets a caller reach every method of an actor
         # class, so the polling lives in `_Poller`.
-        self._poller = _Poller(machines, balancer, interval)
+        self._poller = _Poller(machines, balancer, interval, prefix)
 
     def start(self, port: int, host: str) -> int:
         """Serve on host:port (0: a free port) and start polling; the port bound."""
@@ -61,16 +64,21 @@ class ExporterActor:
 
 
 class _Poller:
-    """Polls statistics, processes and migration records of every machine, and the
-    balancer's state, into a `MetricsServer` it serves on one port."""
+    """Polls statistics, processes and migration records of every machine, the balancer's
+    state and the drain watcher's node drains into a `MetricsServer` it serves on one port."""
 
     def __init__(self, machines: list[MachineHandle], balancer: BalancerHandle | None,
-                 interval: float) -> None:
+                 interval: float, prefix: str = "") -> None:
         self._log = logs.get("exporter")
         self._lock = threading.Lock()
         self._handles = {h.name: h for h in machines}
         self._balancer = balancer
         self._last_balancer: BalancerState | None = None
+        # The cluster's drain watcher (actor name: prefix + its name), looked up at the polls
+        # while none is known: it starts with the second node's machine and stops when a
+        # balancer starts, neither of which the exporter is told of.
+        self._prefix = prefix
+        self._drain_watch: DrainWatchHandle | None = None
         self._interval = interval
         self.server = MetricsServer()
         self.server.collector.refresh = self._refresh
@@ -136,6 +144,14 @@ class _Poller:
                    for name, h in handles.items()}
         balancer_state: Pending[BalancerState] | None = (
             balancer.state_async() if balancer is not None else None)
+        if self._drain_watch is None and balancer is None:
+            self._drain_watch = DrainWatchHandle.find(self._prefix)
+        watched: Pending[NodeDrainView] | None = None
+        if self._drain_watch is not None:
+            try:
+                watched = self._drain_watch.status_async()
+            except Exception:  # a handle to an actor that is gone
+                self._drain_watch = None
         stats: dict[str, MachineStatistics] = {}
         processes: dict[str, list[ProcessInfo]] = {}
         records: dict[str, list[MigrationRecord]] = {}
@@ -151,8 +167,14 @@ class _Poller:
         if balancer_state is not None:
             with contextlib.suppress(Exception):  # a stopped balancer keeps its last state
                 self._last_balancer = balancer_state.result(EXPORT_TIMEOUT)
+        node_drains: NodeDrainView | None = None
+        if watched is not None:
+            try:
+                node_drains = watched.result(EXPORT_TIMEOUT)
+            except TenderError:  # stopped (a balancer took over): its last drains stay
+                self._drain_watch = None
         self.server.update(stats, processes=processes, migrations=records,
-                           balancer=self._last_balancer, down=down,
+                           balancer=self._last_balancer, node_drains=node_drains, down=down,
                            poll_seconds=time.perf_counter() - start)
 
 

@@ -22,6 +22,7 @@ from tender_ray.migration.image import ProcessImage
 from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.record import MigrationRecord, Outcome
 from tender_ray.resources.file_view import FileViewSpec
+from tender_ray.resources.home_files import FileReply, FileRequest
 
 T = TypeVar("T")
 
@@ -211,6 +212,10 @@ class MachineHandle:
         """Keep migration `mid`'s lease on this machine (a heartbeat); its outcome so far."""
         return Outcome(self._get(self.actor.renew.remote(mid), timeout))
 
+    def serve_files_async(self, request: FileRequest) -> Pending[FileReply]:
+        """A file call of a process that started here and moved on (this is its home)."""
+        return self._pending(self.actor.serve_files.remote(request))
+
     def record_migration(self, pid: int, record: MigrationRecord,
                          timeout: float | None = None) -> None:
         """Give the destination the finished record of the migration that brought `pid`;
@@ -227,10 +232,14 @@ class MachineHandle:
         when the store cannot be written (the previous checkpoint stays valid)."""
         return cast(CheckpointRecord, self._get(self.actor.checkpoint.remote(pid), timeout))
 
-    def restart(self, pid: int, timeout: float | None = None) -> RestartRecord:
-        """Run process `pid` on this machine from its last checkpoint (its machine was lost).
-        CheckpointError when it has none, or it is corrupt; nothing is made then."""
-        return cast(RestartRecord, self._get(self.actor.restart.remote(pid), timeout))
+    def restart(self, pid: int, timeout: float | None = None, *, lost_machine: str = "",
+                lost_at: float | None = None) -> RestartRecord:
+        """Run process `pid` on this machine from its last checkpoint (its machine
+        `lost_machine` was lost, found so at `lost_at`). CheckpointError when it has none, or
+        it is corrupt; AlreadyRestartedError when another restart ran it already (where and
+        when); nothing is made then."""
+        return cast(RestartRecord, self._get(
+            self.actor.restart.remote(pid, lost_machine, lost_at), timeout))
 
     def checkpointed(self, timeout: float | None = None) -> list[int]:
         """The pids that have a checkpoint in this machine's store."""

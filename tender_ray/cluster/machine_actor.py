@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from tender_ray import logs
+from tender_ray.abi.linux import Errno
 from tender_ray.cluster.handles import BalancerHandle, MachineHandle
 from tender_ray.cluster.transport import transport_for
 from tender_ray.config import MachineConfig
@@ -23,6 +24,7 @@ from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.protocol import run_migration
 from tender_ray.migration.record import MigrationRecord, Outcome
 from tender_ray.resources.file_view import FileViewSpec
+from tender_ray.resources.home_files import FileReply, FileRequest, HomeLink, PendingReply
 
 
 class MachineActor:
@@ -44,6 +46,11 @@ class MachineActor:
         # How long a lost commit's outcome is asked for: past the destination's lease (what it
         # does not commit by then expires) and a few calls' time.
         self._settle = 2 * config.migration_lease_s + 3 * config.migration_call_timeout_s
+        # Processes that arrive from machines elsewhere reach their homes' files through
+        # the homes' actors; the node says where "elsewhere" begins.
+        tree = self._machine.host_tree
+        tree.node = str(ray.get_runtime_context().get_node_id())
+        tree.link = lambda home: _RayHomeLink(home, prefix, config.migration_call_timeout_s)
 
     # Processes.
     def exec(self, image: bytes, name: str, argv: Sequence[str | bytes],
@@ -168,12 +175,17 @@ class MachineActor:
     def record_migration(self, pid: int, record: MigrationRecord) -> None:
         self._machine.record_migration(pid, record)
 
+    # Home files: calls of processes that started here and moved to another machine.
+    def serve_files(self, request: FileRequest) -> FileReply:
+        return self._machine.host_tree.home.serve(request)
+
     # Checkpoints.
     def checkpoint(self, pid: int) -> CheckpointRecord:
         return self._machine.checkpoint(pid)
 
-    def restart(self, pid: int) -> RestartRecord:
-        return self._machine.restart(pid)
+    def restart(self, pid: int, lost_machine: str = "",
+                lost_at: float | None = None) -> RestartRecord:
+        return self._machine.restart(pid, lost_machine=lost_machine, lost_at=lost_at)
 
     def checkpointed(self) -> list[int]:
         return self._machine.checkpoint_store.pids()
@@ -214,6 +226,42 @@ class _ActorPeer:
 
     def outcome(self, mid: str) -> Outcome:
         return self.handle.outcome(mid, timeout=self.timeout)
+
+    def renew(self, mid: str) -> Outcome:
+        return self.handle.renew(mid, timeout=self.timeout)
+
+
+class _RayHomeLink(HomeLink):
+    """A home machine's files, reached from another machine through the home's actor (looked
+    up at the first call, so a machine may link to a home it has not met)."""
+
+    def __init__(self, home: str, prefix: str, timeout: float) -> None:
+        self.home = home
+        self._prefix = prefix
+        self._timeout = timeout
+        self._handle: MachineHandle | None = None
+
+    def _gone(self, why: str) -> FileReply:
+        return FileReply(errno=int(Errno.EIO),
+                         message=f"the home of this process's files, machine {self.home}, {why}")
+
+    def submit(self, request: FileRequest) -> PendingReply:
+        if self._handle is None:
+            try:
+                actor = ray.get_actor(self._prefix + self.home,
+                                      namespace=ray.get_runtime_context().namespace)
+            except ValueError:
+                gone = self._gone("is not running")
+                return PendingReply(lambda: gone)
+            self._handle = MachineHandle(self.home, actor)
+        pending = self._handle.serve_files_async(request)
+
+        def wait() -> FileReply:
+            try:
+                return pending.result(self._timeout)
+            except MachineError as exc:  # gone, or silent past the timeout
+                return self._gone(f"cannot be reached: {exc}")
+        return PendingReply(wait)
 
 
 class _Peers:

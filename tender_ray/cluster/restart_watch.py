@@ -77,6 +77,9 @@ class RestartWatch:
     def _recover(self, name: str) -> None:
         pids = sorted(self._last.pop(name, set()))
         recovery = recover(self._cluster, name, pids)  # it also drops `name` from the view
+        for e in recovery.elsewhere:  # an exec driver (say) was first: handled, not lost
+            log.info("process restarted by another restarter", pid=e.pid, machine=e.machine,
+                     lost_machine=name)
         self.recoveries.append(recovery)
         self._on_dead(name, recovery)
 

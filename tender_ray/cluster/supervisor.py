@@ -3,8 +3,10 @@ gone: Ray answers its calls with ActorDiedError, or its worker was killed).
 
 Each process that was there and has a checkpoint restarts from its last one on a live machine
 (the least loaded one that takes processes; the balancer, when one runs, moves it on from there
-like any other), the others are lost, each with the reason. Killing a machine's worker process
-(`crash`) is the drill: a real crash, as its processes know it.
+like any other), the others are lost, each with the reason. A process another restarter (an
+`exec` driver, a cluster's restart watch) brought back already is neither: the restart's claim
+on its checkpoint refuses the second copy, and says where the first runs. Killing a machine's
+worker process (`crash`) is the drill: a real crash, as its processes know it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tender_ray.errors import (
     NoReplyError,
     TenderError,
 )
-from tender_ray.migration.checkpoint import RestartRecord
+from tender_ray.migration.checkpoint import AlreadyRestartedError, RestartRecord
 
 DEATH_PATIENCE = 30.0  # seconds a killed machine's actor may take to be reported dead
 
@@ -39,12 +41,23 @@ class LostProcess:
 
 
 @dataclass(frozen=True)
+class RestartedElsewhere:
+    """A process of a dead machine that another restart had brought back already."""
+
+    pid: int
+    machine: str  # where that restart runs it
+    at: float  # time.time() of that restart (or of the checkpoint its copy took since)
+    reason: str  # the refusal, as the store said it
+
+
+@dataclass(frozen=True)
 class Recovery:
     """What became of a dead machine's processes."""
 
     machine: str
     restarted: tuple[RestartRecord, ...]
     lost: tuple[LostProcess, ...]
+    elsewhere: tuple[RestartedElsewhere, ...] = ()  # handled by another restarter
 
 
 def crash(handle: MachineHandle) -> int:
@@ -84,7 +97,10 @@ def recover(cluster: Cluster, dead: str, pids: Iterable[int]) -> Recovery:
     """Restart the processes `pids` that ran on the dead machine `dead` from their last
     checkpoints on live machines; the others are lost, with the reason. The dead machine
     leaves the cluster first; a process of `pids` found alive on another machine (it had
-    moved) is left alone, in neither list."""
+    moved) is left alone, in neither list, and one that another restarter brought back
+    meanwhile is in `elsewhere`."""
+    # Every checkpoint of `dead`'s copies was taken before now; a newer one is another copy's.
+    lost_at = time.time()
     if dead in cluster.machines:
         cluster.stop_machine(dead, graceful=False)
     targets = _targets(cluster, dead)
@@ -94,26 +110,34 @@ def recover(cluster: Cluster, dead: str, pids: Iterable[int]) -> Recovery:
              if not isinstance(procs, BaseException) for p in procs}
     restarted: list[RestartRecord] = []
     lost: list[LostProcess] = []
+    elsewhere: list[RestartedElsewhere] = []
     for pid in (pid for pid in pids if pid not in alive):
         if not targets:
             lost.append(LostProcess(pid, dead, "no live machine takes processes"))
             continue
-        reason = ""
+        reason = "no live machine took it"
         for i, target in enumerate(targets):
             try:
-                restarted.append(target.restart(pid, timeout=120.0))
+                restarted.append(target.restart(pid, timeout=120.0, lost_machine=dead,
+                                                lost_at=lost_at))
                 targets.append(targets.pop(i))  # the next one goes elsewhere first
+                reason = ""
+                break
+            except AlreadyRestartedError as exc:  # another restarter's copy runs: handled
+                elsewhere.append(RestartedElsewhere(pid, exc.machine, exc.at, str(exc)))
                 reason = ""
                 break
             except CheckpointError as exc:  # missing or corrupt: the same store for every
                 reason = str(exc)             # machine, so no other would do better
                 break
-            except TenderError as exc:  # the target broke or refused (cordoned, no room)
-                reason = str(exc)
+            except TenderError as exc:  # the target broke or refused (cordoned, no room);
+                reason = str(exc)           # if it restarted it after all, the next target's
+                                            # claim is refused: no second copy
         if reason:
             lost.append(LostProcess(pid, dead, "no checkpoint" if "no checkpoint" in reason
                                     else reason))
-    return Recovery(dead, tuple(restarted), tuple(lost))
+    return Recovery(dead, tuple(restarted), tuple(lost), tuple(elsewhere))
 
 
-__all__ = ["DEATH_PATIENCE", "LostProcess", "Recovery", "crash", "recover"]
+__all__ = ["DEATH_PATIENCE", "LostProcess", "Recovery", "RestartedElsewhere", "crash",
+           "recover"]

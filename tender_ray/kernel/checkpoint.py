@@ -7,7 +7,10 @@ makes, into a transport that copies), thaws it, then hashes the copy and writes 
 that changed since the last checkpoint (`migration.checkpoint`). Output commit: once a process
 has a checkpoint (or its machine checkpoints periodically), the output it wrote after its last
 checkpoint is held back from the owner until the next checkpoint is durably written, so a
-restart repeats no output the owner already saw; the exit releases the rest.
+restart repeats no output the owner already saw; the exit releases the rest. What a checkpoint
+covers travels with the process when it migrates (`KernelState.output_commit`). A restart
+claims its checkpoint in the store first (`CheckpointStore.claim`), so a crashed process runs
+again once, however many restarters ask.
 
 `Checkpointing` is a part of `Machine` (mixed in), like the two sides of a migration.
 """
@@ -29,16 +32,19 @@ from tender_ray.errors import CheckpointError, ProcessStateError, TenderError
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.migration.checkpoint import (
     FULL_EVERY,
+    AlreadyRestartedError,
     CheckpointRecord,
     CheckpointStore,
     PageHashes,
     PlateCheckpointStore,
     RestartRecord,
     StaleBaseError,
+    clock,
     make_delta,
 )
 from tender_ray.migration.image import ProcessImage
 from tender_ray.migration.options import MigrationOptions
+from tender_ray.migration.record import Outcome
 from tender_ray.migration.transports import LocalTransport, Transport
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, RunState
@@ -233,30 +239,53 @@ class Checkpointing:
         except OSError as exc:
             logs.get("checkpoint").warning("checkpoint not discarded", pid=pid, error=str(exc))
 
-    def restart(self, pid: int, store: CheckpointStore | None = None) -> RestartRecord:
+    def restart(self, pid: int, store: CheckpointStore | None = None, *,
+                lost_machine: str = "", lost_at: float | None = None) -> RestartRecord:
         """Bring process `pid` back from its last checkpoint in `store` (default: this
         machine's) and run it here; the record. CheckpointError when it has none there or it
-        is corrupt (nothing is made then)."""
+        is corrupt (nothing is made then).
+
+        The restart claims the checkpoint in the store before it makes anything, so two
+        restarts of one process never both run it: the second gets AlreadyRestartedError
+        (where and when the first ran it), as it does when the newest checkpoint was taken
+        after `lost_at` (when the machine this restart recovers, `lost_machine`, was found
+        lost: a copy of the process ran on elsewhere). A claim held by `lost_machine` itself
+        (restarted there, and lost with it) is taken over. A restart that fails gives its
+        claim back."""
         start = time.perf_counter()
         store = store or self.checkpoint_store
         checkpoint = store.read(pid)
+        if lost_at is not None and checkpoint.taken_at > lost_at:
+            raise AlreadyRestartedError(
+                f"process {pid} was checkpointed on machine {checkpoint.machine} at "
+                f"{clock(checkpoint.taken_at)}, after machine {lost_machine or '(unnamed)'} "
+                f"was found lost at {clock(lost_at)}: a copy of it ran on elsewhere, so "
+                "nothing was made here", pid, checkpoint.machine, checkpoint.taken_at)
         image = checkpoint.image
+        claim = store.claim(pid, checkpoint.seq, self.name, lost_machine)
         mid = f"restart-{pid}-{checkpoint.seq}-{uuid.uuid4().hex[:8]}"
         options = MigrationOptions()
-        self.create_incoming(mid, f"checkpoint@{checkpoint.machine}", pid, image.pages,
-                             self.config.reuse)
+        runs = False  # the copy joined this machine's table: the claim stands however we end
         try:
-            self.transform(image, LocalTransport(), options, mid=mid)
-            with self.scheduler.lock:
-                # The restored process: what the checkpoint saw is covered by it.
-                p = self.incoming.get(pid)  # type: ignore[attr-defined]
-                if p is not None:
-                    k = image.kernel
-                    p.output_commit = (k.stdout_taken + len(k.stdout),
-                                       k.stderr_taken + len(k.stderr))
-            self.commit(mid)
+            self.create_incoming(mid, f"checkpoint@{checkpoint.machine}", pid, image.pages,
+                                 self.config.reuse)
+            try:
+                self.transform(image, LocalTransport(), options, mid=mid)
+                with self.scheduler.lock:
+                    # The restored process: what the checkpoint saw is covered by it.
+                    p = self.incoming.get(pid)  # type: ignore[attr-defined]
+                    if p is not None:
+                        k = image.kernel
+                        p.output_commit = (k.stdout_taken + len(k.stdout),
+                                           k.stderr_taken + len(k.stderr))
+                self.commit(mid)
+            except BaseException:
+                # A fault after the commit leaves the copy running: then it keeps the claim.
+                runs = self.abort(mid) is Outcome.COMMITTED
+                raise
         except BaseException:
-            self.abort(mid)
+            if not runs:
+                store.release(claim)  # nothing of it runs: another restart may try
             raise
         record = RestartRecord(pid=pid, name=image.kernel.name, machine=self.name,
                                lost_machine=checkpoint.machine, seq=checkpoint.seq,

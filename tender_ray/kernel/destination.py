@@ -314,6 +314,8 @@ class MigrationDestination:
             p.signals = k.signals.arrived()
         p.stdout, p.stderr = bytearray(k.stdout), bytearray(k.stderr)
         p.stdout_taken, p.stderr_taken = k.stdout_taken, k.stderr_taken
+        # Still held until a checkpoint covers it: a crash here restarts from that checkpoint.
+        p.output_commit = k.output_commit
         p.accounting, p.created_at = k.accounting, k.created_at
         p.migrations = list(k.migrations)
         p.files, p.view = k.files.restore()  # host files reopen on their first call

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
-from tender_ray.abi.linux import Errno
+from tender_ray.abi.linux import SI_USER, Errno, Signal
 from tender_ray.errors import UsageError
 from tender_ray.resources.file_view import FileStat, FileView, FileViewSpec, Resolved
 from tender_ray.resources.open_file import (
@@ -55,9 +55,10 @@ def _signed(value: int) -> int:
 def _view(sc: SystemCalls, p: Process) -> FileView:
     if p.view is None:  # exec gave none: the host tree as it is, from the machine's cwd
         p.view = FileView(FileViewSpec(cwd=os.getcwd(), writable=()), sc.file_service)
-    elif p.view.service is None:  # it arrived: reopen its files through this machine
-        p.view.attach(sc.file_service)
-        p.files.attach(sc.file_service)
+    elif p.view.service is None:  # it arrived: reopen its files here, or at its home
+        service = sc.host_tree.service_for(p.view)
+        p.view.attach(service)
+        p.files.attach(service)
     return p.view
 
 
@@ -129,7 +130,16 @@ def _write_out(sc: SystemCalls, p: Process, fd: int, data: bytes, nr: int,
         return SyscallOutcome(len(data))
     if offset is not None:
         return SyscallOutcome(file.pwrite(data[:MAX_IO], offset))
-    written = file.write(data[:MAX_IO])
+    try:
+        written = file.write(data[:MAX_IO])
+    except OSError as e:
+        if e.errno != Errno.EPIPE or not isinstance(file, PipeEnd):
+            raise
+        # No reader is left: SIGPIPE, as Linux sends it (si_code SI_USER, from itself). Its
+        # default action ends the process before the call returns; ignored, blocked or
+        # handled, the call answers -EPIPE (a handler's frame keeps that rax for after it).
+        sc.services.raise_signal(p, Signal.SIGPIPE, SI_USER)
+        return SyscallOutcome(-Errno.EPIPE, stop=True)
     if written is None:
         return _wait(sc, p, file, nr)
     return SyscallOutcome(written)
@@ -412,7 +422,8 @@ def setup_files(sc: SystemCalls, p: Process, files: FileViewSpec | None, stdin: 
     (reads answer EBADF), "stream" (fed by `Machine.feed_stdin`), or a path in the view."""
     # Without a view given, the host tree read-only: nothing is writable unless asked for.
     spec = files or FileViewSpec(cwd=os.getcwd(), writable=())
-    p.view = FileView(spec, sc.file_service, exe=exe)
+    tree = sc.host_tree
+    p.view = FileView(spec, sc.file_service, exe=exe, home=tree.machine, home_node=tree.node)
     if stdin in ("empty", "none", "stream"):
         stream = StdinStream(available=stdin != "none")
         stream.eof = stdin == "empty"
@@ -426,6 +437,25 @@ def setup_files(sc: SystemCalls, p: Process, files: FileViewSpec | None, stdin: 
         raise UsageError(f"standard input {stdin!r}: {e.strerror} in the file view rooted at "
                          f"{spec.root}: give a readable file in the view") from None
     assert fd == 0
+
+
+def read_in_view(sc: SystemCalls, files: FileViewSpec | None, path: str) -> bytes:
+    """A whole file as a new process with view `files` will see it (its dynamic loader):
+    resolved inside the view, read through this machine's own host files."""
+    view = FileView(files or FileViewSpec(cwd=os.getcwd(), writable=()), sc.file_service)
+    resolved = view.resolve(path)
+    if resolved.host is None:
+        raise OSError(int(Errno.EACCES), f"{path} is not a file of the view")
+    service = sc.file_service
+    handle = service.open(resolved.host, os.O_RDONLY | os.O_NOFOLLOW, 0)
+    try:
+        parts, offset = [], 0
+        while part := service.pread(handle, 1 << 20, offset):
+            parts.append(part)
+            offset += len(part)
+        return b"".join(parts)
+    finally:
+        service.close(handle)
 
 
 def feed_stdin(p: Process, data: bytes, eof: bool) -> int:

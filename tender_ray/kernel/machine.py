@@ -10,6 +10,7 @@ changes a process's state), the system calls (`syscalls.py`, reaching the machin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import os
@@ -20,7 +21,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from tender_ray import engines
-from tender_ray.abi.cpu_state import CpuState
+from tender_ray.abi.cpu_state import CpuState, Stop
 from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.engines import features
 from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError
@@ -28,6 +29,7 @@ from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import file_calls, signals
 from tender_ray.kernel.checkpoint import Checkpointing, held_output
 from tender_ray.kernel.destination import MigrationDestination
+from tender_ray.kernel.host_tree import HostTree
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.snapshots import MachineStatistics, OutputChunk, PollResult, ProcessInfo
 from tender_ray.kernel.source import MigrationSource
@@ -73,12 +75,6 @@ def choosing_features(program: Program, image: bytes, engine: str) -> frozenset[
     return frozenset()
 
 
-def _read_host_file(path: str) -> bytes:
-    """A file of the host, whole (the dynamic loader of a program the machine execs)."""
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class Machine(MigrationSource, MigrationDestination, Checkpointing):
     """A Tender machine. Thread-safe; `stop()` ends it and fails every pending wait."""
 
@@ -114,11 +110,13 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
             user_spaces=ResourceManager("virtual_user_space", VirtualUserSpace,
                                         VirtualUserSpace.reset, reuse=reuse, hold_limit=1024),
         )
-        self.syscalls = SystemCalls(self)
+        self.host_tree = HostTree(self.name, self.config.host_files)  # the Ray layer links it
+        self.syscalls = SystemCalls(self, self.host_tree)
         self.faults = fault_plan(self.config.fault)  # locks itself
         self.scheduler = Scheduler(self.name, self.config.computations, quantum=self.quantum,
                                    exact=self.exact, growth=self.config.quantum_growth,
-                                   finish=self._finish, before_run=self._before_run)
+                                   finish=self._finish, before_run=self._before_run,
+                                   fault=self._fault)
         self.computations = self.scheduler.computations
         # The rest is guarded by the machine's lock (`scheduler.lock`).
         self._pids = itertools.count(pid_base)
@@ -184,7 +182,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
 
         The image is kept on the machine's plate once; the text is in memory from then on.
         A dynamically linked program's loader (PT_INTERP) is read with `read_file(path)`
-        (the machine's own files unless given) and mapped too; the process starts in it.
+        (unless given: from the process's file view, through the machine's own host files)
+        and mapped too; the process starts in it.
         `files` is the process's view of the host tree (default: all of it, read-only, from
         the machine's cwd); `stdin` is "empty", "none" (EBADF), "stream" (`feed_stdin`) or a path
         in the view.
@@ -198,7 +197,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
         args = [a.encode() if isinstance(a, str) else a for a in argv] or [name.encode()]
         env = [e.encode() if isinstance(e, str) else e for e in envp]
         # The loader is read as the process will see files: switch to its file view here.
-        interpreter = vm.read_interpreter(program, read_file or _read_host_file)
+        interpreter = vm.read_interpreter(program, read_file or functools.partial(
+            file_calls.read_in_view, self.syscalls, files))
         p = self.processes.acquire()
         try:
             vm.load_program(self.managers, p, program, image, args, env, interpreter)
@@ -324,6 +324,17 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
                 return s
 
         p.register_edits.append(deliver)
+
+    def _fault(self, p: Process, stop: Stop) -> bool:
+        """A fault the CPU raised: queued for the process's handler, pushed by `_before_run`
+        over the faulting instruction (a handler that returns retries it, as on Linux);
+        False (the process dies by it) without one. The scheduler calls it, lock held."""
+        if p.state is RunState.EXITING:
+            return False
+        # si_addr: the address touched for a memory fault, the instruction's for the others.
+        memory = stop.signal in (signals.Signal.SIGSEGV, signals.Signal.SIGBUS)
+        addr = stop.address if memory else p.context.save().rip
+        return signals.take_fault(p, stop.signal, stop.code, addr)
 
     def sleep_process(self, p: Process, seconds: float) -> None:
         self.scheduler.sleep(p, seconds)
@@ -525,7 +536,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
                 migration_phase_seconds=dict(self.migration_phase_seconds),
                 engine=self.engine, checkpoints=dict(self.checkpoint_totals),
                 checkpoint_records=tuple(self.checkpoint_records),
-                restarts=tuple(self.restart_records))
+                restarts=tuple(self.restart_records),
+                host_files=self.host_tree.statistics())
 
     def stop(self) -> None:
         """Stop the computations, end every process and free everything."""

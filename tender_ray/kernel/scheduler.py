@@ -79,7 +79,8 @@ class Scheduler:
 
     def __init__(self, name: str, computations: int, *, quantum: int, exact: bool, growth: int,
                  finish: Callable[[Process], None],
-                 before_run: Callable[[Process], None] | None = None) -> None:
+                 before_run: Callable[[Process], None] | None = None,
+                 fault: Callable[[Process, Stop], bool] | None = None) -> None:
         self.name = name
         self.quantum = quantum  # the base quantum: microseconds, or instructions when exact
         self.exact = exact
@@ -88,6 +89,9 @@ class Scheduler:
         # Called by a process's computation just before each run, lock not held (the kernel
         # delivers signals there); register edits are applied before it.
         self.before_run = before_run
+        # Called with the lock held when a run ends in a fault the CPU raised: True when the
+        # kernel gave it to the process's handler (it runs on), False to end the process.
+        self.fault = fault
         # The machine's lock: guards the table, the run queue, the sleepers, every entry's
         # state fields and the machine's counters. `cond` is notified on every state change.
         self.lock = threading.RLock()
@@ -417,7 +421,8 @@ class Scheduler:
                 p.accounting.cpu_seconds += cpu_time
                 p.accounting.quanta += 1
                 self._grow_slice(p, stop, quantum, wall)
-                if stop.kind is StopKind.FAULT:
+                if stop.kind is StopKind.FAULT and not (
+                        stop.code and self.fault is not None and self.fault(p, stop)):
                     self.exit(p, 128 + (stop.signal or 11),
                               f"{stop.detail} at {stop.address:#x}" if stop.address
                               else stop.detail)

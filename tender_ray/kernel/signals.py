@@ -29,6 +29,10 @@ UNBLOCKABLE = (1 << (Signal.SIGKILL - 1)) | (1 << (Signal.SIGSTOP - 1))
 # so they are ignored too — a stopped single process would only wait for SIGCONT).
 IGNORED_BY_DEFAULT = frozenset({Signal.SIGCHLD, Signal.SIGURG, Signal.SIGWINCH, Signal.SIGCONT,
                                 Signal.SIGSTOP, Signal.SIGTSTP, Signal.SIGTTIN, Signal.SIGTTOU})
+# The signals a faulting instruction raises; delivered before any other pending one, as
+# Linux's SYNCHRONOUS_MASK does, so the handler runs at the instruction that faulted.
+FAULT_SIGNALS = frozenset({Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGTRAP,
+                           Signal.SIGFPE, Signal.SIGSYS})
 
 # struct rt_sigframe (x86-64): pretcode, struct ucontext (304 bytes), struct siginfo (128).
 UC_OFFSET, SIGINFO_OFFSET, FRAME_SIZE = 8, 8 + 304, 8 + 304 + 128
@@ -64,8 +68,10 @@ class SigInfo:
     """What a pending signal carries (the first fields of siginfo_t)."""
 
     signo: int
-    code: int  # SI_USER (kill), SI_TKILL (tkill/tgkill), SI_KERNEL (timer, kernel)
+    code: int  # SI_USER (kill), SI_TKILL (tkill/tgkill), SI_KERNEL (timer), or a fault's
     pid: int = 0  # the sender (the process itself, or 0 from outside)
+    addr: int = 0  # a fault's si_addr (then `pid` is not sent: they share the union)
+    fault: bool = False  # raised by the faulting instruction
 
 
 @dataclass(frozen=True)
@@ -113,10 +119,12 @@ class SignalState:
         return handler == SIG_IGN or (handler == SIG_DFL and sig in IGNORED_BY_DEFAULT)
 
     def deliverable(self) -> int:
-        """The lowest pending signal not blocked (0: none), as Linux picks it."""
+        """The lowest pending signal not blocked (0: none), a fault's first, as Linux picks
+        it."""
         ready = [s for s in self.pending if not self.blocked & bit(s)
                  or s in (Signal.SIGKILL, Signal.SIGSTOP)]
-        return min(ready) if ready else 0
+        faults = [s for s in ready if self.pending[s].fault]
+        return min(faults or ready) if ready else 0
 
 
 def of(p: Process) -> SignalState:
@@ -140,6 +148,19 @@ def queue(p: Process, info: SigInfo) -> bool:
 
 def default_reason(sig: int) -> str:
     return f"killed by signal {sig} ({signal_name(sig)})"
+
+
+def take_fault(p: Process, sig: int, code: int, addr: int) -> bool:
+    """A fault raised `sig`: queue it for the process's handler, as Linux forces it (first of
+    all pending signals, whatever is ignored at generation). False when no handler can take
+    it — none installed, SIG_IGN, or the signal blocked (Linux then kills, as the default
+    action): the caller ends the process."""
+    state = of(p)
+    handler = state.actions[sig - 1].handler
+    if sig not in FAULT_SIGNALS or handler in (SIG_DFL, SIG_IGN) or state.blocked & bit(sig):
+        return False
+    state.pending[sig] = SigInfo(sig, code, addr=addr, fault=True)
+    return True
 
 
 def timer_due(state: SignalState, now: float) -> bool:
@@ -193,12 +214,17 @@ def push_frame(p: Process, sig: int, s: CpuState) -> CpuState:
     frame = ((fpstate - FRAME_SIZE) & ~15) - 8  # rsp+8 16-byte aligned at handler entry
     mask = state.blocked if state.saved_mask is None else state.saved_mask
     regs = {n: s.reg(n) for n in SIGCONTEXT_REGS[:16]} | {"rip": s.rip, "eflags": s.rflags}
+    cr2 = info.addr if info.fault and sig == Signal.SIGSEGV else 0  # the page fault's address
     mcontext = struct.pack("<18QHHHHQQQQQ", *(regs[n] for n in SIGCONTEXT_REGS), USER_CS, 0, 0,
-                           USER_SS, 0, 0, mask, 0, fpstate).ljust(256, b"\0")
+                           USER_SS, 0, 0, mask, cr2, fpstate).ljust(256, b"\0")
     flags = SS_ONSTACK if on_alt or sp == ss_sp + ss_size else ss_flags
     ucontext = struct.pack("<QQQiiQ", UC_FLAGS, 0, ss_sp, flags, 0, ss_size) + mcontext + \
         struct.pack("<Q", mask)
-    siginfo = struct.pack("<iiiiiI", info.signo, 0, info.code, 0, info.pid, 0).ljust(128, b"\0")
+    if info.fault:  # _sigfault: si_addr where _kill has si_pid, si_uid
+        siginfo = struct.pack("<iiiiQ", info.signo, 0, info.code, 0, info.addr)
+    else:
+        siginfo = struct.pack("<iiiiiI", info.signo, 0, info.code, 0, info.pid, 0)
+    siginfo = siginfo.ljust(128, b"\0")
     space.write(fpstate, _fxsave(s))
     space.write(frame, struct.pack("<Q", action.restorer) + ucontext + siginfo)
     state.blocked |= action.mask | (0 if action.flags & SA_NODEFER else bit(sig))
@@ -257,4 +283,4 @@ def end_wait(p: Process, sig: int, s: CpuState) -> CpuState:
 
 
 __all__ = ["SigAction", "SigInfo", "SignalState", "Wait", "end_wait", "of", "push_frame",
-           "queue", "read_frame"]
+           "queue", "read_frame", "take_fault"]

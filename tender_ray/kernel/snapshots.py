@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from tender_ray.migration.checkpoint import CheckpointRecord, RestartRecord
 from tender_ray.migration.record import MigrationRecord
 from tender_ray.resources.computation import ComputationStatistics
+from tender_ray.resources.home_files import HostTreeStatistics
 from tender_ray.resources.manager import ManagerStatistics
 from tender_ray.resources.real_memory import RealMemoryStatistics
 
@@ -68,6 +69,7 @@ class MachineStatistics:
     # The last checkpoints taken here and the processes restarted here (oldest first).
     checkpoint_records: tuple[CheckpointRecord, ...] = ()
     restarts: tuple[RestartRecord, ...] = ()
+    host_files: HostTreeStatistics = field(default_factory=HostTreeStatistics)  # home I/O
 
 
 @dataclass(frozen=True)

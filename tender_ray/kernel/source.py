@@ -93,6 +93,12 @@ class MigrationSource:
         """Fire this machine's source-side fault if it is armed at `phase` (drills)."""
         self.faults.check(phase, side="source")
 
+    def migration_lease(self) -> float:
+        """Seconds a destination keeps a migration driven from here without a call: this
+        machine's own lease setting (a cluster's machines share one), which paces the
+        renewals during a long export."""
+        return self.config.migration_lease_s
+
     def program_size(self, pid: int) -> int:
         with self.scheduler.lock:
             program = self.scheduler.get(pid).program
@@ -131,7 +137,8 @@ class MigrationSource:
                 stderr=bytes(p.stderr), stdout_taken=p.stdout_taken,
                 stderr_taken=p.stderr_taken, accounting=p.accounting, created_at=p.created_at,
                 migrations=tuple(p.migrations), files=FilesImage.of(p.files, p.view),
-                cpu_features=p.cpu_features, signals=signals.of(p).for_image())
+                cpu_features=p.cpu_features, signals=signals.of(p).for_image(),
+                output_commit=p.output_commit)
             program = p.program
             plate_name = p.plate_name
             memory = self.memory

@@ -19,7 +19,8 @@ from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno, syscall_name
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import file_calls, file_calls_more, signal_calls, signals
-from tender_ray.resources.file_view import LocalFileService
+from tender_ray.kernel.host_tree import HostTree
+from tender_ray.resources.file_view import FileService
 from tender_ray.resources.process import Process
 from tender_ray.resources.virtual_space import BadAddress
 
@@ -54,6 +55,8 @@ def _pread_all(pread: Callable[[int, int], bytes], length: int, offset: int) -> 
     return b"".join(parts)
 
 
+_CLONE_VM, _CLONE_VFORK, _CLONE_THREAD = 0x100, 0x4000, 0x10000
+_CLONE_ARGS_SIZE_VER0 = 64  # struct clone_args as clone3 first took it
 _FUTEX_WAIT, _FUTEX_WAKE, _FUTEX_WAIT_BITSET, _FUTEX_WAKE_BITSET = 0, 1, 9, 10
 _FUTEX_PRIVATE, _FUTEX_CLOCK_REALTIME = 128, 256
 
@@ -77,12 +80,17 @@ class Services(Protocol):
 class SystemCalls:
     """The system call table of one kernel."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, host_tree: HostTree | None = None) -> None:
         self.services = services
         self.managers = services.managers
-        self.file_service = LocalFileService()  # host files of views that name none
+        self.host_tree = host_tree or HostTree("")  # whose host files a view uses
         self._table: dict[int, Handler] = {linux.sysno(name): handler
                                            for name, handler in _HANDLERS.items()}
+
+    @property
+    def file_service(self) -> FileService:
+        """This machine's own host files (views of processes that started here)."""
+        return self.host_tree.local
 
     def attach(self, p: Process) -> None:
         """Point the process's CPU at its space and at these calls, and load its registers."""
@@ -172,6 +180,46 @@ class SystemCalls:
     def exit(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         self.services.exit_process(p, a[0] & 0xFF, "exited")
         return SyscallOutcome(None, stop=True)
+
+    # A Tender process is one thread, and it makes no other process. A new process is
+    # -ENOSYS, as any call not served: the program sees fork, vfork or posix_spawn fail and
+    # says so (a shell: "can't fork"), and the report counts it. A thread ends the process
+    # with a reason naming the call: a program that cannot have its thread has no useful way
+    # on (glibc's pthread_create would answer EAGAIN, which programs retry or ignore), and
+    # waiting for a thread that never runs would hang in a futex. The status is SIGSYS's, as
+    # for a call a seccomp filter refuses.
+
+    def _clone(self, p: Process, call: str, flags: int) -> SyscallOutcome:
+        if flags & _CLONE_THREAD or (flags & _CLONE_VM and not flags & _CLONE_VFORK):
+            # CLONE_VM without CLONE_VFORK shares the memory with a child that runs at the
+            # same time: a thread, even without CLONE_THREAD (LinuxThreads made them so).
+            what = "CLONE_THREAD" if flags & _CLONE_THREAD else "CLONE_VM"
+            p.accounting.unsupported[f"{call} (a thread)"] += 1
+            self.services.exit_process(p, 128 + linux.Signal.SIGSYS,
+                                       f"{call} with {what} (a thread) is not supported: "
+                                       "tender_ray runs single-threaded processes")
+            return SyscallOutcome(None, stop=True)
+        return self._no_new_process(p, call)  # fork-like, or vfork-like (posix_spawn)
+
+    def _no_new_process(self, p: Process, call: str) -> SyscallOutcome:
+        p.accounting.unsupported[call] += 1
+        return SyscallOutcome(-Errno.ENOSYS)
+
+    def clone(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
+        return self._clone(p, "clone", a[0])
+
+    def clone3(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
+        if a[1] < _CLONE_ARGS_SIZE_VER0:
+            return SyscallOutcome(-Errno.EINVAL)  # as Linux checks the size first
+        assert p.space is not None
+        (flags,) = struct.unpack("<Q", p.space.read(a[0], 8))  # clone_args.flags
+        return self._clone(p, "clone3", flags)
+
+    def fork(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
+        return self._no_new_process(p, "fork")
+
+    def vfork(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
+        return self._no_new_process(p, "vfork")
 
     def uname(self, p: Process, a: SyscallArgs) -> SyscallOutcome:
         fields = [b"Linux", b"tender", b"6.0.0-tender", b"#1 Tender", b"x86_64", b"(none)"]
@@ -285,6 +333,8 @@ _HANDLERS: dict[str, Handler] = {
     "getpid": SystemCalls.getpid, "gettid": SystemCalls.getpid, "getppid": SystemCalls.getppid,
     "set_tid_address": SystemCalls.set_tid_address, "arch_prctl": SystemCalls.arch_prctl,
     "exit": SystemCalls.exit, "exit_group": SystemCalls.exit,
+    "clone": SystemCalls.clone, "clone3": SystemCalls.clone3, "fork": SystemCalls.fork,
+    "vfork": SystemCalls.vfork,
     "uname": SystemCalls.uname, "getrandom": SystemCalls.getrandom,
     "clock_gettime": SystemCalls.clock_gettime, "clock_getres": SystemCalls.clock_getres,
     "gettimeofday": SystemCalls.gettimeofday, "time": SystemCalls.time,

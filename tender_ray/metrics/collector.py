@@ -1,11 +1,11 @@
 """Prometheus metrics: one endpoint serving every machine of a cluster (prometheus_client).
 
 Machines export nothing themselves. One exporter (the Ray layer's exporter actor) polls
-every machine's `statistics()`, process list and recent migration records, and the balancer's
-state, about once a second, and hands them to `MetricsServer.update`. At each scrape the
-`TenderCollector` builds the metric families from the latest snapshots, so the counters are
-the machines' own cumulative totals: nothing is counted twice, and a restarted machine shows
-as an ordinary counter reset.
+every machine's `statistics()`, process list and recent migration records, the balancer's
+state and the drain watcher's node drains (`metrics.node_drains`), about once a second, and
+hands them to `MetricsServer.update`. At each scrape the `TenderCollector` builds the metric
+families from the latest snapshots, so the counters are the machines' own cumulative totals:
+nothing is counted twice, and a restarted machine shows as an ordinary counter reset.
 
 What the machines do not keep as totals — migrations by source *and* destination, migration
 bytes and the duration histograms by phase — is accumulated here from the migration records,
@@ -13,7 +13,7 @@ each record counted once (records are deduplicated by pid, start time and source
 
 Names follow the Prometheus conventions: the `tender_` prefix, the unit in the name, `_total`
 on counters. Labels are low-cardinality only (machine, source, destination, state, phase,
-resource, syscall, strategy, result, policy, reason): never a pid or a page.
+resource, syscall, strategy, result, policy, reason, watcher, outcome): never a pid or a page.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from prometheus_client.metrics_core import (
 
 from tender_ray.balancing.state import BalancerState
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
+from tender_ray.metrics.node_drains import NodeDrainView, node_drain_families
 from tender_ray.migration.checkpoint import CheckpointRecord
 from tender_ray.migration.record import EXTRA_PHASES, PHASES, MigrationRecord
 from tender_ray.resources.process import ProcessState
@@ -196,6 +197,7 @@ class TenderCollector:
         self._lock = threading.Lock()
         self._machines: dict[str, _Machine] = {}
         self._balancer: BalancerState | None = None
+        self._watched: NodeDrainView | None = None  # the drain watcher's, when one ran
         self._policy = ""
         self._errors: Counter[str] = Counter()
         self._updates = 0
@@ -210,11 +212,12 @@ class TenderCollector:
     def update(self, machines: Mapping[str, MachineStatistics], *,
                processes: Mapping[str, Sequence[ProcessInfo]] | None = None,
                migrations: Mapping[str, Iterable[MigrationRecord]] | None = None,
-               balancer: BalancerState | None = None, down: Iterable[str] = (),
-               poll_seconds: float = 0.0) -> None:
+               balancer: BalancerState | None = None, node_drains: NodeDrainView | None = None,
+               down: Iterable[str] = (), poll_seconds: float = 0.0) -> None:
         """The machines that answered this poll (name -> statistics), their processes and
-        migration records, the balancer's state, and the machines that did not answer (their
-        last snapshot stays, marked down). Machines in neither are forgotten."""
+        migration records, the balancer's state, the drain watcher's node drains (None: keep
+        the last), and the machines that did not answer (their last snapshot stays, marked
+        down). Machines in neither are forgotten."""
         processes = processes or {}
         with self._lock:
             current: dict[str, _Machine] = {}
@@ -235,6 +238,8 @@ class TenderCollector:
             if balancer is not None:
                 self._balancer = balancer
                 self._policy = balancer.policy or self._policy
+            if node_drains is not None:
+                self._watched = node_drains
             self._updates += 1
             self._last_update = time.time()
             self._poll_seconds = poll_seconds
@@ -247,10 +252,14 @@ class TenderCollector:
         with self._lock:  # families are built under the lock, yielded after it
             machines = dict(sorted(self._machines.items()))
             balancer, policy = self._balancer, self._policy or "unknown"
+            views = [NodeDrainView.of_balancer(balancer)] if balancer is not None else []
+            if self._watched is not None:
+                views.append(self._watched)
             families = [*self._machine_families(machines, self._errors),
                         *self._migration_families(self.history),
                         *self._checkpoint_families(machines, self.checkpoints),
                         *self._balancer_families(balancer, policy, list(machines)),
+                        *node_drain_families(views, time.time(), list(machines)),
                         *self._exporter_families(self._updates, self._last_update,
                                                  self._poll_seconds)]
         yield from families

@@ -14,6 +14,12 @@ keeping another's checkpoints, as Charm++'s double in-memory checkpoint). Both k
 checksum per delta, verified on reading, and make a new checkpoint visible only once it is
 whole (a manifest replaced atomically), so a crash during a checkpoint leaves the previous one
 valid.
+
+A restart claims the checkpoint it restarts from in the store, atomically, before it makes
+anything (`claim`): of two restarters of one crashed process (an `exec` driver and a cluster's
+restart watch, say), only the first runs a copy; the second is told where the first put it
+(`AlreadyRestartedError`). A claim held by a machine that is itself lost since may be taken
+over by the restart that recovers that machine; a restart that fails gives its claim back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import json
 import os
 import pickle
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +171,55 @@ class StaleBaseError(CheckpointError):
     checkpointed elsewhere meanwhile): take a full one instead."""
 
 
+@dataclass(frozen=True)
+class RestartClaim:
+    """A restart's hold on one checkpoint of a process: the copy it makes is the only one."""
+
+    pid: int
+    seq: int  # the checkpoint restarted from
+    machine: str  # where the restart runs the process
+    at: float  # time.time() of the claim
+    generation: int = 0  # one more each time a lost machine's claim is taken over
+
+    def encode(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode()
+
+    @staticmethod
+    def decode(raw: bytes) -> RestartClaim:
+        return RestartClaim(**json.loads(raw))
+
+
+class AlreadyRestartedError(CheckpointError):
+    """The process was restarted already (another restart claimed its checkpoint first, or a
+    copy of it was checkpointed after its machine was lost): it runs on `machine` since `at`,
+    and nothing was made here. Not a loss: whoever asked has nothing left to do for it."""
+
+    def __init__(self, message: str, pid: int, machine: str, at: float) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.machine = machine
+        self.at = at
+
+    def __reduce__(self) -> tuple[type[AlreadyRestartedError], tuple[str, int, str, float]]:
+        # Raised inside a machine actor, it must cross back to the caller intact.
+        return (type(self), (str(self), self.pid, self.machine, self.at))
+
+    @staticmethod
+    def of(claim: RestartClaim) -> AlreadyRestartedError:
+        return AlreadyRestartedError(
+            f"process {claim.pid} was already restarted from checkpoint {claim.seq} on "
+            f"machine {claim.machine} at {clock(claim.at)}: that copy is the one that runs; "
+            "nothing was made here", claim.pid, claim.machine, claim.at)
+
+
+def clock(t: float) -> str:
+    """A time.time() as a reader wants it in a message: the local date and time, to the ms."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
+CLAIM_TRIES = 8  # rounds of reading the newest claim and trying to add one (releases race)
+
+
 class CheckpointStore(Protocol):
     """Where checkpoints survive their machine."""
 
@@ -173,6 +230,9 @@ class CheckpointStore(Protocol):
     def latest(self, pid: int) -> int | None: ...
     def discard(self, pid: int) -> None: ...
     def pids(self) -> list[int]: ...
+    def claim(self, pid: int, seq: int, machine: str,
+              lost_machine: str = "") -> RestartClaim: ...
+    def release(self, claim: RestartClaim) -> None: ...
 
 
 def _encode(delta: CheckpointDelta) -> bytes:
@@ -203,6 +263,50 @@ class _ChainStore:
 
     def pids(self) -> list[int]:
         raise NotImplementedError
+
+    # The claims, by subclass: each (pid, seq, generation) added at most once, atomically.
+    def _claims(self, pid: int, seq: int) -> dict[int, bytes]:
+        """The claims on checkpoint `seq` of the process, by generation."""
+        raise NotImplementedError
+
+    def _add_claim(self, claim: RestartClaim) -> bool:
+        """Add the claim unless its generation exists already; whether it was added."""
+        raise NotImplementedError
+
+    def _drop_claim(self, claim: RestartClaim) -> None:
+        raise NotImplementedError
+
+    def claim(self, pid: int, seq: int, machine: str, lost_machine: str = "") -> RestartClaim:
+        """Claim checkpoint `seq` of process `pid` for a restart on `machine`, before the
+        restart makes anything. AlreadyRestartedError when another restart holds it, unless
+        that one ran the process on `lost_machine` (the machine this restart recovers, lost
+        since): its copy died with it, and this claim takes over."""
+        for _ in range(CLAIM_TRIES):
+            claims = self._claims(pid, seq)
+            generation = 0
+            if claims:
+                newest = max(claims)
+                try:
+                    held = RestartClaim.decode(claims[newest])
+                except (ValueError, TypeError):
+                    raise CheckpointError(
+                        f"the restart claim {newest} on checkpoint {seq} of process {pid} at "
+                        f"{self.where} is corrupt; remove it if no copy of the process "
+                        "runs") from None
+                if not lost_machine or held.machine != lost_machine:
+                    raise AlreadyRestartedError.of(held)
+                generation = newest + 1
+            mine = RestartClaim(pid, seq, machine, time.time(), generation)
+            if self._add_claim(mine):
+                return mine
+            # Another restarter added this generation first: read again, it is the newest.
+        raise CheckpointError(f"checkpoint {seq} of process {pid} at {self.where} could not "
+                              f"be claimed in {CLAIM_TRIES} tries (claims come and go); try "
+                              "again")
+
+    def release(self, claim: RestartClaim) -> None:
+        """Give back a claim whose restart failed (nothing of it runs): another may try."""
+        self._drop_claim(claim)
 
     def _manifest(self, pid: int) -> dict[str, Any] | None:
         raw = self._get(pid, "manifest")
@@ -311,6 +415,52 @@ class PlateCheckpointStore(_ChainStore):
         return sorted(int(p.name) for p in self.root.iterdir()
                       if p.name.isdigit() and (p / "manifest").exists())
 
+    # A claim is the file `restart-<seq>.<generation>.claim`, which only one restarter can
+    # make: written whole under a name of its own, then hard-linked to the claim's name, which
+    # fails if it exists (as an O_EXCL create would, but the claim never shows half written,
+    # so a restarter dying mid-claim leaves no empty marker that nobody can read).
+    def _claims(self, pid: int, seq: int) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for f in (self.root / str(pid)).glob(f"restart-{seq}.*.claim"):
+            generation = f.name.split(".")[1]
+            try:
+                if generation.isdigit():
+                    found[int(generation)] = f.read_bytes()
+            except FileNotFoundError:
+                continue  # released while we looked
+        return found
+
+    def _claim_path(self, claim: RestartClaim) -> Path:
+        return self.root / str(claim.pid) / f"restart-{claim.seq}.{claim.generation}.claim"
+
+    def _add_claim(self, claim: RestartClaim) -> bool:
+        target = self._claim_path(claim)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            target.parent.mkdir(exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(claim.encode())
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {claim.seq} of process {claim.pid} could not be "
+                                  f"claimed at {self.where}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _drop_claim(self, claim: RestartClaim) -> None:
+        target = self._claim_path(claim)
+        try:
+            if target.read_bytes() == claim.encode():  # ours, not one that took over since
+                target.unlink()
+        except FileNotFoundError:
+            pass
+
 
 class MemoryCheckpointStore(_ChainStore):
     """Checkpoints kept in this process's memory (a buddy machine keeping another's)."""
@@ -319,6 +469,9 @@ class MemoryCheckpointStore(_ChainStore):
         super().__init__()
         self.where = where
         self._blobs: dict[int, dict[str, bytes]] = {}
+        # (pid, seq) -> generation -> claim; made and read under the store's lock, so two
+        # restarters (two threads of the buddy's actor) cannot both add one generation.
+        self._claimed: dict[tuple[int, int], dict[int, bytes]] = {}
 
     def _put(self, pid: int, name: str, data: bytes) -> None:
         self._blobs.setdefault(pid, {})[name] = data
@@ -334,13 +487,33 @@ class MemoryCheckpointStore(_ChainStore):
     def discard(self, pid: int) -> None:
         with self._lock:
             self._blobs.pop(pid, None)
+            for key in [k for k in self._claimed if k[0] == pid]:
+                del self._claimed[key]
 
     def pids(self) -> list[int]:
         with self._lock:
             return sorted(pid for pid, blobs in self._blobs.items() if "manifest" in blobs)
 
+    def _claims(self, pid: int, seq: int) -> dict[int, bytes]:
+        with self._lock:
+            return dict(self._claimed.get((pid, seq), {}))
 
-__all__ = ["FULL_EVERY", "PAGE_SIZE", "Checkpoint", "CheckpointDelta", "CheckpointRecord",
-           "CheckpointStore", "MemoryCheckpointStore", "PageHashes", "PlateCheckpointStore",
-           "RestartRecord", "StaleBaseError", "area_vpns", "assemble", "make_delta",
-           "page_hashes"]
+    def _add_claim(self, claim: RestartClaim) -> bool:
+        with self._lock:
+            claims = self._claimed.setdefault((claim.pid, claim.seq), {})
+            if claim.generation in claims:
+                return False
+            claims[claim.generation] = claim.encode()
+            return True
+
+    def _drop_claim(self, claim: RestartClaim) -> None:
+        with self._lock:
+            claims = self._claimed.get((claim.pid, claim.seq), {})
+            if claims.get(claim.generation) == claim.encode():
+                del claims[claim.generation]
+
+
+__all__ = ["CLAIM_TRIES", "FULL_EVERY", "PAGE_SIZE", "AlreadyRestartedError", "Checkpoint",
+           "CheckpointDelta", "CheckpointRecord", "CheckpointStore", "MemoryCheckpointStore",
+           "PageHashes", "PlateCheckpointStore", "RestartClaim", "RestartRecord",
+           "StaleBaseError", "area_vpns", "assemble", "clock", "make_delta", "page_hashes"]

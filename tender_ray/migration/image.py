@@ -52,6 +52,9 @@ class KernelState:
     # kernel.signals.SignalState (actions, mask, pending, alternate stack, the timer's time
     # left), kept opaque here: the kernel, above, fills and reads it. None: all default.
     signals: Any = None
+    # Process.output_commit: how far into stdout and stderr its last checkpoint reaches (the
+    # owner gets no more than that until the next one), None before its first checkpoint.
+    output_commit: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

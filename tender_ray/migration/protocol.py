@@ -12,8 +12,11 @@ migration expires and can never commit); before the commit goes out the source's
 frozen and handed over, so only the migration's outcome can resume it. A commit answer means
 delete; a lost or failed answer is settled by asking (an abort, which answers COMMITTED if the
 commit had taken effect) until the destination answers or is known dead; the source resumes
-its copy only on a definite not-committed outcome. Only pages that were ever touched travel,
-batched into page blocks. `run_migration` knows the two machines only as the `Source` and
+its copy only on a definite not-committed outcome. While the source exports and transforms
+the pages (a large process or a slow transport may take longer than a lease between two of
+its calls) it renews the lease three times a lease, so a slow source keeps its migration and
+only a silent one loses it. Only pages that were ever touched travel, batched into page
+blocks. `run_migration` knows the two machines only as the `Source` and
 `Peer` protocols, which the kernel's machine and the Ray layer's handles implement.
 """
 
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Protocol
 
 from tender_ray.errors import (
@@ -55,6 +60,7 @@ class Source(Protocol):
                      options: MigrationOptions) -> ProcessImage: ...
     def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None: ...
     def note_migration(self, record: MigrationRecord) -> None: ...
+    def migration_lease(self) -> float: ...
 
 
 class Destination(Protocol):
@@ -71,6 +77,7 @@ class Destination(Protocol):
     def commit(self, mid: str) -> Outcome: ...
     def abort(self, mid: str) -> Outcome: ...
     def outcome(self, mid: str) -> Outcome: ...
+    def renew(self, mid: str) -> Outcome: ...
     def record_migration(self, pid: int, record: MigrationRecord) -> None: ...
 
 
@@ -85,11 +92,15 @@ class Peer(Protocol):
     def commit(self, mid: str) -> Outcome: ...
     def abort(self, mid: str) -> Outcome: ...
     def outcome(self, mid: str) -> Outcome: ...
+    def renew(self, mid: str) -> Outcome: ...
 
 
 _ids = itertools.count(1)
 SETTLE_SECONDS = 60.0  # how long a source asks for a lost commit's outcome before giving up
 _SETTLE_PAUSE = (0.02, 1.0)  # the first and the longest pause between two asks
+# Renewals per lease while the source works on its own: one late or lost renewal still
+# leaves two before the lease runs out.
+RENEWS_PER_LEASE = 3
 
 
 def new_migration_id(source: str) -> str:
@@ -123,6 +134,36 @@ def settle(peer: Peer, mid: str, seconds: float = SETTLE_SECONDS) -> Outcome | N
                 "the source, handed over, until the outcome is known") from last
         time.sleep(pause)
         pause = min(pause * 2, longest)
+
+
+@contextlib.contextmanager
+def renewing(peer: Peer, mid: str, every: float) -> Iterator[None]:
+    """Renew migration `mid`'s lease at `peer` every `every` seconds while the body runs: a
+    step of the source's own that may outlast the lease between two of its calls (exporting
+    a large process, a slow transport). Stopped as the body ends, however it ends, so a source
+    that goes silent between its steps still has its migration expired.
+
+    A renewal that fails is not an error here (the protocol's next call finds out what
+    became of the migration); one that finds the migration no longer pending (aborted or
+    expired there) stops the renewals, since there is nothing left to keep."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                outcome = peer.renew(mid)
+            except (TenderError, OSError):
+                continue  # late, lost or refused: the next renewal may get through
+            if outcome is not Outcome.PENDING:
+                return
+
+    # A daemon, and not joined: a renewal in flight as the step ends must not hold up the
+    # migration (it extends the lease once more, at most).
+    threading.Thread(target=beat, name=f"renew {mid}", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
@@ -175,14 +216,17 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         starts["create_call"] = t - start + phases["create"]
         t = time.perf_counter()
         starts["export"] = t - start
-        image = source.export_image(pid, transport, options)
-        phases["export"] = time.perf_counter() - t
-        pages = image.pages_sent
-        nbytes = image.pages_sent * PAGE_SIZE + (
-            source.program_size(pid) if options.resources is Resources.ALL else 0)
-        t = time.perf_counter()
-        source.fault_point("before_transform")
-        transformed = peer.transform(mid, image, options)
+        # Export and transform may take longer than the lease between two calls of ours: the
+        # lease is renewed while they run (the destination keeps it during its own calls).
+        with renewing(peer, mid, source.migration_lease() / RENEWS_PER_LEASE):
+            image = source.export_image(pid, transport, options)
+            phases["export"] = time.perf_counter() - t
+            pages = image.pages_sent
+            nbytes = image.pages_sent * PAGE_SIZE + (
+                source.program_size(pid) if options.resources is Resources.ALL else 0)
+            t = time.perf_counter()
+            source.fault_point("before_transform")
+            transformed = peer.transform(mid, image, options)
         source.fault_point("after_transform")
         phases.update(transformed)
         # What the transform call cost beyond the destination's own work: the round trip.
@@ -288,6 +332,9 @@ class LocalPeer:
 
     def outcome(self, mid: str) -> Outcome:
         return self.machine.outcome(mid)
+
+    def renew(self, mid: str) -> Outcome:
+        return self.machine.renew(mid)
 
 
 def migrate_local(source: Source, pid: int, destination: Destination,

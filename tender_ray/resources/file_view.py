@@ -7,7 +7,8 @@ root), /proc and /dev are refused except the few emulated names. The last compon
 opened with O_NOFOLLOW, so a symlink swapped in after resolution cannot lead out.
 
 `FileService` is the seam for host access (large blocks, plain records): the local one here
-works on this host's files; a remote one can serve a migrated process from its home machine.
+works on this host's files; `home_files.RemoteFileService` serves a migrated process from the
+machine it started on (its `home`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class FileService(Protocol):
     def fsync(self, handle: int) -> None: ...
     def chmod(self, host_path: str, mode: int) -> None: ...
     def utime(self, host_path: str, times_ns: tuple[int, int] | None) -> None: ...
+    def flush(self, handle: int) -> None: ...
     def close(self, handle: int) -> None: ...
 
 
@@ -156,6 +158,9 @@ class LocalFileService:
         else:
             os.utime(host_path, ns=times_ns, follow_symlinks=False)
 
+    def flush(self, handle: int) -> None:
+        self._fd(handle)  # writes are the host's at once: nothing is held here
+
     def close(self, handle: int) -> None:
         fd = self._fds.pop(handle, None)
         if fd is not None:
@@ -180,9 +185,14 @@ def _fail(errno: Errno, what: str) -> OSError:
 class FileView:
     """A process's view (`spec`) resolved against a file service."""
 
-    def __init__(self, spec: FileViewSpec, service: FileService, exe: str = "") -> None:
+    def __init__(self, spec: FileViewSpec, service: FileService, exe: str = "",
+                 home: str = "", home_node: str = "") -> None:
         self.spec = spec
         self.service = service
+        # Where the host tree is: the machine the process started on and its Ray node ("":
+        # this host). Set at exec, it travels: a machine elsewhere sends file calls home.
+        self.home = home
+        self.home_node = home_node
         self.root = os.path.realpath(spec.root)
         self.cwd = spec.cwd if spec.cwd.startswith("/") else "/" + spec.cwd  # the process's
         self.exe = exe  # the program's guest path, /proc/self/exe's answer

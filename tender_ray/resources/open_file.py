@@ -70,6 +70,9 @@ class OpenFile:
     def attach(self, service: FileService) -> None:
         """Give it the machine's file service (after exec or arrival)."""
 
+    def flush(self) -> None:
+        """What was written through it is at its home (before the process's image is taken)."""
+
 
 class HostFile(OpenFile):
     """A regular file of the host tree, seen through the view: its host fd is a handle in the
@@ -85,13 +88,20 @@ class HostFile(OpenFile):
         self.offset = 0
         self.handle: int | None = handle  # the service's, dropped on pickling
         self.service: FileService | None = service
-        self.lost: int | None = None  # the errno of a failed reopen: later calls answer it
+        self.lost: int | None = None  # errno of a failed reopen or write-behind: calls answer it
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["handle"] = None
         state["service"] = None
         return state
+
+    def flush(self) -> None:
+        if self.service is not None and self.handle is not None and self.lost is None:
+            try:
+                self.service.flush(self.handle)
+            except OSError as e:  # a write-behind that failed: the file's next call says so
+                self.lost = e.errno or int(Errno.EIO)
 
     def attach(self, service: FileService) -> None:
         self.service = service
@@ -213,7 +223,7 @@ class PipeEnd(OpenFile):
         if not self.write_end:
             raise _error(Errno.EBADF, "the read end of a pipe cannot be written")
         if self.pipe.readers == 0:
-            # SIGPIPE too, once signals can be raised (Services.raise_signal).
+            # The kernel's write call raises SIGPIPE on this error (kernel/file_calls.py).
             raise _error(Errno.EPIPE, "every read end of the pipe is closed")
         room = PIPE_CAPACITY - len(self.pipe.data)
         if room <= 0:
@@ -357,6 +367,11 @@ class FdTable:
                 seen.add(id(entry.file))
                 entry.file.attach(service)
 
+    def flush(self) -> None:
+        """Every write-behind of the open files has landed at its home."""
+        for entry in self.entries.values():
+            entry.file.flush()
+
     def stdin(self) -> StdinStream | None:
         """The standard input stream, wherever a descriptor holds it."""
         for entry in self.entries.values():
@@ -388,6 +403,7 @@ class FilesImage:
 
     @classmethod
     def of(cls, files: FdTable, view: FileView | None) -> FilesImage:
+        files.flush()  # the image says the writes made so far are done: they must be
         return cls(pickle.dumps((files, view)))
 
     def restore(self) -> tuple[FdTable, FileView | None]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
+from support.clusters import own_cluster
 from support.machines import actor_mover, assert_clean, bounce, finish, start
 from support.programs import native, workload
 
@@ -34,16 +34,8 @@ def config(name: str, fault: FaultSpec | None = None) -> MachineConfig:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if ray.is_initialized():  # another module's Ray: this one must be its own
-        ray.shutdown()
-    c = Cluster(num_cpus=2, object_store_mib=256)
-    try:
-        for name in NAMES:
-            c.add_machine(config(name))
+    with own_cluster(config(name) for name in NAMES) as c:
         yield c
-    finally:
-        c.shutdown()
-        ray.shutdown()
 
 
 RECORD_KEYS = {"pid", "from", "to", "seconds", "bytes", "pages", "phases", "transfer", "reuse",

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
+from support.clusters import own_cluster, run_scenario_to_end
 from support.machines import frames_free, wait_until
 from support.programs import ROOT, native, workload
 
 from tender_ray.cli.execute import ExecResult, execute
 from tender_ray.cli.scenario.model import read_scenario
-from tender_ray.cli.scenario.run import ScenarioRun, Tracked
-from tender_ray.cluster import NAMESPACE, Cluster, MachineHandle
+from tender_ray.cli.scenario.run import Tracked
+from tender_ray.cluster import Cluster, MachineHandle
 from tender_ray.cluster.supervisor import crash, recover
 from tender_ray.config import CheckpointSpec, MachineConfig
 
@@ -29,13 +29,8 @@ RUN_TIMEOUT = 120.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if ray.is_initialized():  # another module's Ray: this one must be its own
-        ray.shutdown()
-    c = Cluster(num_cpus=2, object_store_mib=256, namespace=NAMESPACE)
-    try:
+    with own_cluster() as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def _config(name: str, every: float | None) -> MachineConfig:
@@ -142,20 +137,8 @@ def test_exec_follows_its_process_through_a_crash(cluster: Cluster) -> None:
 
 @pytest.mark.slow  # ~15 s here: a whole scenario, its Ray actors and its native runs
 def test_crash_scenario_restarts_everything_with_native_output(cluster: Cluster) -> None:
-    read = read_scenario(ROOT / "configs" / "crash.yaml")
-    events: list[str] = []
-    run = ScenarioRun(read.scenario, read.programs, on_event=events.append,
-                      problems=read.problems)
-    try:
-        run.setup()
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while run.step():
-            assert time.monotonic() < deadline, f"scenario did not end: {events}"
-            time.sleep(0.1)
-    except BaseException:
-        run.cluster.shutdown()
-        raise
-    report = run.finish(None).report
+    report, events = run_scenario_to_end(read_scenario(ROOT / "configs" / "crash.yaml"),
+                                         RUN_TIMEOUT)
     assert report.lost == ()
     assert report.restarts, events
     assert all(r.lost_machine == "m0" and r.machine == "m1" for r in report.restarts)

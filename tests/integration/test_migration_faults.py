@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import ray
+from support.clusters import own_cluster
 from support.machines import assert_clean, finish, frames_free, start, wait_until
 from support.programs import native
 
@@ -44,16 +45,8 @@ def config(name: str, fault: FaultSpec | None = None) -> MachineConfig:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if ray.is_initialized():  # another module's Ray: this one must be its own
-        ray.shutdown()
-    c = Cluster(num_cpus=2, object_store_mib=256)
-    try:
-        for name in ("a", "b"):
-            c.add_machine(config(name))
+    with own_cluster(config(name) for name in ("a", "b")) as c:
         yield c
-    finally:
-        c.shutdown()
-        ray.shutdown()
 
 
 def expected_holder(side: FaultSide, phase: str, action: FaultAction) -> str:

@@ -8,8 +8,10 @@ so the fixture shuts Ray down at module end.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import ray
@@ -22,6 +24,9 @@ from tender_ray.errors import ProcessStateError
 from tender_ray.kernel.snapshots import ProcessInfo
 from tender_ray.migration.options import MigrationOptions, Transfer
 from tender_ray.migration.record import PHASES
+from tender_ray.resources.file_view import FileViewSpec
+
+BUSYBOX = Path("/usr/bin/busybox")
 
 STORE = 100 << 20
 
@@ -45,6 +50,11 @@ def clusters() -> Iterator[tuple[RayCluster, Cluster]]:
                             resources={"node_a": 0.01})
         cluster.add_machine(MachineConfig(name="nb", memory_mib=64, quantum_us=1000,
                                           engine="emulated"),
+                            resources={"node_b": 0.01})
+        # A machine with no host files of its own: what its arrivals read and write, they
+        # read and write at their home on the other node.
+        cluster.add_machine(MachineConfig(name="nc", memory_mib=64, quantum_us=1000,
+                                          engine="emulated", host_files="none"),
                             resources={"node_b": 0.01})
         yield rc, cluster
     finally:
@@ -105,3 +115,56 @@ def test_migrate_between_nodes(clusters: tuple[RayCluster, Cluster], transfer: s
         stats = h.statistics()
         assert stats.processes == {}
         assert stats.memory.frames_free == stats.memory.frames_total
+
+
+@pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static not installed")
+def test_a_process_on_another_node_uses_its_home_files(
+        clusters: tuple[RayCluster, Cluster], tmp_path: Path) -> None:
+    """No file system shared by the nodes is assumed: `nc` has no host files at all, so the
+    sort that moved there reads its input and writes its output through `na`, its home."""
+    _, cluster = clusters
+    home, away = cluster.machine("na"), cluster.machine("nc")
+    text = tmp_path / "input.txt"
+    text.write_text("".join(f"{(i * 7919) % 100_003:06d} line {i}\n" for i in range(40_000)))
+    subprocess.run([str(BUSYBOX), "sort", "-o", str(tmp_path / "native.txt"), str(text)],
+                   check=True, timeout=60)
+    out = tmp_path / "sorted.txt"
+    argv = [str(BUSYBOX), "sort", "-o", str(out), str(text)]
+    pid = home.exec(BUSYBOX.read_bytes(), "busybox", argv, files=FileViewSpec(cwd=str(tmp_path)))
+    record = home.migrate(pid, "nc", MigrationOptions(), timeout=120)
+    assert record.result == "ok"
+    info = away.wait(pid, timeout=120)
+    assert info.state == "zombie", info
+    while any(c.pid == pid for c in away.statistics().computations):
+        time.sleep(0.002)
+    info, stdout, err = away.reap(pid)
+    assert (info.exit_status, stdout, err) == (0, b"", b""), info.exit_reason
+    assert out.read_bytes() == (tmp_path / "native.txt").read_bytes()
+    asked = away.statistics().host_files.remote
+    assert [a.home for a in asked] == ["na"]
+    assert asked[0].bytes_fetched >= text.stat().st_size  # the input came from home
+    assert asked[0].bytes_sent == out.stat().st_size  # and the output went there
+    served = home.statistics().host_files.served
+    assert served.requests >= asked[0].requests and served.open_handles == 0
+    # Started on `nc` itself, the same program finds no files: a clear error, nothing else.
+    pid = away.exec(BUSYBOX.read_bytes(), "busybox", [str(BUSYBOX), "cat", str(text)],
+                    files=FileViewSpec(cwd=str(tmp_path)))
+    away.wait(pid, timeout=60)
+    while any(c.pid == pid for c in away.statistics().computations):
+        time.sleep(0.002)
+    info, stdout, err = away.reap(pid)
+    assert info.exit_status == 1 and stdout == b"" and b"Permission denied" in err
+
+
+@pytest.mark.skipif(not Path("/usr/bin/sha256sum").is_file(), reason="coreutils not installed")
+def test_the_io_benchmark_reads_through_a_home_actor(
+        clusters: tuple[RayCluster, Cluster], tmp_path: Path) -> None:
+    from tender_ray.bench.io import ray_home_runs
+
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(1 << 20))
+    expected = subprocess.run(["/usr/bin/sha256sum", str(data)], capture_output=True,
+                              check=True, timeout=60).stdout
+    [(seconds, status, out, moved)] = ray_home_runs(["emulated"], data, 1)["emulated"]
+    assert (status, out) == (0, expected)
+    assert seconds > 0 and moved > 0  # it did move before it ended

@@ -5,7 +5,8 @@ PREEMPTION, a deadline seconds ahead), the drain watcher moves every process to 
 node before the deadline, and the test then removes the node at the deadline, as a
 preemption would. The processes' outputs must be those of their native runs.
 
-The same again with a balancer running (what `up` and `run` start), on a third node.
+The same again with a balancer running (what `up` and `run` start), on a third node. Both
+times the metrics exporter's endpoint shows the node's drain with the watcher that followed it.
 
 Its own module: a pytest session cannot mix this Ray with the embedded one of other modules.
 """
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 from ray.cluster_utils import Cluster as RayCluster
 from support.programs import native, workload
 
@@ -119,14 +122,37 @@ def follow(rc: RayCluster, cluster: Cluster, node: object, drained: str,
         assert (info.exit_status, out, err) == native(name, *args)
 
 
+def node_drain_samples(cluster: Cluster, watcher: str) -> dict[tuple[str, str, str], float]:
+    """The exporter's node-drain samples of `watcher`: (sample, machine, outcome) -> value."""
+    port = cluster.start_exporter(port=0)  # the running one's port after the first call
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    return {(s.name, s.labels.get("machine", ""), s.labels.get("outcome", "")): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("tender_node_drain")
+            for s in family.samples if s.labels.get("watcher") == watcher}
+
+
+def assert_drain_exported(cluster: Cluster, watcher: str, sources: set[str], moved: int
+                          ) -> None:
+    got = node_drain_samples(cluster, watcher)
+    assert got[("tender_node_drains_started_total", "", "")] >= 1, got
+    for machine in sources:
+        assert got[("tender_node_drains_finished_total", machine, "evacuated")] == 1, got
+    assert sum(v for (name, machine, _), v in got.items() if machine in sources and
+               name == "tender_node_drain_evacuated_processes_total") == moved, got
+
+
 def test_a_preempted_nodes_processes_leave_before_its_deadline(
         clusters: tuple[RayCluster, Cluster, dict[str, object]]) -> None:
     rc, cluster, nodes = clusters
     drained = cluster.machine("b1").node_id()
     assert cluster.machine("b2").node_id() == drained
     assert cluster.machine("a1").node_id() != drained
+    cluster.start_exporter(port=0)
     follow(rc, cluster, nodes["node_b"], drained, start(cluster, ("b1", "b2")), {"b1", "b2"},
            ("a1", "a2", "c1"))
+    assert_drain_exported(cluster, "drain_watch", {"b1", "b2"}, len(PROGRAMS))
 
 
 def test_with_a_balancer_running_the_balancer_follows_the_drain(
@@ -137,3 +163,4 @@ def test_with_a_balancer_running_the_balancer_follows_the_drain(
     follow(rc, cluster, nodes["node_c"], drained, start(cluster, ("c1",)), {"c1"},
            ("a1", "a2"))
     assert cluster.balancer_state().signal_errors == 0
+    assert_drain_exported(cluster, "balancer", {"c1"}, len(PROGRAMS))

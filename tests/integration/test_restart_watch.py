@@ -9,13 +9,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import ray
+from support.clusters import own_cluster
 from support.machines import frames_free, wait_until
 from support.programs import native, workload
 
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.cli.scenario.run import Tracked
-from tender_ray.cluster import NAMESPACE, Cluster
+from tender_ray.cluster import Cluster
 from tender_ray.cluster.supervisor import crash
 from tender_ray.config import CheckpointSpec, MachineConfig
 from tender_ray.migration.options import MigrationOptions
@@ -25,13 +25,8 @@ RUN_TIMEOUT = 120.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    if ray.is_initialized():  # another module's Ray: this one must be its own
-        ray.shutdown()
-    c = Cluster(num_cpus=2, object_store_mib=256, namespace=NAMESPACE)
-    try:
+    with own_cluster() as c:
         yield c
-    finally:
-        c.shutdown()
 
 
 def _config(name: str) -> MachineConfig:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import ray
 import yaml
+from support.clusters import run_scenario_to_end
 from support.programs import run_native, workload
 
 from tender_ray.balancing.loop import BalancingLoop
@@ -77,21 +78,8 @@ def run_scenario(tmp_path: Path, data: dict[str, Any], *, policy: str | None = N
                  ) -> tuple[Report, list[str]]:
     """Run a scenario step by step to its end; its report (also written to tmp_path/rep)
     and the event lines it logged."""
-    read = read_scenario(write(tmp_path, data))
-    events: list[str] = []
-    run = ScenarioRun(read.scenario, read.programs, policy=policy, on_event=events.append,
-                      problems=read.problems)
-    try:
-        run.setup()
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while run.step():
-            assert time.monotonic() < deadline, f"scenario did not end: {events}"
-            time.sleep(0.1)
-    except BaseException:
-        run.cluster.shutdown()
-        raise
-    report = run.finish(tmp_path / "rep").report
-    return report, events
+    return run_scenario_to_end(read_scenario(write(tmp_path, data)), RUN_TIMEOUT,
+                               policy=policy, report_dir=tmp_path / "rep")
 
 
 def native_sha(program: str, *args: str) -> str:

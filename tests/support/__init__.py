@@ -2,7 +2,8 @@
 alike (the pytest config puts `tests/` on the path: `from support.machines import finish`).
 
 - `support.programs`: the workload binaries and running them on the host (`workload`,
-  `run_native`, the cached `native`, `ROOT` and the timeouts).
+  `run_native`, the cached `native`, `need` (skip unless a host program is installed), `ROOT`
+  and the timeouts).
 - `support.machines`: driving a machine, written once over the `MachineLike` protocol that an
   in-process `Machine` and a Ray `MachineHandle` both satisfy: start, wait, finish, run to the
   end, poll for a state or a condition, the "machine gave everything back" checks, moving a
@@ -14,6 +15,12 @@ alike (the pytest config puts `tests/` on the path: `from support.machines impor
   that what a test started in subprocesses (a Ray head, the CLI) is gone.
 - `support.snapshots`: hand-made snapshots (`stats`, `proc`, `record`) and the balancer's
   state (`balancer_state`, `drain_report`) for the metrics and `top` tests; no machine, no Ray.
+- `support.engines`: the engines a machine test is parametrised over (`ENGINES`: the native
+  one skipped where its self-check fails here).
+- `support.clusters`: for the integration tests, a module's own embedded Ray with machine
+  actors (`own_cluster`, what a module's `cluster` fixture holds) and a scenario run to its end
+  (`run_scenario_to_end`).
 
-Fixtures stay in conftest.py; nothing here is a fixture, and nothing here imports Ray.
+Fixtures stay in conftest.py; nothing here is a fixture, and nothing here imports Ray when
+imported (`support.clusters` does when its helpers are called).
 """

@@ -1,6 +1,7 @@
 """The workload binaries and running them on the host: where they are (`workload`), the
 reference result of a program run natively (`run_native`, and `native`, cached by workload
-name and arguments), the repository root and the timeouts the other helpers use.
+name and arguments), skipping a test whose host program is not installed (`need`), the
+repository root and the timeouts the other helpers use.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import pytest
 
 from tender_ray import config
 
@@ -23,6 +26,13 @@ def workload(name: str) -> Path:
     path = config.workload(name)
     assert path.is_file(), f"missing workload binary {path}"
     return path
+
+
+def need(*paths: str) -> None:
+    """Skip the test unless every one of these host programs is installed."""
+    for path in paths:
+        if not Path(path).exists():
+            pytest.skip(f"{path} is not installed here")
 
 
 def run_native(path: str | os.PathLike[str], args: Sequence[str] = (),

@@ -10,26 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.engines import ENGINES, NATIVE_OK, NATIVE_WHY
 from support.machines import bounce, finish, local_mover, run_on_machine
-from support.programs import run_native, workload
+from support.programs import need, run_native, workload
 
 from tender_ray.engines import features
-from tender_ray.engines.native import self_check
 from tender_ray.errors import MigrationError
 from tender_ray.kernel.machine import Machine, choosing_features
 from tender_ray.resources.program import parse_program
 
 MakeMachine = Callable[..., Machine]
-NATIVE_OK, NATIVE_WHY = self_check()
-ENGINES = [pytest.param("emulated"),
-           pytest.param("native", marks=pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY))]
-
-
-
-def _need(*paths: str) -> None:
-    for path in paths:
-        if not Path(path).exists():
-            pytest.skip(f"{path} is not installed here")
 
 
 def _same_as_native(machine: Machine, path: str, args: list[str],
@@ -41,7 +31,7 @@ def _same_as_native(machine: Machine, path: str, args: list[str],
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_true_and_echo(make_machine: MakeMachine, engine: str) -> None:
-    _need("/usr/bin/true", "/usr/bin/echo")
+    need("/usr/bin/true", "/usr/bin/echo")
     machine = make_machine(engine=engine, memory_mib=128)
     _same_as_native(machine, "/usr/bin/true", [])
     _same_as_native(machine, "/usr/bin/echo", ["hi"])
@@ -49,7 +39,7 @@ def test_true_and_echo(make_machine: MakeMachine, engine: str) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sha256sum_of_a_file(make_machine: MakeMachine, engine: str, tmp_path: Path) -> None:
-    _need("/usr/bin/sha256sum")
+    need("/usr/bin/sha256sum")
     data = tmp_path / "data"
     data.write_bytes(os.urandom(3000))
     _same_as_native(make_machine(engine=engine, memory_mib=128), "/usr/bin/sha256sum",
@@ -58,7 +48,7 @@ def test_sha256sum_of_a_file(make_machine: MakeMachine, engine: str, tmp_path: P
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sort(make_machine: MakeMachine, engine: str, tmp_path: Path) -> None:
-    _need("/usr/bin/sort")
+    need("/usr/bin/sort")
     data = tmp_path / "lines"
     data.write_bytes(b"pear\napple\nfig\n")
     _same_as_native(make_machine(engine=engine, memory_mib=128), "/usr/bin/sort",
@@ -67,7 +57,7 @@ def test_sort(make_machine: MakeMachine, engine: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_python3(make_machine: MakeMachine, engine: str) -> None:
-    _need("/usr/bin/python3")
+    need("/usr/bin/python3")
     _same_as_native(make_machine(engine=engine, memory_mib=256), "/usr/bin/python3",
                     ["-S", "-c", "print(1+1)"])
 
@@ -77,7 +67,7 @@ def test_sha256sum_migrating_every_50_ms(make_machine: MakeMachine, engine: str,
                                          tmp_path: Path) -> None:
     """Between machines of one engine: glibc chose its code paths from the CPU it started on
     (see engines' CPU features), so every machine here offers the same ones."""
-    _need("/usr/bin/sha256sum")
+    need("/usr/bin/sha256sum")
     data = tmp_path / "data"
     data.write_bytes(os.urandom(8 << 20))
     machines = [make_machine(name=f"m{i}", engine=engine, memory_mib=128,
@@ -101,7 +91,7 @@ def test_migrating_while_the_loader_maps_the_libraries(make_machine: MakeMachine
     """Moved every few hundred microseconds from its first instruction, the process arrives
     between the loader's openat of a library and its mmaps of it: the descriptor is reopened
     at the destination before the mapping reads it."""
-    _need("/usr/bin/sha256sum")
+    need("/usr/bin/sha256sum")
     data = tmp_path / "data"
     data.write_bytes(os.urandom(3000))
     machines = [make_machine(name=f"m{i}", engine=engine, memory_mib=128,
@@ -127,7 +117,7 @@ def test_engines_report_their_cpu_features() -> None:
 @pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY)
 def test_a_glibc_process_moves_only_to_an_engine_with_its_features(
         make_machine: MakeMachine) -> None:
-    _need("/usr/bin/sha256sum")
+    need("/usr/bin/sha256sum")
     native = make_machine(name="nat", engine="native", memory_mib=128)
     emulated = make_machine(name="emu", engine="emulated", memory_mib=128, pid_base=5000)
     image = Path("/usr/bin/sha256sum").read_bytes()

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.engines import ENGINES
 from support.machines import finish, run_on_machine
-from support.programs import run_native
+from support.programs import need, run_native
 
-from tender_ray.engines.native import self_check
 from tender_ray.kernel.machine import Machine
 from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.open_file import MAX_FDS
@@ -114,17 +114,6 @@ def test_changes_outside_the_writable_dir_answer_erofs(make_machine: MakeMachine
 
 # --- Debian's dynamically linked programs, each engine --------------------------------------
 
-NATIVE_OK, NATIVE_WHY = self_check()
-ENGINES = [pytest.param("emulated"),
-           pytest.param("native", marks=pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY))]
-
-
-def _need(*paths: str) -> None:
-    for path in paths:
-        if not Path(path).exists():
-            pytest.skip(f"{path} is not installed here")
-
-
 @pytest.fixture()
 def blob(tmp_path: Path) -> Path:
     """Something worth compressing: the start of a real program, and text."""
@@ -140,7 +129,7 @@ def blob(tmp_path: Path) -> Path:
                                       "print(len(d), hashlib.sha256(d).hexdigest())"]])
 def test_a_debian_program_reads_a_file_as_natively(make_machine: MakeMachine, engine: str,
                                                    program: list[str], blob: Path) -> None:
-    _need(program[0])
+    need(program[0])
     args = [*program[1:], str(blob)]
     native = run_native(program[0], args)
     status, out, err, _ = run_on_machine(make_machine(engine=engine, memory_mib=256),
@@ -150,7 +139,7 @@ def test_a_debian_program_reads_a_file_as_natively(make_machine: MakeMachine, en
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_bc_as_natively(make_machine: MakeMachine, engine: str, tmp_path: Path) -> None:
-    _need("/usr/bin/bc")
+    need("/usr/bin/bc")
     script = tmp_path / "calc.bc"
     script.write_text("scale=60\n4*a(1)\ne(1)\n2^200\nsqrt(2)\nquit\n")
     native = run_native("/usr/bin/bc", ["-lq", str(script)])
@@ -163,7 +152,7 @@ def test_bc_as_natively(make_machine: MakeMachine, engine: str, tmp_path: Path) 
 def test_debian_gzip_keep_copies_times_as_natively(make_machine: MakeMachine, engine: str,
                                                    dirs: tuple[Path, Path]) -> None:
     """GNU gzip -k gives the .gz the input's mode and times (fchmod, fchown, utimensat)."""
-    _need("/usr/bin/gzip")
+    need("/usr/bin/gzip")
     native_dir, guest_dir = dirs
     native = subprocess.run(["/usr/bin/gzip", "-k", "data.txt"], cwd=native_dir, env={},
                             capture_output=True, timeout=30)
@@ -189,7 +178,7 @@ def test_coreutils_statx_and_getdents_as_natively(make_machine: MakeMachine, eng
                                                   program: list[str],
                                                   dirs: tuple[Path, Path]) -> None:
     """GNU stat and ls ask statx (the 256-byte struct), ls -a getdents64 with . and .."""
-    _need(program[0])
+    need(program[0])
     tree = dirs[0]
     args = [*program[1:], str(tree), str(tree / "data.txt"), str(tree / "link"),
             str(tree / "sub")]
@@ -203,7 +192,7 @@ def test_coreutils_statx_and_getdents_as_natively(make_machine: MakeMachine, eng
 def test_python_sees_its_ids_umask_limits_and_exe_as_natively(make_machine: MakeMachine,
                                                                engine: str,
                                                                tmp_path: Path) -> None:
-    _need("/usr/bin/python3")
+    need("/usr/bin/python3")
     code = ("import os, resource, sys; os.chdir(sys.argv[1]); print(os.getuid(), os.geteuid(), "
             "os.getgid(), os.getegid(), os.getgroups()); print(oct(os.umask(0o077))); "
             "open('f', 'w').close(); os.mkdir('d'); print(oct(os.stat('f').st_mode), "

@@ -152,6 +152,8 @@ class _FakeSource:
         time.sleep(0.002)
 
     def note_migration(self, record: MigrationRecord) -> None: ...
+    def migration_lease(self) -> float:
+        return 10.0
 
 
 class _FakePeer:
@@ -177,6 +179,9 @@ class _FakePeer:
 
     def outcome(self, mid: str) -> Outcome:
         return Outcome.COMMITTED
+
+    def renew(self, mid: str) -> Outcome:
+        return Outcome.PENDING
 
 
 def test_run_migration_records_phase_starts() -> None:

@@ -1,5 +1,6 @@
 """The report of a scenario run: what became of every process, the migrations (as their
-records), the drains, what was lost, queued or never started, and how close the run came to
+records), the drains (the scenario's own, and the drains of Ray nodes the balancer or the
+drain watcher followed), what was lost, queued or never started, and how close the run came to
 the ideal makespan. Typed from end to end; turned into JSON only for report.json (`to_json`),
 whose field names and shape these classes keep."""
 
@@ -7,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tender_ray.balancing.policies import Policy
+from tender_ray.balancing.state import DrainReport
 from tender_ray.cli.scenario.model import EventAction
 from tender_ray.migration.record import MigrationRecord
 
@@ -73,7 +77,9 @@ class MigrationSummary:
 
 @dataclass(frozen=True)
 class DrainSummary:
-    """One drain: how long it took against its deadline, what moved and what stayed."""
+    """One drain: how long it took against its deadline, what moved and what stayed. A drain
+    of a Ray node also says which node, its outcome, what was checkpointed because it could
+    not move in time, and how long before the node's deadline it was done."""
 
     machine: str
     seconds: float
@@ -82,12 +88,49 @@ class DrainSummary:
     left: tuple[int, ...]  # pids still there at the deadline
     moved: tuple[MigrationRecord, ...]
     why: str = ""  # why the processes left were not moved ("" when none was left)
+    node: str = ""  # the Ray node drained ("" for a drain of the machine alone)
+    outcome: str = ""  # evacuated, checkpointed, incomplete, cancelled (node drains)
+    checkpointed: tuple[int, ...] = ()
+    deadline_at: float | None = None  # wall seconds the node went away (inf: not said)
+
+    @staticmethod
+    def of(report: DrainReport) -> DrainSummary:
+        return DrainSummary(report.machine, report.seconds, report.deadline, report.ok,
+                            tuple(report.left), tuple(report.moved), report.why,
+                            node=report.node, outcome=report.outcome,
+                            checkpointed=tuple(report.checkpointed),
+                            deadline_at=report.deadline_at)
+
+    @property
+    def seconds_before_deadline(self) -> float | None:
+        """How long before its deadline the drain was done (negative: after); None when it
+        had none."""
+        if self.deadline_at is not None and math.isinf(self.deadline_at):
+            return None
+        if not self.deadline or self.outcome == "cancelled":
+            return None
+        return self.deadline - self.seconds
 
     def as_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "seconds": self.seconds, "deadline": self.deadline,
-                "ok": self.ok, "left": list(self.left), "why": self.why,
-                "moved": [{"pid": r.pid, "to": r.destination, "seconds": r.seconds}
-                          for r in self.moved]}
+        out: dict[str, Any] = {
+            "machine": self.machine, "seconds": self.seconds, "deadline": self.deadline,
+            "ok": self.ok, "left": list(self.left), "why": self.why,
+            "moved": [{"pid": r.pid, "to": r.destination, "seconds": r.seconds}
+                      for r in self.moved]}
+        if self.node:
+            at = self.deadline_at
+            out.update(node=self.node, outcome=self.outcome,
+                       checkpointed=list(self.checkpointed),
+                       # JSON has no infinity: a node drained without a deadline has null.
+                       deadline_at=None if at is None or math.isinf(at) else at,
+                       seconds_before_deadline=self.seconds_before_deadline)
+        return out
+
+
+def node_drain_summaries(reports: Iterable[DrainReport]) -> tuple[DrainSummary, ...]:
+    """The drains of Ray nodes among `reports` (the balancer's drains, or the drain
+    watcher's), one per machine on a drained node."""
+    return tuple(DrainSummary.of(d) for d in reports if d.node)
 
 
 @dataclass(frozen=True)
@@ -168,6 +211,7 @@ class Report:
     not_started: tuple[NotStarted, ...]
     processes: tuple[ProcessReport, ...]
     restarts: tuple[RestartedProcess, ...] = ()
+    node_drains: tuple[DrainSummary, ...] = ()  # of Ray nodes, by the balancer or the watcher
 
     @property
     def all_match_native(self) -> bool:
@@ -193,6 +237,7 @@ class Report:
             "mean_slowdown": self.mean_slowdown,
             "migrations": self.migrations.as_dict(),
             "drains": [d.as_dict() for d in self.drains],
+            "node_drains": [d.as_dict() for d in self.node_drains],
             "lost": [_plain(x) for x in self.lost],
             "restarts": [_plain(x) for x in self.restarts],
             "events_failed": [_plain(e) for e in self.events_failed],

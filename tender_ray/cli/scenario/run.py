@@ -10,6 +10,8 @@ times, not polls: arrivals and ends from the machines' own clocks (`created_at`,
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -45,6 +47,7 @@ from tender_ray.cli.scenario.report import (
     QueuedProcess,
     Report,
     RestartedProcess,
+    node_drain_summaries,
 )
 from tender_ray.cluster import Cluster, DrainReport, Pending
 from tender_ray.cluster.supervisor import crash, recover
@@ -184,6 +187,9 @@ class ScenarioRun:
         self.start = 0.0
         self.start_wall = 0.0
         self.images: dict[Path, bytes] = {}
+        # Machines that left without a drain, by name: how ("crashed at t=3.0s"). An arrival
+        # named for one is placed on another instead.
+        self.gone: dict[str, str] = {}
 
     # --- setting up ------------------------------------------------------------------------
 
@@ -235,8 +241,9 @@ class ScenarioRun:
         time.sleep(max(0.0, min([tick, *ahead])))
 
     def _choose_machine(self, a: Arrival) -> list[str]:
-        """Where to try starting a process: the named machine, else least loaded first."""
-        if a.machine is not None:
+        """Where to try starting a process: the named machine, else (or once the named one
+        has crashed or been stopped) the least loaded first."""
+        if a.machine is not None and a.machine not in self.gone:
             return [a.machine]
         candidates = []
         for name, poll in self.last_poll.items():
@@ -266,6 +273,8 @@ class ScenarioRun:
         if image is None:
             image = self.images[a.program] = a.program.read_bytes()
         reason = ""
+        if a.machine in self.gone and not self._replace(a):
+            return
         for name in self._choose_machine(a):
             room = self._room(name)
             if a.memory and (room is None or room < a.memory):
@@ -285,6 +294,9 @@ class ScenarioRun:
                     self.queue.remove(a)
                 self.on_event(f"{a.name} not started: {exc}")
                 return
+            if a.machine in self.gone:
+                self.on_event(f"{a.name} started on {name}: its machine {a.machine} "
+                              f"{self.gone[a.machine]}, before it arrived")
             a.started, a.pid, a.placed_on = self.elapsed, pid, name
             self.tracked[pid] = Tracked(a, name)
             self.promised_since_poll[name] = self.promised_since_poll.get(name, 0) + a.memory
@@ -295,6 +307,27 @@ class ScenarioRun:
             a.queued_reason = reason
             self.queue.append(a)
             self.on_event(f"{a.name} queued: {reason}")
+
+    def _replace(self, a: Arrival) -> bool:
+        """An arrival whose named machine is gone: whether another can take it. With no
+        machine left it waits for one an event adds, or, with none ahead, is lost (by name,
+        in the report's processes not started)."""
+        if self.cluster.machines or a.machine is None:
+            return True
+        why = f"its machine {a.machine} {self.gone[a.machine]} and no machine is alive"
+        added = [e for e in self.events if e.action is EventAction.ADD_MACHINE]
+        if added:
+            reason = f"{why}: waits for the machine added at t={added[0].at:.1f}s"
+            if a not in self.queue:
+                a.queued_reason = reason
+                self.queue.append(a)
+                self.on_event(f"{a.name} queued: {reason}")
+            return False
+        a.failed = f"lost: {why} to start it on"
+        if a in self.queue:
+            self.queue.remove(a)
+        self.on_event(f"{a.name} lost: {why}")
+        return False
 
     def _poll(self) -> None:
         results = self.cluster.poll_all()
@@ -335,6 +368,7 @@ class ScenarioRun:
                 if self.scenario.checkpoint is not None:
                     config = config.model_copy(update={"checkpoint": self.scenario.checkpoint})
                 self.cluster.add_machine(config)
+                self.gone.pop(config.name, None)  # back: arrivals named for it go there
             elif event.action is EventAction.STOP_MACHINE:
                 self._stop_machine(event.machine)
             elif event.action is EventAction.CRASH_MACHINE:
@@ -348,6 +382,7 @@ class ScenarioRun:
         """Stop a machine without draining: whatever ran there is lost (reported by name)."""
         self.cluster.stop_machine(name, graceful=False)
         at = self.elapsed
+        self.gone[name] = f"was stopped at t={at:.1f}s"
         self.last_poll.pop(name, None)
         for pid, t in self.tracked.items():
             if t.where == name and not t.ended:
@@ -360,10 +395,16 @@ class ScenarioRun:
         """A machine died (crashed, or Ray reports its actor dead): what ran there restarts
         from its last checkpoint on another machine; the rest is lost, with the reason."""
         at = self.elapsed
+        self.gone.setdefault(name, f"crashed at t={at:.1f}s")
         self.last_poll.pop(name, None)
         pids = [pid for pid, t in self.tracked.items()
                 if t.where == name and not t.ended and not t.lost]
         recovery = recover(self.cluster, name, pids)
+        for e in recovery.elsewhere:  # another restarter was first: its copy is the one
+            t = self.tracked[e.pid]
+            t.where = e.machine
+            self.losses.append(ProcessEvent(at, "move", e.pid, name, e.machine))
+            self.on_event(f"{t.arrival.name} restarted on {e.machine} by another restarter")
         for r in recovery.restarted:
             t = self.tracked[r.pid]
             t.where = r.machine
@@ -406,8 +447,13 @@ class ScenarioRun:
         migrations = list(state.migrations) if state else []
         failures = list(state.failures) if state else []
         node_cpus = self.cluster.node_cpus()
+        node_drains: tuple[DrainReport, ...] = state.drains if state else ()
+        if state is None:  # Ray's node drains, followed by the drain watcher
+            with contextlib.suppress(TenderError):
+                node_drains = self.cluster.node_drains()
         self.cluster.shutdown()
         report = self.build_report(migrations, failures, node_cpus)
+        report = dataclasses.replace(report, node_drains=node_drain_summaries(node_drains))
         if report_dir is not None:
             report_dir.mkdir(parents=True, exist_ok=True)
             report.write(report_dir / "report.json")

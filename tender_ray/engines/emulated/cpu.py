@@ -37,7 +37,14 @@ from tender_ray.abi.cpu_state import (
     SyscallHandler,
     SyscallOutcome,
 )
-from tender_ray.abi.linux import Signal
+from tender_ray.abi.linux import (
+    FPE_INTDIV,
+    ILL_ILLOPN,
+    SEGV_ACCERR,
+    SEGV_MAPERR,
+    SI_KERNEL,
+    Signal,
+)
 from tender_ray.engines.emulated.private import (
     EXIT_REQUEST_OFFSET,
     TLB_ENTRY_BITS,
@@ -69,26 +76,31 @@ _SYSCALL_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 
 _WRITE_ACCESS = ucc.UC_MEM_WRITE
+# Each with the si_code Linux gives the signal (SI_KERNEL where it has no finer one).
 _FAULT_ERRORS = {
-    ucc.UC_ERR_READ_UNMAPPED: (Signal.SIGSEGV, "read of an unmapped address"),
-    ucc.UC_ERR_WRITE_UNMAPPED: (Signal.SIGSEGV, "write to an unmapped address"),
-    ucc.UC_ERR_FETCH_UNMAPPED: (Signal.SIGSEGV, "jump to an unmapped address"),
-    ucc.UC_ERR_READ_PROT: (Signal.SIGSEGV, "read of a protected page"),
-    ucc.UC_ERR_WRITE_PROT: (Signal.SIGSEGV, "write to a read-only page"),
-    ucc.UC_ERR_FETCH_PROT: (Signal.SIGSEGV, "execution of a non-executable page"),
-    ucc.UC_ERR_INSN_INVALID: (Signal.SIGILL, "invalid instruction"),
-    ucc.UC_ERR_READ_UNALIGNED: (Signal.SIGSEGV, "unaligned read"),
-    ucc.UC_ERR_WRITE_UNALIGNED: (Signal.SIGSEGV, "unaligned write"),
-    ucc.UC_ERR_FETCH_UNALIGNED: (Signal.SIGSEGV, "unaligned fetch"),
-    ucc.UC_ERR_EXCEPTION: (Signal.SIGSEGV, "unhandled CPU exception"),
+    ucc.UC_ERR_READ_UNMAPPED: (Signal.SIGSEGV, "read of an unmapped address", SEGV_MAPERR),
+    ucc.UC_ERR_WRITE_UNMAPPED: (Signal.SIGSEGV, "write to an unmapped address", SEGV_MAPERR),
+    ucc.UC_ERR_FETCH_UNMAPPED: (Signal.SIGSEGV, "jump to an unmapped address", SEGV_MAPERR),
+    ucc.UC_ERR_READ_PROT: (Signal.SIGSEGV, "read of a protected page", SEGV_ACCERR),
+    ucc.UC_ERR_WRITE_PROT: (Signal.SIGSEGV, "write to a read-only page", SEGV_ACCERR),
+    ucc.UC_ERR_FETCH_PROT: (Signal.SIGSEGV, "execution of a non-executable page",
+                            SEGV_ACCERR),
+    ucc.UC_ERR_INSN_INVALID: (Signal.SIGILL, "invalid instruction", ILL_ILLOPN),
+    ucc.UC_ERR_READ_UNALIGNED: (Signal.SIGSEGV, "unaligned read", SI_KERNEL),
+    ucc.UC_ERR_WRITE_UNALIGNED: (Signal.SIGSEGV, "unaligned write", SI_KERNEL),
+    ucc.UC_ERR_FETCH_UNALIGNED: (Signal.SIGSEGV, "unaligned fetch", SI_KERNEL),
+    ucc.UC_ERR_EXCEPTION: (Signal.SIGSEGV, "unhandled CPU exception", SI_KERNEL),
 }
-_INTERRUPT_SIGNALS = {0: (Signal.SIGFPE, "divide error"), 1: (Signal.SIGTRAP, "debug trap"),
-                      3: (Signal.SIGTRAP, "breakpoint"), 4: (Signal.SIGSEGV, "overflow"),
-                      5: (Signal.SIGSEGV, "bound range"), 6: (Signal.SIGILL, "invalid opcode"),
-                      13: (Signal.SIGSEGV, "general protection fault"),
-                      14: (Signal.SIGSEGV, "page fault"),
-                      16: (Signal.SIGFPE, "x87 floating-point error"),
-                      19: (Signal.SIGFPE, "SIMD floating-point error")}
+_INTERRUPT_SIGNALS = {0: (Signal.SIGFPE, "divide error", FPE_INTDIV),
+                      1: (Signal.SIGTRAP, "debug trap", SI_KERNEL),
+                      3: (Signal.SIGTRAP, "breakpoint", SI_KERNEL),
+                      4: (Signal.SIGSEGV, "overflow", SI_KERNEL),
+                      5: (Signal.SIGSEGV, "bound range", SI_KERNEL),
+                      6: (Signal.SIGILL, "invalid opcode", ILL_ILLOPN),
+                      13: (Signal.SIGSEGV, "general protection fault", SI_KERNEL),
+                      14: (Signal.SIGSEGV, "page fault", SEGV_MAPERR),
+                      16: (Signal.SIGFPE, "x87 floating-point error", SI_KERNEL),
+                      19: (Signal.SIGFPE, "SIMD floating-point error", SI_KERNEL)}
 
 
 _TLB_MAX_GROWN = 1 << 16  # do not push the TLB past this (64 B an entry: 4 MiB)
@@ -340,8 +352,9 @@ class Cpu:
         if status != ucc.UC_ERR_OK:
             if self._stop is not None and self._stop.kind is StopKind.FAULT:
                 return self._stop
-            signal, why = _FAULT_ERRORS.get(status, (Signal.SIGSEGV, f"CPU error {status}"))
-            return Stop(StopKind.FAULT, signal, self.rip(), why)
+            signal, why, code = _FAULT_ERRORS.get(status, (Signal.SIGSEGV,
+                                                           f"CPU error {status}", 0))
+            return Stop(StopKind.FAULT, signal, self.rip(), why, code)
         self._sync_tlb(space)
         return self._stop or Stop(StopKind.QUANTUM)
 
@@ -403,7 +416,7 @@ class Cpu:
                     what = {ucc.UC_MEM_WRITE: "write to", ucc.UC_MEM_FETCH: "jump to"}.get(
                         access, "read of")
                     self._stop = Stop(StopKind.FAULT, Signal.SIGSEGV, vaddr,
-                                      f"{what} unmapped address {vaddr:#x}")
+                                      f"{what} unmapped address {vaddr:#x}", SEGV_MAPERR)
                     return False
             self._filled[vpn] = pte
             self._fills += 1
@@ -452,8 +465,9 @@ class Cpu:
             held.emu_stop(self._uch)
 
     def _on_interrupt(self, _uc: int, intno: int, _data: int) -> None:
-        signal, why = _INTERRUPT_SIGNALS.get(intno, (Signal.SIGSEGV, f"CPU exception {intno}"))
-        self._stop = Stop(StopKind.FAULT, signal, 0, why)
+        signal, why, code = _INTERRUPT_SIGNALS.get(intno, (Signal.SIGSEGV,
+                                                           f"CPU exception {intno}", SI_KERNEL))
+        self._stop = Stop(StopKind.FAULT, signal, 0, why, code)
         held.emu_stop(self._uch)
 
 

@@ -34,6 +34,7 @@ from typing import Final
 from tender_ray.abi.cpu_state import CpuState, Stop, StopKind, SyscallHandler
 from tender_ray.abi.linux import (
     ITIMER_PROF,
+    SEGV_ACCERR,
     SEGV_MAPERR,
     SI_KERNEL,
     SI_USER,
@@ -142,7 +143,7 @@ class NativeCpu:
         host = self._host
         if host is None:
             raise EngineError("the native CPU holds no process state")
-        return state_from_host(host.regs, bytes(host.fp))
+        return state_from_host(host.regs, bytes(host.fp[:host.fp_size]))
 
     def fs_base(self) -> int:
         if self._pending is not None:
@@ -270,7 +271,7 @@ class NativeCpu:
             assert host is not None
         try:
             if self._pending is not None:
-                state_to_host(self._pending, host.regs, host.fp)
+                state_to_host(self._pending, host.regs, host.fp, host.fp_size)
                 host.regs_dirty = host.fp_dirty = True
                 self._pending = None
             if self._full_sync:
@@ -463,14 +464,14 @@ class NativeCpu:
                 why = ("general protection fault" if code == SI_KERNEL
                        else f"access violating the protection of {address:#x}")
             return self._t_fatal(sig, address if code != SI_KERNEL else int(host.regs.rip),
-                                 why)
+                                 why, code)
         if sig in HARMLESS_SIGNALS:
             return self._t_resume()
         self._t_snapshot()
         return Stop(StopKind.FAULT, sig, 0, f"killed by {signal_text(sig)}"
                     f" from outside (host process {host.pid})")
 
-    def _t_fatal(self, sig: int, address: int, detail: str) -> Stop:
+    def _t_fatal(self, sig: int, address: int, detail: str, code: int) -> Stop:
         """The stop of a process the CPU killed, described as the emulated CPU would.
 
         The host says only which signal and address; the emulated CPU (through `replay`),
@@ -483,13 +484,16 @@ class NativeCpu:
         assert host is not None and space is not None
         if self._replay is not None:
             try:
-                stop = self._replay(self.memory, space, state_from_host(host.regs,
-                                                                        bytes(host.fp)))
+                stop = self._replay(self.memory, space, state_from_host(
+                    host.regs, bytes(host.fp[:host.fp_size])))
                 if stop.kind is StopKind.FAULT and stop.signal == sig:
-                    return stop
+                    # The host's code and data address are the CPU's own (the replay's
+                    # address is only the page's); its description is kept.
+                    exact = address if sig in (Signal.SIGSEGV, Signal.SIGBUS) else stop.address
+                    return dataclasses.replace(stop, code=code, address=exact)
             except Exception:  # only a description is at stake: keep the host's
                 pass
-        return Stop(StopKind.FAULT, sig, address, detail)
+        return Stop(StopKind.FAULT, sig, address, detail, code)
 
     def _t_fault(self, address: int) -> Stop | None:
         """A touch of a page the host does not map: a page the virtual space must provide."""
@@ -500,10 +504,11 @@ class NativeCpu:
         us = space.find(address) if address < TASK_SIZE else None
         if us is None or us.region is None:
             return self._t_fatal(Signal.SIGSEGV, address,
-                                 f"access to unmapped address {address:#x}")
+                                 f"access to unmapped address {address:#x}", SEGV_MAPERR)
         if not us.perms & 7:
             return self._t_fatal(Signal.SIGSEGV, address,
-                                 f"access to a page without access rights at {address:#x}")
+                                 f"access to a page without access rights at {address:#x}",
+                                 SEGV_ACCERR)
         if vpn == self._last_fault:
             self._fault_repeats += 1
             if self._fault_repeats > 3:

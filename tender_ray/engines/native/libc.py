@@ -16,8 +16,11 @@ from typing import Final
 
 # ptrace requests and options.
 PTRACE_CONT, PTRACE_GETREGS, PTRACE_SETREGS = 7, 12, 13
-PTRACE_GETFPREGS, PTRACE_SETFPREGS, PTRACE_POKEDATA = 14, 15, 5
+PTRACE_POKEDATA = 5
 PTRACE_SETOPTIONS, PTRACE_GETSIGINFO = 0x4200, 0x4202
+PTRACE_GETREGSET, PTRACE_SETREGSET = 0x4204, 0x4205
+NT_X86_XSTATE = 0x202  # the regset of the whole XSAVE area (standard format)
+XSTATE_MAX = 1 << 14  # bytes: more than any x86-64 XSAVE area Linux exposes (AMX included)
 PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL = 0x80, 0x100000
 PTRACE_EVENT_SECCOMP = 7
 # waitpid options: every child, traced or not (__WALL), and not those of other threads.
@@ -53,7 +56,13 @@ class Regs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in REG_NAMES]
 
 
-FpRegs = ctypes.c_uint8 * 512  # struct user_fpregs_struct: the FXSAVE area
+XState = ctypes.c_uint8 * XSTATE_MAX  # the XSAVE area: FXSAVE's 512 bytes, header, components
+
+
+class IoVec(ctypes.Structure):
+    """struct iovec, how PTRACE_GETREGSET/SETREGSET pass a register set."""
+
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 SigInfo = ctypes.c_uint8 * 128
 
 

@@ -28,22 +28,25 @@ from tender_ray.abi.cpu_state import Stop
 from tender_ray.abi.linux import SYS_MUNMAP, Signal, signal_name
 from tender_ray.engines.native.host_map import HostMap
 from tender_ray.engines.native.libc import (
+    NT_X86_XSTATE,
     PTRACE_CONT,
     PTRACE_EVENT_SECCOMP,
-    PTRACE_GETFPREGS,
     PTRACE_GETREGS,
+    PTRACE_GETREGSET,
     PTRACE_GETSIGINFO,
     PTRACE_O_EXITKILL,
     PTRACE_O_TRACESECCOMP,
     PTRACE_POKEDATA,
-    PTRACE_SETFPREGS,
     PTRACE_SETOPTIONS,
     PTRACE_SETREGS,
+    PTRACE_SETREGSET,
     WALL,
     WNOTHREAD,
-    FpRegs,
+    XSTATE_MAX,
+    IoVec,
     Regs,
     SigInfo,
+    XState,
     ptrace,
     siginfo_fields,
 )
@@ -108,7 +111,8 @@ class Host:
         self.status: int | None = None  # wait status once it died
         self.regs = Regs()  # the guest's registers while it is stopped
         self.regs_dirty = False  # `regs` must be written before it runs
-        self.fp = bytearray(512)
+        self.fp = bytearray(XSTATE_MAX)  # the XSAVE area, its first `fp_size` bytes
+        self.fp_size = 512
         self.fp_dirty = False
         self.scratch = Regs()  # registers for injected system calls
         self.trampoline = TRAMPOLINE
@@ -148,15 +152,20 @@ class Host:
             self.regs_dirty = False
 
     def get_fp(self) -> None:
-        fp = FpRegs.from_buffer(self.fp)
-        ptrace(PTRACE_GETFPREGS, self.pid, 0, ctypes.addressof(fp))
+        """Read the whole XSAVE area (AVX and AVX-512 state too: a process that stops in the
+        middle of a vector copy must find its ymm/zmm registers again wherever it goes)."""
+        fp = XState.from_buffer(self.fp)
+        iov = IoVec(ctypes.addressof(fp), XSTATE_MAX)
+        ptrace(PTRACE_GETREGSET, self.pid, NT_X86_XSTATE, ctypes.addressof(iov))
+        self.fp_size = int(iov.len)
         del fp  # (releases the export of `self.fp`)
 
     def put_fp(self) -> None:
         """Write `fp` back if it changed."""
         if self.fp_dirty:
-            fp = FpRegs.from_buffer(self.fp)
-            ptrace(PTRACE_SETFPREGS, self.pid, 0, ctypes.addressof(fp))
+            fp = XState.from_buffer(self.fp)
+            iov = IoVec(ctypes.addressof(fp), self.fp_size)
+            ptrace(PTRACE_SETREGSET, self.pid, NT_X86_XSTATE, ctypes.addressof(iov))
             del fp
             self.fp_dirty = False
 

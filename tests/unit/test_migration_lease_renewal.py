@@ -1,0 +1,143 @@
+"""The source renews its migration's lease while it exports and transforms, without Ray:
+machines of this process joined by `LocalPeer`. A live source slower than the lease (a slow
+transport, a stall inside the step) still commits exactly once; a source silent after the
+step still has its migration expired; and the renewals stop with the step, or when the
+migration is no longer pending at the destination.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from support.machines import SlowTransport, assert_clean, finish, start
+from support.programs import native
+
+from tender_ray.config import FaultAction, FaultSide, FaultSpec
+from tender_ray.errors import LeaseExpiredError, NoReplyError, UnknownProcessError
+from tender_ray.kernel.machine import Machine
+from tender_ray.migration.protocol import migrate_local, renewing
+from tender_ray.migration.record import Outcome
+
+MakeMachine = Callable[..., Machine]
+ARGS = ("2", "30", "5")  # memhold: a couple of MiB, touched and slept on for a while
+LEASE = 0.4  # seconds: short, so an expiry would be quick to see
+
+
+@pytest.fixture
+def new_machine(make_machine: MakeMachine) -> MakeMachine:
+    def make(name: str, **config: object) -> Machine:
+        config.setdefault("quantum_us", 1000)
+        config.setdefault("engine", "emulated")
+        config.setdefault("migration_lease_s", LEASE)
+        return make_machine(name=name, **config)
+    return make
+
+
+def only_on(holder: Machine, other: Machine, pid: int) -> None:
+    """The process ends on `holder` exactly as natively, and `other` has no copy of it."""
+    with pytest.raises(UnknownProcessError):
+        other.info(pid)
+    status, out, err, _ = finish(holder, pid)
+    assert (status, out, err) == native("memhold", *ARGS)
+
+
+def test_an_export_slower_than_the_lease_commits_once(new_machine: MakeMachine) -> None:
+    # Every page block takes 1.5 leases to put: the export alone outlasts the lease several
+    # times over, with no call of the source's between create and transform.
+    a, b = new_machine("m0"), new_machine("m1")
+    pid = start(a, "memhold", *ARGS)
+    transport = SlowTransport(LEASE * 1.5)
+    record = migrate_local(a, pid, b, transport=transport)
+    assert record.ok and record.phases["export"] > 2 * LEASE, record.phases
+    assert b.outcome(record.migration_id) is Outcome.COMMITTED
+    assert b.migration_totals["in_expired"] == 0 and b.migration_totals["in_ok"] == 1
+    assert a.migration_totals["out_ok"] == 1 and not a.migration_totals["out_failed"]
+    only_on(b, a, pid)
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_a_source_stalled_inside_the_step_commits_once(new_machine: MakeMachine) -> None:
+    # The source stalls four leases long just before its transform call (the fault drill's
+    # "delay"): alive, inside the step, so the lease is kept.
+    a = new_machine("m0", fault=FaultSpec(phase="before_transform", action=FaultAction.DELAY,
+                                          side=FaultSide.SOURCE, delay_s=LEASE * 4))
+    b = new_machine("m1")
+    pid = start(a, "memhold", *ARGS)
+    record = migrate_local(a, pid, b)
+    assert record.ok and b.outcome(record.migration_id) is Outcome.COMMITTED
+    assert b.migration_totals["in_expired"] == 0
+    only_on(b, a, pid)
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_a_source_silent_after_a_slow_export_still_expires(new_machine: MakeMachine) -> None:
+    # The slow export is renewed through; then the source goes silent before its commit for
+    # four leases: the renewals stopped with the step, so the destination lets it go.
+    a = new_machine("m0", fault=FaultSpec(phase="before_commit", action=FaultAction.DELAY,
+                                          side=FaultSide.SOURCE, delay_s=LEASE * 4))
+    b = new_machine("m1")
+    pid = start(a, "memhold", *ARGS)
+    with pytest.raises(LeaseExpiredError):
+        migrate_local(a, pid, b, transport=SlowTransport(LEASE * 1.5))
+    mid = a.recent_migrations()[-1].migration_id
+    assert b.outcome(mid) is Outcome.EXPIRED and b.commit(mid) is Outcome.EXPIRED
+    assert b.migration_totals["in_expired"] == 1
+    assert_clean(b)
+    only_on(a, b, pid)
+    assert_clean(a)
+
+
+class CountingPeer:
+    """A peer that only answers renewals: with `answers` in turn (the last one repeated), or
+    the error an answer is."""
+
+    name = "dst"
+
+    def __init__(self, *answers: Outcome | Exception) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def renew(self, mid: str) -> Outcome:
+        with self.lock:
+            self.calls += 1
+            answer = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _wait_calls(peer: CountingPeer, n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while peer.calls < n:
+        assert time.monotonic() < deadline, f"{peer.calls} renewals, wanted {n}"
+        time.sleep(0.005)
+
+
+def test_renewals_run_with_the_step_and_stop_with_it() -> None:
+    peer = CountingPeer(Outcome.PENDING)
+    with renewing(peer, "m0:1:x", 0.01):  # type: ignore[arg-type]
+        _wait_calls(peer, 3)
+    time.sleep(0.02)  # one renewal may have been in flight as the step ended
+    stopped = peer.calls
+    time.sleep(0.1)
+    assert peer.calls == stopped
+
+
+def test_renewals_stop_at_a_migration_no_longer_pending() -> None:
+    peer = CountingPeer(Outcome.PENDING, Outcome.EXPIRED)
+    with renewing(peer, "m0:1:x", 0.01):  # type: ignore[arg-type]
+        _wait_calls(peer, 2)
+        time.sleep(0.1)
+        assert peer.calls == 2  # nothing left to keep: no third renewal
+
+
+def test_a_lost_renewal_is_tried_again() -> None:
+    peer = CountingPeer(NoReplyError("late"), NoReplyError("late"), Outcome.PENDING)
+    with renewing(peer, "m0:1:x", 0.01):  # type: ignore[arg-type]
+        _wait_calls(peer, 4)  # the two lost ones did not stop the renewals
