@@ -17,6 +17,8 @@ alike (the pytest config puts `tests/` on the path: `from support.machines impor
   state (`balancer_state`, `drain_report`) for the metrics and `top` tests; no machine, no Ray.
 - `support.engines`: the engines a machine test is parametrised over (`ENGINES`: the native
   one skipped where its self-check fails here).
+- `support.leases`: machines with a short migration lease for the protocol's tests (`LEASE`,
+  the memhold `ARGS` they migrate, `short_lease_machines`) and `only_on` (one copy ran).
 - `support.clusters`: for the integration tests, a module's own embedded Ray with machine
   actors (`own_cluster`, what a module's `cluster` fixture holds) and a scenario run to its end
   (`run_scenario_to_end`).

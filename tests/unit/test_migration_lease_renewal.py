@@ -9,39 +9,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
-from support.machines import SlowTransport, assert_clean, finish, start
-from support.programs import native
+from support.leases import ARGS, LEASE, MakeMachine, only_on, short_lease_machines
+from support.machines import SlowTransport, assert_clean, start
 
 from tender_ray.config import FaultAction, FaultSide, FaultSpec
-from tender_ray.errors import LeaseExpiredError, NoReplyError, UnknownProcessError
-from tender_ray.kernel.machine import Machine
+from tender_ray.errors import LeaseExpiredError, NoReplyError
 from tender_ray.migration.protocol import migrate_local, renewing
 from tender_ray.migration.record import Outcome
-
-MakeMachine = Callable[..., Machine]
-ARGS = ("2", "30", "5")  # memhold: a couple of MiB, touched and slept on for a while
-LEASE = 0.4  # seconds: short, so an expiry would be quick to see
 
 
 @pytest.fixture
 def new_machine(make_machine: MakeMachine) -> MakeMachine:
-    def make(name: str, **config: object) -> Machine:
-        config.setdefault("quantum_us", 1000)
-        config.setdefault("engine", "emulated")
-        config.setdefault("migration_lease_s", LEASE)
-        return make_machine(name=name, **config)
-    return make
-
-
-def only_on(holder: Machine, other: Machine, pid: int) -> None:
-    """The process ends on `holder` exactly as natively, and `other` has no copy of it."""
-    with pytest.raises(UnknownProcessError):
-        other.info(pid)
-    status, out, err, _ = finish(holder, pid)
-    assert (status, out, err) == native("memhold", *ARGS)
+    return short_lease_machines(make_machine)
 
 
 def test_an_export_slower_than_the_lease_commits_once(new_machine: MakeMachine) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
 from pydantic import ValidationError
+from support.leases import ARGS, LEASE, MakeMachine, only_on, short_lease_machines
 from support.machines import assert_clean, finish, frames_free, start, wait_until
 from support.programs import native
 
@@ -26,7 +26,6 @@ from tender_ray.errors import (
     OutcomeUnknownError,
     ProcessStateError,
     TenderError,
-    UnknownProcessError,
 )
 from tender_ray.kernel.machine import Machine
 from tender_ray.migration.faults import FaultInjected
@@ -36,29 +35,10 @@ from tender_ray.migration.protocol import migrate_local, new_migration_id, settl
 from tender_ray.migration.record import Outcome
 from tender_ray.migration.transports import LocalTransport
 
-MakeMachine = Callable[..., Machine]
-ARGS = ("2", "30", "5")  # memhold: a couple of MiB, touched and slept on for a while
-LEASE = 0.4  # seconds: short, so an expiry is quick to see
-
 
 @pytest.fixture
 def new_machine(make_machine: MakeMachine) -> MakeMachine:
-    def make(name: str, **config: object) -> Machine:
-        config.setdefault("quantum_us", 1000)
-        config.setdefault("engine", "emulated")
-        config.setdefault("migration_lease_s", LEASE)
-        return make_machine(name=name, **config)
-    return make
-
-
-def only_on(holder: Machine, other: Machine, pid: int) -> None:
-    """The process ends on `holder` exactly as natively, and `other` has no copy of it."""
-    with pytest.raises(UnknownProcessError):
-        other.info(pid)
-    status, out, err, _ = finish(holder, pid)
-    assert (status, out, err) == native("memhold", *ARGS)
-    with pytest.raises(UnknownProcessError):
-        other.info(pid)
+    return short_lease_machines(make_machine)
 
 
 def last_mid(source: Machine) -> str:
