@@ -88,6 +88,11 @@ bench: setup-run
 workloads: $(SYSTEM_WORKLOADS_STAMP)
 	$(MAKE) -C workloads
 
+# docs/syscalls.md, written from the system-call table (a unit test checks it is current).
+.PHONY: syscalls-doc
+syscalls-doc: setup-run
+	$(BIN)/python -m tender_ray.kernel.syscalls --markdown > docs/syscalls.md
+
 # The native engine's stub (freestanding assembly; the built binary is committed).
 stub:
 	$(MAKE) -C tender_ray/engines/native/_stub

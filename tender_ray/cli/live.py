@@ -14,6 +14,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from tender_ray.cli.names import process_label
 from tender_ray.cli.scenario.report import Report
 
 if TYPE_CHECKING:  # the view reads a run; it does not start one (that needs the Ray layer)
@@ -70,10 +71,12 @@ def print_summary(report: Report, report_dir: Path | None) -> None:
         f"{report.migrations.count} migrations, "
         f"{report.migrations.bytes / (1 << 20):.1f} MiB moved" if ratio else
         "no process finished")
+    names = report.process_names()
     for d in report.drains:
+        left = ", ".join(process_label(pid, names) for pid in d.left)
         console.print(f"drain of {d.machine}: {len(d.moved)} moved in "
                       f"{d.seconds:.2f}s (deadline {d.deadline:.0f}s), "
-                      f"{'ok' if d.ok else 'left ' + str(list(d.left))}"
+                      f"{'ok' if d.ok else 'left ' + left}"
                       + (f" ({d.why})" if d.why else ""))
     for e in report.events_failed:
         console.print(f"[red]event failed[/red] t={e.at:.1f}s {e.action.value} {e.machine}: "

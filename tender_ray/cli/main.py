@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -14,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 from tender_ray.balancing.policies import Policy
 from tender_ray.cli import status
 from tender_ray.cli.status import UnreachableError
-from tender_ray.config import CheckpointSpec, MachineConfig
+from tender_ray.config import MachineConfig
 from tender_ray.errors import MachineError, TenderError, UsageError
 from tender_ray.migration.options import MigrationOptions, Resources, Transfer
 from tender_ray.resources.file_view import FileViewSpec
 
 if TYPE_CHECKING:  # Ray loads only with the commands that start or reach a cluster
     from tender_ray.balancing.state import DrainReport
-    from tender_ray.cluster.cluster import Cluster
 
 ADDRESS_HELP = ("a Ray cluster to join (host:port, or auto) instead of starting an embedded "
                 "one (default: $RAY_ADDRESS)")
@@ -39,7 +37,8 @@ POLICIES = [p.value for p in Policy]
 # The benchmarks `tender-ray bench` runs: each module's own `main(argv, prog)`.
 BENCHMARKS = {"engine": "tender_ray.bench.engine", "migration": "tender_ray.bench.migration",
               "policy": "tender_ray.bench.policy", "chaos": "tender_ray.bench.chaos",
-              "churn": "tender_ray.bench.churn", "io": "tender_ray.bench.io"}
+              "churn": "tender_ray.bench.churn", "io": "tender_ray.bench.io",
+              "vs-ray": "tender_ray.bench.vs_ray", "start": "tender_ray.bench.start"}
 
 
 def _setting(parser: argparse.ArgumentParser, flag: str, field: str, metavar: str = "",
@@ -104,8 +103,9 @@ def _metrics_options(parser: argparse.ArgumentParser, host: bool = False) -> Non
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tender-ray",
-        description="Tender's process migration on Ray: static x86-64 Linux programs run as "
-                    "Tender processes on machine actors and move between them.")
+        description="Tender's process migration on Ray: x86-64 Linux programs (static or "
+                    "dynamically linked, and #! scripts) run as Tender processes on machine "
+                    "actors and move between them.")
     parser.add_argument("--log-format", choices=["console", "json"], default=None,
                         help="structured logs as console lines or JSON, here and in every "
                              "actor (default: $TENDER_LOG_FORMAT, else console)")
@@ -118,9 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "exec", help="run one program as a Tender process",
         description="Start a cluster of machine actors (an embedded local Ray unless "
-                    "--address is given), run PROGRAM (an x86-64 Linux ELF) as a Tender "
-                    "process, forward its stdout and stderr, and exit with its exit status "
-                    "(128+signal when it faults).")
+                    "--address is given), run PROGRAM as a Tender process, forward its "
+                    "stdout and stderr and the signals a terminal sends (Ctrl-C, SIGTERM, "
+                    "SIGHUP, SIGQUIT, SIGUSR1/2, SIGWINCH; Ctrl-C twice within 2 s stops "
+                    "exec and what it started), and exit with its exit status. PROGRAM is "
+                    "an x86-64 Linux executable or a #! script; a name without a slash is "
+                    "looked up on PATH.",
+        epilog="Exit status: the program's own; 128+N when signal N killed it (130: "
+               "Ctrl-C, 141: its output's reader went away); 125 when exec itself failed "
+               "(bad options, no cluster, a broken or stopped cluster); 126 when the "
+               "program was found but cannot run; 127 when there is no such program.")
     _machine_options(p)
     p.add_argument("--machine", default=None, metavar="NAME",
                    help="start the program on this machine of the cluster (default: the "
@@ -138,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--writable", action="append", default=None, metavar="DIR",
                    help="a directory (as the program sees it) it may write under; repeatable "
                         "(default: the current directory)")
-    p.add_argument("program", metavar="PROGRAM", help="x86-64 Linux program (static or dynamic)")
+    p.add_argument("program", metavar="PROGRAM",
+                   help="x86-64 Linux program (static or dynamic) or #! script: a path, or a "
+                        "name looked up on PATH")
     args = p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="arguments passed to the program (optional; everything after PROGRAM "
                         "is the program's)")
@@ -220,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
                                     "so that it restarts from there if its machine crashes; "
                                     "print what it cost.")
     ck.add_argument("pid", type=int, metavar="PID", help="the process (see `ps`)")
+    kl = sub.add_parser("kill", help="send a signal to a process of the running cluster",
+                        description="Send a signal (default SIGTERM, as kill(1)) to process "
+                                    "PID of the cluster `up` started: its handler takes it, or "
+                                    "its default action ends it (exit status 128+N); an "
+                                    "`exec` following it exits so.")
+    kl.add_argument("--signal", "-s", default="TERM", metavar="SIGNAL",
+                    help="a number or a name: 9, KILL or SIGKILL (default TERM)")
+    kl.add_argument("pid", type=int, metavar="PID", help="the process (see `ps`)")
     ud = sub.add_parser("undrain", help="let a drained machine take processes again")
     ud.add_argument("machine", metavar="MACHINE", help="the machine to uncordon (m0, ...)")
     b = sub.add_parser("bench", help="run a benchmark",
@@ -249,101 +266,10 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return status
 
 
-def _engine_notice(requested: str, exact: bool = False) -> None:
-    """Say once, on stderr, when the engine asked for cannot run here and why."""
-    from tender_ray.engines import resolve
-
-    _, notice = resolve(requested, exact=exact)
-    if notice:
-        print(f"tender-ray: notice: {notice}", file=sys.stderr)
-
-
-def _machine_configs(ns: argparse.Namespace) -> list[MachineConfig]:
-    if ns.machines < 1:
-        raise UsageError("--machines must be at least 1")
-    every = getattr(ns, "checkpoint_every", None)
-    if every is not None and every <= 0:
-        raise UsageError("--checkpoint-every must be a positive number of seconds")
-    checkpoint = CheckpointSpec(every=every) if every is not None else None
-    return [MachineConfig(name=f"m{i}", computations=ns.computations,
-                          memory_mib=ns.memory_mib, quantum_us=ns.quantum_us,
-                          quantum_instructions=ns.exact, engine=ns.engine,
-                          checkpoint=checkpoint)
-            for i in range(ns.machines)]
-
-
 def cmd_exec(ns: argparse.Namespace) -> int:
-    from pydantic import ValidationError
+    from tender_ray.cli.exec_command import run_exec
 
-    from tender_ray.cli.execute import execute, read_program
-    from tender_ray.cluster.cluster import Cluster
-
-    try:
-        read_program(ns.program)  # fail fast, before starting Ray
-        configs = _machine_configs(ns)
-        _engine_notice(ns.engine, exact=ns.exact is not None)
-    except ValidationError as exc:
-        return _fail(f"bad option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}")
-    except UsageError as exc:
-        return _fail(str(exc))
-
-    out = sys.stdout.buffer
-    err = sys.stderr.buffer
-
-    def sink(fd: int, data: bytes) -> None:
-        stream = out if fd == 1 else err
-        stream.write(data)
-        stream.flush()
-
-    if ns.migrate_every is not None and ns.migrate_every <= 0:
-        raise UsageError("--migrate-every must be a positive number of seconds")
-    attached = _attach_up(ns.address)
-    if attached is not None:
-        cluster = attached
-    else:
-        status.check_reachable(ns.address)
-        try:
-            cluster = Cluster(ns.address, num_cpus=max(2, ns.machines),
-                              prefix="" if ns.address is None else f"exec-{os.getpid()}-")
-        except ConnectionError:  # ray.init's way of saying nobody answers there
-            raise _unreachable(ns.address) from None
-    try:
-        if attached is None:
-            for config in configs:
-                cluster.add_machine(config)
-        if ns.machine is not None and ns.machine not in cluster.machines:
-            raise UsageError(f"--machine {ns.machine}: no such machine in the cluster; the "
-                             f"machines are {', '.join(cluster.machines)}")
-        files = FileViewSpec(root=ns.root, cwd=os.getcwd(),
-                             writable=tuple(ns.writable) if ns.writable else None)
-        result = execute(cluster, ns.program, ns.args, _environment(), machine=ns.machine,
-                         sink=sink, migrate_every=ns.migrate_every, options=_options(ns),
-                         files=files, stdin_fd=0)
-    finally:
-        if attached is not None:
-            cluster.forget()  # the machines belong to `up`
-        cluster.shutdown()
-    if ns.stats:
-        Path(ns.stats).write_text(json.dumps(result.stats(), indent=2) + "\n")
-    killed = killed_message(result.pid, result.exit_status, result.exit_reason)
-    if killed:
-        print(killed, file=sys.stderr)
-    return result.exit_status
-
-
-def killed_message(pid: int, exit_status: int, exit_reason: str) -> str:
-    """`tender-ray: process 1001 killed by SIGSEGV (...)` for a guest a signal ended (what a
-    shell says natively), "" for one that exited: the status alone (128+N) says too little."""
-    from tender_ray.abi.linux import signal_name
-
-    if exit_reason == "exited" or exit_status <= status.SIGNAL_BASE:
-        return ""
-    name = signal_name(exit_status - status.SIGNAL_BASE)
-    # The machine's reason says where ("... at 0x401234") or who sent it; keep what it adds.
-    detail = exit_reason.removeprefix(f"killed by signal {exit_status - status.SIGNAL_BASE}")
-    detail = detail.removeprefix(f"killed by {name}").strip()
-    detail = detail.removeprefix(f"({name})").strip()  # the kernel names it too
-    return f"tender-ray: process {pid} killed by {name}" + (f" ({detail})" if detail else "")
+    return run_exec(ns, _options(ns))
 
 
 def default_scenario() -> Path:
@@ -454,14 +380,16 @@ def cmd_down(ns: argparse.Namespace) -> int:
         return status.OK
     state = ClusterState.load()
     reached = False
-    with contextlib.suppress(Exception):  # whatever is left of it, the state file goes
-        cluster, _ = connect(state)
-        cluster.shutdown()
-        reached = True
-    if state.head_pid is not None:
-        stop_head(state.head_pid)
-    ClusterState.remove()
     head = " and the Ray head" if state.head_pid else ""
+    with status.notice_if_slow(f"down: stopping {len(state.machines)} machines{head} ...",
+                               stream=sys.stdout, tty_only=False):
+        with contextlib.suppress(Exception):  # whatever is left of it, the state file goes
+            cluster, _ = connect(state)
+            cluster.shutdown()
+            reached = True
+        if state.head_pid is not None:
+            stop_head(state.head_pid)
+    ClusterState.remove()
     if reached:
         print(f"down: stopped {len(state.machines)} machines{head}")
     else:  # say so: its machines went with it, nothing was there to stop
@@ -559,6 +487,28 @@ def drain_summary(report: DrainReport) -> str:
     return line
 
 
+def cmd_kill(ns: argparse.Namespace) -> int:
+    from tender_ray.abi.linux import signal_name
+    from tender_ray.cli.operate import connect, parse_signal
+    from tender_ray.errors import UnknownProcessError
+
+    sig = parse_signal(ns.signal)
+    cluster, _ = connect()
+    for _ in range(3):  # a process moving meanwhile is asked for where it arrived
+        handle = cluster.locate(ns.pid)
+        try:
+            info = handle.kill(ns.pid, sig)
+            break
+        except UnknownProcessError:
+            continue
+    else:
+        raise UsageError(f"process {ns.pid} kept moving while being signalled; try again")
+    what = f"signal {sig}" if sig > 31 else signal_name(sig) if sig else "signal 0"
+    ended = f"; it ended: {info.exit_reason}" if info.state == "zombie" else ""
+    print(f"kill: sent {what} to process {ns.pid} on {handle.name}{ended}")
+    return status.OK
+
+
 def cmd_undrain(ns: argparse.Namespace) -> int:
     from tender_ray.cli.operate import connect
 
@@ -566,21 +516,6 @@ def cmd_undrain(ns: argparse.Namespace) -> int:
     cluster.undrain(ns.machine)
     print(f"{ns.machine} takes processes again")
     return status.OK
-
-
-def _attach_up(address: str | None) -> Cluster | None:
-    """The cluster `tender-ray up` started, when `--address` names it; else None."""
-    if address is None:
-        return None
-    from tender_ray.cli.operate import ClusterState, connect, state_path
-
-    if not state_path().exists():
-        return None
-    state = ClusterState.load()
-    if address not in (state.address, "auto"):
-        return None
-    cluster, _ = connect(state)
-    return cluster
 
 
 def _configure_logs(ns: argparse.Namespace) -> None:
@@ -595,13 +530,17 @@ def _configure_logs(ns: argparse.Namespace) -> None:
     logs.configure(ns.log_format, ns.log_level)
 
 
-def _environment() -> list[str]:
-    return [f"{k}={v}" for k, v in os.environ.items()]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:
+        words = list(sys.argv[1:] if argv is None else argv)
+        if exc.code == status.USAGE and "exec" in words and not any(
+                w in words[:words.index("exec")] for w in ("-h", "--help")):
+            # exec's own misuse must not read as its program's status 2
+            raise SystemExit(status.EXEC_FAILED) from None
+        raise
     if ns.command is None:
         parser.print_help()
         return status.USAGE
@@ -609,9 +548,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # As Ray's own commands do: the flag first, then the environment.
         ns.address = os.environ.get("RAY_ADDRESS") or None
     _configure_logs(ns)
+    if getattr(ns, "address", None) == "auto":
+        from tender_ray.cli.operate import resolve_auto
+
+        try:
+            ns.address = resolve_auto()
+        except (UsageError, UnreachableError) as exc:
+            return _fail(str(exc), status.EXEC_FAILED if ns.command == "exec"
+                         else status.UNREACHABLE)
     handlers = {"exec": cmd_exec, "bench": cmd_bench, "run": cmd_run, "up": cmd_up,
                 "down": cmd_down, "ps": cmd_ps, "migrate": cmd_migrate, "drain": cmd_drain,
-                "undrain": cmd_undrain, "top": cmd_top, "checkpoint": cmd_checkpoint}
+                "undrain": cmd_undrain, "top": cmd_top, "checkpoint": cmd_checkpoint,
+                "kill": cmd_kill}
     try:
         return handlers[ns.command](ns)
     except UsageError as exc:
@@ -624,6 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TenderError as exc:
         print(f"tender-ray: {exc}", file=sys.stderr)
         return status.FAILED
+    except BrokenPipeError:  # `tender-ray ps | head`: the reader went; so does the command
+        from tender_ray.cli.exec_command import discard
+
+        discard(1)
+        return status.SIGNAL_BASE + 13
     except ConnectionError:
         # Ray found no cluster where a command (a scenario, a benchmark) was pointed.
         return _fail(str(_unreachable(getattr(ns, "address", None))), status.UNREACHABLE)

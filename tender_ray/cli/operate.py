@@ -116,8 +116,10 @@ def stop_head(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def connect(state: ClusterState | None = None) -> tuple[Cluster, ClusterState]:
-    """A Cluster attached to the machines `up` started."""
+def connect(state: ClusterState | None = None, *, exporter: bool = True
+            ) -> tuple[Cluster, ClusterState]:
+    """A Cluster attached to the machines `up` started (and its metrics exporter, which
+    only `down` needs: it stops it)."""
     from tender_ray.cli.status import UnreachableError, check_reachable
     from tender_ray.cluster.cluster import Cluster
 
@@ -131,10 +133,50 @@ def connect(state: ClusterState | None = None) -> tuple[Cluster, ClusterState]:
             f"({state_path()}): it has stopped; `tender-ray down` forgets it, then "
             "`tender-ray up` starts a new one") from None
     cluster.attach(state.machines)
-    cluster.attach_exporter()  # so `down` stops it too
+    if exporter:
+        cluster.attach_exporter()  # so `down` stops it too
     return cluster, state
 
 
 def find_process(cluster: Cluster, pid: int) -> str:
     """The machine a process is on now."""
     return str(cluster.locate(pid).name)
+
+
+def resolve_auto() -> str:
+    """What `--address auto` means: the cluster `tender-ray up` started (its state file), or
+    else $RAY_ADDRESS; which one is said on stderr. Never a guess: another Ray running on
+    this host (an embedded one rewrites Ray's own "current cluster" file) is not joined."""
+    from tender_ray.cli.status import UnreachableError
+
+    if state_path().is_file():
+        state = ClusterState.load()
+        print(f"tender-ray: --address auto: joining the cluster `tender-ray up` started, at "
+              f"{state.address} ({state_path()})", file=sys.stderr)
+        return state.address
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env and env != "auto":
+        print(f"tender-ray: --address auto: joining RAY_ADDRESS={env}", file=sys.stderr)
+        return env
+    raise UnreachableError(f"--address auto: no cluster of `tender-ray up` ({state_path()} "
+                           "does not exist) and RAY_ADDRESS is not set: start one with "
+                           "`tender-ray up`, or give --address HOST:PORT")
+
+
+SIGNAL_COUNT = 64  # Linux's signals: 1-31, and the real-time ones up to 64
+
+
+def parse_signal(text: str) -> int:
+    """A signal by number (0-64; 0 only asks whether the process exists) or by name (TERM,
+    SIGTERM, term), as kill(1) takes it."""
+    from tender_ray.abi.linux import Signal
+
+    word = text.strip()
+    if word.isdigit() and int(word) <= SIGNAL_COUNT:
+        return int(word)
+    name = word.upper()
+    try:
+        return int(Signal[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise UsageError(f"--signal {text}: not a signal; give a number (0-{SIGNAL_COUNT}) or "
+                         "a name such as TERM, INT, HUP, KILL, USR1") from None

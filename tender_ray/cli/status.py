@@ -7,6 +7,12 @@ says what exactly.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+from typing import TextIO
+
 from tender_ray.errors import TenderError, UsageError
 
 OK = 0
@@ -16,6 +22,11 @@ USAGE = 2  # bad input: usage, a bad program or config, an unknown machine or pr
 UNREACHABLE = 3  # the Ray cluster cannot be reached, or a machine of it broke
 SIGNAL_BASE = 128  # 128+N: the guest was killed by signal N (what a shell reports)
 INTERRUPTED = SIGNAL_BASE + 2  # Ctrl-C (SIGINT) during a command
+# `exec` passes its program's own status on, so its own failures take the statuses env,
+# docker run and the shells keep for themselves, which programs rarely use.
+EXEC_FAILED = 125  # exec itself failed: usage, the cluster (unreachable, stopped, broken)
+CANNOT_RUN = 126  # the program was found but cannot run (not an executable we can load)
+NOT_FOUND = 127  # no such program (a path that does not exist, a name not on PATH)
 
 
 class UnreachableError(TenderError):
@@ -36,29 +47,45 @@ def unreachable(address: str | None, detail: str = "") -> UnreachableError:
 def check_reachable(address: str | None) -> None:
     """Raise UnreachableError unless a Ray head listens at `address` (None: an embedded Ray,
     nothing to check). Asked before Ray is: given an address nobody answers at, ray.init
-    retries for minutes, printing its own warnings, instead of saying so."""
+    retries for minutes, printing its own warnings, instead of saying so. `auto` is resolved
+    before (`operate.resolve_auto`): Ray's own reading of it joins whatever Ray this host
+    started last."""
     import socket
-    import tempfile
-    from pathlib import Path
 
     if address is None or address == "local" or "://" in address:
         return  # embedded, or a Ray client address: Ray's own errors say enough
-    target = address
-    if address == "auto":
-        # Where `ray start --head` on this host wrote the address of the cluster it started.
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        try:
-            target = current.read_text().strip()
-        except OSError:
-            raise unreachable(address, "no cluster was started on this host") from None
-    host, _, port = target.rpartition(":")
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--address {address}: not host:port (e.g. 127.0.0.1:6379) or "
-                               "auto")
+        raise UsageError(f"--address {address}: not host:port (e.g. 127.0.0.1:6379) or auto")
     try:
         with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
             pass
     except OSError as exc:
-        detail = f"{target} does not answer: {exc.strerror or exc}"
-        raise unreachable(address, detail if target != address else
-                          f"it does not answer: {exc.strerror or exc}") from None
+        raise unreachable(address, f"it does not answer: {exc.strerror or exc}") from None
+
+
+SLOW_SECONDS = 2.0  # a step taking longer than this says what it is doing
+
+
+@contextlib.contextmanager
+def notice_if_slow(message: str, *, stream: TextIO | None = None, tty_only: bool = True,
+                   after: float = SLOW_SECONDS) -> Iterator[None]:
+    """Print `message` (one line) once the step inside has taken `after` seconds, so a slow
+    start or stop is not silent. `tty_only`: only on a terminal (exec's stderr is also its
+    program's, which scripts compare)."""
+    out = stream or sys.stderr
+    if tty_only and not out.isatty():
+        yield
+        return
+
+    def say() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=out, flush=True)
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -1,7 +1,8 @@
 """`tender-ray top`: a live terminal view of a running cluster.
 
 Machines (load, run queue, real-memory frames, state), the processes and where they run, and
-the last migrations with the time of each phase, redrawn in place every `interval` seconds.
+the last migrations with the time of each phase (by the paper's names: transform I, II, III)
+and, for one that failed, why; redrawn in place every `interval` seconds.
 `render` draws one frame from plain snapshots (no Ray, testable); `gather` asks the machines
 through their handles, and `run_top` loops the two.
 """
@@ -24,6 +25,7 @@ from rich.text import Text
 
 from tender_ray.balancing.client import Pending
 from tender_ray.balancing.state import BalancerState
+from tender_ray.cli.names import describe_phases, process_label
 from tender_ray.errors import TenderError
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.metrics.collector import frames_by_state
@@ -136,21 +138,25 @@ def _processes_table(processes: Sequence[ProcessInfo], limit: int) -> Table:
 
 
 def _phases(record: MigrationRecord) -> str:
-    return "phases (ms): " + " · ".join(f"{name} {seconds * 1000:.1f}"
-                                      for name, seconds in record.phases.items())
+    return "phases: " + describe_phases(record.phases, " · ")
 
 
-def _migrations_view(migrations: Sequence[MigrationRecord], limit: int,
-                     now: float) -> Group:
-    """The last migrations, newest first: one line each, and its phases (ms) below it."""
+def _migrations_view(migrations: Sequence[MigrationRecord], limit: int, now: float,
+                     programs: Mapping[int, str] | None = None) -> Group:
+    """The last migrations, newest first: one line each, naming the process by its program
+    and pid (`programs`: pid -> program name, from the processes shown), its phases below it,
+    and for one that failed, why."""
     lines: list[RenderableType] = [Text("recent migrations", style="bold")]
     recent = sorted(migrations, key=lambda r: r.started_at, reverse=True)[:limit]
     for r in recent:
         ago = max(0.0, now - r.started_at)
+        who = process_label(r.pid, program=(programs or {}).get(r.pid, ""))
         lines.append(Text.assemble(
-            f"{ago:>5.0f}s ago  pid {r.pid}  {r.source} → {r.destination}  ",
+            f"{ago:>5.0f}s ago  {who}  {r.source} → {r.destination}  ",
             (r.result, "green" if r.ok else "red"),
             f"  {r.strategy}  {r.bytes / (1 << 20):.1f} MiB  {r.seconds * 1000:.1f} ms"))
+        if not r.ok:
+            lines.append(Text("    why: " + (r.error or "no reason recorded"), style="red"))
         lines.append(Text("    " + _phases(r), style="dim"))
     if not recent:
         lines.append(Text("none yet", style="dim"))
@@ -183,7 +189,8 @@ def render(snapshots: Mapping[str, MachineStatistics], processes: Sequence[Proce
     parts: list[RenderableType] = [head, _balancer_line(balancer),
                                    _machines_table(snapshots, processes, down),
                                    _processes_table(processes, max_processes),
-                                   _migrations_view(migrations, max_migrations, now)]
+                                   _migrations_view(migrations, max_migrations, now,
+                                                    {p.pid: p.name for p in processes})]
     for name, why in sorted(down.items()):
         parts.append(Text(f"{name}: {why}", style="red"))
     return Panel(Group(*parts), title=title, border_style="blue")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tender_ray.balancing.policies import BalancerParams
@@ -107,6 +108,31 @@ class Cluster:
                     resources: dict[str, float] | None = None,
                     detached: bool = False) -> MachineHandle:
         """Start a machine actor, on a given Ray node or where a custom resource is."""
+        handle, ready = self._create(config, node_id, resources, detached)
+        self._ready(handle, ready)
+        self._register(handle, detached)
+        return handle
+
+    def add_machines(self, configs: list[MachineConfig], *, detached: bool = False
+                     ) -> list[MachineHandle]:
+        """Start machine actors side by side (each one's worker starts while the others'
+        do), then wait until every one answers."""
+        started = [self._create(c, None, None, detached) for c in configs]
+        try:
+            for handle, ready in started:
+                self._ready(handle, ready)
+        except BaseException:
+            for handle, _ in started:  # none is the cluster's: none is left behind
+                with contextlib.suppress(Exception):
+                    ray.kill(handle.actor, no_restart=True)
+            raise
+        for handle, _ in started:
+            self._register(handle, detached)
+        return [h for h, _ in started]
+
+    def _create(self, config: MachineConfig, node_id: str | None,
+                resources: dict[str, float] | None, detached: bool) -> tuple[MachineHandle, Any]:
+        """The actor of a new machine, created, and its first call (answered once it runs)."""
         if config.name in self._machines:
             raise UnknownMachineError(f"machine {config.name!r} exists already")
         index = self._next_index
@@ -121,14 +147,24 @@ class Cluster:
             options["resources"] = resources
         actor = RemoteMachine.options(**options).remote(
             config, (index + 1) * PID_STRIDE + 1000, self.shared_plate, self.prefix)
-        handle = MachineHandle(config.name, actor)
-        # Ray's own error when the actor could not start (its cause says why), untranslated.
-        ray.get(actor.ping.remote())
-        self._machines[config.name] = handle
+        return MachineHandle(config.name, actor), actor.ping.remote()
+
+    @staticmethod
+    def _ready(handle: MachineHandle, ready: Any) -> None:
+        try:
+            ray.get(ready)
+        except RayActorError as exc:
+            # Its cause (the error its start raised) is the last line of Ray's long message.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise MachineStoppedError(f"machine {handle.name} could not start: "
+                                      f"{lines[-1] if lines else type(exc).__name__}") from exc
+
+    def _register(self, handle: MachineHandle, detached: bool) -> None:
+        self._machines[handle.name] = handle
         if self._balancer is not None:
-            self._balancer.add_machine(config.name, timeout=CALL_TIMEOUT)
+            self._balancer.add_machine(handle.name, timeout=CALL_TIMEOUT)
         elif self._drain_watch is not None:
-            self._drain_watch.add_machine(config.name)
+            self._drain_watch.add_machine(handle.name)
         elif self._watch_drains and len(self.node_cpus()) > 1:
             # A Ray of one node has nowhere to evacuate a drained node to: no watcher there.
             self._drain_watch = DrainWatchHandle.start(list(self._machines), self.prefix,
@@ -136,7 +172,6 @@ class Cluster:
         if self._exporter is not None:
             with contextlib.suppress(Exception):
                 self._exporter.add_machine(handle, timeout=CALL_TIMEOUT)
-        return handle
 
     def stop_machine(self, name: str, *, graceful: bool = True) -> None:
         """Stop a machine. Graceful: its processes end and its memory is freed first; not
@@ -358,7 +393,13 @@ class Cluster:
             with contextlib.suppress(Exception):
                 ray.kill(probe.actor, no_restart=True)
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, quick: bool = False) -> None:
+        """Stop everything started here (and the embedded Ray, if this started it). `quick`:
+        with an embedded Ray of its own, skip stopping each actor gracefully: stopping Ray
+        ends them all, with the processes of their machines (for a driver that has nothing
+        more to take from them)."""
+        if quick and self._owns_ray and not self._watch_drains:
+            self.forget()
         with contextlib.suppress(Exception):
             self.stop_exporter()  # first: it polls the machines
         with contextlib.suppress(Exception):

@@ -212,6 +212,11 @@ class MachineHandle:
         """Keep migration `mid`'s lease on this machine (a heartbeat); its outcome so far."""
         return Outcome(self._get(self.actor.renew.remote(mid), timeout))
 
+    def holds_text(self, program_digest: str, digest: str,
+                   timeout: float | None = None) -> bool:
+        """Whether this machine already maps text with `digest` (content-addressed text)."""
+        return bool(self._get(self.actor.holds_text.remote(program_digest, digest), timeout))
+
     def serve_files_async(self, request: FileRequest) -> Pending[FileReply]:
         """A file call of a process that started here and moved on (this is its home)."""
         return self._pending(self.actor.serve_files.remote(request))

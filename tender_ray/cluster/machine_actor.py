@@ -13,7 +13,7 @@ import ray
 from tender_ray import logs
 from tender_ray.abi.linux import Errno
 from tender_ray.cluster.handles import BalancerHandle, MachineHandle
-from tender_ray.cluster.transport import transport_for
+from tender_ray.cluster.transport import serve_offer, transport_for
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MachineError, MachineStoppedError, NoReplyError, UnknownMachineError
 from tender_ray.kernel.machine import Machine
@@ -172,8 +172,15 @@ class MachineActor:
     def renew(self, mid: str) -> Outcome:
         return self._machine.renew(mid)
 
+    def holds_text(self, program_digest: str, digest: str) -> bool:
+        return self._machine.holds_text(program_digest, digest)
+
     def record_migration(self, pid: int, record: MigrationRecord) -> None:
         self._machine.record_migration(pid, record)
+
+    def read_offer(self, token: str, group: int) -> list[Any]:
+        """Page blocks a migration driven here left for its destination to fetch."""
+        return serve_offer(token, group)
 
     # Home files: calls of processes that started here and moved to another machine.
     def serve_files(self, request: FileRequest) -> FileReply:
@@ -229,6 +236,9 @@ class _ActorPeer:
 
     def renew(self, mid: str) -> Outcome:
         return self.handle.renew(mid, timeout=self.timeout)
+
+    def holds_text(self, program_digest: str, digest: str) -> bool:
+        return self.handle.holds_text(program_digest, digest, timeout=self.timeout)
 
 
 class _RayHomeLink(HomeLink):

@@ -54,6 +54,17 @@ def create(name: str, memory: RealMemory, *, exact: bool = False) -> Engine:
     return Cpu(memory, exact=exact)
 
 
+def vdso_areas(name: str) -> tuple[int, list[tuple[int, bytes, int]]] | None:
+    """The vDSO a new process of engine `name` gets in its image: (its address for
+    AT_SYSINFO_EHDR, the areas to map as (address, contents, perms)); None for no vDSO (the
+    emulated CPU: its clock reads are system calls whatever it maps)."""
+    if name != "native":
+        return None
+    from tender_ray.engines.native import vdso
+
+    return vdso.areas()
+
+
 def _replay_emulated(memory: RealMemory, space: VirtualSpace, state: CpuState) -> Stop:
     """How the emulated CPU stops on the one instruction at `state` (how the native engine
     explains a fault: `base.Replay`). Loads the emulated engine at the first fault only."""
@@ -62,4 +73,4 @@ def _replay_emulated(memory: RealMemory, space: VirtualSpace, state: CpuState) -
     return replay(memory, space, state)
 
 
-__all__ = ["ENGINES", "Engine", "create", "resolve"]
+__all__ = ["ENGINES", "Engine", "create", "resolve", "vdso_areas"]

@@ -8,6 +8,7 @@ apply to address-space changes as much as to process creation.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind, Virtual
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
 
+AT_SYSINFO_EHDR = 33  # auxv: where the vDSO is
 STACK_TOP = 0x7FFF_FFFF_F000
 STACK_SIZE = 8 << 20  # like the default RLIMIT_STACK; pages appear on first touch
 MMAP_TOP = STACK_TOP - STACK_SIZE - (1 << 30)  # a gap below the stack, as Linux leaves
@@ -70,21 +72,40 @@ def add_area(m: Managers, process: Process, kind: RegionKind, start: int, npages
 def remove_area(m: Managers, process: Process, us: VirtualUserSpace,
                 hold: bool | None = None) -> None:
     assert process.space is not None and us.region is not None
-    region = us.region
     process.space.unpaste(us)
-    region.release(m.memory)
+    _release_area(m, us, hold, keep_frames=False)
+
+
+def _release_area(m: Managers, us: VirtualUserSpace, hold: bool | None,
+                  keep_frames: bool) -> None:
+    """Give back an unpasted user space and its region; its frames held with the region
+    when `keep_frames` and holding is on, else freed."""
+    region = us.region
+    assert region is not None
+    held = m.regions.reuse if hold is None else hold and m.regions.reuse
+    region.release(m.memory, hold=keep_frames and held)
     m.regions.release(region, hold)
     m.user_spaces.release(us, hold)
 
 
 def release_address_space(m: Managers, process: Process, hold: bool | None = None) -> None:
     """Give back every area, frame and the virtual space itself (held for reuse unless
-    `hold` is False)."""
+    `hold` is False). Held regions keep their frames for the next arrival: deleting a
+    process costs nothing per page."""
     space = process.space
     if space is None:
         return
-    for us in list(space.user_spaces):
-        remove_area(m, process, us, hold)
+    held = m.regions.reuse if hold is None else hold and m.regions.reuse
+    kept: list[list[int]] = []
+    for us in space.unpaste_all():
+        region = us.region
+        assert region is not None
+        if held:
+            kept.append(region.frames)
+            region.frames = []
+        _release_area(m, us, hold, keep_frames=False)
+    if kept:
+        m.memory.hold_all(kept)  # counted in C (list.count): no Python work per page
     process.user_spaces.clear()
     space.clear()
     m.spaces.release(space, hold)
@@ -167,8 +188,12 @@ def read_interpreter(program: Program,
 def load_program(m: Managers, process: Process, program: Program, image: bytes,
                  argv: list[bytes], envp: list[bytes],
                  interpreter: tuple[Program, bytes] | None = None,
-                 hwcap: tuple[int, int] = (0x178BFBFF, 0)) -> None:
+                 hwcap: tuple[int, int] = (0x178BFBFF, 0),
+                 vdso: tuple[int, list[tuple[int, bytes, int]]] | None = None) -> None:
     """Give `process` a fresh virtual space holding `program`, a stack and its registers.
+
+    `vdso` (the engine's: AT_SYSINFO_EHDR and the areas to map, each (address, contents,
+    perms)) gives the process a vDSO as part of its image; without it there is none.
 
     `interpreter` is the program's dynamic loader, parsed at its base (see
     `interpreter_base`), with its image: it is mapped too and the process starts at its entry,
@@ -206,8 +231,18 @@ def load_program(m: Managers, process: Process, program: Program, image: bytes,
         entry = loader.entry
     process.user_spaces["stack"] = add_area(m, process, RegionKind.STACK, STACK_TOP - STACK_SIZE,
                                             STACK_SIZE >> PAGE_SHIFT, PROT_READ | PROT_WRITE)
+    for i, (start, data, perms) in enumerate(vdso[1] if vdso is not None else ()):
+        us = add_area(m, process, RegionKind.MMAP, start, page_up(len(data)) >> PAGE_SHIFT, perms)
+        assert us.region is not None
+        frames = us.region.populate(list(range(us.npages)), m.memory)
+        buf = np.zeros(len(frames) * PAGE_SIZE, dtype=np.uint8)
+        buf[:len(data)] = np.frombuffer(data, np.uint8)
+        m.memory.frames[frames] = buf.reshape(-1, PAGE_SIZE)
+        process.space.refresh(us)
+        process.user_spaces[f"vdso{i}"] = us
     rsp = _initial_stack(process.space, program, argv, envp,
-                         loader.base if loader is not None else 0, hwcap)
+                         loader.base if loader is not None else 0, hwcap,
+                         vdso[0] if vdso is not None else 0)
     process.registers = CpuState.initial(entry, rsp)
 
 
@@ -269,11 +304,12 @@ MINSIGSTKSZ = 2048  # AT_MINSIGSTKSZ: a signal frame of the FXSAVE-sized state w
 
 def _initial_stack(space: VirtualSpace, program: Program, argv: list[bytes],
                    envp: list[bytes], interpreter_base: int = 0,
-                   hwcap: tuple[int, int] = (0x178BFBFF, 0)) -> int:
+                   hwcap: tuple[int, int] = (0x178BFBFF, 0), vdso: int = 0) -> int:
     """Write the System V initial stack (argc, argv, envp, auxv and their strings).
 
-    The auxv is what glibc's and musl's start-up code read; there is no AT_SYSINFO_EHDR, so no
-    vDSO is used (time calls arrive as system calls and nothing is pinned to an address)."""
+    The auxv is what glibc's and musl's start-up code read; AT_SYSINFO_EHDR is there only
+    when the engine gave the process a vDSO (`vdso`, its address): else time calls arrive as
+    system calls."""
     strings = bytearray()
     offsets = []
     for s in [*argv, *envp, b"x86_64", argv[0] if argv else b""]:
@@ -295,7 +331,7 @@ def _initial_stack(space: VirtualSpace, program: Program, argv: list[bytes],
             (linux.AT_HWCAP2, hwcap[1]), (linux.AT_CLKTCK, 100), (linux.AT_SECURE, 0),
             (linux.AT_RANDOM, random_at), (linux.AT_PLATFORM, platform_at),
             (linux.AT_EXECFN, execfn_at), (linux.AT_MINSIGSTKSZ, MINSIGSTKSZ),
-            (linux.AT_NULL, 0)]
+            *([(AT_SYSINFO_EHDR, vdso)] if vdso else []), (linux.AT_NULL, 0)]
     words = [len(argv), *argv_addrs, 0, *envp_addrs, 0]
     for key, value in auxv:
         words += [key, value]
@@ -467,3 +503,95 @@ def discard(m: Managers, process: Process, addr: int, length: int) -> int:
             m.memory.free(dropped)
             space.refresh(us)
     return 0
+
+
+MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
+
+
+def remap(m: Managers, process: Process, old: int, old_size: int, new_size: int, flags: int,
+          new_addr: int) -> int:
+    """mremap: shrink, grow in place, or move (MREMAP_MAYMOVE, MREMAP_FIXED) one mapping,
+    its contents with it; the new address, or -errno (nothing changed then)."""
+    space = process.space
+    assert space is not None
+    if old % PAGE_SIZE or flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED) or new_size == 0 or (
+            flags & MREMAP_FIXED and (not flags & MREMAP_MAYMOVE or new_addr % PAGE_SIZE)):
+        return -Errno.EINVAL  # MREMAP_DONTUNMAP too: not offered
+    old_size, new_size = page_up(old_size), page_up(new_size)
+    pieces = space.overlapping(old, old + max(old_size, PAGE_SIZE))
+    if not pieces or pieces[0].start > old or pieces[-1].end < old + old_size or any(
+            a.end != b.start or a.perms != b.perms for a, b in itertools.pairwise(pieces)):
+        return -Errno.EFAULT  # not one mapping, as Linux requires
+    if old_size == 0:
+        return -Errno.EINVAL  # a duplicate of a shared mapping: none here are shared
+    first = pieces[0]
+    assert first.region is not None
+    kind, perms = first.region.kind, first.perms
+    if flags & MREMAP_FIXED:
+        if new_addr < old + old_size and old < new_addr + new_size:
+            return -Errno.EINVAL  # the ranges overlap
+        unmap(m, process, new_addr, new_size)
+        return _move(m, process, old, old_size, new_size, new_addr, kind, perms)
+    if new_size <= old_size:
+        if new_size < old_size:
+            unmap(m, process, old + new_size, old_size - new_size)
+        return old
+    if not space.overlapping(old + old_size, old + new_size) and \
+            old + new_size <= ADDRESS_LIMIT:
+        add_area(m, process, kind, old + old_size, (new_size - old_size) >> PAGE_SHIFT, perms)
+        return old
+    if not flags & MREMAP_MAYMOVE:
+        return -Errno.ENOMEM
+    found = _find_gap(space, new_size, process.mmap_top)
+    if found is None:
+        return -Errno.ENOMEM
+    return _move(m, process, old, old_size, new_size, found, kind, perms)
+
+
+def _move(m: Managers, process: Process, old: int, old_size: int, new_size: int, new: int,
+          kind: RegionKind, perms: int) -> int:
+    """A new area at `new` with the contents of [old, old + old_size), which is unmapped."""
+    space = process.space
+    assert space is not None
+    target = add_area(m, process, kind, new, new_size >> PAGE_SHIFT, perms)
+    assert target.region is not None
+    pairs = []  # (source frame, target page index) of every present page that moves
+    for us in space.overlapping(old, old + old_size):
+        if us is target or us.region is None:
+            continue
+        lo, hi = max(us.start, old), min(us.end, old + old_size)
+        for page in range((lo - us.start) >> PAGE_SHIFT, (hi - us.start) >> PAGE_SHIFT):
+            frame = us.region.frames[page]
+            if frame != NOT_PRESENT:
+                pairs.append((frame, (us.start + (page << PAGE_SHIFT) - old) >> PAGE_SHIFT))
+    try:
+        frames = target.region.populate([i for _, i in pairs], m.memory, zero=False)
+    except OutOfMemoryError:
+        remove_area(m, process, target)
+        return -Errno.ENOMEM
+    if pairs:
+        m.memory.frames[frames] = m.memory.frames[[f for f, _ in pairs]]
+    space.refresh(target)
+    unmap(m, process, old, old_size)
+    return new
+
+
+def residency(process: Process, addr: int, length: int) -> bytes | int:
+    """mincore: one byte per page of [addr, addr + length), 1 where the page has a frame; or
+    -errno (ENOMEM where part of the range is not mapped)."""
+    space = process.space
+    assert space is not None
+    if addr % PAGE_SIZE:
+        return -Errno.EINVAL
+    end = page_up(addr + length)
+    out = bytearray((end - addr) >> PAGE_SHIFT)
+    covered = addr
+    for us in space.overlapping(addr, end):
+        if us.start > covered or us.region is None:
+            return -Errno.ENOMEM
+        lo, hi = max(us.start, addr), min(us.end, end)
+        for page in range((lo - us.start) >> PAGE_SHIFT, (hi - us.start) >> PAGE_SHIFT):
+            if us.region.frames[page] != NOT_PRESENT:
+                out[((us.start - addr) >> PAGE_SHIFT) + page] = 1
+        covered = hi
+    return bytes(out) if covered >= end else -Errno.ENOMEM

@@ -37,17 +37,18 @@ from tender_ray.kernel import address_space as vm
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
-from tender_ray.migration.image import AreaImage, ProcessImage
+from tender_ray.migration.image import AreaImage, ProcessImage, text_digest
 from tender_ray.migration.options import MigrationOptions, Resources
 from tender_ray.migration.record import MigrationRecord, Outcome
-from tender_ray.migration.transports import Transport
+from tender_ray.migration.transports import Transport, get_blocks
 from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process
 from tender_ray.resources.program import parse_program
 from tender_ray.resources.real_memory import PAGE_SIZE, RealMemory
+from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind
 from tender_ray.resources.virtual_space import VirtualSpace
-from tender_ray.resources.virtual_user_space import VirtualUserSpace
+from tender_ray.resources.virtual_user_space import PROT_WRITE, VirtualUserSpace
 
 OUTCOMES_KEPT = 4096  # outcomes of finished migrations remembered, for sources that ask late
 
@@ -258,7 +259,8 @@ class MigrationDestination:
                     transfer=options.transfer.value, reuse=options.reuse,
                     resources=options.resources.value, seconds=sum(phases.values()),
                     pages=image.pages_sent, bytes=image.pages_sent * PAGE_SIZE,
-                    phases=dict(phases), started_at=started_at, migration_id=mid)
+                    phases=dict(phases), started_at=started_at, migration_id=mid,
+                    text_pages=image.text_pages_sent, text_shared=image.text_shared)
         if doomed is not None:
             raise MigrationError(f"migration {mid} was {doomed.value} on {self.name} while "
                                  "it transformed; the process stays at its source")
@@ -287,25 +289,34 @@ class MigrationDestination:
         t = time.perf_counter()
         self.faults.check("transform_program")
         p.program = image.program
+        # One stream of blocks, text first: the transport may fetch ahead across the two.
+        blocks: Iterator[npt.NDArray[np.uint8]]
         if options.resources is Resources.ALL:
             raw = transport.get(image.program_image).reshape(-1).tobytes()
             p.plate_name = self.plate.store_program(raw, image.program.digest)
             loaded = parse_program(self.plate.read(p.plate_name), image.program.name)
-            text_blocks = [vm.text_pages(loaded, self.plate.read(p.plate_name),
-                                         image.text_areas)]
+            blocks = iter([vm.text_pages(loaded, self.plate.read(p.plate_name),
+                                         image.text_areas)])
+            data_blocks = get_blocks(transport, image.data_blocks)
         else:
-            text_blocks = [transport.get(b) for b in image.text_blocks]
+            blocks = data_blocks = get_blocks(transport,
+                                              (*image.text_blocks, *image.data_blocks))
             # The image is not moved; if this plate has it already (it ran here), use it.
             known = self.plate.program_name(image.program.digest)
             p.plate_name = known if self.plate.exists(known) else ""
-        self._build_areas(p, image.text_areas, text_blocks)
+        if image.text_shared:
+            self._share_text(p, image)
+        else:
+            self._build_areas(p, image.text_areas, blocks)
         created = [self._add_image_area(p, area) for area in image.other_areas]
         phases["transform_program"] = time.perf_counter() - t
         # (III) change the start position: data, BSS, heap, stack and mappings, registers.
         t = time.perf_counter()
         self.faults.check("transform_start")
-        self._fill_areas(p, created, image.other_areas,
-                         [transport.get(b) for b in image.data_blocks])
+        self._fill_areas(p, created, image.other_areas, data_blocks)
+        if next(data_blocks, None) is not None:
+            raise MigrationError("page blocks do not match the areas: more pages than the "
+                                 "areas hold")
         k = image.kernel
         p.name, p.brk_start, p.brk, p.mmap_top = k.name, k.brk_start, k.brk, k.mmap_top
         p.cpu_features = k.cpu_features
@@ -325,6 +336,69 @@ class MigrationDestination:
         self.faults.check("commit")
         return phases
 
+    # --- content-addressed text ---------------------------------------------------------
+
+    def holds_text(self, program_digest: str, digest: str) -> bool:
+        """Whether a process here (running, frozen or arriving) maps text with this digest
+        (`migration.image.text_digest`), which an arriving process can then share."""
+        with self.scheduler.lock:
+            return self._text_holder(program_digest, digest) is not None
+
+    def _text_holder(self, program_digest: str, digest: str
+                     ) -> tuple[list[AreaImage], npt.NDArray[np.int64]] | None:  # lock held
+        """The text areas and their present frames (in area order) of a process here whose
+        text has `digest`; None if there is none. Text that may be written is never shared."""
+        for q in (*self.scheduler.table.values(), *self.incoming.values()):
+            if q.program is None or q.program.digest != program_digest or (
+                    q.space is None or q.space is self.kernel_space):
+                continue
+            areas: list[AreaImage] = []
+            parts: list[npt.NDArray[np.int64]] = []
+            for us in q.space.user_spaces:  # in address order, as the source's
+                region = us.region
+                if region is None or region.kind is not RegionKind.TEXT:
+                    continue
+                frames = region.frame_array()
+                present = np.flatnonzero(frames != NOT_PRESENT)
+                areas.append(AreaImage("", region.kind, us.start, region.npages, us.perms,
+                                       tuple(present.tolist())))
+                parts.append(frames[present])
+            if not areas or any(a.perms & PROT_WRITE for a in areas):
+                continue
+            held = np.concatenate(parts)
+            if text_digest(program_digest, areas, self.memory.frames[held]) == digest:
+                return areas, held
+        return None
+
+    def _share_text(self, p: Process, image: ProcessImage) -> None:
+        """Transform (II) without a copy: map the frames of a process here with the same
+        text read-only into the arriving one; each frame is freed only when the last
+        process that maps it lets it go (`RealMemory.share`)."""
+        assert p.space is not None
+        with self.scheduler.lock:  # no holder leaves the table (and frees) meanwhile
+            holder = self._text_holder(image.program.digest, image.text_digest)
+            if holder is None:
+                raise MigrationError(
+                    f"{self.name} no longer holds the text of {image.program.name} (the "
+                    "process that had it ended); migrate again to send the text")
+            areas, frames = holder
+            if [(a.start, a.npages, a.present) for a in areas] != [
+                    (a.start, a.npages, a.present) for a in image.text_areas]:
+                raise MigrationError(f"text areas of process {image.pid} do not match the "
+                                     f"text {self.name} holds; migrate again")
+            self.memory.share(frames)
+        done = 0
+        for area in image.text_areas:
+            us = self._add_image_area(p, area)
+            assert us.region is not None
+            indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
+            mine = frames[done: done + indexes.size]
+            done += indexes.size
+            region_frames = np.full(area.npages, NOT_PRESENT, dtype=np.int64)
+            region_frames[indexes] = mine
+            us.region.frames = region_frames.tolist()
+            p.space.add_entries(us, indexes, mine)
+
     def _add_image_area(self, p: Process, area: AreaImage) -> VirtualUserSpace:
         us = vm.add_area(self.managers, p, area.kind, area.start, area.npages, area.perms)
         if area.key:
@@ -332,23 +406,37 @@ class MigrationDestination:
         return us
 
     def _build_areas(self, p: Process, areas: tuple[AreaImage, ...],
-                     blocks: list[npt.NDArray[np.uint8]]) -> None:
+                     blocks: Iterator[npt.NDArray[np.uint8]]) -> None:
         self._fill_areas(p, [self._add_image_area(p, a) for a in areas], areas, blocks)
 
     def _fill_areas(self, p: Process, user_spaces: list[VirtualUserSpace],
-                    areas: tuple[AreaImage, ...], blocks: list[npt.NDArray[np.uint8]]) -> None:
-        """Write page contents into fresh frames of each area and make them visible."""
-        frames: list[int] = []
+                    areas: tuple[AreaImage, ...],
+                    blocks: Iterator[npt.NDArray[np.uint8]]) -> None:
+        """Write page contents into fresh frames of each area and make them visible: frames
+        taken for all at once (held ones first, no zeroing), then each block copied in as
+        it arrives (one copy per page), taking from `blocks` exactly the areas' pages."""
+        filled: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
+                           npt.NDArray[np.int64]]] = []
         for us, area in zip(user_spaces, areas, strict=True):
             assert us.region is not None
-            frames += us.region.populate(list(area.present), self.memory, zero=False)
+            indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
+            filled.append((us, indexes, us.region.populate_array(indexes, self.memory,
+                                                                 zero=False)))
+        frames = (np.concatenate([f for _, _, f in filled]) if filled
+                  else np.zeros(0, dtype=np.int64))
+        done = 0
         try:
-            self.memory.scatter(frames, blocks)
+            while done < len(frames):
+                block = next(blocks, None)
+                if block is None:
+                    raise ValueError(f"{done} pages for {len(frames)} frames")
+                self.memory.scatter_at(frames, done, block)
+                done += block.shape[0]
         except ValueError as exc:
             raise MigrationError(f"page blocks do not match the areas: {exc}") from None
         assert p.space is not None
-        for us in user_spaces:
-            p.space.refresh(us)  # pasted before they had frames: write their entries now
+        for us, indexes, got in filled:
+            p.space.add_entries(us, indexes, got)  # pasted before they had frames
 
     def commit(self, mid: str) -> Outcome:
         """The destination confirms: the process joins the table and runs (or sleeps on).

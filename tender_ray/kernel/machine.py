@@ -3,7 +3,7 @@ the computations that run processes — as the client API sees it. Plain Python,
 Ray layer (`cluster/`) wraps it in an actor.
 
 The machine is a facade over its parts: the scheduler (`scheduler.py`, the only code that
-changes a process's state), the system calls (`syscalls.py`, reaching the machine through
+changes a process's state), the system calls (`syscalls/`, reaching the machine through
 `Services`), and its two sides of a migration (`source.py`, `destination.py`, mixed in).
 """
 
@@ -26,7 +26,7 @@ from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.engines import features
 from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError
 from tender_ray.kernel import address_space as vm
-from tender_ray.kernel import file_calls, signals
+from tender_ray.kernel import signals
 from tender_ray.kernel.checkpoint import Checkpointing, held_output
 from tender_ray.kernel.destination import MigrationDestination
 from tender_ray.kernel.host_tree import HostTree
@@ -34,6 +34,7 @@ from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.snapshots import MachineStatistics, OutputChunk, PollResult, ProcessInfo
 from tender_ray.kernel.source import MigrationSource
 from tender_ray.kernel.syscalls import SystemCalls
+from tender_ray.kernel.syscalls import files as file_calls
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.manager import ResourceManager
@@ -201,11 +202,13 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
             file_calls.read_in_view, self.syscalls, files))
         p = self.processes.acquire()
         try:
-            vm.load_program(self.managers, p, program, image, args, env, interpreter)
+            vm.load_program(self.managers, p, program, image, args, env, interpreter,
+                            vdso=engines.vdso_areas(self.engine))
             p.cpu_features = choosing_features(program, image, self.engine)
             self.syscalls.attach(p)
             file_calls.setup_files(self.syscalls, p, files, stdin,
-                                   exe=args[0].decode("utf-8", "surrogateescape"))
+                                   exe=args[0].decode("utf-8", "surrogateescape"),
+                                   argv=args, envp=env)
         except BaseException:
             p.files.close_all()
             if p.space is not self.kernel_space:
@@ -298,6 +301,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
             state = signals.of(p)
             if signals.timer_due(state, time.monotonic()):
                 signals.queue(p, signals.SigInfo(signals.Signal.SIGALRM, signals.SI_KERNEL))
+            for sig in signals.cpu_timers_due(state, p.accounting.cpu_seconds):
+                signals.queue(p, signals.SigInfo(sig, signals.SI_KERNEL))
             while True:
                 sig = state.deliverable()
                 if not sig:

@@ -1,7 +1,8 @@
 """The signals of one single-threaded process: its actions, blocked mask, pending set,
-alternate stack and ITIMER_REAL timer (`SignalState`, kernel-side, travelling in the image),
-and delivery — the default action, or a Linux-compatible `rt_sigframe` pushed on the user
-stack and read back by `rt_sigreturn`.
+alternate stack, interval timers — and, as Linux keeps them with a process's signals (its
+signal_struct), its resource limits and the prctl flags that go with them (`SignalState`,
+kernel-side, travelling in the image) — and delivery: the default action, or a
+Linux-compatible `rt_sigframe` pushed on the user stack and read back by `rt_sigreturn`.
 
 Delivery is engine-neutral: it is a register edit (`CpuState` → `CpuState`) that writes the
 frame through the process's virtual space, applied by the scheduler between two runs.
@@ -101,18 +102,33 @@ class SignalState:
     timer_left: float | None = None
     saved_mask: int | None = None  # rt_sigsuspend's mask to restore after the handler
     wait: Wait | None = None  # set by a waiting call, cleared when the process runs on
+    # ITIMER_VIRTUAL and ITIMER_PROF: (the CPU time it fires at, interval) in the process's
+    # CPU seconds (`Accounting.cpu_seconds`, which travels), so they move as they are.
+    cpu_timers: dict[int, tuple[float, float]] = field(default_factory=dict)
+    # setrlimit's limits, by resource: (soft, hard); a resource not here has its default.
+    limits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # prctl: PR_SET_PDEATHSIG's signal, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, and the other
+    # values a process sets and reads back (timer slack, keepcaps, subreaper, THP), by option.
+    pdeathsig: int = 0
+    dumpable: int = 1
+    no_new_privs: bool = False
+    prctl_values: dict[int, int] = field(default_factory=dict)
 
     def for_image(self) -> SignalState:
         """A copy to travel: the timer as the time left."""
         left = None if self.timer_at is None else max(0.0, self.timer_at - time.monotonic())
         return dataclasses.replace(self, actions=list(self.actions), pending=dict(self.pending),
-                                   timer_at=None, timer_left=left)
+                                   timer_at=None, timer_left=left,
+                                   cpu_timers=dict(self.cpu_timers), limits=dict(self.limits),
+                                   prctl_values=dict(self.prctl_values))
 
     def arrived(self) -> SignalState:
         """The state as it goes on at the destination: the time left as a deadline here."""
         at = None if self.timer_left is None else time.monotonic() + self.timer_left
         return dataclasses.replace(self, actions=list(self.actions), pending=dict(self.pending),
-                                   timer_at=at, timer_left=None)
+                                   timer_at=at, timer_left=None,
+                                   cpu_timers=dict(self.cpu_timers), limits=dict(self.limits),
+                                   prctl_values=dict(self.prctl_values))
 
     def ignored(self, sig: int) -> bool:
         handler = self.actions[sig - 1].handler
@@ -171,6 +187,23 @@ def timer_due(state: SignalState, now: float) -> bool:
     if state.timer_at is not None and state.timer_at < now:
         state.timer_at = now + state.timer_interval  # overruns are one signal, as on Linux
     return True
+
+
+CPU_TIMER_SIGNALS = {1: Signal.SIGVTALRM, 2: Signal.SIGPROF}  # by ITIMER_VIRTUAL, _PROF
+
+
+def cpu_timers_due(state: SignalState, cpu_seconds: float) -> list[int]:
+    """The signals of the CPU-time timers that fired by `cpu_seconds`; re-arms intervals."""
+    fired: list[int] = []
+    for which, (at, interval) in sorted(getattr(state, "cpu_timers", {}).items()):
+        if at > cpu_seconds:
+            continue
+        if interval:
+            state.cpu_timers[which] = (max(at + interval, cpu_seconds), interval)
+        else:
+            del state.cpu_timers[which]
+        fired.append(int(CPU_TIMER_SIGNALS[which]))
+    return fired
 
 
 # --- the frame -------------------------------------------------------------------------------

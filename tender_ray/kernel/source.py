@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MigrationError, ProcessStateError
@@ -19,17 +21,28 @@ from tender_ray.kernel import signals
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
-from tender_ray.migration.image import BLOCK_PAGES, AreaImage, KernelState, ProcessImage
+from tender_ray.migration.image import (
+    BLOCK_PAGES,
+    AreaImage,
+    KernelState,
+    ProcessImage,
+    text_digest,
+)
 from tender_ray.migration.options import MigrationOptions, Resources
 from tender_ray.migration.record import MigrationRecord, log_migration
-from tender_ray.migration.transports import Transport
+from tender_ray.migration.transports import Transport, block_pages, put_blocks
 from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.open_file import FilesImage
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, RunState
 from tender_ray.resources.real_memory import RealMemory
-from tender_ray.resources.virtual_region import RegionKind
+from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind
 from tender_ray.resources.virtual_space import VirtualSpace
+from tender_ray.resources.virtual_user_space import PROT_WRITE
+
+
+def _joined(parts: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 class MigrationSource:
@@ -104,9 +117,14 @@ class MigrationSource:
             program = self.scheduler.get(pid).program
             return program.size if program is not None else 0
 
-    def export_image(self, pid: int, transport: Transport,
-                     options: MigrationOptions) -> ProcessImage:
-        """The frozen process as a ProcessImage, its touched pages put into `transport`."""
+    def export_image(self, pid: int, transport: Transport, options: MigrationOptions,
+                     text_held: Callable[[str, str], bool] | None = None) -> ProcessImage:
+        """The frozen process as a ProcessImage, its touched pages put into `transport`.
+
+        `text_held(program digest, text digest)` asks the destination whether it already
+        holds this text (another process of the program runs there): then no text page is
+        put, and the destination maps the frames it has. Text that may be written (an area
+        with write permission) is never offered for sharing."""
         with self.scheduler.lock:
             p = self.scheduler.get(pid)
             if p.state is not RunState.FROZEN:
@@ -116,21 +134,21 @@ class MigrationSource:
             fixed = {id(us): key for key, us in p.user_spaces.items()}
             text: list[AreaImage] = []
             other: list[AreaImage] = []
-            text_frames: list[int] = []
-            other_frames: list[int] = []
+            text_parts: list[npt.NDArray[np.int64]] = []
+            other_parts: list[npt.NDArray[np.int64]] = []
             for us in p.space.user_spaces:
                 region = us.region
                 assert region is not None
-                present = region.present()
+                frames = region.frame_array()
+                present = np.flatnonzero(frames != NOT_PRESENT)
                 area = AreaImage(fixed.get(id(us), ""), region.kind, us.start, region.npages,
-                                 us.perms, tuple(present))
-                frames = [region.frames[i] for i in present]
+                                 us.perms, tuple(present.tolist()))
                 if region.kind is RegionKind.TEXT:
                     text.append(area)
-                    text_frames += frames
+                    text_parts.append(frames[present])
                 else:
                     other.append(area)
-                    other_frames += frames
+                    other_parts.append(frames[present])
             kernel = KernelState(
                 name=p.name, brk_start=p.brk_start, brk=p.brk, mmap_top=p.mmap_top,
                 tid_address=p.tid_address, sleep_left=p.sleep_left, stdout=bytes(p.stdout),
@@ -147,10 +165,23 @@ class MigrationSource:
                 f"process {pid} arrived on {self.name} without its program image "
                 "(resources=needed), so it cannot move with resources=all from here")
         # Page copies happen outside the lock: the process is frozen, nothing changes them.
+        # Runs of frames go as views of real memory (the transport's put is their one copy);
+        # a transport that puts many blocks at once takes many small views as well.
         with_text = options.resources is Resources.NEEDED
-        text_blocks = tuple(transport.put(b) for b in memory.gather(text_frames, BLOCK_PAGES)
-                            ) if with_text else ()
-        data_blocks = tuple(transport.put(b) for b in memory.gather(other_frames, BLOCK_PAGES))
+        digest, shared = "", False
+        text_frames = _joined(text_parts)
+        if with_text and text_held is not None and text and text_frames.size and not any(
+                a.perms & PROT_WRITE for a in text):
+            # Hashing the text (a few MiB at most) costs far less than sending it.
+            digest = text_digest(program.digest, text, memory.frames[text_frames])
+            shared = text_held(program.digest, digest)
+            with_text = not shared
+        rows = block_pages(transport, BLOCK_PAGES)
+        views = 4096 if hasattr(transport, "put_many") else 64
+        text_list = memory.gather(text_frames, rows, views) if with_text else []
+        data_list = memory.gather(_joined(other_parts), rows, views)
+        handles = put_blocks(transport, [*text_list, *data_list])
+        text_blocks, data_blocks = handles[:len(text_list)], handles[len(text_list):]
         program_image = None
         if options.resources is Resources.ALL:
             raw = np.frombuffer(self.plate.read(plate_name), dtype=np.uint8)
@@ -158,7 +189,8 @@ class MigrationSource:
         return ProcessImage(pid=pid, program=program, registers=registers, kernel=kernel,
                             text_areas=tuple(text), other_areas=tuple(other),
                             text_blocks=text_blocks, data_blocks=data_blocks,
-                            program_image=program_image)
+                            program_image=program_image, text_digest=digest,
+                            text_shared=shared)
 
     def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None:
         """Step 3: delete the local copy of a process that now lives elsewhere (`moved_bytes`

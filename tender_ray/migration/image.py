@@ -4,8 +4,13 @@ and the page blocks as transport handles."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from tender_ray.abi.cpu_state import CpuState
 from tender_ray.migration.record import MigrationRecord
@@ -70,6 +75,16 @@ class ProcessImage:
     text_blocks: tuple[Any, ...]  # transport handles of (n, 4096) uint8 blocks
     data_blocks: tuple[Any, ...]
     program_image: Any = None  # with resources=all: a handle of the program file's bytes
+    # Content-addressed text: the text areas' digest (`text_digest`), and whether the
+    # destination said it holds that text, so no text page travels (`text_blocks` empty):
+    # it maps the frames it already has read-only into the process.
+    text_digest: str = ""
+    text_shared: bool = False
+
+    @property
+    def text_pages_sent(self) -> int:
+        """Text pages whose contents travel (none when reloaded from the plate or shared)."""
+        return sum(len(a.present) for a in self.text_areas) if self.text_blocks else 0
 
     @property
     def handles(self) -> tuple[Any, ...]:
@@ -80,9 +95,23 @@ class ProcessImage:
     @property
     def pages_sent(self) -> int:
         """Pages whose contents travel (text pages do not when the text is reloaded)."""
-        text = sum(len(a.present) for a in self.text_areas) if self.text_blocks else 0
-        return text + sum(len(a.present) for a in self.other_areas)
+        return self.text_pages_sent + sum(len(a.present) for a in self.other_areas)
 
     @property
     def pages(self) -> int:
         return sum(len(a.present) for a in (*self.text_areas, *self.other_areas))
+
+
+def text_digest(program_digest: str, areas: Sequence[AreaImage],
+                frames: npt.NDArray[np.uint8]) -> str:
+    """The digest that names a process's text: its program, where each text area lies with
+    its permissions and present pages, and the contents of those pages (`frames`, the pages
+    in area order). Two processes with equal digests map byte-identical text at the same
+    addresses, whatever happened to it since it was loaded."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(program_digest.encode())
+    for a in areas:  # in address order on both sides
+        h.update(f"|{a.start:x},{a.npages},{a.perms},{len(a.present)}".encode())
+        h.update(np.asarray(a.present, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(frames).data)
+    return h.hexdigest()

@@ -2,8 +2,10 @@
 
 1. *create*: the destination makes a kernel process (from its pool when reuse is on);
 2. *transform*: (I) give it the destination virtual space, (II) create the text regions and
-   copy the text memory-to-memory through DSM, create the other regions, (III) copy data, BSS,
-   heap, stack and mappings through DSM and set the registers;
+   copy the text memory-to-memory through DSM (or, when a process there already maps the
+   same text, map its frames read-only: content-addressed text, no text page travels),
+   create the other regions, (III) copy data, BSS, heap, stack and mappings through DSM and
+   set the registers;
 3. *delete*: the source deletes its process, holding the resources for reuse.
 
 Exactly one live copy under any single fault: every call carries the migration's id; the
@@ -27,8 +29,8 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 from tender_ray.errors import (
     LeaseExpiredError,
@@ -56,8 +58,9 @@ class Source(Protocol):
     def hand_over(self, pid: int, mid: str) -> None: ...
     def fault_point(self, phase: str) -> None: ...
     def program_size(self, pid: int) -> int: ...
-    def export_image(self, pid: int, transport: Transport,
-                     options: MigrationOptions) -> ProcessImage: ...
+    def export_image(self, pid: int, transport: Transport, options: MigrationOptions,
+                     text_held: Callable[[str, str], bool] | None = None
+                     ) -> ProcessImage: ...
     def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None: ...
     def note_migration(self, record: MigrationRecord) -> None: ...
     def migration_lease(self) -> float: ...
@@ -79,6 +82,7 @@ class Destination(Protocol):
     def outcome(self, mid: str) -> Outcome: ...
     def renew(self, mid: str) -> Outcome: ...
     def record_migration(self, pid: int, record: MigrationRecord) -> None: ...
+    def holds_text(self, program_digest: str, digest: str) -> bool: ...
 
 
 class Peer(Protocol):
@@ -93,8 +97,11 @@ class Peer(Protocol):
     def abort(self, mid: str) -> Outcome: ...
     def outcome(self, mid: str) -> Outcome: ...
     def renew(self, mid: str) -> Outcome: ...
+    # Optional: `holds_text(program digest, text digest)`, whether the destination already
+    # holds that text (content-addressed text); a peer without it is sent the text.
 
 
+T = TypeVar("T")
 _ids = itertools.count(1)
 SETTLE_SECONDS = 60.0  # how long a source asks for a lost commit's outcome before giving up
 _SETTLE_PAUSE = (0.02, 1.0)  # the first and the longest pause between two asks
@@ -166,6 +173,39 @@ def renewing(peer: Peer, mid: str, every: float) -> Iterator[None]:
         stop.set()
 
 
+class _Call(Generic[T]):
+    """A call run on a thread of its own while the caller goes on: `result` waits for it
+    and returns its value or raises its error."""
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call = call
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self.started = time.perf_counter()
+        self.seconds = 0.0  # how long the call took, once it has
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call()
+        except BaseException as exc:  # handed to the caller by `result`
+            self._error = exc
+        self.seconds = time.perf_counter() - self.started
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def finished(self) -> T | None:
+        """Its value once it has ended, or None if it failed."""
+        self._thread.join()
+        return self._value
+
+
 def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
                   options: MigrationOptions,
                   settle_seconds: float = SETTLE_SECONDS) -> MigrationRecord:
@@ -187,7 +227,8 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             transfer=options.transfer.value, reuse=options.reuse,
             resources=options.resources.value, seconds=seconds, bytes=nbytes, pages=pages,
             phases=phases, phase_starts=starts, result=result, error=error,
-            started_at=started_at, migration_id=mid)
+            started_at=started_at, migration_id=mid, text_pages=text_pages,
+            text_shared=text_shared)
 
     def failed(exc: BaseException, where: str) -> None:
         exc.add_note(f"migration {mid}: process {pid} {where}")
@@ -196,17 +237,27 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
 
     phases: dict[str, float] = {}
     starts: dict[str, float] = {}  # seconds after `start`, as each phase begins
-    nbytes = pages = 0
+    nbytes = pages = text_pages = 0
+    text_shared = False
     start = time.perf_counter()
     starts["freeze"] = 0.0
     frames = source.freeze(pid)
     phases["freeze"] = time.perf_counter() - start
     image: ProcessImage | None = None
+    exporting: _Call[ProcessImage] | None = None
     created = False
     try:
         t = time.perf_counter()
         source.fault_point("before_create")
         created = True  # from here the destination may hold something: abort on failure
+        # The export overlaps the create call's round trip: the source puts the first page
+        # blocks while the destination makes its kernel process.
+        # Content-addressed text: the export asks the destination (while the create call
+        # runs) whether it already holds this text; if it does, no text page is put.
+        held: Callable[[str, str], bool] | None = getattr(peer, "holds_text", None)
+        exporting = _Call(lambda: source.export_image(pid, transport, options, held)
+                          if held is not None else
+                          source.export_image(pid, transport, options))
         phases["create"] = peer.create(mid, source.name, pid, frames, options.reuse)
         source.fault_point("after_create")
         phases["create_call"] = time.perf_counter() - t - phases["create"]
@@ -214,14 +265,14 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         # so it is placed at the call's start and the call's round trip after it.
         starts["create"] = t - start
         starts["create_call"] = t - start + phases["create"]
-        t = time.perf_counter()
-        starts["export"] = t - start
+        starts["export"] = exporting.started - start
         # Export and transform may take longer than the lease between two calls of ours: the
         # lease is renewed while they run (the destination keeps it during its own calls).
         with renewing(peer, mid, source.migration_lease() / RENEWS_PER_LEASE):
-            image = source.export_image(pid, transport, options)
-            phases["export"] = time.perf_counter() - t
+            image = exporting.result()
+            phases["export"] = exporting.seconds
             pages = image.pages_sent
+            text_pages, text_shared = image.text_pages_sent, image.text_shared
             nbytes = image.pages_sent * PAGE_SIZE + (
                 source.program_size(pid) if options.resources is Resources.ALL else 0)
             t = time.perf_counter()
@@ -245,7 +296,10 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         source.fault_point("before_commit")
     except BaseException as exc:
         # No commit went out: the destination cannot run the process. Release what it made
-        # (once: if it does not answer, its lease releases it), resume here.
+        # (once: if it does not answer, its lease releases it), resume here (once the export
+        # has stopped reading its pages).
+        if image is None and exporting is not None:
+            image = exporting.finished()
         if created:
             with contextlib.suppress(TenderError, OSError):
                 peer.abort(mid)
@@ -335,6 +389,9 @@ class LocalPeer:
 
     def renew(self, mid: str) -> Outcome:
         return self.machine.renew(mid)
+
+    def holds_text(self, program_digest: str, digest: str) -> bool:
+        return self.machine.holds_text(program_digest, digest)
 
 
 def migrate_local(source: Source, pid: int, destination: Destination,

@@ -49,10 +49,19 @@ class MigrationRecord:
     started_at: float = 0.0  # time.time() when it began
     reason: str = ""  # why the balancer moved it ("drain", a policy name); "" if asked for
     migration_id: str = ""  # the id every call of this migration carried (source: protocol)
+    # Of `pages`, the text pages that travelled: 0 when the destination already held the
+    # same text and mapped its frames (`text_shared`), or reloaded it from the plate.
+    text_pages: int = 0
+    text_shared: bool = False
 
     @property
     def ok(self) -> bool:
         return self.result == "ok"
+
+    @property
+    def text_bytes(self) -> int:
+        """Bytes of text pages that travelled."""
+        return self.text_pages * 4096
 
     @property
     def strategy(self) -> str:
@@ -74,7 +83,8 @@ class MigrationRecord:
             "phases": dict(self.phases), "phase_starts": dict(self.phase_starts),
             "transfer": self.transfer, "reuse": self.reuse,
             "resources": self.resources, "result": self.result, "error": self.error,
-            "started_at": self.started_at}
+            "started_at": self.started_at, "text_bytes": self.text_bytes,
+            "text_shared": self.text_shared}
         if self.reason:
             out["reason"] = self.reason
         if self.migration_id:

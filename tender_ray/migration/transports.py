@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +20,42 @@ class Transport(Protocol):
     def put(self, block: npt.NDArray[np.uint8]) -> Any: ...
     def get(self, handle: Any) -> npt.NDArray[np.uint8]: ...
     def discard(self, handles: tuple[Any, ...]) -> None: ...
+
+
+class StreamingTransport(Transport, Protocol):
+    """A transport that moves a whole image's blocks at once: it may batch them, send the
+    first ones ahead and let the destination fetch the rest while it copies (so a move
+    larger than the transport's memory is streamed), and it says how large a block is."""
+
+    block_pages: int
+
+    def put_many(self, blocks: Sequence[npt.NDArray[np.uint8]]) -> tuple[Any, ...]: ...
+    def get_many(self, handles: Sequence[Any]) -> Iterator[npt.NDArray[np.uint8]]: ...
+
+
+def block_pages(transport: Transport, default: int) -> int:
+    """Rows per page block for `transport`: its own size, or `default`."""
+    return int(getattr(transport, "block_pages", default))
+
+
+def put_blocks(transport: Transport,
+               blocks: Sequence[npt.NDArray[np.uint8]]) -> tuple[Any, ...]:
+    """Every block put into `transport`, one handle each, in order."""
+    if hasattr(transport, "put_many"):
+        handles: tuple[Any, ...] = transport.put_many(blocks)
+        return handles
+    return tuple(transport.put(b) for b in blocks)
+
+
+def get_blocks(transport: Transport, handles: Sequence[Any]
+               ) -> Iterator[npt.NDArray[np.uint8]]:
+    """The blocks of `handles`, in order, one at a time: a caller that copies each before
+    asking for the next keeps at most a few in memory."""
+    if hasattr(transport, "get_many"):
+        yield from transport.get_many(handles)
+        return
+    for handle in handles:
+        yield transport.get(handle)
 
 
 class LocalTransport:

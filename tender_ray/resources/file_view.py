@@ -23,6 +23,10 @@ from tender_ray.abi.linux import Errno
 MAX_BLOCK = 1 << 20  # one pread/pwrite through a service moves at most 1 MiB
 MAX_SYMLINKS = 40  # as Linux's ELOOP limit
 DEVICES = frozenset({"null", "zero", "urandom", "random"})
+# The files of /proc/self (and /proc/PID of the process itself) the kernel makes; fd/N and
+# fdinfo/N too. Nothing else of /proc is in a view.
+PROC_FILES = frozenset({"maps", "status", "stat", "statm", "cmdline", "environ", "limits",
+                        "comm", "cwd"})
 
 
 @dataclass(frozen=True)
@@ -170,12 +174,14 @@ class LocalFileService:
 @dataclass(frozen=True)
 class Resolved:
     """A guest path resolved inside the view: the canonical guest path, and what it is —
-    a host path, an emulated device ("null"...), or the program itself ("exe")."""
+    a host path, an emulated device ("null"...), the program itself ("exe"), or a file of
+    the process's own /proc ("self/maps": made by the kernel from the Tender process)."""
 
     guest: str
     host: str | None = None
     device: str | None = None
     exe: bool = False
+    proc: str | None = None
 
 
 def _fail(errno: Errno, what: str) -> OSError:
@@ -197,6 +203,9 @@ class FileView:
         self.cwd = spec.cwd if spec.cwd.startswith("/") else "/" + spec.cwd  # the process's
         self.exe = exe  # the program's guest path, /proc/self/exe's answer
         self.umask = 0o022  # the process's file mode mask (umask); travels with the view
+        # Its arguments and environment as exec gave them (/proc/self/cmdline, environ).
+        self.cmdline = b""
+        self.environ = b""
         writable = spec.writable if spec.writable is not None else (self.cwd,)
         self.writable = tuple(self._canonical(w) for w in writable)
 
@@ -270,8 +279,15 @@ class FileView:
             return self.resolve(self.exe)
         if top == "dev" and len(names) == 1 and names[0] in DEVICES:
             return Resolved(f"/dev/{names[0]}", device=names[0])
+        if top == "proc" and len(names) >= 2 and (names[0] in ("self", "thread-self")
+                                                  or names[0].isdigit()) and (
+                (names[1] in PROC_FILES and len(names) == 2)
+                or (names[1] in ("fd", "fdinfo") and len(names) == 3 and names[2].isdigit())):
+            # Made by the kernel from the Tender process, never the host's: no host path.
+            return Resolved("/proc/" + "/".join(names), proc="/".join(names))
         if top == "proc":
-            raise _fail(Errno.EACCES, f"{path}: /proc is not part of a Tender process's view")
+            raise _fail(Errno.EACCES, f"{path}: only the process's own /proc/self is part of "
+                        "a Tender process's view")
         raise _fail(Errno.ENOENT, f"{path}: only /dev/null, /dev/zero and /dev/urandom exist")
 
     def check_writable(self, resolved: Resolved) -> None:

@@ -22,6 +22,9 @@ from tender_ray.resources.file_view import FileService, FileView
 
 STDIN_LIMIT = 1 << 20  # bytes the standard input may hold; the feeder waits for less
 PIPE_CAPACITY = 1 << 16  # as Linux's default pipe
+PIPE_MAX_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size: F_SETPIPE_SZ's limit
+# Readiness (poll/epoll event bits, as Linux numbers them).
+POLLIN, POLLOUT, POLLERR, POLLHUP = 0x1, 0x4, 0x8, 0x10
 MAX_FDS = 1024  # RLIMIT_NOFILE's usual soft limit
 _ACCESS = os.O_ACCMODE
 
@@ -66,6 +69,19 @@ class OpenFile:
 
     def release(self) -> None:
         """The last descriptor is gone."""
+
+    def readiness(self) -> int:
+        """What a read or write would do now without waiting (POLLIN, POLLOUT, POLLHUP...):
+        a regular file or device never makes one wait."""
+        return (POLLIN if self.readable else 0) | (POLLOUT if self.writable else 0)
+
+    def wake_after(self) -> float | None:
+        """Seconds until time alone may make it ready (a timer); None: only an event can."""
+        return None
+
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file it is open on, where it has one that can be told."""
+        return None
 
     def attach(self, service: FileService) -> None:
         """Give it the machine's file service (after exec or arrival)."""
@@ -112,6 +128,14 @@ class HostFile(OpenFile):
             self.handle = service.open(self.host_path, flags | os.O_NOFOLLOW, 0)
         except OSError as e:
             self.lost = e.errno or int(Errno.EIO)
+
+    def identity(self) -> tuple[int, int] | None:
+        try:
+            service, handle = self._live()
+            st = service.fstat(handle)
+        except OSError:
+            return None
+        return st.dev, st.ino
 
     def _live(self) -> tuple[FileService, int]:
         if self.lost is not None:
@@ -194,6 +218,7 @@ class PipeBuffer:
     data: bytearray = field(default_factory=bytearray)
     readers: int = 0
     writers: int = 0
+    capacity: int = PIPE_CAPACITY  # F_SETPIPE_SZ changes it
 
 
 class PipeEnd(OpenFile):
@@ -223,19 +248,74 @@ class PipeEnd(OpenFile):
         if not self.write_end:
             raise _error(Errno.EBADF, "the read end of a pipe cannot be written")
         if self.pipe.readers == 0:
-            # The kernel's write call raises SIGPIPE on this error (kernel/file_calls.py).
+            # The kernel's write call raises SIGPIPE on this error (kernel/syscalls/files.py).
             raise _error(Errno.EPIPE, "every read end of the pipe is closed")
-        room = PIPE_CAPACITY - len(self.pipe.data)
+        room = self.pipe.capacity - len(self.pipe.data)
         if room <= 0:
             return None
         self.pipe.data.extend(data[:room])
         return min(room, len(data))
+
+    def readiness(self) -> int:
+        if self.write_end:
+            return POLLERR if self.pipe.readers == 0 else (
+                POLLOUT if len(self.pipe.data) < self.pipe.capacity else 0)
+        return (POLLIN if self.pipe.data else 0) | (POLLHUP if self.pipe.writers == 0 else 0)
 
     def release(self) -> None:
         if self.write_end:
             self.pipe.writers -= 1
         else:
             self.pipe.readers -= 1
+
+
+class SocketEnd(OpenFile):
+    """One end of an AF_UNIX stream socket pair made inside the process (`socketpair`): what
+    it reads is `inbox`, what it writes is its peer's; `shut` holds SHUT_RD/SHUT_WR done."""
+
+    kind = "socket"
+
+    def __init__(self, inbox: PipeBuffer, outbox: PipeBuffer, flags: int) -> None:
+        super().__init__(flags | os.O_RDWR)
+        self.inbox, self.outbox = inbox, outbox
+        inbox.readers += 1
+        outbox.writers += 1
+        self.shut_rd = self.shut_wr = False
+
+    def read(self, length: int) -> bytes | None:
+        if not self.inbox.data:
+            return b"" if self.inbox.writers == 0 or self.shut_rd else None
+        data = bytes(self.inbox.data[:length])
+        del self.inbox.data[:length]
+        return data
+
+    def write(self, data: bytes) -> int | None:
+        if self.shut_wr or self.outbox.readers == 0:
+            raise _error(Errno.EPIPE, "the other end of the socket is closed")
+        room = self.outbox.capacity - len(self.outbox.data)
+        if room <= 0:
+            return None
+        self.outbox.data.extend(data[:room])
+        return min(room, len(data))
+
+    def shutdown(self, read: bool, write: bool) -> None:
+        if read and not self.shut_rd:
+            self.shut_rd = True
+            self.inbox.readers -= 1
+        if write and not self.shut_wr:
+            self.shut_wr = True
+            self.outbox.writers -= 1
+
+    def readiness(self) -> int:
+        closed = self.inbox.writers == 0 or self.shut_rd
+        ready = POLLIN if self.inbox.data or closed else 0
+        if not self.shut_wr and self.outbox.readers and \
+                len(self.outbox.data) < self.outbox.capacity:
+            ready |= POLLOUT
+        return ready | (POLLHUP if closed and (self.shut_wr or not self.outbox.readers) else 0)
+
+    def release(self) -> None:
+        self.shutdown(True, True)
 
 
 class StdinStream(OpenFile):
@@ -269,6 +349,11 @@ class StdinStream(OpenFile):
         data = bytes(self.buffer[:length])
         del self.buffer[:length]
         return data
+
+    def readiness(self) -> int:
+        if not self.available:
+            return POLLERR
+        return (POLLIN if self.buffer or self.eof else 0) | (POLLHUP if self.eof else 0)
 
 
 class OutputStream(OpenFile):
@@ -319,6 +404,14 @@ class FdTable:
 
     def __init__(self) -> None:
         self.entries: dict[int, FdEntry] = {}
+        # A timed wait in progress (poll, epoll_wait): (the process's call count when it
+        # began or was last re-issued, its time.time() deadline), so a call re-issued after
+        # an early wake keeps its deadline. It travels with the table.
+        self.timed_wait: tuple[int, float] | None = None
+        self.limit = MAX_FDS  # RLIMIT_NOFILE's soft limit: descriptors are below it
+        # The advisory locks the process holds (kernel/syscalls/locks.py's `Lock`s): replaced
+        # as a whole when they change, so a scan from another process reads a consistent list.
+        self.locks: list[Any] = []
 
     def get(self, fd: int) -> OpenFile:
         entry = self.entries.get(fd)
@@ -334,9 +427,10 @@ class FdTable:
             fd = lowest
             while fd in self.entries:
                 fd += 1
-        if fd >= MAX_FDS or fd < 0:
-            raise _error(Errno.EMFILE if fd >= MAX_FDS else Errno.EBADF,
-                         f"descriptor {fd} is out of 0..{MAX_FDS - 1}")
+        limit = min(getattr(self, "limit", MAX_FDS), MAX_FDS)
+        if fd >= limit or fd < 0:
+            raise _error(Errno.EMFILE if fd >= limit else Errno.EBADF,
+                         f"descriptor {fd} is out of 0..{limit - 1}")
         file.refs += 1
         if fd in self.entries:
             self.close(fd)
@@ -352,12 +446,23 @@ class FdTable:
         if entry is None:
             raise _error(Errno.EBADF, f"descriptor {fd} is not open")
         entry.file.refs -= 1
+        locks = getattr(self, "locks", None)
+        if locks:
+            # A close drops the process's POSIX locks on the file (whichever descriptor took
+            # them), and the last descriptor of a description its flock and OFD locks.
+            key = getattr(entry.file, "lock_key", None)
+            if key is None and any(lock.owner[0] == "p" for lock in locks):
+                key = entry.file.identity()
+            mine = ("d", getattr(entry.file, "lock_id", None)) if entry.file.refs == 0 else None
+            self.locks = [lock for lock in locks if lock.owner != mine and
+                          not (lock.owner[0] == "p" and lock.key == key)]
         if entry.file.refs == 0:
             entry.file.release()
 
     def close_all(self) -> None:
         for fd in sorted(self.entries):
             self.close(fd)
+        self.locks = []
 
     def attach(self, service: FileService) -> None:
         """After arrival: reopen every host file through this machine's service."""
@@ -397,7 +502,7 @@ class FilesImage:
     """A process's open files as they travel: the descriptor table (offsets, flags, pipe
     contents, the standard input's buffer) and its view, pickled together so shared
     descriptions stay shared. Host fds stay behind: the first file call at the destination
-    reopens them through its own service (kernel/file_calls.py)."""
+    reopens them through its own service (kernel/syscalls/base.py)."""
 
     blob: bytes = b""  # empty: the standard descriptors and the default view
 

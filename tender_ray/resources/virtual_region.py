@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from tender_ray.resources.real_memory import RealMemory
 
 NOT_PRESENT = -1
@@ -58,10 +61,19 @@ class VirtualRegion:
 
     def present(self) -> list[int]:
         """Indexes of the pages that hold a frame."""
-        return [i for i, f in enumerate(self.frames) if f != NOT_PRESENT]
+        indexes: list[int] = self.present_array().tolist()
+        return indexes
+
+    def frame_array(self) -> npt.NDArray[np.int64]:
+        """The frame of every page (NOT_PRESENT where none), as an array."""
+        return np.fromiter(self.frames, dtype=np.int64, count=len(self.frames))
+
+    def present_array(self) -> npt.NDArray[np.int64]:
+        """Indexes of the pages that hold a frame, as an array."""
+        return np.flatnonzero(self.frame_array() != NOT_PRESENT)
 
     def resident(self) -> int:
-        return sum(1 for f in self.frames if f != NOT_PRESENT)
+        return len(self.frames) - self.frames.count(NOT_PRESENT)
 
     def materialize(self, index: int, memory: RealMemory) -> int:
         """The frame of page `index`, allocating a zeroed one on first touch."""
@@ -76,10 +88,30 @@ class VirtualRegion:
 
         `zero=False` when the caller overwrites every listed page at once.
         """
-        missing = [i for i in indexes if self.frames[i] == NOT_PRESENT]
+        frames = self.frames
+        missing = [i for i in indexes if frames[i] == NOT_PRESENT]
         for i, frame in zip(missing, memory.allocate(len(missing), zero), strict=True):
-            self.frames[i] = frame
-        return [self.frames[i] for i in indexes]
+            frames[i] = frame
+        return [frames[i] for i in indexes]
+
+    def populate_array(self, indexes: npt.NDArray[np.int64], memory: RealMemory,
+                       zero: bool = True) -> npt.NDArray[np.int64]:
+        """`populate` for an array of page indexes, without a loop per page: the frames
+        of the listed pages as an array."""
+        if not indexes.size:
+            return np.zeros(0, dtype=np.int64)
+        if self.frames.count(NOT_PRESENT) == len(self.frames):  # fresh: no conversion
+            frames = np.full(len(self.frames), NOT_PRESENT, dtype=np.int64)
+        else:
+            frames = self.frame_array()
+        mine = frames[indexes]
+        missing = mine == NOT_PRESENT
+        count = int(missing.sum())
+        if count:
+            mine[missing] = memory.allocate_array(count, zero)
+            frames[indexes] = mine
+            self.frames = frames.tolist()
+        return mine
 
     def resize(self, npages: int, memory: RealMemory) -> None:
         """Grow with not-present pages or shrink, freeing the frames cut off."""
@@ -99,8 +131,15 @@ class VirtualRegion:
     def image(self) -> RegionImage:
         return RegionImage(self.kind, self.npages, tuple(self.present()))
 
-    def release(self, memory: RealMemory) -> None:
-        """Free every frame; the region object itself can then be held for reuse."""
-        memory.free(f for f in self.frames if f != NOT_PRESENT)
+    def release(self, memory: RealMemory, hold: bool = False) -> None:
+        """Give every frame back; the region object itself can then be held for reuse.
+
+        `hold` keeps the frames for reuse (the paper's holding on delete): the frame list
+        goes to the machine's held frames as it is, with no work per frame, and the next
+        arrival reuses them without zeroing them (they are already the host's pages)."""
+        if hold:
+            memory.hold(self.frames)
+        else:
+            memory.free(self.frame_array())
         self.frames = []
         self.state = RegionState.FREE

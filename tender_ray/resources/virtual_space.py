@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Iterator, Mapping
+import queue
+import threading
+from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from tender_ray.errors import OutOfMemoryError
 from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
@@ -23,6 +26,27 @@ from tender_ray.resources.virtual_user_space import (
     UserSpaceState,
     VirtualUserSpace,
 )
+
+_dropped: queue.SimpleQueue[object] = queue.SimpleQueue()
+_dropper: list[threading.Thread] = []
+_dropper_lock = threading.Lock()
+
+
+def _drop(objects: queue.SimpleQueue[object]) -> None:
+    while True:
+        objects.get()  # the last reference goes here: freeing it costs this thread only
+
+
+def _drop_later(item: object) -> None:
+    """Free `item` (a large table) on a thread of its own: deleting a process then costs
+    nothing per page on the path that deletes it."""
+    with _dropper_lock:
+        if not _dropper:
+            thread = threading.Thread(target=_drop, args=(_dropped,), daemon=True,
+                                      name="space-reclaim")
+            thread.start()
+            _dropper.append(thread)
+    _dropped.put(item)
 
 
 class SpaceKind(str, enum.Enum):
@@ -58,6 +82,7 @@ class VirtualSpace:
         i = bisect.bisect(self._starts, us.start)
         self._starts.insert(i, us.start)
         self.user_spaces.insert(i, us)
+        self._own_if_writable(us)
         self.table.update(us.entries())
         us.state = UserSpaceState.PASTED
 
@@ -72,13 +97,49 @@ class VirtualSpace:
         us.state = UserSpaceState.FREE
         self.generation += 1
 
+    def unpaste_all(self) -> list[VirtualUserSpace]:
+        """Remove every user space and entry at once (the process is going away); the user
+        spaces, whose regions are untouched. No work per page: the table is replaced whole,
+        and the old one is freed off the caller's path."""
+        gone = self.user_spaces
+        self.user_spaces = []
+        self._starts = []
+        old, self.table = self.table, {}
+        _drop_later(old)
+        for us in gone:
+            us.state = UserSpaceState.FREE
+        self.generation += 1
+        return gone
+
+    def add_entries(self, us: VirtualUserSpace, indexes: npt.NDArray[np.int64],
+                    frames: npt.NDArray[np.int64]) -> None:
+        """Entries for pages `indexes` of the pasted user space `us`, which got `frames`
+        (pages that had none: nothing is replaced, so no TLB needs flushing)."""
+        base = us.start >> PAGE_SHIFT
+        entries = (frames << PAGE_SHIFT) | us.perms
+        self.table.update(zip((indexes + base).tolist(), entries.tolist(), strict=True))
+
     def refresh(self, us: VirtualUserSpace) -> None:
         """Rewrite the entries of a pasted user space after its perms or size changed."""
         table = self.table
         for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT):
             table.pop(vpn, None)
+        self._own_if_writable(us)
         table.update(us.entries())
         self.generation += 1
+
+    def _own_if_writable(self, us: VirtualUserSpace) -> None:
+        """Copy on write, at the moment a user space may be written (pasted or made
+        writable): frames it shares with another process (text, see `RealMemory.share`) are
+        replaced by private copies first, so a write never reaches the other process."""
+        region = us.region
+        if not us.perms & PROT_WRITE or region is None or not self.memory.shared_frames:
+            return
+        if region.frames.count(NOT_PRESENT) == len(region.frames):
+            return
+        frames = region.frame_array()
+        if self.memory.any_shared(frames):
+            region.frames = self.memory.private_copy(frames).tolist()
 
     def find(self, address: int) -> VirtualUserSpace | None:
         i = bisect.bisect(self._starts, address) - 1
@@ -171,33 +232,50 @@ class VirtualSpace:
             raise BadAddress(vpn << PAGE_SHIFT)
         return entry >> PAGE_SHIFT
 
-    def _chunks(self, address: int, size: int, write: bool) -> Iterator[tuple[int, int, int, int]]:
-        """(frame, offset in frame, offset in buffer, length) pieces of a guest range."""
+    def runs(self, address: int, size: int, write: bool = False
+             ) -> list[tuple[int, int, int]]:
+        """The guest range [address, address + size) as runs of consecutive frames: (byte
+        offset in real memory, offset in the range, length) each, in order, so that a copy is
+        one slice per run rather than one per page. Pages not present are made present (the
+        fault path); BadAddress if a page is not covered or forbids the access."""
         if address < 0 or size < 0 or address + size > 1 << 47:
             raise BadAddress(address)
-        done = 0
-        while done < size:
-            a = address + done
-            off = a & (PAGE_SIZE - 1)
-            n = min(PAGE_SIZE - off, size - done)
-            yield self._frame_for(a >> PAGE_SHIFT, write), off, done, n
-            done += n
+        out: list[tuple[int, int, int]] = []
+        if size == 0:
+            return out
+        first, last = address >> PAGE_SHIFT, (address + size - 1) >> PAGE_SHIFT
+        run_start = self._frame_for(first, write) << PAGE_SHIFT | address & (PAGE_SIZE - 1)
+        run_pos = 0
+        expected = (run_start & ~(PAGE_SIZE - 1)) + PAGE_SIZE
+        for vpn in range(first + 1, last + 1):
+            at = self._frame_for(vpn, write) << PAGE_SHIFT
+            if at != expected:  # the next page's frame does not follow: a new run
+                pos = (vpn << PAGE_SHIFT) - address
+                out.append((run_start, run_pos, pos - run_pos))
+                run_start, run_pos = at, pos
+            expected = at + PAGE_SIZE
+        out.append((run_start, run_pos, size - run_pos))
+        return out
 
     # --- guest memory access for system calls --------------------------------------------
 
     def read(self, address: int, size: int) -> bytes:
-        frames = self.memory.frames
-        out = bytearray(size)
-        for frame, off, pos, n in self._chunks(address, size, write=False):
-            out[pos : pos + n] = frames[frame, off : off + n].tobytes()
-        return bytes(out)
+        flat = self.memory.frames.reshape(-1)
+        pieces = self.runs(address, size, write=False)
+        if len(pieces) == 1:
+            at = pieces[0][0]
+            return flat[at: at + size].tobytes()
+        out = np.empty(size, np.uint8)
+        for at, pos, n in pieces:
+            out[pos: pos + n] = flat[at: at + n]
+        return out.tobytes()
 
     def write(self, address: int, data: bytes) -> None:
-        # Check the whole range first so a bad pointer writes nothing.
-        pieces = list(self._chunks(address, len(data), write=True))
-        frames = self.memory.frames
-        for frame, off, pos, n in pieces:
-            frames[frame, off : off + n] = np.frombuffer(data, np.uint8, n, pos)
+        # The whole range is checked first (`runs`), so a bad pointer writes nothing.
+        flat = self.memory.frames.reshape(-1)
+        source = np.frombuffer(data, np.uint8)
+        for at, pos, n in self.runs(address, len(source), write=True):
+            flat[at: at + n] = source[pos: pos + n]
 
     def read_cstring(self, address: int, limit: int = 1 << 16) -> bytes:
         """The NUL-terminated string at `address`, at most `limit` bytes (else BadAddress)."""

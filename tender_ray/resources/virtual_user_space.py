@@ -54,6 +54,8 @@ class VirtualUserSpace:
         assert self.region is not None
         base = self.start >> PAGE_SHIFT
         perms = self.perms
+        if self.region.frames.count(NOT_PRESENT) == len(self.region.frames):
+            return {}  # a fresh region (an arriving area, a new mapping): no loop per page
         return {
             base + i: (f << PAGE_SHIFT) | perms
             for i, f in enumerate(self.region.frames)

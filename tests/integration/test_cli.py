@@ -94,8 +94,8 @@ def test_exec_migration_strategies(tmp_path: Path, flag: str, field: str, value:
 
 # --- programs that cannot run: refused before Ray starts ----------------------------------------
 
-def _one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
-    assert result.returncode == 2, result
+def _one_line_error(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+    assert result.returncode == code, result
     assert result.stdout == b""
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1, result.stderr
@@ -104,14 +104,14 @@ def _one_line_error(result: subprocess.CompletedProcess[bytes]) -> str:
 
 def test_missing_program(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-program"
-    line = _one_line_error(tender_ray("exec", os.fspath(missing)))
+    line = _one_line_error(tender_ray("exec", os.fspath(missing)), 127)  # as a shell says
     assert os.fspath(missing) in line
 
 
 def test_not_an_elf(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("just some text\n")
-    line = _one_line_error(tender_ray("exec", os.fspath(text)))
+    line = _one_line_error(tender_ray("exec", os.fspath(text)), 126)  # found, cannot run
     assert os.fspath(text) in line and "ELF" in line
 
 
@@ -129,3 +129,7 @@ def test_help() -> None:
     for option in (b"--machines", b"--migrate-every", b"--transfer", b"--no-reuse",
                    b"--move-all", b"--stats", b"PROGRAM"):
         assert option in sub.stdout, option
+    text = b" ".join(top.stdout.split() + sub.stdout.split())
+    assert b"static x86-64 Linux programs" not in text and b"#! scripts" in text
+    for code in (b"125", b"126", b"127"):  # its own statuses, apart from the program's
+        assert code in text, code

@@ -1,7 +1,8 @@
 """The command line's messages with a real Ray: a guest killed by a signal is named on stderr
 (its output still byte-identical to native), `exec --machine` starts on the machine named and
-refuses an unknown one in one line, and on a cluster of `up`, which says how to attach, a
-drain that cannot finish says what was left and why and exits 1."""
+refuses an unknown one in one line, and on a cluster of `up`, which says how to attach,
+`kill` signals a process, a drain that cannot finish says what was left and why and exits 1,
+and `down` under an attached exec makes it say the cluster was stopped."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -48,32 +48,67 @@ def test_exec_on_a_named_machine_and_an_unknown_one(tmp_path: Path) -> None:
     assert (r.returncode, r.stdout, r.stderr) == run_native(workload("hello"))
     assert json.loads(stats.read_text())["final_machine"] == "m1"
     r = tender("exec", "--machines", "2", "--machine", "m7", os.fspath(workload("hello")))
-    assert r.returncode == status.USAGE and r.stdout == b""
+    assert r.returncode == status.EXEC_FAILED and r.stdout == b""  # exec's own misuse
     err = r.stderr.decode().strip().splitlines()
     assert err == ["tender-ray: error: --machine m7: no such machine in the cluster; the "
                    "machines are m0, m1"]
 
 
+def _ps_pid(env: dict[str, str], name: str) -> int | None:
+    """The pid `tender-ray ps` shows for a process named `name`, if any."""
+    for line in tender("ps", env={**env, "COLUMNS": "200"}).stdout.decode().splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if len(cells) >= 2 and cells[0].isdigit() and cells[1] == name:
+            return int(cells[0])
+    return None
+
+
 @pytest.mark.slow
 def test_up_says_how_to_attach_and_a_stuck_drain_says_why(tmp_path: Path) -> None:
+    """On a cluster of `up`: it says how to attach; `kill` signals a process (its handler
+    takes it, the exec following it ends as the program does); a drain that cannot finish
+    says why; `down` under an attached exec makes it say the cluster was stopped."""
     env = {**os.environ, "TENDER_STATE": str(tmp_path / "cluster.json")}
     env.pop("RAY_ADDRESS", None)
     up = tender("up", "--machines", "1", "--num-cpus", "2", "--no-metrics", env=env)
-    runner: subprocess.Popen[bytes] | None = None
+    runners: list[subprocess.Popen[bytes]] = []
     try:
         assert up.returncode == 0, up.stderr
         out = up.stdout.decode()
         address = json.loads((tmp_path / "cluster.json").read_text())["address"]
         assert f"--address {address}" in out and f"RAY_ADDRESS={address}" in out
+        # `kill`: a program that catches SIGINT and SIGTERM, followed by an exec.
+        waiter = subprocess.Popen([sys.executable, "-m", "tender_ray", "exec", "--address",
+                                   "auto", os.fspath(workload("ctrlc")), "handle"], env=env,
+                                  cwd=ROOT,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        runners.append(waiter)
+        assert waiter.stdout is not None and waiter.stderr is not None
+        assert waiter.stdout.readline() == b"ready\n"
+        pid = _ps_pid(env, "ctrlc")
+        assert pid is not None
+        r = tender("kill", "--signal", "INT", str(pid), env=env)
+        assert (r.returncode, r.stdout.decode()) == (
+            0, f"kill: sent SIGINT to process {pid} on m0\n"), r.stderr
+        assert waiter.stdout.readline() == b"caught SIGINT\n"
+        r = tender("kill", str(pid), env=env)  # SIGTERM, as kill(1) sends by default
+        assert r.returncode == 0 and b"sent SIGTERM" in r.stdout, r.stderr
+        assert waiter.stdout.read() == b"caught SIGTERM\n"
+        assert waiter.wait(CLI_TIMEOUT) == 0
+        assert waiter.stderr.read().decode().splitlines() == [
+            f"tender-ray: --address auto: joining the cluster `tender-ray up` started, at "
+            f"{address} ({tmp_path / 'cluster.json'})"]
+        r = tender("kill", str(pid), env=env)  # it has gone
+        assert r.returncode == status.USAGE and f"no process {pid}" in r.stderr.decode()
         # A program that runs for minutes, on the only machine there is.
         runner = subprocess.Popen([sys.executable, "-m", "tender_ray", "exec", "--address",
                                    "auto", os.fspath(workload("compute_sleep")), "20000"],
                                   env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while b"compute_sleep" not in tender("ps", env=env).stdout:
-            assert time.monotonic() < deadline and runner.poll() is None
-            time.sleep(1)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        runners.append(runner)
+        assert runner.stdout is not None and runner.stderr is not None
+        assert runner.stdout.readline().startswith(b"round 0: ")
         r = tender("drain", "m0", "--deadline", "1", env=env)
         assert r.returncode == status.FAILED, r.stdout + r.stderr
         line = r.stdout.decode().strip().splitlines()[-1]
@@ -81,9 +116,16 @@ def test_up_says_how_to_attach_and_a_stuck_drain_says_why(tmp_path: Path) -> Non
         assert "still there at the deadline (1 s): " in line and line.endswith(
             "(no other machine)"), line
         assert tender("undrain", "m0", env=env).returncode == 0
+        # `down` under the exec still following its program
+        down = tender("down", env=env)
+        assert down.returncode == 0, down.stderr
+        runner.stdout.read()
+        assert runner.wait(CLI_TIMEOUT) == status.EXEC_FAILED
+        last = runner.stderr.read().decode().splitlines()[-1]
+        assert last.startswith("tender-ray: the cluster was stopped while process "), last
     finally:
-        if runner is not None:
-            runner.kill()
-            runner.wait(30)
+        for p in runners:
+            p.kill()
+            p.wait(30)
         down = tender("down", env=env)
         assert down.returncode == 0, down.stderr

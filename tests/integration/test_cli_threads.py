@@ -1,7 +1,7 @@
 """`tender-ray exec` of a program that creates a thread, with a real Ray: the process ends at
-its clone, exec says why on stderr in one line naming the call, and exits non-zero (the
-status of a call refused as seccomp refuses one, 128 + SIGSYS); what it printed before is
-there, as natively."""
+its clone, exec says why on stderr in one line naming the call and what to do, after a line
+counting the calls it could not make, and exits non-zero (the status of a call refused as
+seccomp refuses one, 128 + SIGSYS); what it printed before is there, as natively."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def test_exec_names_the_thread_it_cannot_run(tmp_path: Path) -> None:
     written = json.loads(stats.read_text())
     assert written["exit_status"] == 159
     assert written["unsupported_syscalls"] == {"clone (a thread)": 1}
-    assert r.stderr.decode().splitlines()[-1] == (
+    # The calls it could not make, then why it ended and what to do instead, one line each.
+    assert r.stderr.decode().splitlines()[-2:] == [
+        "tender-ray: the program made system calls tender_ray does not support: "
+        "clone (a thread): 1",
         f"tender-ray: process {written['pid']} killed by SIGSYS (clone with CLONE_THREAD "
-        "(a thread) is not supported: tender_ray runs single-threaded processes)")
+        "(a thread) is not supported yet: tender_ray runs single-threaded processes; run the "
+        "program with one thread (its -j1 or --threads=1 option, say) or natively)"]

@@ -4,21 +4,34 @@ actors with each transfer, and a destination actor that dies in the middle of a 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.clusters import own_cluster
-from support.machines import actor_mover, assert_clean, bounce, finish, start
-from support.programs import native, workload
+from support.machines import (
+    actor_mover,
+    assert_clean,
+    bounce,
+    finish,
+    finish_standby,
+    start,
+    start_standby,
+)
+from support.programs import GUEST_TIMEOUT, STANDBY_READY, native, native_standby, workload
 
+from tender_ray.abi.linux import Signal
 from tender_ray.cli.execute import execute
 from tender_ray.cluster import Cluster, MachineHandle
 from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.errors import (
     MachineError,
     MachineStoppedError,
+    TenderError,
     UnknownMachineError,
 )
 from tender_ray.migration.options import MigrationOptions, Resources, Transfer
@@ -72,12 +85,12 @@ def test_unknown_machine(cluster: Cluster) -> None:
     with pytest.raises(UnknownMachineError):
         cluster.machine("nowhere")
     a = cluster.machine("a")
-    pid = start(a, "memhold", "1", "20", "5")
+    pid, taken = start_standby(a, "1")
     with pytest.raises(UnknownMachineError):
         a.migrate(pid, "nowhere")
     assert a.info(pid).state != "frozen"
-    status, out, err, _ = finish(a, pid)
-    assert (status, out, err) == native("memhold", "1", "20", "5")
+    status, out, err, _ = finish_standby(a, pid, taken)
+    assert (status, out, err) == native_standby("1")
     assert_clean(a)
 
 
@@ -96,13 +109,13 @@ STRATEGIES = {
 def test_migration_across_actors(cluster: Cluster, strategy: str) -> None:
     handles = [cluster.machine(n) for n in NAMES]
     options = STRATEGIES[strategy]
-    args = ("10000000",)
-    pid = start(handles[0], "sieve", *args)
+    args = ("2", "spin")  # computing while it is moved, until told to finish
+    pid, taken = start_standby(handles[0], *args)
     where, records = bounce(handles, pid, move=actor_mover(options), pause=0.005,
                             max_moves=6)
-    status, out, err, info = finish(handles[where], pid)
-    assert (status, out, err) == native("sieve", *args)
-    assert len(records) >= 3
+    status, out, err, info = finish_standby(handles[where], pid, taken)
+    assert (status, out, err) == native_standby(*args)
+    assert len(records) == 6
     for i, r in enumerate(records):
         check_record(r, NAMES[i % 3], NAMES[(i + 1) % 3])
         assert (r.transfer, r.reuse, r.resources) == (
@@ -116,16 +129,36 @@ def test_migration_across_actors(cluster: Cluster, strategy: str) -> None:
     assert leftovers == [], "files left on the shared plate"
 
 
+def tell_to_finish_once_moved(cluster: Cluster, chunks: list[tuple[int, bytes]],
+                              moves: int) -> None:
+    """Wait until the standby process that `execute` follows has said it is ready (in
+    `chunks`) and moved `moves` times, then tell it to finish wherever it is then."""
+    deadline = time.monotonic() + GUEST_TIMEOUT
+    while time.monotonic() < deadline:
+        ready = STANDBY_READY in b"".join(d for fd, d in list(chunks) if fd == 1)
+        for handle in cluster.machines.values():
+            for info in handle.list_processes():
+                if ready and info.name == "standby" and len(info.migrations) >= moves:
+                    with contextlib.suppress(TenderError):  # it moved on meanwhile: again
+                        handle.kill(info.pid, int(Signal.SIGUSR1))
+                        return
+        time.sleep(0.01)
+
+
 def test_execute_with_migrations_reports_stats(cluster: Cluster) -> None:
     chunks: list[tuple[int, bytes]] = []
-    args = ("12000000",)
-    result = execute(cluster, os.fspath(workload("sieve")), list(args), [],
+    args = ("2", "spin")
+    teller = threading.Thread(target=tell_to_finish_once_moved, args=(cluster, chunks, 2),
+                              daemon=True)
+    teller.start()
+    result = execute(cluster, os.fspath(workload("standby")), list(args), [],
                      sink=lambda fd, data: chunks.append((fd, data)), migrate_every=0.03,
                      machine="a")
+    teller.join(10)
     out = b"".join(d for fd, d in chunks if fd == 1)
     err = b"".join(d for fd, d in chunks if fd == 2)
-    assert (result.exit_status, out, err) == native("sieve", *args)
-    assert len(result.migrations) >= 2
+    assert (result.exit_status, out, err) == native_standby(*args)
+    assert len(result.migrations) >= 2  # it was told to finish only after two
     names = list(cluster.machines)
     for m in result.migrations:
         assert set(m.as_dict()) >= RECORD_KEYS, m
@@ -157,7 +190,7 @@ def test_destination_dies_at_phase(cluster: Cluster, phase: str) -> None:
 
 def check_destination_dies(cluster: Cluster, victim: MachineHandle, phase: str) -> None:
     a, b = cluster.machine("a"), cluster.machine("b")
-    pid = start(a, "memhold", "2", "30", "5")
+    pid, taken = start_standby(a, "2")
     with pytest.raises(MachineError) as caught:
         a.migrate(pid, victim.name, timeout=120)
     assert isinstance(caught.value, MachineStoppedError), repr(caught.value)
@@ -170,8 +203,8 @@ def check_destination_dies(cluster: Cluster, victim: MachineHandle, phase: str) 
         holder = b
     else:
         holder = a
-    status, out, err, info = finish(holder, pid)
-    assert (status, out, err) == native("memhold", "2", "30", "5")
+    status, out, err, info = finish_standby(holder, pid, taken)
+    assert (status, out, err) == native_standby("2")
     assert [m.destination for m in info.migrations] == (["b"] if holder is b else [])
     stats = a.statistics()
     assert stats.migrations.get("out_failed", 0) >= 1
@@ -181,18 +214,17 @@ def check_destination_dies(cluster: Cluster, victim: MachineHandle, phase: str) 
 
 def test_machine_replaced_under_the_same_name(cluster: Cluster) -> None:
     a = cluster.machine("a")
-    args = ("2", "30", "5")
     phoenix = cluster.add_machine(config("phoenix"))
-    pid = start(a, "memhold", *args)
+    pid, taken = start_standby(a, "2")
     check_record(a.migrate(pid, "phoenix", timeout=120), "a", "phoenix")  # a knows phoenix
-    assert finish(phoenix, pid)[:3] == native("memhold", *args)
+    assert finish_standby(phoenix, pid, taken)[:3] == native_standby("2")
     cluster.stop_machine("phoenix")
     phoenix = cluster.add_machine(config("phoenix"))  # a new machine, the same name
-    pid = start(a, "memhold", *args)
+    pid, taken = start_standby(a, "2")
     holder = a
     try:
         check_record(a.migrate(pid, "phoenix", timeout=120), "a", "phoenix")
         holder = phoenix
     finally:
-        assert finish(holder, pid)[:3] == native("memhold", *args)
+        assert finish_standby(holder, pid, taken)[:3] == native_standby("2")
         cluster.stop_machine("phoenix")

@@ -16,8 +16,15 @@ from collections.abc import Iterator
 import pytest
 import ray
 from support.clusters import own_cluster
-from support.machines import assert_clean, finish, frames_free, start, wait_until
-from support.programs import native
+from support.machines import (
+    assert_clean,
+    finish,
+    finish_standby,
+    frames_free,
+    start_standby,
+    wait_until,
+)
+from support.programs import native_standby
 
 from tender_ray.cluster import Cluster, MachineHandle
 from tender_ray.config import FAULT_POINTS, FaultAction, FaultSide, FaultSpec, MachineConfig
@@ -29,7 +36,7 @@ from tender_ray.errors import (
 )
 from tender_ray.migration.options import MigrationOptions
 
-ARGS = ("2", "40", "5")  # memhold: long enough to be caught mid-run, short to finish
+ARGS = ("2",)  # standby: there for the whole migration, however slow, until told to finish
 CALL_TIMEOUT = 3.0  # seconds the source waits for create, commit, abort (and transform here)
 LEASE = 2.0  # seconds a destination keeps an arriving migration without a call
 DELAY = 2.5 * CALL_TIMEOUT  # a "delay" fault: past the caller's timeout and the lease
@@ -137,7 +144,7 @@ def test_one_live_copy_after_a_single_fault(cluster: Cluster, side: FaultSide, p
 
 def check_one_live_copy(source: MachineHandle, destination: MachineHandle,
                         holder: str) -> None:
-    pid = start(source, "memhold", *ARGS)
+    pid, taken = start_standby(source, *ARGS)
     try:
         source.migrate(pid, destination.name, OPTIONS, timeout=120)
         failed = False
@@ -154,8 +161,8 @@ def check_one_live_copy(source: MachineHandle, destination: MachineHandle,
     else:
         want = source if holder == "source" else destination
         assert [m.name for m in copies] == [want.name]
-        status, out, err, info = finish(want, pid)
-        assert (status, out, err) == native("memhold", *ARGS)
+        status, out, err, info = finish_standby(want, pid, taken)
+        assert (status, out, err) == native_standby(*ARGS)
         assert [m.destination for m in info.migrations] == (
             [destination.name] if holder == "destination" else [])
     for m in survivors:
@@ -171,15 +178,15 @@ def test_migration_to_a_cordoned_or_dead_machine_leaves_the_process(cluster: Clu
     dead = cluster.add_machine(config(f"dead{next(_names)}"))
     try:
         cordoned.cordon()
-        pid = start(a, "memhold", *ARGS)
+        pid, taken = start_standby(a, *ARGS)
         with pytest.raises(TenderError, match="cordoned"):
             a.migrate(pid, cordoned.name, OPTIONS, timeout=60)
         ray.kill(dead.actor, no_restart=True)
         with pytest.raises((MachineStoppedError, UnknownMachineError)):  # gone, or never seen
             a.migrate(pid, dead.name, OPTIONS, timeout=60)
         assert a.info(pid).state != "frozen"
-        status, out, err, info = finish(a, pid)
-        assert (status, out, err) == native("memhold", *ARGS) and info.migrations == ()
+        status, out, err, info = finish_standby(a, pid, taken)
+        assert (status, out, err) == native_standby(*ARGS) and info.migrations == ()
         assert_clean(a)
         assert_clean(cordoned)
     finally:
@@ -195,7 +202,7 @@ def test_kill_during_a_migration_ends_it_where_it_lives(cluster: Cluster) -> Non
     slow = cluster.add_machine(config(f"slow{next(_names)}", FaultSpec(
         phase="before_commit", action=FaultAction.DELAY, delay_s=DELAY)))
     try:
-        pid = start(a, "memhold", "2", "400", "5")  # long: still running at the kill
+        pid, _ = start_standby(a, *ARGS)  # still running at the kill: it waits to be told
         errors: list[BaseException] = []
 
         def migrate() -> None:

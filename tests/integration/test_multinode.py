@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 import ray
 from ray.cluster_utils import Cluster as RayCluster
-from support.programs import native, workload
+from support.machines import actor_mover, bounce, finish_standby, start_standby
+from support.programs import native_standby
 
 from tender_ray.cluster import Cluster
 from tender_ray.config import MachineConfig
-from tender_ray.errors import ProcessStateError
-from tender_ray.kernel.snapshots import ProcessInfo
 from tender_ray.migration.options import MigrationOptions, Transfer
 from tender_ray.migration.record import PHASES
 from tender_ray.resources.file_view import FileViewSpec
@@ -82,30 +81,13 @@ def test_migrate_between_nodes(clusters: tuple[RayCluster, Cluster], transfer: s
     _, cluster = clusters
     handles = [cluster.machine("na"), cluster.machine("nb")]
     options = MigrationOptions(transfer=Transfer(transfer))
-    # 8 MiB of pages to move, and a second of sleeps however fast the host runs the code:
-    # a sieve could end before its third move on a fast host.
-    path = workload("memhold")
-    args = ("8", "100", "10")
-    pid = handles[0].exec(path.read_bytes(), "memhold", [os.fspath(path), *args], [])
-    where, records = 0, []
-    while len(records) < 8:
-        source = handles[where]
-        if source.info(pid).state == "zombie":
-            break
-        try:
-            records.append(source.migrate(pid, handles[1 - where].name, options, timeout=120))
-        except ProcessStateError:
-            break
-        where = 1 - where
-        time.sleep(0.02)
-    last = handles[where]
-    info: ProcessInfo = last.wait(pid, timeout=120)
-    assert info.state == "zombie"
-    while any(c.pid == pid for c in last.statistics().computations):
-        time.sleep(0.002)
-    info, out, err = last.reap(pid)
-    assert (info.exit_status, out, err) == native("memhold", *args)
-    assert len(records) >= 3
+    # 8 MiB of pages to move, eight times, by a process that runs until it is told to finish.
+    args = ("8",)
+    pid, taken = start_standby(handles[0], *args)
+    where, records = bounce(handles, pid, move=actor_mover(options), pause=0.02, max_moves=8)
+    status, out, err, _ = finish_standby(handles[where], pid, taken)
+    assert (status, out, err) == native_standby(*args)
+    assert len(records) == 8
     for i, r in enumerate(records):
         assert (r.source, r.destination, r.result) == (
             ("na", "nb", "ok") if i % 2 == 0 else ("nb", "na", "ok"))

@@ -61,6 +61,7 @@ COVERED: dict[str, tuple[str, str]] = {
     "tender-ray down": ("tests/integration/test_operate.py", '"down"'),
     "tender-ray top": ("tests/unit/test_top.py", "top"),
     "tender-ray bench io": ("tests/unit/test_bench_io.py", "io_benchmark"),
+    "tender-ray bench vs-ray": ("tests/integration/test_vs_ray.py", "tender_ray.bench.vs_ray"),
     "prometheus": ("tests/integration/test_dashboards.py", "--config.file"),
     # Grafana itself is not run; its dashboards are checked against their builder and
     # every panel's query against a real Prometheus.
@@ -134,6 +135,46 @@ def test_every_readme_command_is_tested() -> None:
     for what, (path, needle) in COVERED.items():
         text = (ROOT / path).read_text() if (ROOT / path).is_file() else ""
         assert needle in text, f"{what}: said to be covered by {path}, which lacks {needle!r}"
+
+
+# A fenced block, or an inline code span (which may wrap onto the next line of its paragraph).
+CODE = re.compile(r"```[a-z]*\n(.*?)^```|`((?:[^`\n]|\n(?!\n))+)`", re.S | re.M)
+NAMED = re.compile(r"(?:tender-ray|python -m tender_ray)\s+([a-z][a-z-]*)(?:\s+([a-z][a-z-]*))?")
+
+
+def named_commands() -> set[tuple[str, ...]]:
+    """Every `tender-ray COMMAND` (and `tender-ray bench WHICH`) the README names in code:
+    its code blocks and the inline code of its prose, so that a command only mentioned in a
+    sentence is checked like an example."""
+    named: set[tuple[str, ...]] = set()
+    for block, inline in CODE.findall(README.read_text()):
+        for command, then in NAMED.findall(block or inline):
+            named.add((command, then) if command == "bench" and then else (command,))
+    return named
+
+
+def test_every_command_the_readme_names_exists() -> None:
+    """The commands the README names, in examples or in prose, are the parser's."""
+    import argparse
+
+    from tender_ray.cli.main import build_parser
+
+    def choices(parser: argparse.ArgumentParser) -> dict[str, Any]:
+        """What the first word after this parser's own may be: its subcommands, or the
+        choices of its first positional argument (`bench NAME`)."""
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+            if not action.option_strings and action.choices:
+                return {str(c): None for c in action.choices}
+        return {}
+
+    commands = choices(build_parser())
+    named = named_commands()
+    assert ("exec",) in named and ("kill",) in named, named  # the scan sees both kinds
+    missing = sorted(" ".join(n) for n in named if n[0] not in commands
+                     or (len(n) == 2 and n[1] not in choices(commands[n[0]])))
+    assert not missing, f"the README names commands tender-ray does not have: {missing}"
 
 
 def small_scenario(path: Path, tmp_path: Path) -> Path:

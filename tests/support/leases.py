@@ -1,6 +1,7 @@
 """Machines with a short migration lease, for the protocol's tests without Ray: `LEASE`, the
-workload they migrate (`ARGS` of memhold), a factory of such machines, and `only_on`, the
-check that exactly one copy ran (on the holder, with native output)."""
+workload they migrate (`ARGS` of standby, which runs until told to finish, so it is there for
+every step however slow the host), a factory of such machines, and `only_on`, the check that
+exactly one copy ran (on the holder, told to finish, with native output)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from collections.abc import Callable
 
 import pytest
 
-from support.machines import finish
-from support.programs import native
+from support.machines import finish_standby
+from support.programs import native_standby
 from tender_ray.errors import UnknownProcessError
 from tender_ray.kernel.machine import Machine
 
 MakeMachine = Callable[..., Machine]
 
-ARGS = ("2", "30", "5")  # memhold: a couple of MiB, touched and slept on for a while
+ARGS = ("2",)  # standby: a couple of MiB, touched, napping until told to finish
 LEASE = 0.4  # seconds: short, so an expiry is quick to see
 
 
@@ -29,11 +30,12 @@ def short_lease_machines(make_machine: MakeMachine) -> MakeMachine:
     return make
 
 
-def only_on(holder: Machine, other: Machine, pid: int) -> None:
-    """The process ends on `holder` exactly as natively, and `other` has no copy of it."""
+def only_on(holder: Machine, other: Machine, pid: int, taken: bytes) -> None:
+    """The process (standby, `taken` its output so far) ends on `holder`, told to finish,
+    exactly as natively, and `other` has no copy of it."""
     with pytest.raises(UnknownProcessError):
         other.info(pid)
-    status, out, err, _ = finish(holder, pid)
-    assert (status, out, err) == native("memhold", *ARGS)
+    status, out, err, _ = finish_standby(holder, pid, taken)
+    assert (status, out, err) == native_standby(*ARGS)
     with pytest.raises(UnknownProcessError):
         other.info(pid)

@@ -4,6 +4,9 @@ both satisfy the `MachineLike` protocol below structurally.
 
 - Running: `start` (exec a workload by name), `wait_finished` (ended AND released by its
   computation), `finish` (wait + reap), `run_on_machine` (exec a path, run it to the end).
+- The `standby` workload, which runs until told: `start_standby` (start it and wait until it
+  says it is ready) and `finish_standby` (tell it to finish, wait, reap); what happens in
+  between happens to a process that is certainly still there, however slow the host.
 - Polling: `wait_state` (a process reaches a state), `wait_until` (any condition), `holder`
   (the pid the only computation runs).
 - Checks that a machine gave everything back: `frames_free`, `managers`, `assert_clean`.
@@ -28,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from support.programs import GUEST_TIMEOUT, workload
+from support.programs import GUEST_TIMEOUT, STANDBY_READY, workload
 from tender_ray import logs
+from tender_ray.abi.linux import Signal
 from tender_ray.errors import ProcessStateError, TenderError
 from tender_ray.kernel.machine import Machine
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
@@ -61,6 +65,7 @@ class MachineLike(Protocol):
     def wait(self, pid: int, timeout: float | None = None) -> ProcessInfo: ...
     def reap(self, pid: int) -> tuple[ProcessInfo, bytes, bytes]: ...
     def kill(self, pid: int, signal: int = 9) -> ProcessInfo: ...
+    def take_output(self, pid: int) -> tuple[bytes, bytes]: ...
     def list_processes(self) -> list[ProcessInfo]: ...
     def statistics(self) -> MachineStatistics: ...
 
@@ -139,6 +144,41 @@ def run_on_machine(machine: MachineLike, path: str | os.PathLike[str],
     image = Path(path).read_bytes()
     pid = machine.exec(image, Path(path).name, [os.fspath(path), *args], _envp(env))
     return finish(machine, pid, timeout)
+
+
+def start_standby(machine: MachineLike, *args: str, timeout: float = GUEST_TIMEOUT
+                  ) -> tuple[int, bytes]:
+    """Start `standby` with `args` on `machine` and wait until it says it is ready (it has
+    touched its memory and can be told to finish): its pid and the stdout taken meanwhile,
+    which `finish_standby` puts back in front of the rest."""
+    pid = start(machine, "standby", *args)
+    return pid, wait_ready(machine, pid, timeout)
+
+
+def wait_ready(machine: MachineLike, pid: int, timeout: float = GUEST_TIMEOUT) -> bytes:
+    """Wait until the `standby` process `pid` has written its ready line; the stdout taken."""
+    deadline = time.monotonic() + timeout
+    out = b""
+    while STANDBY_READY not in out:
+        taken, _ = machine.take_output(pid)
+        out += taken
+        if STANDBY_READY in out:
+            break
+        info = machine.info(pid)
+        assert info.state != "zombie", f"standby {pid} ended before it was ready: {info}"
+        assert time.monotonic() < deadline, f"standby {pid} never said it was ready: {info}"
+        time.sleep(POLL * 4)
+    return out
+
+
+def finish_standby(machine: MachineLike, pid: int, taken: bytes = b"",
+                   timeout: float = GUEST_TIMEOUT) -> tuple[int, bytes, bytes, ProcessInfo]:
+    """Tell the `standby` process `pid` on `machine` to finish (SIGUSR1), wait for it and reap
+    it: (status, stdout with `taken` in front, stderr, final info), to compare with
+    `native_standby`."""
+    machine.kill(pid, int(Signal.SIGUSR1))
+    status, out, err, info = finish(machine, pid, timeout)
+    return status, taken + out, err, info
 
 
 # --- polling --------------------------------------------------------------------------------

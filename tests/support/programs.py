@@ -1,13 +1,15 @@
 """The workload binaries and running them on the host: where they are (`workload`), the
 reference result of a program run natively (`run_native`, and `native`, cached by workload
-name and arguments), skipping a test whose host program is not installed (`need`), the
-repository root and the timeouts the other helpers use.
+name and arguments; `native_standby` for the `standby` workload, told to finish once it is
+ready), skipping a test whose host program is not installed (`need`), the repository root and
+the timeouts the other helpers use.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +17,10 @@ from pathlib import Path
 import pytest
 
 from tender_ray import config
+
+# `standby` (workloads/src/standby.c) says this once it can be told to finish (SIGUSR1), and
+# runs until it is told: a process a test can move knowing it is still there.
+STANDBY_READY = b"standby: ready\n"
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/support/ -> tests/ -> root
 NATIVE_TIMEOUT = 60.0  # seconds a program may run on the host
@@ -54,3 +60,18 @@ def run_native(path: str | os.PathLike[str], args: Sequence[str] = (),
 def native(name: str, *args: str) -> tuple[int, bytes, bytes]:
     """(status, stdout, stderr) of a workload run on the host, empty environment (cached)."""
     return run_native(workload(name), args, {})
+
+
+@functools.cache
+def native_standby(*args: str) -> tuple[int, bytes, bytes]:
+    """(status, stdout, stderr) of `standby` run on the host and told to finish (SIGUSR1)
+    as soon as it says it is ready, as the tests tell it on a machine (cached)."""
+    with subprocess.Popen([os.fspath(workload("standby")), *args], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first == STANDBY_READY, f"standby {args} said {first!r}, not that it is ready"
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=NATIVE_TIMEOUT)
+    status = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    return status, first + out, err

@@ -45,15 +45,16 @@ def proc(pid: int, machine: str, state: str, pages: int) -> ProcessInfo:
 
 def record(pid: int, src: str, dst: str, started: float, *, result: str = "ok",
            transfer: str = "dsm", reuse: bool = True, seconds: float = 0.02,
-           reason: str = "") -> MigrationRecord:
+           reason: str = "", error: str = "") -> MigrationRecord:
     """The record of a migration of `pid` from `src` to `dst` begun at `started` (time.time):
-    3 pages, four phases (freeze 0.2 ms, create 4 ms, export 3 ms, commit 500 ms)."""
+    3 pages, four phases (freeze 0.2 ms, create 4 ms, export 3 ms, commit 500 ms); `error`
+    says why one that failed did."""
     return MigrationRecord(pid=pid, source=src, destination=dst, seconds=seconds,
                            bytes=4096 * 3, pages=3,
                            phases={"freeze": 0.0002, "create": 0.004, "export": 0.003,
                                    "commit": 0.5},
                            transfer=transfer, reuse=reuse, resources="needed", result=result,
-                           error="", started_at=started, reason=reason)
+                           error=error, started_at=started, reason=reason)
 
 
 def drain_report(machine: str, seconds: float, moved: tuple[MigrationRecord, ...],

@@ -12,16 +12,19 @@ from tender_ray.bench.options import usable_engines
 
 
 def test_io_benchmark_reports_every_case_with_native_outputs() -> None:
-    for program in ("/usr/bin/sha256sum", "/usr/bin/gzip"):
+    for program in ("/usr/bin/sha256sum", "/usr/bin/gzip", "/usr/bin/dd", "/usr/bin/python3"):
         if not Path(program).is_file():
             pytest.skip(f"{program} is not installed here")
     engines = usable_engines("native,emulated")
     result = io_benchmark(2, engines, repeat=1, ray=False)  # Ray's case: test_cli's
     assert [r["case"] for r in result["rows"]] == [
-        "sha256sum FILE", "gzip -c -1 <FILE", "sha256sum FILE, migrated",
+        "sha256sum FILE", "gzip -c -1 <FILE", "dd if=FILE bs=4k (to stdout)",
+        "python3 line-by-line read", "sha256sum FILE, migrated",
+        "sha256sum FILE, migrated every 50 ms", "gzip -c -1 <FILE, migrated every 50 ms",
+        "dd bs=4k, migrated every 50 ms", "python3 line-by-line, migrated every 50 ms",
         "sha256sum FILE, migrated, home I/O (direct)"]
     for engine in engines:  # going home is priced against the same read migrated locally
-        home, local = result["rows"][3]["engines"][engine], result["rows"][2]["engines"][engine]
+        home, local = result["rows"][9]["engines"][engine], result["rows"][4]["engines"][engine]
         assert home["vs_local"] == pytest.approx(home["best_s"] / local["best_s"], rel=0.01)
     for row in result["rows"]:
         assert row["native_s"] > 0

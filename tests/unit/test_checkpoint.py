@@ -44,6 +44,12 @@ def _drain(m: Machine, chunks: dict[int, bytes], pid: int) -> bool:
     return any(i.pid == pid for i in result.ended)
 
 
+def _writes(m: Machine, pid: int) -> int:
+    """How many writes the process has made (its system call counts)."""
+    calls = m.info(pid).syscalls
+    return calls.get("write", 0) + calls.get("writev", 0)
+
+
 def _touched(m: Machine, pid: int) -> None:
     """Wait until memhold has filled its heap (it says so; output streams before any
     checkpoint on a machine that does not checkpoint periodically)."""
@@ -148,12 +154,13 @@ def test_output_is_held_until_a_checkpoint_covers_it(tmp_path: Path) -> None:
     m = _machine("a", tmp_path, every=3600.0)  # periodic, but not within this test
     try:
         pid = start(m, "compute_sleep", "400")
-        time.sleep(0.3)  # a few rounds printed
+        wait_until(lambda: _writes(m, pid) >= 2, what="a few rounds printed")
         assert m.take_output(pid) == (b"", b"")  # nothing is covered yet
         record = m.checkpoint(pid)
         out, _ = m.take_output(pid)
         assert out.startswith(b"round 0: ") and record.seq == 0
-        time.sleep(0.2)
+        written = _writes(m, pid)
+        wait_until(lambda: _writes(m, pid) > written, what="another round printed")
         assert m.take_output(pid) == (b"", b"")  # what came after is held again
     finally:
         m.stop()

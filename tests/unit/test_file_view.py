@@ -57,7 +57,10 @@ def test_absolute_symlinks_stay_in_the_view(tree: Path) -> None:
 def test_proc_and_dev_do_not_escape(tree: Path) -> None:
     v = view(tree)
     assert errno_of(lambda: v.resolve("/proc/self/root/etc/passwd")) == Errno.EACCES
-    assert errno_of(lambda: v.resolve("/proc/self/fd/0")) == Errno.EACCES
+    assert errno_of(lambda: v.resolve("/proc/self/fd/0/etc")) == Errno.EACCES
+    made = v.resolve("/proc/self/fd/0")  # made by the kernel from the process: no host path
+    assert (made.proc, made.host) == ("self/fd/0", None)
+    assert errno_of(lambda: v.resolve("/proc/self/../self/maps")) == Errno.EACCES
     assert errno_of(lambda: v.resolve("/dev/sda")) == Errno.ENOENT
     assert v.resolve("/dev/null").device == "null"
     assert v.resolve("/proc/self/exe").guest == "/etc/data"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from support.leases import ARGS, LEASE, MakeMachine, only_on, short_lease_machines
-from support.machines import SlowTransport, assert_clean, start
+from support.machines import SlowTransport, assert_clean, start_standby
 
 from tender_ray.config import FaultAction, FaultSide, FaultSpec
 from tender_ray.errors import LeaseExpiredError, NoReplyError
@@ -29,14 +29,14 @@ def test_an_export_slower_than_the_lease_commits_once(new_machine: MakeMachine) 
     # Every page block takes 1.5 leases to put: the export alone outlasts the lease several
     # times over, with no call of the source's between create and transform.
     a, b = new_machine("m0"), new_machine("m1")
-    pid = start(a, "memhold", *ARGS)
+    pid, taken = start_standby(a, *ARGS)
     transport = SlowTransport(LEASE * 1.5)
     record = migrate_local(a, pid, b, transport=transport)
     assert record.ok and record.phases["export"] > 2 * LEASE, record.phases
     assert b.outcome(record.migration_id) is Outcome.COMMITTED
     assert b.migration_totals["in_expired"] == 0 and b.migration_totals["in_ok"] == 1
     assert a.migration_totals["out_ok"] == 1 and not a.migration_totals["out_failed"]
-    only_on(b, a, pid)
+    only_on(b, a, pid, taken)
     assert_clean(a)
     assert_clean(b)
 
@@ -47,11 +47,11 @@ def test_a_source_stalled_inside_the_step_commits_once(new_machine: MakeMachine)
     a = new_machine("m0", fault=FaultSpec(phase="before_transform", action=FaultAction.DELAY,
                                           side=FaultSide.SOURCE, delay_s=LEASE * 4))
     b = new_machine("m1")
-    pid = start(a, "memhold", *ARGS)
+    pid, taken = start_standby(a, *ARGS)
     record = migrate_local(a, pid, b)
     assert record.ok and b.outcome(record.migration_id) is Outcome.COMMITTED
     assert b.migration_totals["in_expired"] == 0
-    only_on(b, a, pid)
+    only_on(b, a, pid, taken)
     assert_clean(a)
     assert_clean(b)
 
@@ -62,14 +62,14 @@ def test_a_source_silent_after_a_slow_export_still_expires(new_machine: MakeMach
     a = new_machine("m0", fault=FaultSpec(phase="before_commit", action=FaultAction.DELAY,
                                           side=FaultSide.SOURCE, delay_s=LEASE * 4))
     b = new_machine("m1")
-    pid = start(a, "memhold", *ARGS)
+    pid, taken = start_standby(a, *ARGS)
     with pytest.raises(LeaseExpiredError):
         migrate_local(a, pid, b, transport=SlowTransport(LEASE * 1.5))
     mid = a.recent_migrations()[-1].migration_id
     assert b.outcome(mid) is Outcome.EXPIRED and b.commit(mid) is Outcome.EXPIRED
     assert b.migration_totals["in_expired"] == 1
     assert_clean(b)
-    only_on(a, b, pid)
+    only_on(a, b, pid, taken)
     assert_clean(a)
 
 
@@ -100,22 +100,29 @@ def _wait_calls(peer: CountingPeer, n: int, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def _renewer(mid: str) -> threading.Thread:
+    """The thread renewing migration `mid`'s lease."""
+    (thread,) = [t for t in threading.enumerate() if t.name == f"renew {mid}"]
+    return thread
+
+
 def test_renewals_run_with_the_step_and_stop_with_it() -> None:
     peer = CountingPeer(Outcome.PENDING)
     with renewing(peer, "m0:1:x", 0.01):  # type: ignore[arg-type]
         _wait_calls(peer, 3)
-    time.sleep(0.02)  # one renewal may have been in flight as the step ended
-    stopped = peer.calls
-    time.sleep(0.1)
-    assert peer.calls == stopped
+        renewer = _renewer("m0:1:x")
+        assert renewer.is_alive()  # renewing as long as the step runs
+    renewer.join(10)  # the step ended: its renewals end (one in flight may still land)
+    assert not renewer.is_alive(), "renewals went on after the step"
 
 
 def test_renewals_stop_at_a_migration_no_longer_pending() -> None:
     peer = CountingPeer(Outcome.PENDING, Outcome.EXPIRED)
     with renewing(peer, "m0:1:x", 0.01):  # type: ignore[arg-type]
-        _wait_calls(peer, 2)
-        time.sleep(0.1)
-        assert peer.calls == 2  # nothing left to keep: no third renewal
+        renewer = _renewer("m0:1:x")
+        renewer.join(10)  # while the step still runs: nothing left to keep
+        assert not renewer.is_alive(), "renewals went on for an expired migration"
+        assert peer.calls == 2  # no third renewal
 
 
 def test_a_lost_renewal_is_tried_again() -> None:

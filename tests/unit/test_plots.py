@@ -14,10 +14,13 @@ from tender_ray.cli.scenario.plot import (
     DrainSpan,
     Mark,
     ProcessEvent,
+    arrow_heights,
     lane_counts,
+    phase_shares,
     plot_load,
     plot_timeline,
     segments,
+    timeline_rows,
 )
 from tender_ray.migration.record import MigrationRecord, Outcome
 
@@ -110,9 +113,42 @@ def test_figures_are_written(tmp_path: Path) -> None:
              Mark(4.0, "stop_machine", "m0")]
     load, timeline = tmp_path / "load.png", tmp_path / "timeline.png"
     plot_load(events(), migrations, drains, marks, load, "test", T0, ["m0", "m1", "m2"])
-    plot_timeline(migrations, timeline, "test", T0)
+    plot_timeline(migrations, timeline, "test", T0, names={1: "sieve#0", 3: "hashwalk#1"})
     for path in (load, timeline):
         assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
+
+
+def test_timeline_names_processes_as_the_report_does() -> None:
+    """Rows are labelled with the report's process names (by pid), as the summary shows them;
+    a pid the report does not name is shown as a pid."""
+    migrations = [record(1001, "m0", "m1", 1.0), record(1002, "m1", "m2", 2.0)]
+    rows = timeline_rows(migrations, {1001: "sieve#0"})
+    assert [label for _, label in rows] == ["sieve#0 m0→m1", "pid 1002 m1→m2"]
+
+
+def test_phases_are_shared_out_by_the_papers_names() -> None:
+    shares = phase_shares([record(1, "m0", "m1", 1.0)])
+    assert {"transform I (space)", "transform II (program)", "transform III (start)",
+            "call round trips"} <= set(shares)
+    assert not any("_" in label for label in shares)  # no field name reaches the figure
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_arrows_leaving_one_dot_are_spread_apart() -> None:
+    # Two moves off m0 at one instant (a drain), one off m0 much later, one off m1 at the
+    # same instant: only the first two would overlap, and only they leave the middle.
+    migrations = [record(1, "m0", "m1", 2.0, reason="drain"),
+                  record(2, "m0", "m2", 2.0, reason="drain"),
+                  record(3, "m0", "m1", 8.0), record(4, "m1", "m2", 2.0)]
+    heights = arrow_heights(migrations, end=10.0)
+    assert heights[2] == heights[3] == 0.5
+    assert heights[0] != heights[1]
+    assert abs(heights[0] - heights[1]) >= 0.1  # apart by more than a dot
+    assert (heights[0] + heights[1]) / 2 == pytest.approx(0.5)  # around the middle
+    # Many at once stay inside the lane.
+    crowd = [record(i, "m0", "m1", 2.0) for i in range(9)]
+    assert all(0.1 <= h <= 0.9 for h in arrow_heights(crowd, end=10.0))
+    assert len(set(arrow_heights(crowd[:5], end=10.0))) == 5
 
 
 def test_timeline_shows_the_slowest(tmp_path: Path) -> None:
@@ -126,6 +162,8 @@ def test_timeline_shows_the_slowest(tmp_path: Path) -> None:
 
 class _FakeImage:
     pages_sent = 0
+    text_pages_sent = 0
+    text_shared = False
     handles: tuple[object, ...] = ()
 
 

@@ -1,5 +1,5 @@
-"""The signals real programs meet besides their own (kernel/signals.py, kernel/file_calls.py,
-kernel/syscalls.py): SIGPIPE from a write to a pipe nobody reads, a CPU fault handed to the
+"""The signals real programs meet besides their own (kernel/signals.py, kernel/syscalls/):
+SIGPIPE from a write to a pipe nobody reads, a CPU fault handed to the
 program's handler with si_addr, a sleep cut short by a handler (-EINTR and the time left),
 and threads refused by name, while new processes are -ENOSYS. Each guest's output is the
 native run's on both engines."""
@@ -18,8 +18,9 @@ from tender_ray.kernel.machine import Machine
 from tender_ray.resources.process import Process
 
 ENGINES = ["emulated", "native"]
-THREAD_REASON = ("clone with CLONE_THREAD (a thread) is not supported: tender_ray runs "
-                 "single-threaded processes")
+THREAD_REASON = ("clone with CLONE_THREAD (a thread) is not supported yet: tender_ray runs "
+                 "single-threaded processes; run the program with one thread (its -j1 or "
+                 "--threads=1 option, say) or natively")
 
 
 def _run(machine: Machine, name: str, *args: str) -> tuple[int, bytes, bytes, str]:

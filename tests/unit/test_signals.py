@@ -1,4 +1,4 @@
-"""Signals of a single-threaded guest (kernel/signals.py, kernel/signal_calls.py): handlers,
+"""Signals of a single-threaded guest (kernel/signals.py, kernel/syscalls/signals.py): handlers,
 masks, the alternate stack, timers and siglongjmp give the native run's output byte for byte
 on both engines, through many migrations too; `Machine.kill` queues a signal for the
 handler or takes its default action; SIGKILL always ends."""

@@ -28,7 +28,8 @@ def test_render_shows_machines_processes_and_migrations() -> None:
     text = draw(render({"a": stats("a"), "b": stats("b", cordoned=True)},
                        [proc(1001, "a", "running", 256), proc(1002, "a", "frozen", 30),
                         proc(2001, "b", "sleeping", 10)],
-                       [rec, record(1002, "a", "b", now - 60, result="failed")],
+                       [rec, record(1002, "a", "b", now - 60, result="failed",
+                                    error="machine b is cordoned (draining)")],
                        down={"c": "machine c is gone"}, balancer=balancer_state(), now=now))
     assert "tender-ray top" in text
     rows = {cells[1]: cells[1:-1] for cells in (line.split() for line in text.splitlines())
@@ -42,9 +43,28 @@ def test_render_shows_machines_processes_and_migrations() -> None:
     assert "draining" in text and "down" in text and "machine c is gone" in text
     assert "p1001" in text and "frozen" in text and "sleeping" in text
     assert "a → b" in text and "failed" in text
+    # Migrations name the process by its program and pid, as `ps` lists it; a failed one
+    # says why, on the line under it.
+    assert "p1001 1001  a → b  ok" in text and "p1002 1002  a → b  failed" in text
+    assert "why: machine b is cordoned (draining)" in text
     # Phases of the migration with their times in milliseconds, in the order they ran.
-    assert "phases (ms): freeze 0.2 · create 4.0 · export 3.0 · commit 500.0" in text
+    assert ("phases: freeze 0.20 ms · create 4.00 ms · export 3.00 ms · commit 500.00 ms"
+            in text)
     assert "policy threshold" in text and "decisions 3" in text
+
+
+def test_migration_phases_by_the_papers_names() -> None:
+    """The transform's three steps read as the paper names them, in the order they ran; the
+    record's field names are not shown."""
+    now = time.time()
+    phases = {"transform_start": 0.003, "freeze": 0.001, "transform_space": 0.0005,
+              "transform_program": 0.002, "create_call": 0.004}
+    rec = MigrationRecord(pid=7, source="a", destination="b", transfer="dsm", reuse=True,
+                          resources="needed", seconds=0.01, phases=phases, started_at=now - 1)
+    text = draw(render({}, [], [rec], now=now))
+    assert ("phases: freeze 1.00 ms · create call 4.00 ms · transform I (space) 0.50 ms · "
+            "transform II (program) 2.00 ms · transform III (start) 3.00 ms") in text
+    assert "transform_" not in text and "pid 7  a → b" in text  # no process listed: its pid
 
 
 def test_render_without_anything() -> None:

@@ -26,6 +26,8 @@ ARGS: dict[str, list[str]] = {
     "args": ["first", "second arg", "--third=3"],
     "exitcode": ["3"],
     "memhold": ["2", "5", "2"],
+    # It runs until told to finish (support.machines.finish_standby): here its usage error.
+    "standby": ["1", "idle"],
 }
 # Native output legitimately differs: socket() and fork() succeed on the host.
 NATIVE_DIFFERS = {"unsupported"}

@@ -7,15 +7,19 @@ other events (undrain, stop, add) marked where they happened.
 
 timeline.png: one bar per migration split into its phases (`segments`), in milliseconds from
 that migration's own start, so that where a migration's time goes reads off at a glance.
+
+Both name things as the summary and report.json do: processes by their report names
+(`sieve#0`), phases by the paper's names (`cli.names`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from tender_ray.cli.names import phase_name, process_label
 from tender_ray.migration.record import MigrationRecord
 
 if TYPE_CHECKING:
@@ -101,6 +105,36 @@ def lane_counts(events: Iterable[ProcessEvent], machines: Sequence[str] = ()) ->
 
 # --- load.png -------------------------------------------------------------------------------
 
+_LANE_MIDDLE = 0.5  # where an arrow leaves and reaches a lane, as a fraction of its height
+_ARROW_SPREAD = 0.16  # between arrows that would leave from one dot
+
+
+def arrow_heights(migrations: Sequence[MigrationRecord], end: float) -> list[float]:
+    """The height (a fraction of the lane) at which each migration's arrow leaves its source:
+    the lane's middle, unless several leave one source at about one time (within 1 % of the
+    figure's `end` seconds), when they are spread over the lane, in their order, so that no
+    arrow hides another."""
+    close = max(end, 1e-9) * 0.01
+    heights = [_LANE_MIDDLE] * len(migrations)
+    order = sorted(range(len(migrations)),
+                   key=lambda i: (migrations[i].source, migrations[i].started_at))
+    group: list[int] = []
+
+    def spread() -> None:
+        for k, i in enumerate(group):
+            heights[i] = _LANE_MIDDLE + (k - (len(group) - 1) / 2) * _ARROW_SPREAD
+        group.clear()
+
+    for i in order:
+        if group:
+            last = migrations[group[-1]]
+            if (migrations[i].source != last.source
+                    or migrations[i].started_at - last.started_at > close):
+                spread()
+        group.append(i)
+    spread()
+    return [min(0.9, max(0.1, h)) for h in heights]
+
 _DRAIN_COLOUR = "#e6550d"
 _POLICY_COLOUR = "#6a51a3"
 
@@ -177,8 +211,10 @@ def plot_load(events: Sequence[ProcessEvent], migrations: Sequence[MigrationReco
                 va="top", fontsize=8)
 
     # An arrow from the source's lane, when the migration began, to the destination's, when
-    # it ended; at the lanes' middle heights so arrows between any two lanes look alike.
-    for r in migrations:
+    # it ended; at the lanes' middle heights so arrows between any two lanes look alike, but
+    # those leaving one source together spread apart (each from its own dot, to its own
+    # height), or they would be drawn over one another.
+    for r, height in zip(migrations, arrow_heights(migrations, end), strict=True):
         if r.source not in ax_of or r.destination not in ax_of:
             continue
         a, b = ax_of[r.source], ax_of[r.destination]
@@ -187,9 +223,9 @@ def plot_load(events: Sequence[ProcessEvent], migrations: Sequence[MigrationReco
         on_a = transforms.blended_transform_factory(a.transData, a.transAxes)
         # A dot at the tail: an arrow passing over a lane between its two ends is not read
         # as leaving from it.
-        a.plot([start], [0.5], "o", ms=4, color=colour, transform=on_a, clip_on=False)
+        a.plot([start], [height], "o", ms=4, color=colour, transform=on_a, clip_on=False)
         fig.add_artist(ConnectionPatch(
-            xyA=(start, 0.5), coordsA=on_a, xyB=(start + r.seconds, 0.5),
+            xyA=(start, height), coordsA=on_a, xyB=(start + r.seconds, height),
             coordsB=transforms.blended_transform_factory(b.transData, b.transAxes),
             arrowstyle="-|>", mutation_scale=12, lw=1.3, color=colour, alpha=0.85,
             shrinkA=0, shrinkB=0))
@@ -221,18 +257,20 @@ def plot_load(events: Sequence[ProcessEvent], migrations: Sequence[MigrationReco
 TIMELINE_PHASES = ("freeze", "create", "create_call", "export", "transform_space",
                    "transform_program", "transform_start", "transform_call", "commit",
                    "delete")
-# Name and colour of each; both round trips are one kind of cost, one colour, hatched.
+# Name (the paper's, `cli.names`) and colour of each; both round trips are one kind of cost,
+# one colour, hatched.
+_ROUND_TRIPS = "call round trips"
 _PHASE_STYLE: dict[str, tuple[str, str]] = {
-    "freeze": ("freeze", "#4292c6"),
-    "create": ("create", "#fd8d3c"),
-    "export": ("export (pages)", "#9e9ac8"),
-    "transform_space": ("transform I (space)", "#c7e9c0"),
-    "transform_program": ("transform II (program)", "#74c476"),
-    "transform_start": ("transform III (data)", "#238b45"),
-    "commit": ("commit", "#de2d26"),
-    "delete": ("delete", "#8c6d31"),
-    "create_call": ("call round trips", "#bdbdbd"),
-    "transform_call": ("call round trips", "#bdbdbd"),
+    "freeze": (phase_name("freeze"), "#4292c6"),
+    "create": (phase_name("create"), "#fd8d3c"),
+    "export": (phase_name("export"), "#9e9ac8"),
+    "transform_space": (phase_name("transform_space"), "#c7e9c0"),
+    "transform_program": (phase_name("transform_program"), "#74c476"),
+    "transform_start": (phase_name("transform_start"), "#238b45"),
+    "commit": (phase_name("commit"), "#de2d26"),
+    "delete": (phase_name("delete"), "#8c6d31"),
+    "create_call": (_ROUND_TRIPS, "#bdbdbd"),
+    "transform_call": (_ROUND_TRIPS, "#bdbdbd"),
 }
 _OTHER_STYLE = ("other", "#636363")
 SLOWEST = 40  # at most this many rows in timeline.png: the slowest migrations
@@ -278,16 +316,28 @@ def phase_shares(migrations: Iterable[MigrationRecord]) -> dict[str, float]:
     return {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+def timeline_rows(migrations: Sequence[MigrationRecord], names: Mapping[int, str] | None = None,
+                  slowest: int = SLOWEST) -> list[tuple[MigrationRecord, str]]:
+    """The rows of timeline.png: the `slowest` slowest migrations (all if fewer), in the order
+    they began, each with its label, the process's report name (`names`, by pid) and its
+    move: `sieve#0 m0→m1`."""
+    shown = sorted(migrations, key=lambda r: r.seconds, reverse=True)[:slowest]
+    shown.sort(key=lambda r: r.started_at)
+    return [(r, f"{process_label(r.pid, names)} {r.source}→{r.destination}") for r in shown]
+
+
 def plot_timeline(migrations: Sequence[MigrationRecord], path: Path, title: str,
-                  t0: float, slowest: int = SLOWEST) -> None:
-    """Draw timeline.png at `path`: a row per migration (the `slowest` slowest if there are
-    more, in the order they began), its bar split into phases, in milliseconds from its own
-    start; `t0` (wall time of t=0) labels when each began."""
+                  t0: float, slowest: int = SLOWEST,
+                  names: Mapping[int, str] | None = None) -> None:
+    """Draw timeline.png at `path`: a row per migration (`timeline_rows`: the `slowest`
+    slowest if there are more, in the order they began, labelled with the process's name from
+    `names`), its bar split into phases, in milliseconds from its own start; `t0` (wall time
+    of t=0) labels when each began."""
     from matplotlib.patches import Patch
 
     plt = _pyplot()
-    shown = sorted(migrations, key=lambda r: r.seconds, reverse=True)[:slowest]
-    shown.sort(key=lambda r: r.started_at)
+    labelled = timeline_rows(migrations, names, slowest)
+    shown = [r for r, _ in labelled]
     rows = max(1, len(shown))
     # Fixed inches for the labels, the axis and the legend below it, whatever the rows.
     height = 1.8 + 0.3 * rows
@@ -307,8 +357,7 @@ def plot_timeline(migrations: Sequence[MigrationRecord], path: Path, title: str,
         ax.text(r.seconds * 1000 + longest * 0.01, row,
                 f"{r.seconds * 1000:.1f} ms{why} · at {r.started_at - t0:.1f}s",
                 va="center", fontsize=7.5, color="#444444")
-    ax.set_yticks(range(len(shown)),
-                  [f"pid {r.pid} {r.source}→{r.destination}" for r in shown], fontsize=8)
+    ax.set_yticks(range(len(shown)), [label for _, label in labelled], fontsize=8)
     ax.set_ylim(rows - 0.5, -0.5)  # the first to begin on top
     ax.set_xlim(0, longest * 1.22)
     ax.set_xlabel("milliseconds since the migration began")
@@ -325,7 +374,7 @@ def plot_timeline(migrations: Sequence[MigrationRecord], path: Path, title: str,
             f"{label} {share:.0%}" for label, share in list(shares.items())[:5]),
             transform=ax.transAxes, fontsize=8, color="#444444", va="bottom")
     fig.legend(handles=[Patch(facecolor=c, label=lbl,
-                              hatch="//" if lbl == "call round trips" else None)
+                              hatch="//" if lbl == _ROUND_TRIPS else None)
                         for lbl, c in used.items()],
                loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=max(1, len(used)),
                handlelength=1.5, columnspacing=1.2,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,16 @@ class MigrationSummary:
     records: tuple[MigrationRecord, ...]  # the balancer's, drains' moves included
     failures: tuple[str, ...]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "bytes": self.bytes,
-                "records": [m.as_dict() for m in self.records],
+    def as_dict(self, names: Mapping[int, str] | None = None) -> dict[str, Any]:
+        """JSON-ready; with `names` (pid -> report name) each record also says `process`, the
+        name the summary and the figures give the process that moved."""
+        records = []
+        for m in self.records:
+            record = m.as_dict()
+            if names and m.pid in names:
+                record["process"] = names[m.pid]
+            records.append(record)
+        return {"count": self.count, "bytes": self.bytes, "records": records,
                 "failures": list(self.failures)}
 
 
@@ -213,6 +220,11 @@ class Report:
     restarts: tuple[RestartedProcess, ...] = ()
     node_drains: tuple[DrainSummary, ...] = ()  # of Ray nodes, by the balancer or the watcher
 
+    def process_names(self) -> dict[int, str]:
+        """Each process's report name (`sieve#0`) by pid: what the summary, the figures and
+        report.json's migrations call it."""
+        return {p.pid: p.name for p in self.processes}
+
     @property
     def all_match_native(self) -> bool:
         """No process's output differs from its native run (one without a native run here
@@ -235,7 +247,7 @@ class Report:
             "makespan_over_ideal": self.makespan_over_ideal,
             "parallelism": dataclasses.asdict(self.parallelism),
             "mean_slowdown": self.mean_slowdown,
-            "migrations": self.migrations.as_dict(),
+            "migrations": self.migrations.as_dict(self.process_names()),
             "drains": [d.as_dict() for d in self.drains],
             "node_drains": [d.as_dict() for d in self.node_drains],
             "lost": [_plain(x) for x in self.lost],

@@ -463,7 +463,7 @@ class ScenarioRun:
                       self.marks, report_dir / "load.png", title=title, t0=self.start_wall,
                       machines=machines)
             plot_timeline(migrations, report_dir / "timeline.png", title=title,
-                          t0=self.start_wall)
+                          t0=self.start_wall, names=report.process_names())
         return RunResult(report, report_dir)
 
     def process_events(self, migrations: list[MigrationRecord]) -> list[ProcessEvent]:

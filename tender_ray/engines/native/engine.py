@@ -11,9 +11,10 @@ munmap the machine has done on a valid range is let through, as it is exactly th
 needed.)
 
 Memory stays the machine's: the guest maps the machine's real-memory file where its virtual
-space has present pages (`mappings`). Guests never see a vDSO (the machine's auxiliary vector
-has no AT_SYSINFO_EHDR and the stub's is unmapped), so time calls are system calls and nothing
-ties a process to its host.
+space has present pages (`mappings`). A guest started on a native machine has a vDSO of
+Tender's own in its image (`vdso`): while it runs here, its clock reads call the host's vDSO
+(mapped at one fixed address in every guest host process) without a stop; at every stop they
+fall back to system calls, so nothing ties a process to its host.
 
 Computation = permission to run: a quantum ends when the guest's ITIMER_PROF (armed by the
 tracer) raises SIGPROF, or, for quanta shorter than a kernel tick, when the machine's timer
@@ -48,7 +49,13 @@ from tender_ray.abi.linux import (
     Signal,
 )
 from tender_ray.engines.base import Replay
-from tender_ray.engines.native.libc import PTRACE_EVENT_SECCOMP, host_cpu_seconds
+from tender_ray.engines.native import vdso
+from tender_ray.engines.native.libc import (
+    PTRACE_EVENT_SECCOMP,
+    PTRACE_SINGLESTEP,
+    host_cpu_seconds,
+    ptrace,
+)
 from tender_ray.engines.native.mappings import HostMappings
 from tender_ray.engines.native.registers import MASK64, state_from_host, state_to_host
 from tender_ray.engines.native.tracer import (
@@ -80,6 +87,7 @@ MEMORY_CALLS: Final = frozenset({SYS_MMAP, SYS_MPROTECT, SYS_MUNMAP, SYS_BRK, SY
 # a tick) raises SIGPROF, which the tracer takes as the end of the quantum. No thread of ours
 # wakes for it. Shorter quanta use the timer thread and a signal through the guest's pidfd.
 KERNEL_TIMER_MIN_US: Final = 4000
+_STEP_LIMIT: Final = 100_000  # instructions a clock read in the host's vDSO may take to return
 _ITIMERVAL_OFFSET: Final = 0x800  # where in the trampoline page the tracer puts a timeval pair
 _FAULT_NAMES: Final[dict[int, str]] = {Signal.SIGILL: "invalid instruction",
                        Signal.SIGTRAP: "breakpoint or trap", Signal.SIGBUS: "bus error",
@@ -117,13 +125,17 @@ class NativeCpu:
         self._fault_repeats = 0
         self._last_fault = -1
         self._closed = False
-        self.stats = {"syscalls": 0, "faults": 0, "injected": 0, "quanta": 0}
+        # (`vdso_steps`: instructions stepped to bring a stopped guest out of the host's vDSO)
+        self.stats = {"syscalls": 0, "faults": 0, "injected": 0, "quanta": 0, "vdso_steps": 0}
         self._mappings = HostMappings(self._tracer, self.stats)
         # Host CPU time the guest used: in the last run, and in all runs (the computation's
         # own thread only waits, so its CPU time does not show what the process cost).
         self.last_run_cpu_seconds = 0.0
         self.cpu_seconds = 0.0
         self._cpu_mark = 0.0
+        # Added to the host's CLOCK_MONOTONIC by the process's vDSO (`vdso`): what the
+        # machine's own clock adds for it (nothing, while every machine reads this host's).
+        self.monotonic_offset_ns = 0
         self._tracer.submit(self._t_prepare)  # a kernel process is prepared in advance
 
     # --- the Engine protocol -----------------------------------------------------------
@@ -133,6 +145,9 @@ class NativeCpu:
         self.handler = handler
         self._full_sync = True
         self._lost = None
+        # Repeated faults on one page count only within one process (the next one on this
+        # context touches the same stack pages once each).
+        self._last_fault, self._fault_repeats = -1, 0
 
     def load(self, state: CpuState) -> None:
         self._pending = state
@@ -223,7 +238,9 @@ class NativeCpu:
         with self._run_lock:
             was_running, self._in_run = self._in_run, False
             self._preempt_pending = False
-        host = self._host
+        host, space = self._host, self.space
+        if was_running and space is not None:
+            vdso.clear(space)  # stopped: its clock calls are system calls until it runs here
         if was_running and host is not None:
             used = max(0.0, host_cpu_seconds(host.pid) - self._cpu_mark) if host.alive else 0.0
             self.last_run_cpu_seconds = used
@@ -279,6 +296,7 @@ class NativeCpu:
             kernel_timer = quantum >= KERNEL_TIMER_MIN_US
             if host.itimer_us != (quantum if kernel_timer else 0):
                 self._t_set_itimer(quantum if kernel_timer else 0)
+            self._t_time_page()
             self._cpu_mark = host_cpu_seconds(host.pid)
             self.last_run_cpu_seconds = 0.0
             with self._run_lock:
@@ -309,6 +327,15 @@ class NativeCpu:
         self._full_sync = True
         self._mappings.sync(self._host, self.space, 0, VPN_LIMIT)
         self._full_sync = False
+
+    def _t_time_page(self) -> None:
+        """Let the process's vDSO answer clock reads with this host's vDSO while it runs here,
+        unless a guest mapping may have replaced that (then every read is a system call)."""
+        host, space = self._host, self.space
+        assert host is not None and space is not None
+        if host.vdso_text and space.overlapping(vdso.HOST_VDSO_BASE, vdso.HOST_VDSO_END):
+            host.vdso_text = 0
+        vdso.fill(space, host.vdso_text, self.monotonic_offset_ns)
 
     def _t_set_itimer(self, interval_us: int) -> None:
         """Arm (or, with 0, disarm) the guest's ITIMER_PROF: a SIGPROF every `interval_us` of
@@ -366,8 +393,48 @@ class NativeCpu:
         """Cache the FPU state at a stop the computation will see (registers are cached)."""
         host = self._host
         assert host is not None
+        if vdso.HOST_VDSO_BASE <= host.regs.rip < vdso.HOST_VDSO_END:
+            self._t_step_out_of_host_vdso()
         if not host.fp_dirty:
             host.get_fp()
+
+    def _t_step_out_of_host_vdso(self) -> None:
+        """The guest stopped inside the host's vDSO (a clock read): step it until it is back
+        in its own code, so that the state the computation sees (and may move to another host
+        or engine) never points into host memory. Signals met meanwhile are noted as while
+        injecting; a system call the host's vDSO falls back to is served as any other."""
+        host, handler = self._host, self.handler
+        assert host is not None and handler is not None
+        r = host.regs
+        for _ in range(_STEP_LIMIT):
+            if not vdso.HOST_VDSO_BASE <= r.rip < vdso.HOST_VDSO_END:
+                return
+            host.put_regs()
+            host.put_fp()
+            self.stats["vdso_steps"] += 1
+            ptrace(PTRACE_SINGLESTEP, host.pid, 0, 0)
+            status = self._tracer.wait(host)
+            if not host.alive:
+                raise GuestGone(status, describe_status(status)[1])
+            host.get_regs()
+            host.at_seccomp = status >> 8 == Signal.SIGTRAP | PTRACE_EVENT_SECCOMP << 8
+            if host.at_seccomp:  # the host's vDSO made a call: the machine answers it
+                nr = int(r.orig_rax)
+                outcome = handler(nr, (int(r.rdi), int(r.rsi), int(r.rdx), int(r.r10),
+                                       int(r.r8), int(r.r9)))
+                r.rax = (outcome.result if outcome.result is not None else nr) & MASK64
+                r.orig_rax = MASK64
+                host.regs_dirty = True
+                continue
+            sig = os.WSTOPSIG(status) if status >> 16 == 0 else 0
+            if sig in _FAULT_NAMES and sig not in (Signal.SIGTRAP, Signal.SIGSYS):
+                return  # it faults there (a bad pointer, say): as natively, it stops there
+            if sig == Signal.SIGPROF and host.itimer_us:
+                host.prof_seen = True
+            elif sig and sig not in (Signal.SIGTRAP, QUANTUM_SIGNAL, *HARMLESS_SIGNALS):
+                host.outside_signals.append(sig)
+        raise EngineError(f"the guest did not leave the host's vDSO in {_STEP_LIMIT} steps "
+                          f"(at {r.rip:#x})")
 
     def tracer_event(self, status: int) -> Stop | None:
         """A wait status of the running guest: the stop to report, or None when it runs on."""
@@ -397,6 +464,7 @@ class NativeCpu:
         nr = int(r.orig_rax)
         args = (int(r.rdi), int(r.rsi), int(r.rdx), int(r.r10), int(r.r8), int(r.r9))
         self.stats["syscalls"] += 1
+        self._last_fault = -1  # it went on since its last fault: that one was served
         space = self.space
         generation = space.generation
         outcome = self.handler(nr, args)
@@ -411,6 +479,9 @@ class NativeCpu:
         if nr in MEMORY_CALLS:
             assert self.space is not None
             self._mappings.after_call(host, self.space, nr, args, outcome.result)
+            if host.vdso_text and self.space.overlapping(vdso.HOST_VDSO_BASE,
+                                                         vdso.HOST_VDSO_END):
+                self._t_time_page()  # the host's vDSO is mapped over: stop using it
             stop = False
         elif self.space is not space or space.generation != generation:
             self._t_sync_all()  # not expected: make everything match to be safe
@@ -431,6 +502,7 @@ class NativeCpu:
         tramp = host.trampoline & ~(PAGE_SIZE - 1)
         if (addr % PAGE_SIZE or not 0 < length <= TASK_SIZE or end > TASK_SIZE
                 or addr <= tramp < end or host.outside_signals or host.prof_seen
+                or (addr < vdso.HOST_VDSO_END and end > vdso.HOST_VDSO_BASE)
                 or (self._signalled == self._run_id and self._in_run)):
             return False
         host.maps.remove(addr >> PAGE_SHIFT, end >> PAGE_SHIFT)

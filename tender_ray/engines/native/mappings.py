@@ -39,6 +39,7 @@ from tender_ray.engines.native.tracer import (
     Host,
     Tracer,
 )
+from tender_ray.engines.native.vdso import HOST_VDSO_BASE, HOST_VDSO_END
 from tender_ray.errors import EngineError, OutOfMemoryError
 from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE
 from tender_ray.resources.virtual_space import VirtualSpace
@@ -85,7 +86,12 @@ class HostMappings:
                      if us.start >= lo << PAGE_SHIFT]
             hi = (above[0] >> PAGE_SHIFT) if above else VPN_LIMIT
         elif nr == SYS_MREMAP:
-            return  # not served by the machine: nothing changed
+            if -4096 < res < 0:
+                return  # refused: nothing changed
+            # The pages left behind (the old range), then where they went (the new one).
+            self.sync(host, space, args[0] >> PAGE_SHIFT,
+                      min((args[0] + args[1] + PAGE_SIZE - 1) >> PAGE_SHIFT, VPN_LIMIT))
+            lo, hi = res >> PAGE_SHIFT, (res + args[2] + PAGE_SIZE - 1) >> PAGE_SHIFT
         else:
             addr, length = args[0], args[1]
             if addr % PAGE_SIZE or length > TASK_SIZE:
@@ -139,7 +145,7 @@ class HostMappings:
                                      range(0x7FF0_0000_0000, 0x7FF0_0100_0000, PAGE_SIZE))
         for page in candidates:
             if page != old and space.find(page) is None and not host.maps.covers(
-                    page >> PAGE_SHIFT):
+                    page >> PAGE_SHIFT) and not HOST_VDSO_BASE <= page < HOST_VDSO_END:
                 break
         else:
             raise EngineError("no free page for the system call trampoline")

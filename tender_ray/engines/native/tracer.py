@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 
 from tender_ray.abi.cpu_state import Stop
 from tender_ray.abi.linux import SYS_MUNMAP, Signal, signal_name
+from tender_ray.engines.native import vdso
 from tender_ray.engines.native.host_map import HostMap
 from tender_ray.engines.native.libc import (
     NT_X86_XSTATE,
@@ -121,6 +122,9 @@ class Host:
         self.itimer_us = 0  # the guest's ITIMER_PROF interval, 0 when not armed
         self.prof_seen = False  # a SIGPROF (end of quantum) was met while injecting
         self.outside_signals: list[int] = []  # fatal signals from outside, seen while injecting
+        # Where the host's vDSO text lies in this process (`vdso.HOST_VDSO_BASE` and up), 0
+        # when it has none there or a guest mapping may have replaced it.
+        self.vdso_text = 0
 
     def mark_dead(self, status: int) -> None:
         self.alive = False
@@ -478,6 +482,11 @@ class Tracer:
             # Nothing of the stub stays but its page: no stack, no vDSO, no vvar.
             self.inject(host, SYS_MUNMAP, 0, page)
             self.inject(host, SYS_MUNMAP, page + PAGE_SIZE, TASK_SIZE - page - PAGE_SIZE)
+            # The host's vDSO again, at one address in every guest host process, below the
+            # trampoline page: the guest's own vDSO calls into it (see `vdso`).
+            if vdso.host_offsets() is not None and self.inject(
+                    host, vdso.SYS_ARCH_PRCTL, vdso.ARCH_MAP_VDSO_64, vdso.HOST_VDSO_BASE) >= 0:
+                host.vdso_text = vdso.host_text(pid)
             return host
         except BaseException:
             self.kill(host)

@@ -1,50 +1,46 @@
 """The signal system calls of a single-threaded process: actions, masks, the alternate stack,
-signals to itself, ITIMER_REAL (alarm/setitimer/getitimer), waiting for a signal
-(pause/rt_sigsuspend) and rt_sigreturn. The state they keep is `signals.SignalState`;
-delivery happens between runs (`Machine._before_run`).
+signals to itself, waiting for a signal (pause/rt_sigsuspend) and rt_sigreturn. The state they
+keep is `kernel.signals.SignalState`; delivery happens between runs (`Machine._before_run`);
+the timers that raise signals are time.py's.
 """
 
 from __future__ import annotations
 
 import struct
-import time
 from typing import TYPE_CHECKING
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
 from tender_ray.kernel import signals
 from tender_ray.kernel.signals import NSIG, SigAction, Wait, bit
+from tender_ray.kernel.syscalls.base import ENDED, Handler, err
 from tender_ray.resources.process import Process
 from tender_ray.resources.virtual_space import BadAddress
 
 if TYPE_CHECKING:
-    from tender_ray.kernel.syscalls import Handler, SystemCalls
+    from tender_ray.kernel.syscalls.dispatch import SystemCalls
+
+FAMILY = "signals"
 
 SIGSET_SIZE = 8  # the kernel's sigset_t: 64 signals
 SIG_BLOCK, SIG_UNBLOCK, SIG_SETMASK = 0, 1, 2
-ITIMER_REAL = 0
 MINSIGSTKSZ = 2048
-ENDED = SyscallOutcome(None, stop=True)
-
-
-def _err(e: Errno) -> SyscallOutcome:
-    return SyscallOutcome(-e)
 
 
 def _valid(sig: int) -> bool:
     return 1 <= sig <= NSIG
 
 
-def rt_sigaction(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def rt_sigaction(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     sig, act, oact, size = a[0], a[1], a[2], a[3]
     if size != SIGSET_SIZE or not _valid(sig):
-        return _err(Errno.EINVAL)
+        return err(Errno.EINVAL)
     state = signals.of(p)
     assert p.space is not None
     new = None
     if act:
         if bit(sig) & signals.UNBLOCKABLE:
-            return _err(Errno.EINVAL)  # SIGKILL and SIGSTOP keep their default
+            return err(Errno.EINVAL)  # SIGKILL and SIGSTOP keep their default
         new = SigAction(*struct.unpack("<QQQQ", p.space.read(act, 32)))
     if oact:
         old = state.actions[sig - 1]
@@ -57,10 +53,10 @@ def rt_sigaction(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return SyscallOutcome(0)
 
 
-def rt_sigprocmask(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def rt_sigprocmask(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     how, new, old, size = a[0], a[1], a[2], a[3]
     if size != SIGSET_SIZE:
-        return _err(Errno.EINVAL)
+        return err(Errno.EINVAL)
     state = signals.of(p)
     assert p.space is not None
     before = state.blocked
@@ -73,7 +69,7 @@ def rt_sigprocmask(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome
         elif how == SIG_SETMASK:
             state.blocked = mask
         else:
-            return _err(Errno.EINVAL)
+            return err(Errno.EINVAL)
         state.blocked &= ~signals.UNBLOCKABLE
     if old:
         p.space.write(old, struct.pack("<Q", before))
@@ -81,16 +77,16 @@ def rt_sigprocmask(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome
     return SyscallOutcome(0, stop=bool(state.deliverable()))
 
 
-def rt_sigpending(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def rt_sigpending(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[1] != SIGSET_SIZE:
-        return _err(Errno.EINVAL)
+        return err(Errno.EINVAL)
     state = signals.of(p)
     assert p.space is not None
     p.space.write(a[0], struct.pack("<Q", sum(bit(s) for s in state.pending) & state.blocked))
     return SyscallOutcome(0)
 
 
-def sigaltstack(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def sigaltstack(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     state = signals.of(p)
     assert p.space is not None
     ss_sp, ss_flags, ss_size = state.altstack
@@ -102,122 +98,73 @@ def sigaltstack(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[0]:
         sp, flags, _, size = struct.unpack("<QiiQ", p.space.read(a[0], 24))
         if on_alt:
-            return _err(Errno.EPERM)  # not while running on it
+            return err(Errno.EPERM)  # not while running on it
         if flags not in (0, signals.SS_DISABLE):
-            return _err(Errno.EINVAL)
+            return err(Errno.EINVAL)
         if flags == signals.SS_DISABLE:
             state.altstack = (0, signals.SS_DISABLE, 0)
         elif size < MINSIGSTKSZ:
-            return _err(Errno.ENOMEM)
+            return err(Errno.ENOMEM)
         else:
             state.altstack = (sp, 0, size)
     return SyscallOutcome(0)
 
 
-def _signal_self(k: SystemCalls, p: Process, target: int, sig: int,
+def _signal_self(sc: SystemCalls, p: Process, target: int, sig: int,
                  code: int) -> SyscallOutcome:
     if target != p.pid:
-        return _err(Errno.ESRCH)  # a Tender process can signal only itself
+        return err(Errno.ESRCH)  # a Tender process can signal only itself
     if sig == 0:
         return SyscallOutcome(0)
     if not _valid(sig):
-        return _err(Errno.EINVAL)
-    k.services.raise_signal(p, sig, code)
+        return err(Errno.EINVAL)
+    sc.services.raise_signal(p, sig, code)
     return SyscallOutcome(0, stop=True)  # delivered as the call returns
 
 
-def kill(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def kill(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     target = a[0] if a[0] < 2**63 else a[0] - 2**64
     # 0 (its group) and -1 (everyone it may signal) are, for a lone process, itself.
-    return _signal_self(k, p, p.pid if target in (0, -1) else target, a[1], signals.SI_USER)
+    return _signal_self(sc, p, p.pid if target in (0, -1) else target, a[1], signals.SI_USER)
 
 
-def tkill(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _signal_self(k, p, a[0], a[1], signals.SI_TKILL)
+def tkill(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _signal_self(sc, p, a[0], a[1], signals.SI_TKILL)
 
 
-def tgkill(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def tgkill(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[0] != p.pid:
-        return _err(Errno.ESRCH)
-    return _signal_self(k, p, a[1], a[2], signals.SI_TKILL)
-
-
-# --- ITIMER_REAL ------------------------------------------------------------------------------
-
-def _timer_value(state: signals.SignalState) -> tuple[float, float]:
-    left = 0.0 if state.timer_at is None else max(1e-6, state.timer_at - time.monotonic())
-    return left, state.timer_interval
-
-
-def _timeval(seconds: float) -> tuple[int, int]:
-    us = round(seconds * 1e6)
-    return us // 1_000_000, us % 1_000_000
-
-
-def _arm(k: SystemCalls, p: Process, value: float, interval: float) -> None:
-    state = signals.of(p)
-    state.timer_at = time.monotonic() + value if value > 0 else None
-    state.timer_interval = interval if value > 0 else 0.0
-    k.services.timer_changed(p)
-
-
-def alarm(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    left, _ = _timer_value(signals.of(p))
-    _arm(k, p, float(a[0] & 0xFFFFFFFF), 0.0)
-    return SyscallOutcome(int(left + 0.5) if left >= 1 or left == 0 else 1)
-
-
-def getitimer(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    if a[0] != ITIMER_REAL:
-        return _err(Errno.EINVAL)  # virtual and profiling timers are not kept
-    left, interval = _timer_value(signals.of(p))
-    assert p.space is not None
-    p.space.write(a[1], struct.pack("<qqqq", *_timeval(interval), *_timeval(left)))
-    return SyscallOutcome(0)
-
-
-def setitimer(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    if a[0] != ITIMER_REAL:
-        p.accounting.unsupported["setitimer (not ITIMER_REAL)"] += 1
-        return _err(Errno.EINVAL)
-    assert p.space is not None
-    new = struct.unpack("<qqqq", p.space.read(a[1], 32)) if a[1] else (0, 0, 0, 0)
-    if any(v < 0 for v in new) or new[1] >= 1_000_000 or new[3] >= 1_000_000:
-        return _err(Errno.EINVAL)
-    if a[2]:
-        left, interval = _timer_value(signals.of(p))
-        p.space.write(a[2], struct.pack("<qqqq", *_timeval(interval), *_timeval(left)))
-    _arm(k, p, new[2] + new[3] / 1e6, new[0] + new[1] / 1e6)
-    return SyscallOutcome(0)
+        return err(Errno.ESRCH)
+    return _signal_self(sc, p, a[1], a[2], signals.SI_TKILL)
 
 
 # --- waiting for a signal, and coming back from a handler -------------------------------------
 
-def _wait_for_signal(k: SystemCalls, p: Process) -> SyscallOutcome:
+def _wait_for_signal(sc: SystemCalls, p: Process) -> SyscallOutcome:
     state = signals.of(p)
     if not state.deliverable():
         state.wait = Wait("pause")
-        k.services.block_process(p)
+        sc.services.block_process(p)
     # -EINTR is the answer once a handler has run (rt_sigreturn gives back this rax).
     return SyscallOutcome(-Errno.EINTR, stop=True)
 
 
-def pause(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _wait_for_signal(k, p)
+def pause(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _wait_for_signal(sc, p)
 
 
-def rt_sigsuspend(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def rt_sigsuspend(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[1] != SIGSET_SIZE:
-        return _err(Errno.EINVAL)
+        return err(Errno.EINVAL)
     state = signals.of(p)
     assert p.space is not None
     mask = struct.unpack("<Q", p.space.read(a[0], 8))[0]
     state.saved_mask = state.blocked  # the handler's frame saves this one, to come back to
     state.blocked = mask & ~signals.UNBLOCKABLE
-    return _wait_for_signal(k, p)
+    return _wait_for_signal(sc, p)
 
 
-def rt_sigreturn(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+def rt_sigreturn(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     # The frame is read when the edit is applied: the registers then are the ones the
     # handler returned with, and the whole state is given back at once. A frame that cannot
     # be read is a fault, as on Linux (SIGSEGV).
@@ -226,7 +173,7 @@ def rt_sigreturn(k: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     try:
         p.space.read(frame, signals.FRAME_SIZE)
     except BadAddress:
-        k.services.exit_process(p, 128 + 11, signals.default_reason(11)
+        sc.services.exit_process(p, 128 + 11, signals.default_reason(11)
                                 + " (rt_sigreturn found no signal frame)")
         return ENDED
     p.register_edits.append(lambda s: signals.read_frame(p, s))
@@ -237,8 +184,5 @@ HANDLERS: dict[str, Handler] = {
     "rt_sigaction": rt_sigaction, "rt_sigprocmask": rt_sigprocmask,
     "rt_sigpending": rt_sigpending, "sigaltstack": sigaltstack,
     "kill": kill, "tkill": tkill, "tgkill": tgkill,
-    "alarm": alarm, "getitimer": getitimer, "setitimer": setitimer,
     "pause": pause, "rt_sigsuspend": rt_sigsuspend, "rt_sigreturn": rt_sigreturn,
 }
-
-__all__ = ["HANDLERS"]

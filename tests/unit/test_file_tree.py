@@ -1,5 +1,5 @@
-"""The other file calls (kernel/file_calls_more.py) through Debian's busybox-static on a machine,
-each run compared with the same busybox natively on a copy of the same tree: gzip -k (open,
+"""The file calls on names (kernel/syscalls/file_tree.py) through Debian's busybox-static on a
+machine, each run compared with the same busybox natively on a copy of the same tree: gzip -k (open,
 fchmod, utimensat, fchown, unlink of nothing), ls (getdents64, statx/lstat, readlink), mkdir,
 mv and rm (mkdir, rename, unlinkat with AT_REMOVEDIR), and EROFS outside the writable dir."""
 

@@ -1,9 +1,8 @@
-"""The rest of the file system calls: identity and limits, access, links, directories, statx.
-
-Identity (getuid...) answers the machine process's own ids, so what a guest sees of its files'
-owners agrees with what it is. Every path goes through the process's file view: reads anywhere
-in the view, changes (unlink, mkdir, rename, chmod, utimensat) only under its writable
-directories (EROFS elsewhere), and the host is reached only through the view's file service.
+"""The file system calls on names: the working directory, access checks, symbolic links,
+directory listings, creating, removing and renaming names, modes, times and owners, extended
+attributes. Every path goes through the process's file view: reads anywhere in the view,
+changes only under its writable directories (EROFS elsewhere), and the host is reached only
+through the view's file service. Calls on open files are files.py's.
 """
 
 from __future__ import annotations
@@ -16,115 +15,83 @@ from typing import TYPE_CHECKING
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
-from tender_ray.kernel.file_calls import (
+from tender_ray.kernel.syscalls import proc_files
+from tender_ray.kernel.syscalls.base import (
     AT_EMPTY_PATH,
     AT_SYMLINK_NOFOLLOW,
+    CWD,
     Handler,
-    _base,
-    _errno_call,
-    _path,
-    _signed,
-    _stat_of,
-    _stat_path,
-    _view,
+    dir_base,
+    errno_call,
+    read_path,
+    signed,
+    view_of,
+)
+from tender_ray.kernel.syscalls.files import (
+    of_fd,
+    resolve_at,
+    stat_of,
+    stat_path,
+    take_into_image,
+    writable_target,
 )
 from tender_ray.resources.file_view import FileStat, Resolved
-from tender_ray.resources.open_file import MAX_FDS, Directory, HostFile, OpenFile
+from tender_ray.resources.image_file import ImageFile
+from tender_ray.resources.open_file import Directory
 from tender_ray.resources.process import Process
 
 if TYPE_CHECKING:
-    from tender_ray.kernel.syscalls import SystemCalls
+    from tender_ray.kernel.syscalls.dispatch import SystemCalls
 
-CWD = -100 & 0xFFFFFFFF  # AT_FDCWD as a call's 32-bit argument
+FAMILY = "files"
 
 AT_REMOVEDIR = 0x200
 AT_EACCESS = 0x200
 F_OK, X_OK, W_OK, R_OK = 0, 1, 2, 4
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
-RLIM_INFINITY = (1 << 64) - 1
-RLIMIT_STACK, RLIMIT_NOFILE = 3, 7
-# What getrlimit answers: (soft, hard); every other resource is unlimited.
-LIMITS = {RLIMIT_STACK: (8 << 20, RLIM_INFINITY), RLIMIT_NOFILE: (MAX_FDS, MAX_FDS)}
-_SYSINFO = struct.Struct("<q3Q6QHHI2QI4x")  # struct sysinfo, 112 bytes on x86-64
-# struct statx: the head, four statx_timestamps (atime, btime, ctime, mtime), the devices.
-_STATX = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIII" + "112x")
-STATX_BASIC_STATS = 0x7FF  # type, mode, nlink, uid, gid, times but btime, ino, size, blocks
-
-if _STATX.size != 256:  # pragma: no cover - the layout is Linux's, fixed
-    raise AssertionError(f"struct statx is 256 bytes, not {_STATX.size}")
 
 
-# --- identity and limits --------------------------------------------------------------------
+# --- the working directory and the mode mask ------------------------------------------------
 
-def _answer(value: int) -> Handler:
-    return lambda sc, p, a: SyscallOutcome(value)
+@errno_call
+def getcwd(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    cwd = view_of(sc, p).cwd.encode() + b"\0"
+    if len(cwd) > a[1]:
+        return SyscallOutcome(-Errno.ERANGE)
+    assert p.space is not None
+    p.space.write(a[0], cwd)
+    return SyscallOutcome(len(cwd))
 
 
-def getgroups(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return SyscallOutcome(0)  # no supplementary groups
+@errno_call
+def chdir(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    view = view_of(sc, p)
+    r = view.resolve(read_path(p, a[0]))
+    if r.host is None or not os.path.isdir(r.host):
+        return SyscallOutcome(-Errno.ENOTDIR)
+    view.cwd = r.guest
+    return SyscallOutcome(0)
 
 
-@_errno_call
+@errno_call
+def fchdir(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    d = p.files.get(a[0])
+    if not isinstance(d, Directory):
+        return SyscallOutcome(-Errno.ENOTDIR)
+    view_of(sc, p).cwd = d.guest_path
+    return SyscallOutcome(0)
+
+
+
+@errno_call
 def umask(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    view = _view(sc, p)
+    view = view_of(sc, p)
     old, view.umask = view.umask, a[0] & 0o777
     return SyscallOutcome(old)
 
 
-def _limits(p: Process, resource: int, new: int, old: int) -> SyscallOutcome:
-    if resource >= 16:
-        return SyscallOutcome(-Errno.EINVAL)
-    soft, hard = LIMITS.get(resource, (RLIM_INFINITY, RLIM_INFINITY))
-    assert p.space is not None
-    if new:
-        new_soft, new_hard = struct.unpack("<QQ", p.space.read(new, 16))
-        if new_soft > new_hard:
-            return SyscallOutcome(-Errno.EINVAL)
-        # Only lowering the soft limit is allowed, and it is not kept: nothing here enforces
-        # a limit, so a lowered one would change nothing the guest could see but getrlimit.
-        if new_soft > soft or new_hard != hard:
-            return SyscallOutcome(-Errno.EPERM)
-    if old:
-        p.space.write(old, struct.pack("<QQ", soft, hard))
-    return SyscallOutcome(0)
-
-
-def prlimit64(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    if a[0] not in (0, p.pid):
-        return SyscallOutcome(-Errno.ESRCH)  # only itself: no other process is visible
-    return _limits(p, a[1], a[2], a[3])
-
-
-def getrlimit(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _limits(p, a[0], 0, a[1])
-
-
-def setrlimit(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _limits(p, a[0], a[1], 0)
-
-
-def sysinfo(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    memory = sc.managers.memory
-    page = memory.size // max(memory.nframes, 1)
-    info = _SYSINFO.pack(int(time.monotonic()), 0, 0, 0, memory.size,
-                         memory.free_frames * page, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1)
-    assert p.space is not None
-    p.space.write(a[0], info)
-    return SyscallOutcome(0)
-
-
-@_errno_call
-def fadvise64(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    p.files.get(a[0])  # EBADF; the advice itself changes nothing here
-    return SyscallOutcome(0)
-
 
 # --- access and links -----------------------------------------------------------------------
-
-def _resolve(sc: SystemCalls, p: Process, dirfd: int, addr: int, follow: bool = True) -> Resolved:
-    return _view(sc, p).resolve(_path(p, addr), base=_base(p, dirfd),
-                                follow_last=follow)
-
 
 def _permits(st: FileStat, mode: int) -> bool:
     uid, gid = os.getuid(), os.getgid()
@@ -138,26 +105,26 @@ def _access(sc: SystemCalls, p: Process, dirfd: int, addr: int, mode: int,
             flags: int) -> SyscallOutcome:
     if mode & ~7:
         return SyscallOutcome(-Errno.EINVAL)
-    r = _resolve(sc, p, dirfd, addr, follow=not flags & AT_SYMLINK_NOFOLLOW)
-    st = _stat_path(sc, p, r)
+    r = resolve_at(sc, p, dirfd, addr, follow=not flags & AT_SYMLINK_NOFOLLOW)
+    st = stat_path(sc, p, r)
     if mode & W_OK:
-        _view(sc, p).check_writable(r)
+        view_of(sc, p).check_writable(r)
     if r.device is None and not _permits(st, mode):
         return SyscallOutcome(-Errno.EACCES)
     return SyscallOutcome(0)
 
 
-@_errno_call
+@errno_call
 def access(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _access(sc, p, CWD, a[0], a[1], 0)
 
 
-@_errno_call
+@errno_call
 def faccessat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _access(sc, p, a[0], a[1], a[2], 0)
 
 
-@_errno_call
+@errno_call
 def faccessat2(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[3] & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH):
         return SyscallOutcome(-Errno.EINVAL)
@@ -166,14 +133,18 @@ def faccessat2(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 def _readlink(sc: SystemCalls, p: Process, dirfd: int, addr: int, buf: int,
               size: int) -> SyscallOutcome:
-    if _signed(size) <= 0:
+    if signed(size) <= 0:
         return SyscallOutcome(-Errno.EINVAL)
-    view = _view(sc, p)
-    path = _path(p, addr)
+    view = view_of(sc, p)
+    path = read_path(p, addr)
     if path.startswith("/") and os.path.normpath(path).lstrip("/") == "proc/self/exe":
         target = view.resolve(view.exe).guest  # the program, its links resolved as Linux's
+    elif (r := view.resolve(path, base=dir_base(p, dirfd), follow_last=False)).proc:
+        found = proc_files.link_target(sc, p, r.proc)
+        if found is None:
+            return SyscallOutcome(-Errno.EINVAL)  # a file of /proc, not a link
+        target = found
     else:
-        r = view.resolve(path, base=_base(p, dirfd), follow_last=False)
         if r.host is None:
             return SyscallOutcome(-Errno.EINVAL)  # a device is no link
         if not stat_mod.S_ISLNK(view.service.lstat(r.host).mode):
@@ -185,12 +156,12 @@ def _readlink(sc: SystemCalls, p: Process, dirfd: int, addr: int, buf: int,
     return SyscallOutcome(len(data))
 
 
-@_errno_call
+@errno_call
 def readlink(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _readlink(sc, p, CWD, a[0], a[1], a[2])
 
 
-@_errno_call
+@errno_call
 def readlinkat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _readlink(sc, p, a[0], a[1], a[2], a[3])
 
@@ -202,12 +173,12 @@ def _dirent(ino: int, offset: int, kind: int, name: bytes) -> bytes:
     return struct.pack("<QqHB", ino, offset, size, kind) + name + b"\0" * (size - 19 - len(name))
 
 
-@_errno_call
+@errno_call
 def getdents64(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     d = p.files.get(a[0])
     if not isinstance(d, Directory):
         return SyscallOutcome(-Errno.ENOTDIR)
-    service = _view(sc, p).service
+    service = view_of(sc, p).service
     here = service.lstat(d.host_path).ino
     parent = service.lstat(os.path.dirname(d.host_path.rstrip("/")) or "/").ino
     # "." and ".." first, as Linux lists them; the position counts entries already given.
@@ -229,8 +200,8 @@ def getdents64(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 
 def _changeable(sc: SystemCalls, p: Process, dirfd: int, addr: int) -> Resolved:
-    r = _resolve(sc, p, dirfd, addr, follow=False)
-    _view(sc, p).check_writable(r)
+    r = resolve_at(sc, p, dirfd, addr, follow=False)
+    view_of(sc, p).check_writable(r)
     if r.host is None:
         raise OSError(int(Errno.EPERM), f"{r.guest} is an emulated device")
     return r
@@ -239,21 +210,23 @@ def _changeable(sc: SystemCalls, p: Process, dirfd: int, addr: int) -> Resolved:
 def _unlink(sc: SystemCalls, p: Process, dirfd: int, addr: int, directory: bool) -> SyscallOutcome:
     r = _changeable(sc, p, dirfd, addr)
     assert r.host is not None
-    _view(sc, p).service.unlink(r.host, directory)
+    view_of(sc, p).service.unlink(r.host, directory)
+    if not directory:
+        take_into_image(sc, p, r.host)  # a file it holds open and has no name left
     return SyscallOutcome(0)
 
 
-@_errno_call
+@errno_call
 def unlink(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _unlink(sc, p, CWD, a[0], False)
 
 
-@_errno_call
+@errno_call
 def rmdir(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _unlink(sc, p, CWD, a[0], True)
 
 
-@_errno_call
+@errno_call
 def unlinkat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[2] & ~AT_REMOVEDIR:
         return SyscallOutcome(-Errno.EINVAL)
@@ -262,18 +235,18 @@ def unlinkat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 def _mkdir(sc: SystemCalls, p: Process, dirfd: int, addr: int, mode: int) -> SyscallOutcome:
     r = _changeable(sc, p, dirfd, addr)
-    view = _view(sc, p)
+    view = view_of(sc, p)
     assert r.host is not None
     view.service.mkdir(r.host, mode & 0o7777 & ~view.umask)
     return SyscallOutcome(0)
 
 
-@_errno_call
+@errno_call
 def mkdir(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _mkdir(sc, p, CWD, a[0], a[1])
 
 
-@_errno_call
+@errno_call
 def mkdirat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _mkdir(sc, p, a[0], a[1], a[2])
 
@@ -283,125 +256,61 @@ def _rename(sc: SystemCalls, p: Process, olddir: int, old: int, newdir: int,
     src = _changeable(sc, p, olddir, old)
     dst = _changeable(sc, p, newdir, new)
     assert src.host is not None and dst.host is not None
-    _view(sc, p).service.rename(src.host, dst.host)
+    view_of(sc, p).service.rename(src.host, dst.host)
     return SyscallOutcome(0)
 
 
-@_errno_call
+@errno_call
 def rename(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _rename(sc, p, CWD, a[0], CWD, a[1])
 
 
-@_errno_call
+@errno_call
 def renameat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _rename(sc, p, a[0], a[1], a[2], a[3])
 
 
-@_errno_call
+@errno_call
 def renameat2(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[4]:  # RENAME_NOREPLACE, _EXCHANGE, _WHITEOUT: not offered
         return SyscallOutcome(-Errno.EINVAL)
     return _rename(sc, p, a[0], a[1], a[2], a[3])
 
 
-@_errno_call
-def fchdir(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    d = p.files.get(a[0])
-    if not isinstance(d, Directory):
-        return SyscallOutcome(-Errno.ENOTDIR)
-    _view(sc, p).cwd = d.guest_path
-    return SyscallOutcome(0)
-
-
-# --- open files -----------------------------------------------------------------------------
-
-def _host_file(p: Process, fd: int, writing: bool) -> HostFile:
-    f = p.files.get(fd)
-    if not isinstance(f, HostFile) or (writing and not f.writable):
-        raise OSError(int(Errno.EINVAL), f"descriptor {fd} is no file open for writing"
-                      if writing else f"descriptor {fd} is no regular file")
-    return f
-
-
-@_errno_call
-def ftruncate(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    if _signed(a[1]) < 0:
-        return SyscallOutcome(-Errno.EINVAL)
-    service, handle = _host_file(p, a[0], True)._live()
-    service.ftruncate(handle, a[1])
-    return SyscallOutcome(0)
-
-
-@_errno_call
-def truncate(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    if _signed(a[1]) < 0:
-        return SyscallOutcome(-Errno.EINVAL)
-    r = _target(sc, p, CWD, a[0], 0)
-    assert r.host is not None
-    service = _view(sc, p).service
-    handle = service.open(r.host, os.O_WRONLY | os.O_NOFOLLOW, 0)
-    try:
-        service.ftruncate(handle, a[1])
-    finally:
-        service.close(handle)
-    return SyscallOutcome(0)
-
-
-@_errno_call
-def fsync(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    f = p.files.get(a[0])
-    if isinstance(f, Directory):
-        return SyscallOutcome(0)
-    service, handle = _host_file(p, a[0], False)._live()
-    service.fsync(handle)
-    return SyscallOutcome(0)
-
-
-def _of_fd(p: Process, fd: int) -> Resolved:
-    f: OpenFile = p.files.get(fd)
-    if isinstance(f, HostFile | Directory):
-        return Resolved(f.guest_path, host=f.host_path)
-    raise OSError(int(Errno.EPERM), f"descriptor {fd} is no file of the view")
-
-
-def _target(sc: SystemCalls, p: Process, dirfd: int, addr: int, flags: int) -> Resolved:
-    if addr == 0 or (flags & AT_EMPTY_PATH and not _path(p, addr)):
-        r = _of_fd(p, dirfd)
-    else:
-        r = _resolve(sc, p, dirfd, addr, follow=not flags & AT_SYMLINK_NOFOLLOW)
-    _view(sc, p).check_writable(r)
-    if r.host is None:
-        raise OSError(int(Errno.EPERM), f"{r.guest} is an emulated device")
-    return r
-
+# --- modes, times, owners ------------------------------------------------------------------
 
 def _chmod(sc: SystemCalls, p: Process, r: Resolved, mode: int) -> SyscallOutcome:
-    _view(sc, p).check_writable(r)
+    view_of(sc, p).check_writable(r)
     assert r.host is not None
-    _view(sc, p).service.chmod(r.host, mode & 0o7777)
+    view_of(sc, p).service.chmod(r.host, mode & 0o7777)
     return SyscallOutcome(0)
 
 
-@_errno_call
+@errno_call
 def fchmod(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _chmod(sc, p, _of_fd(p, a[0]), a[1])
+    file = p.files.get(a[0])
+    if isinstance(file, ImageFile):  # no name: the open file itself changes
+        file.body.mode = (file.body.mode & ~0o7777) | (a[1] & 0o7777)
+        file.body.ctime_ns = time.time_ns()
+        return SyscallOutcome(0)
+    return _chmod(sc, p, of_fd(p, a[0]), a[1])
 
 
-@_errno_call
+@errno_call
 def chmod(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _chmod(sc, p, _target(sc, p, CWD, a[0], 0), a[1])
+    return _chmod(sc, p, writable_target(sc, p, CWD, a[0], 0), a[1])
 
 
-@_errno_call
+@errno_call
 def fchmodat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _chmod(sc, p, _target(sc, p, a[0], a[1], 0), a[2])
+    return _chmod(sc, p, writable_target(sc, p, a[0], a[1], 0), a[2])
 
 
-@_errno_call
+@errno_call
 def utimensat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    r = _target(sc, p, a[0], a[1], a[3])
+    r = writable_target(sc, p, a[0], a[1], a[3])
     assert r.host is not None and p.space is not None
-    service = _view(sc, p).service
+    service = view_of(sc, p).service
     if not a[2]:
         service.utime(r.host, None)
         return SyscallOutcome(0)
@@ -430,15 +339,74 @@ def _chown(st: FileStat, uid: int, gid: int) -> SyscallOutcome:
     return SyscallOutcome(0 if same else -Errno.EPERM)
 
 
-@_errno_call
+@errno_call
 def fchown(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _chown(_stat_of(sc, p, p.files.get(a[0])), a[1], a[2])
+    return _chown(stat_of(sc, p, p.files.get(a[0])), a[1], a[2])
 
 
-@_errno_call
+@errno_call
 def fchownat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _chown(_stat_path(sc, p, _target(sc, p, a[0], a[1], a[4])),
+    return _chown(stat_path(sc, p, writable_target(sc, p, a[0], a[1], a[4])),
                   a[2], a[3])
+
+
+@errno_call
+def chown(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _chown(stat_path(sc, p, writable_target(sc, p, CWD, a[0], 0)), a[1], a[2])
+
+
+@errno_call
+def lchown(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    r = writable_target(sc, p, CWD, a[0], AT_SYMLINK_NOFOLLOW)
+    return _chown(stat_path(sc, p, r, follow=False), a[1], a[2])
+
+
+def _old_times(sc: SystemCalls, p: Process, dirfd: int, path: int, times: int,
+               timevals: bool) -> SyscallOutcome:
+    """utime (struct utimbuf, seconds) and utimes/futimesat (two timevals): set both times."""
+    r = writable_target(sc, p, dirfd, path, 0)
+    assert r.host is not None and p.space is not None
+    service = view_of(sc, p).service
+    if not times:
+        service.utime(r.host, None)
+        return SyscallOutcome(0)
+    if timevals:
+        a_s, a_us, m_s, m_us = struct.unpack("<qqqq", p.space.read(times, 32))
+        if not (0 <= a_us < 1_000_000 and 0 <= m_us < 1_000_000):
+            return SyscallOutcome(-Errno.EINVAL)
+        chosen = (a_s * 1_000_000_000 + a_us * 1000, m_s * 1_000_000_000 + m_us * 1000)
+    else:
+        a_s, m_s = struct.unpack("<qq", p.space.read(times, 16))
+        chosen = (a_s * 1_000_000_000, m_s * 1_000_000_000)
+    service.utime(r.host, chosen)
+    return SyscallOutcome(0)
+
+
+@errno_call
+def utime(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _old_times(sc, p, CWD, a[0], a[1], timevals=False)
+
+
+@errno_call
+def utimes(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _old_times(sc, p, CWD, a[0], a[1], timevals=True)
+
+
+@errno_call
+def futimesat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _old_times(sc, p, a[0], a[1], a[2], timevals=True)
+
+
+def sync(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    p.files.flush()  # what it wrote is at its home; the host's own sync is the host's
+    return SyscallOutcome(0)
+
+
+@errno_call
+def syncfs(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    p.files.get(a[0])
+    p.files.flush()
+    return SyscallOutcome(0)
 
 
 # --- extended attributes: none --------------------------------------------------------------
@@ -446,62 +414,34 @@ def fchownat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 def _xattrs(follow: bool, listing: bool) -> Handler:
     """A view's files show no extended attributes (ACLs, security labels): ls asks for them
     on every file and takes ENODATA (none of that name) and an empty list as "plain"."""
-    @_errno_call
+    @errno_call
     def call(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-        _stat_path(sc, p, _resolve(sc, p, CWD, a[0], follow=follow))  # ENOENT as Linux
+        stat_path(sc, p, resolve_at(sc, p, CWD, a[0], follow=follow))  # ENOENT as Linux
         return SyscallOutcome(0 if listing else -Errno.ENODATA)
     return call
 
 
-@_errno_call
+@errno_call
 def fgetxattr(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     p.files.get(a[0])
     return SyscallOutcome(-Errno.ENODATA)
 
 
-@_errno_call
+@errno_call
 def flistxattr(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     p.files.get(a[0])
     return SyscallOutcome(0)
 
 
-# --- statx ----------------------------------------------------------------------------------
-
-def _pack_statx(st: FileStat) -> bytes:
-    def ts(ns: int) -> tuple[int, int, int]:
-        return ns // 1_000_000_000, ns % 1_000_000_000, 0
-    return _STATX.pack(STATX_BASIC_STATS, st.blksize, 0, st.nlink, st.uid, st.gid,
-                       st.mode & 0xFFFF, 0, st.ino, st.size, st.blocks, 0,
-                       *ts(st.atime_ns), 0, 0, 0, *ts(st.ctime_ns), *ts(st.mtime_ns),
-                       os.major(st.rdev), os.minor(st.rdev), os.major(st.dev), os.minor(st.dev))
-
-
-@_errno_call
-def statx(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    assert p.space is not None
-    path = _path(p, a[1]) if a[1] else ""
-    if not path and a[2] & AT_EMPTY_PATH:
-        st = _stat_of(sc, p, p.files.get(a[0]))
-    else:
-        st = _stat_path(sc, p,
-                        _resolve(sc, p, a[0], a[1], follow=not a[2] & AT_SYMLINK_NOFOLLOW))
-    p.space.write(a[4], _pack_statx(st))
-    return SyscallOutcome(0)
-
-
 HANDLERS: dict[str, Handler] = {
-    "getuid": _answer(os.getuid()), "geteuid": _answer(os.geteuid()),
-    "getgid": _answer(os.getgid()), "getegid": _answer(os.getegid()),
-    "getgroups": getgroups, "umask": umask, "prlimit64": prlimit64, "getrlimit": getrlimit,
-    "setrlimit": setrlimit, "sysinfo": sysinfo, "fadvise64": fadvise64,
+    "getcwd": getcwd, "chdir": chdir, "fchdir": fchdir, "umask": umask,
     "access": access, "faccessat": faccessat, "faccessat2": faccessat2,
-    "readlink": readlink, "readlinkat": readlinkat, "getdents64": getdents64, "statx": statx,
+    "readlink": readlink, "readlinkat": readlinkat, "getdents64": getdents64,
     "unlink": unlink, "unlinkat": unlinkat, "rmdir": rmdir, "mkdir": mkdir, "mkdirat": mkdirat,
     "rename": rename, "renameat": renameat, "renameat2": renameat2,
-    "ftruncate": ftruncate, "truncate": truncate, "fsync": fsync, "fdatasync": fsync,
-    "fchdir": fchdir,
     "fchmod": fchmod, "chmod": chmod, "fchmodat": fchmodat, "utimensat": utimensat,
-    "fchown": fchown, "fchownat": fchownat,
+    "fchown": fchown, "fchownat": fchownat, "chown": chown, "lchown": lchown,
+    "utime": utime, "utimes": utimes, "futimesat": futimesat, "sync": sync, "syncfs": syncfs,
     "getxattr": _xattrs(True, False), "lgetxattr": _xattrs(False, False),
     "listxattr": _xattrs(True, True), "llistxattr": _xattrs(False, True),
     "fgetxattr": fgetxattr, "flistxattr": flistxattr,

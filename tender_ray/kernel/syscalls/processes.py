@@ -1,0 +1,237 @@
+"""The process system calls: its id and parent, ending, making another process or a thread
+(clone: refused, see below), yielding, its resource limits (kept and carried in the image)
+and its own attributes (prctl)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from tender_ray.abi import linux
+from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
+from tender_ray.abi.linux import Errno
+from tender_ray.kernel import signals
+from tender_ray.kernel.syscalls.base import ENDED, Handler
+from tender_ray.resources.open_file import MAX_FDS
+from tender_ray.resources.process import Process
+
+if TYPE_CHECKING:
+    from tender_ray.kernel.syscalls.dispatch import SystemCalls
+
+FAMILY = "processes"
+
+_CLONE_VM, _CLONE_VFORK, _CLONE_THREAD = 0x100, 0x4000, 0x10000
+_CLONE_ARGS_SIZE_VER0 = 64  # struct clone_args as clone3 first took it
+RLIM_INFINITY = (1 << 64) - 1
+RLIMIT_STACK, RLIMIT_NOFILE, RLIM_NLIMITS = 3, 7, 16
+# What getrlimit answers: (soft, hard); every other resource is unlimited.
+LIMITS = {RLIMIT_STACK: (8 << 20, RLIM_INFINITY), RLIMIT_NOFILE: (MAX_FDS, MAX_FDS)}
+
+
+def getpid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return SyscallOutcome(p.pid)
+
+
+def getppid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return SyscallOutcome(1)
+
+
+def exit_(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    sc.services.exit_process(p, a[0] & 0xFF, "exited")
+    return ENDED
+
+
+def sched_yield(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return SyscallOutcome(0, stop=True)
+
+
+# A Tender process is one thread, and it makes no other process. A new process is -ENOSYS,
+# as any call not served: the program sees fork, vfork or posix_spawn fail and says so (a
+# shell: "can't fork"), and the report counts it. A thread ends the process with a reason
+# naming the call: a program that cannot have its thread has no useful way on (glibc's
+# pthread_create would answer EAGAIN, which programs retry or ignore), and waiting for a
+# thread that never runs would hang in a futex. The status is SIGSYS's, as for a call a
+# seccomp filter refuses.
+
+def _clone(sc: SystemCalls, p: Process, call: str, flags: int) -> SyscallOutcome:
+    if flags & _CLONE_THREAD or (flags & _CLONE_VM and not flags & _CLONE_VFORK):
+        # CLONE_VM without CLONE_VFORK shares the memory with a child that runs at the
+        # same time: a thread, even without CLONE_THREAD (LinuxThreads made them so).
+        what = "CLONE_THREAD" if flags & _CLONE_THREAD else "CLONE_VM"
+        p.accounting.unsupported[f"{call} (a thread)"] += 1
+        sc.services.exit_process(p, 128 + linux.Signal.SIGSYS,
+                                 f"{call} with {what} (a thread) is not supported yet: "
+                                 "tender_ray runs single-threaded processes; run the program "
+                                 "with one thread (its -j1 or --threads=1 option, say) or "
+                                 "natively")
+        return ENDED
+    # fork-like, or vfork-like (posix_spawn): no new process
+    p.accounting.unsupported[call] += 1
+    return SyscallOutcome(-Errno.ENOSYS)
+
+
+def clone(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _clone(sc, p, "clone", a[0])
+
+
+def clone3(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    if a[1] < _CLONE_ARGS_SIZE_VER0:
+        return SyscallOutcome(-Errno.EINVAL)  # as Linux checks the size first
+    assert p.space is not None
+    (flags,) = struct.unpack("<Q", p.space.read(a[0], 8))  # clone_args.flags
+    return _clone(sc, p, "clone3", flags)
+
+
+# --- resource limits ------------------------------------------------------------------------
+
+def limit(p: Process, resource: int) -> tuple[int, int]:
+    """(soft, hard) of a resource: what setrlimit kept, else the default."""
+    return signals.of(p).limits.get(resource, LIMITS.get(resource, (RLIM_INFINITY,
+                                                                      RLIM_INFINITY)))
+
+
+def _limits(p: Process, resource: int, new: int, old: int) -> SyscallOutcome:
+    if resource >= RLIM_NLIMITS:
+        return SyscallOutcome(-Errno.EINVAL)
+    soft, hard = limit(p, resource)
+    assert p.space is not None
+    if new:
+        new_soft, new_hard = struct.unpack("<QQ", p.space.read(new, 16))
+        if new_soft > new_hard:
+            return SyscallOutcome(-Errno.EINVAL)
+        if new_hard > hard and os.geteuid() != 0:
+            return SyscallOutcome(-Errno.EPERM)  # raising a hard limit needs privilege
+        if resource == RLIMIT_NOFILE and new_hard > MAX_FDS:
+            return SyscallOutcome(-Errno.EPERM)  # past the table's size (Linux's nr_open)
+    if old:
+        p.space.write(old, struct.pack("<QQ", soft, hard))
+    if new:
+        # Kept, and it travels with the process (its signal state carries it). RLIMIT_NOFILE
+        # is enforced by the descriptor table; the others are answered as set.
+        signals.of(p).limits[resource] = (new_soft, new_hard)
+        if resource == RLIMIT_NOFILE:
+            p.files.limit = new_soft
+    return SyscallOutcome(0)
+
+
+def prlimit64(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    if a[0] not in (0, p.pid):
+        return SyscallOutcome(-Errno.ESRCH)  # only itself: no other process is visible
+    return _limits(p, a[1], a[2], a[3])
+
+
+def getrlimit(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _limits(p, a[0], 0, a[1])
+
+
+def setrlimit(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _limits(p, a[0], a[1], 0)
+
+
+def getrusage(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    """RUSAGE_SELF and _THREAD: its CPU time (as user time) and its largest resident size;
+    RUSAGE_CHILDREN: none (it has no children)."""
+    who = a[0] & 0xFFFFFFFF
+    if who not in (0, 1, 0xFFFFFFFF):
+        return SyscallOutcome(-Errno.EINVAL)
+    us = 0 if who == 0xFFFFFFFF else round(p.accounting.cpu_seconds * 1e6)
+    resident = 0
+    if who != 0xFFFFFFFF and p.space is not None:
+        resident = sum(u.region.resident() for u in p.space.user_spaces
+                       if u.region is not None) * 4  # kB
+    assert p.space is not None
+    p.space.write(a[1], struct.pack("<qqqq14q", us // 1_000_000, us % 1_000_000, 0, 0,
+                                    resident, *([0] * 13)))
+    return SyscallOutcome(0)
+
+
+# --- prctl --------------------------------------------------------------------------------
+
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE = 1, 2, 3, 4
+PR_GET_KEEPCAPS, PR_SET_KEEPCAPS, PR_SET_NAME, PR_GET_NAME = 7, 8, 15, 16
+PR_GET_SECCOMP, PR_CAPBSET_READ, PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 21, 23, 29, 30
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS, PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 38, 39, 41, 42
+PR_SET_VMA = 0x53564D41
+CAP_LAST_CAP = 40
+TIMER_SLACK_NS = 50_000  # Linux's default timer slack
+# Options whose value a process sets and reads back: set -> (get, default, largest value).
+_KEPT = {PR_SET_KEEPCAPS: (PR_GET_KEEPCAPS, 0, 1), PR_SET_TIMERSLACK: (PR_GET_TIMERSLACK,
+         TIMER_SLACK_NS, RLIM_INFINITY), PR_SET_CHILD_SUBREAPER: (PR_GET_CHILD_SUBREAPER, 0, 1),
+         PR_SET_THP_DISABLE: (PR_GET_THP_DISABLE, 0, 1)}
+_READ_BACK = {get: (put, default) for put, (get, default, _) in _KEPT.items()}
+
+
+def _put_int(p: Process, addr: int, value: int) -> SyscallOutcome:
+    assert p.space is not None
+    p.space.write(addr, struct.pack("<i", value))
+    return SyscallOutcome(0)
+
+
+def prctl(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    """The process's own attributes. Each is kept with its signal state and travels; the
+    process name is its name in the machine's table (what `tender-ray top` shows)."""
+    option, arg = a[0] & 0xFFFFFFFF, a[1]
+    state = signals.of(p)
+    if option == PR_SET_NAME:
+        assert p.space is not None
+        raw = b""
+        while len(raw) < 15 and b"\0" not in raw:  # at most 16 bytes, page by page
+            a_ = arg + len(raw)
+            raw += p.space.read(a_, min(16 - len(raw), 4096 - a_ % 4096))
+        p.name = raw.split(b"\0")[0][:15].decode("utf-8", "surrogateescape")
+        return SyscallOutcome(0)
+    if option == PR_GET_NAME:
+        assert p.space is not None
+        p.space.write(arg, p.name.encode("utf-8", "surrogateescape")[:15].ljust(16, b"\0"))
+        return SyscallOutcome(0)
+    if option == PR_SET_PDEATHSIG:
+        if arg > signals.NSIG:
+            return SyscallOutcome(-Errno.EINVAL)
+        state.pdeathsig = arg  # the parent is outside the cluster: it never dies here
+        return SyscallOutcome(0)
+    if option == PR_GET_PDEATHSIG:
+        return _put_int(p, arg, state.pdeathsig)
+    if option == PR_SET_DUMPABLE:
+        if arg not in (0, 1):
+            return SyscallOutcome(-Errno.EINVAL)
+        state.dumpable = arg
+        return SyscallOutcome(0)
+    if option == PR_GET_DUMPABLE:
+        return SyscallOutcome(state.dumpable)
+    if option == PR_SET_NO_NEW_PRIVS:
+        if arg != 1 or any(a[2:5]):
+            return SyscallOutcome(-Errno.EINVAL)
+        state.no_new_privs = True  # for good, as on Linux
+        return SyscallOutcome(0)
+    if option == PR_GET_NO_NEW_PRIVS:
+        return SyscallOutcome(int(state.no_new_privs))
+    if option in _KEPT:
+        _, default, most = _KEPT[option]
+        if arg > most:
+            return SyscallOutcome(-Errno.EINVAL)
+        state.prctl_values[option] = arg if arg or option != PR_SET_TIMERSLACK else default
+        return SyscallOutcome(0)
+    if option in _READ_BACK:
+        put, default = _READ_BACK[option]
+        value = state.prctl_values.get(put, default)
+        if option == PR_GET_CHILD_SUBREAPER:
+            return _put_int(p, arg, value)
+        return SyscallOutcome(value)
+    if option == PR_GET_SECCOMP:
+        return SyscallOutcome(0)  # no filter of its own
+    if option == PR_CAPBSET_READ:
+        return SyscallOutcome(1 if arg <= CAP_LAST_CAP else -Errno.EINVAL)
+    if option == PR_SET_VMA:
+        return SyscallOutcome(0)  # a name for an anonymous area: accepted, not shown anywhere
+    p.accounting.unsupported[f"prctl({option})"] += 1
+    return SyscallOutcome(-Errno.EINVAL)
+
+
+HANDLERS: dict[str, Handler] = {
+    "getpid": getpid, "getppid": getppid, "exit": exit_, "exit_group": exit_,
+    "clone": clone, "clone3": clone3, "sched_yield": sched_yield,
+    "prlimit64": prlimit64, "getrlimit": getrlimit, "setrlimit": setrlimit, "prctl": prctl,
+    "getrusage": getrusage,
+}
