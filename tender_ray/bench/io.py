@@ -63,6 +63,7 @@ PYTHON3 = "/usr/bin/python3"
 PY_LINES = ("import hashlib, sys\nh = hashlib.sha256()\n"
             "for line in open(sys.argv[1], 'rb'):\n    h.update(line)\nprint(h.hexdigest())")
 PINGPONG_MS = 50  # the `migrated every` cases move the process this often
+FOLLOW_S = 0.02  # and take its output this often, as `tender-ray exec` polls
 _ENDED = frozenset({ProcessState.ZOMBIE.value})
 
 
@@ -127,6 +128,7 @@ def _tender(machines: tuple[_Runner, _Runner], program: str, args: list[str],
     pid = first.exec(image, Path(program).name, [program, *args], files=view,
                      stdin=stdin or "empty")
     where, moved = first, 0.0
+    taken: list[bytes] = []  # output a follower took while it ran
     if migrate == -1:
         time.sleep(0.02)  # it has started reading
         try:
@@ -142,19 +144,26 @@ def _tender(machines: tuple[_Runner, _Runner], program: str, args: list[str],
         assert isinstance(first, Machine) and isinstance(second, Machine)
         there: Machine = second
         here: Machine = first
+        # Followed as `tender-ray exec` follows it: its output taken every FOLLOW_S.
+        next_move = time.monotonic() + migrate / 1000
         while True:
-            time.sleep(migrate / 1000)
+            time.sleep(min(FOLLOW_S, max(0.0, next_move - time.monotonic())))
+            taken.append(here.take_output(pid)[0])
             if here.info(pid).state in _ENDED:
                 break
+            if time.monotonic() < next_move:
+                continue
             try:
                 moved = max(moved, migrate_local(here, pid, there).seconds)
             except ProcessStateError:  # it ended meanwhile
                 break
             here, there = there, here
+            next_move = time.monotonic() + migrate / 1000
         where = here
     info = where.wait(pid, timeout=WAIT_TIMEOUT)
     seconds = time.perf_counter() - start
     info, out, _err = where.reap(pid)
+    out = b"".join(taken) + out
     cpu = time.process_time() - cpu_start + info.cpu_seconds
     return seconds, info.exit_status, out, moved, cpu
 

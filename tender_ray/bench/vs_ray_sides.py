@@ -51,7 +51,7 @@ def node_cores(scenario: Scenario, cores: list[int]) -> dict[str, tuple[int, ...
 def start_nodes(nodes: LocalNodes, scenario: Scenario, cores: dict[str, tuple[int, ...]]
                 ) -> None:
     """Exactly the nodes of the scenario's machines: a node left from the last run that
-    the scenario has no machine for is stopped, the missing ones started (at once)."""
+    the scenario has no machine for is stopped, the missing ones started."""
     names = [c.name for c in scenario.machine_configs()]
     for name in [n for n in nodes.nodes if n not in names]:
         nodes.stop(name)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,15 +40,44 @@ def _engine_notice_text(requested: str, exact: bool = False) -> str:
     return resolve(requested, exact=exact)[1]
 
 
+MEMORY_BUDGET_CAP = 16 << 30  # bytes of real memory exec's machines get together, at most
+MEMORY_FLOOR_MIB = 512  # a machine gets at least this much (MachineConfig's own default)
+
+
+def available_memory() -> int:
+    """Bytes of memory this host can give without swapping (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_memory_mib(machines: int, available: int | None = None) -> int:
+    """Real memory per machine when `--memory-mib` is not given: half of what this host
+    has available (at most 16 GiB), shared among the machines, so that what runs natively
+    here runs under exec too, and a process's frames on every machine it visited (held
+    for reuse) still fit together. Frames are taken lazily: the size costs nothing until
+    touched."""
+    budget = min((available_memory() if available is None else available) // 2,
+                 MEMORY_BUDGET_CAP)
+    return max(MEMORY_FLOOR_MIB, (budget // max(1, machines)) >> 20)
+
+
 def _machine_configs(ns: argparse.Namespace) -> list[MachineConfig]:
     if ns.machines < 1:
         raise UsageError("--machines must be at least 1")
+    memory_mib = ns.memory_mib if ns.memory_mib is not None else default_memory_mib(
+        ns.machines)
     every = getattr(ns, "checkpoint_every", None)
     if every is not None and every <= 0:
         raise UsageError("--checkpoint-every must be a positive number of seconds")
     checkpoint = CheckpointSpec(every=every) if every is not None else None
     return [MachineConfig(name=f"m{i}", computations=ns.computations,
-                          memory_mib=ns.memory_mib, quantum_us=ns.quantum_us,
+                          memory_mib=memory_mib, quantum_us=ns.quantum_us,
                           quantum_instructions=ns.exact, engine=ns.engine,
                           checkpoint=checkpoint)
             for i in range(ns.machines)]
@@ -129,7 +160,7 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
     from pydantic import ValidationError
 
     from tender_ray import logs
-    from tender_ray.cli.execute import execute, resolve_program
+    from tender_ray.cli.execute import execute, resolve_program, stream_identity
     from tender_ray.cluster.cluster import Cluster
 
     # Where exec's seconds go, logged at info (`bench start` reads it): each step's length.
@@ -174,6 +205,7 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
             discard(fd)
             raise
 
+    tmp = ""
     attached = _attach_up(ns.address)
     if attached is not None:
         cluster = attached
@@ -197,8 +229,10 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
         if ns.machine is not None and ns.machine not in cluster.machines:
             raise UsageError(f"--machine {ns.machine}: no such machine in the cluster; the "
                              f"machines are {', '.join(cluster.machines)}")
+        tmp = tempfile.mkdtemp(prefix="tender-tmp-")  # the run's private /tmp
         files = FileViewSpec(root=ns.root, cwd=os.getcwd(),
-                             writable=tuple(ns.writable) if ns.writable else None)
+                             writable=tuple(ns.writable) if ns.writable else None, tmp=tmp,
+                             stdio=tuple(stream_identity(fd) for fd in (0, 1, 2)))
         result = execute(cluster, ns.program, ns.args, _environment(), machine=ns.machine,
                          sink=sink, migrate_every=ns.migrate_every, options=options,
                          files=files, stdin_fd=0, program=program, signals=signals)
@@ -207,6 +241,8 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
         if attached is not None:
             cluster.forget()  # the machines belong to `up`
         cluster.shutdown(quick=True)  # an embedded Ray takes its machines along
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
     step("shutdown")
     logs.get("exec").info("exec phases", **phases)
     if ns.stats:
@@ -217,7 +253,24 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
     killed = killed_message(result.pid, result.exit_status, result.exit_reason)
     if killed:
         _say(killed)
+    sizes = {c.name: c.memory_mib for c in configs} if attached is None else {}
+    short = memory_message(result.exit_status, result.exit_reason, result.machine,
+                           sizes.get(result.machine))
+    if short:
+        _say(short)
     return result.exit_status
+
+
+def memory_message(exit_status: int, exit_reason: str, machine: str,
+                   memory_mib: int | None) -> str:
+    """What to do when the program was killed for want of real memory on `machine`
+    (`memory_mib` its size, None when exec did not start it); "" otherwise."""
+    if exit_status != status.SIGNAL_BASE + 9 or "out of" not in exit_reason \
+            or "memory" not in exit_reason:
+        return ""
+    size = f" its {memory_mib} MiB of" if memory_mib is not None else ""
+    return (f"tender-ray: machine {machine} ran out of{size} real memory: run exec with a "
+            "larger --memory-mib MIB (per machine)")
 
 
 def unsupported_message(unsupported: dict[str, int]) -> str:
@@ -263,4 +316,6 @@ def _attach_up(address: str | None) -> Cluster | None:
 
 
 def _environment() -> list[str]:
-    return [f"{k}={v}" for k, v in os.environ.items()]
+    """exec's environment, with TMPDIR naming the run's private /tmp when it names none."""
+    env = [f"{k}={v}" for k, v in os.environ.items()]
+    return env if "TMPDIR" in os.environ else [*env, "TMPDIR=/tmp"]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import queue
 import signal
+import stat as stat_mod
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tender_ray import logs
-from tender_ray.abi.linux import Signal
+from tender_ray.abi.linux import TCGETS, TIOCGWINSZ, Signal
 from tender_ray.cluster.cluster import Cluster, MachineHandle
 from tender_ray.cluster.supervisor import recover
 from tender_ray.errors import (
@@ -39,7 +41,7 @@ from tender_ray.errors import (
 from tender_ray.kernel.snapshots import OutputChunk, ProcessInfo
 from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.record import MigrationRecord
-from tender_ray.resources.file_view import FileViewSpec
+from tender_ray.resources.file_view import FileStat, FileViewSpec, StreamIdentity
 from tender_ray.resources.program import parse_program
 
 OutputSink = Callable[[int, bytes], None]  # (fd, data); raises BrokenPipeError once closed
@@ -212,13 +214,73 @@ class StdinPump:
             self.held = None
 
 
-def stdin_mode(fd: int = 0) -> str:
-    """"stream" when the driver has a standard input, else "none" (the guest gets EBADF)."""
+KERNEL_TERMIOS = 36  # bytes of the kernel's struct termios, what TCGETS fills (not libc's 60)
+
+
+def stream_identity(fd: int) -> StreamIdentity | None:
+    """What the driver's descriptor `fd` is, for the guest's same descriptor to answer as:
+    a regular file, a pipe, a terminal (with its settings), /dev/null; None when closed."""
     try:
-        os.fstat(fd)
+        st = os.fstat(fd)
     except OSError:
+        return None
+    stat = FileStat.of(st)
+    mode = st.st_mode
+    if stat_mod.S_ISCHR(mode):
+        try:
+            null = os.stat(os.devnull)
+            if st.st_rdev == null.st_rdev:
+                return StreamIdentity(stat, "null")
+        except OSError:
+            pass
+        if os.isatty(fd):
+            termios = bytearray(KERNEL_TERMIOS)
+            winsize = bytearray(8)
+            try:
+                fcntl.ioctl(fd, TCGETS, termios)
+            except OSError:
+                termios = bytearray()
+            try:
+                fcntl.ioctl(fd, TIOCGWINSZ, winsize)
+            except OSError:
+                winsize = bytearray()
+            return StreamIdentity(stat, "terminal", bytes(termios), bytes(winsize))
+        return StreamIdentity(stat, "device")
+    kind = ("file" if stat_mod.S_ISREG(mode) else "pipe" if stat_mod.S_ISFIFO(mode)
+            else "socket" if stat_mod.S_ISSOCK(mode) else "device")
+    return StreamIdentity(stat, kind)
+
+
+def stdin_source(fd: int, files: FileViewSpec | None) -> str:
+    """What the guest's standard input is made of (`Machine.exec`'s `stdin`): the file's
+    guest path when the driver's is a regular file of the view read from its start (the
+    guest reads, seeks and maps it as any file), "/dev/null" for /dev/null, "none" when
+    closed, else "stream" (a pipe, a terminal, a file outside the view: fed by the driver)."""
+    identity = stream_identity(fd)
+    if identity is None:
         return "none"
-    return "stream"
+    if identity.kind == "null":
+        return os.devnull
+    if identity.kind != "file":
+        return "stream"
+    try:
+        if os.lseek(fd, 0, os.SEEK_CUR) != 0:
+            return "stream"  # read partly already: the guest gets the rest, as a stream
+        host = os.path.realpath(os.readlink(f"/proc/self/fd/{fd}"))
+        same = os.stat(host)
+    except OSError:
+        return "stream"  # unlinked, or no /proc: its bytes still flow
+    if (same.st_dev, same.st_ino) != (identity.stat.dev, identity.stat.ino):
+        return "stream"
+    root = os.path.realpath(files.root if files is not None else "/")
+    if host != root and not host.startswith(root.rstrip("/") + "/"):
+        return "stream"  # outside the view: the guest could not open it by a name
+    guest = "/" + os.path.relpath(host, root) if host != root else "/"
+    if guest.split("/")[1] in ("proc", "dev"):
+        return "stream"  # /proc and /dev of a view are the kernel's
+    # A file in the host's /tmp stays readable by its name beside the private /tmp (the
+    # private one is empty when the program starts): file_view.py's `FileView.host`.
+    return guest
 
 
 # --- signals, as a shell passes them on -------------------------------------------------------
@@ -281,16 +343,16 @@ class SignalForwarder:
         self.pending.append(signum)
 
 
-def _deliver(pending: collections.deque[int], cluster: Cluster, where: MachineHandle,
-             pid: int) -> MachineHandle:
-    """Send the queued signals to process `pid`, where it is now (a moving process is asked
-    again next round); the machine it was found on."""
+def _tell(pending: collections.deque[int], send: Callable[[MachineHandle, int], object],
+          cluster: Cluster, where: MachineHandle, pid: int) -> MachineHandle:
+    """Tell process `pid`, where it is now, each of `pending` in turn with `send` (a moving
+    process is told again next round); the machine it was found on."""
     while pending:
         try:
-            where.kill(pid, pending[0])
+            send(where, pending[0])
         except UnknownProcessError:
             try:
-                where = cluster.locate(pid)  # it moved: send it there
+                where = cluster.locate(pid)  # it moved: tell it there
             except UnknownProcessError:
                 pending.clear()  # it ended meanwhile
             return where
@@ -298,6 +360,22 @@ def _deliver(pending: collections.deque[int], cluster: Cluster, where: MachineHa
             return where  # migrating, or ending: next round
         pending.popleft()
     return where
+
+
+def _deliver(pending: collections.deque[int], cluster: Cluster, where: MachineHandle,
+             pid: int) -> MachineHandle:
+    """Send the queued signals to process `pid`, where it is now; the machine it was found
+    on."""
+    return _tell(pending, lambda machine, sig: machine.kill(pid, sig), cluster, where, pid)
+
+
+def _close_outputs(closing: collections.deque[int], cluster: Cluster, where: MachineHandle,
+                   pid: int) -> MachineHandle:
+    """Tell process `pid`, where it is now, that the readers of its outputs `closing` (1, 2)
+    have gone: its next write to each raises SIGPIPE and fails with EPIPE, as natively; the
+    machine it was found on."""
+    return _tell(closing, lambda machine, fd: machine.close_output(pid, fd), cluster, where,
+                 pid)
 
 
 def _start(cluster: Cluster, names: list[str], image: bytes, name: str, argv: list[str],
@@ -401,14 +479,15 @@ def execute(cluster: Cluster, path: str, args: Sequence[str], env: Sequence[str]
     with `stdin_fd` the driver's standard input is streamed to it (EBADF if fd is closed).
     `program` is what `resolve_program` found (default: `path` itself, an executable);
     `signals` passes the driver's signals on to it. When `sink` says an output has closed
-    (BrokenPipeError), the process gets SIGPIPE at its next write there, as a pipe's writer
-    does whose reader has gone. Interrupted (Ctrl-C twice) kills the process and is raised.
+    (BrokenPipeError), the process's next write there raises SIGPIPE and fails with EPIPE,
+    as a pipe's writer does whose reader has gone (`Machine.close_output`). Interrupted
+    (Ctrl-C twice) kills the process and is raised.
     """
     if program is None:
         name = os.path.basename(path)
         program = Program(read_program(path), name, (name, *args), path)
     names = list(cluster.machines)
-    stdin = "empty" if stdin_fd is None else stdin_mode(stdin_fd)
+    stdin = "empty" if stdin_fd is None else stdin_source(stdin_fd, files)
     where, pid = _start(cluster, [machine] if machine else names, program.image, program.name,
                         list(program.argv), list(env), files, stdin)
     pending: collections.deque[int] = signals.pending if signals else collections.deque()
@@ -436,19 +515,16 @@ def _follow(cluster: Cluster, where: MachineHandle, pid: int, names: list[str],
         poll_seconds = min(poll_seconds, migrate_every)
     next_move = time.monotonic() + (migrate_every or 0.0)
     closed: set[int] = set()  # outputs whose reader has gone
+    closing: collections.deque[int] = collections.deque()  # ... not yet told to the process
 
     def emit(fd: int, data: bytes) -> None:
-        if sink is None or not data:
-            return
-        if fd not in closed:
-            try:
-                sink(fd, data)
-                return
-            except BrokenPipeError:
-                closed.add(fd)
-        # Written after its reader went: natively this write raised SIGPIPE.
-        if Signal.SIGPIPE not in pending:
-            pending.append(Signal.SIGPIPE)
+        if sink is None or not data or fd in closed:
+            return  # what is written after its reader went is lost, as natively
+        try:
+            sink(fd, data)
+        except BrokenPipeError:
+            closed.add(fd)
+            closing.append(fd)
 
     # Bytes of each stream forwarded so far: a process restarted from a checkpoint sends
     # again what its checkpoint had not handed over yet, and that is written once.
@@ -465,6 +541,8 @@ def _follow(cluster: Cluster, where: MachineHandle, pid: int, names: list[str],
         try:
             if pending:
                 where = _deliver(pending, cluster, where, pid)
+            if closing:
+                where = _close_outputs(closing, cluster, where, pid)
             if pump is not None:
                 pump.feed(where, pid)
             info = where.wait(pid, timeout=poll_seconds)

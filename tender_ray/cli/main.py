@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tender_ray.balancing.policies import Policy
 from tender_ray.cli import status
+from tender_ray.cli.names import describe_phases
 from tender_ray.cli.status import UnreachableError
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MachineError, TenderError, UsageError
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                "(bad options, no cluster, a broken or stopped cluster); 126 when the "
                "program was found but cannot run; 127 when there is no such program.")
     _machine_options(p)
+    for action in p._actions:  # exec sizes its machines' memory from the host's
+        if action.dest == "memory_mib":
+            action.default = None
+            action.help = ("real memory, MiB, per machine (default: half the host's "
+                           "available memory, at most 16 GiB, shared among the machines; "
+                           "at least 512)")
     p.add_argument("--machine", default=None, metavar="NAME",
                    help="start the program on this machine of the cluster (default: the "
                         "first that takes it)")
@@ -440,7 +447,7 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
     source = find_process(cluster, ns.pid)
     cluster.machine(ns.machine)  # an unknown destination fails here, clearly
     record = cluster.machine(source).migrate(ns.pid, ns.machine, _options(ns))
-    phases = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in record.phases.items())
+    phases = describe_phases(record.phases)
     print(f"migrated {ns.pid} {record.source} → {record.destination} in "
           f"{1000 * record.seconds:.1f} ms, {record.pages} pages ({phases})")
     return status.OK

@@ -105,6 +105,11 @@ class MachineHandle:
         """Data for a stdin="stream" process; the bytes now buffered there (at most 1 MiB)."""
         return int(self._get(self.actor.feed_stdin.remote(pid, data, eof)))
 
+    def close_output(self, pid: int, fd: int) -> None:
+        """The reader of the process's stream `fd` (1, 2) has gone: its next write there
+        raises SIGPIPE and fails with EPIPE (see `Machine.close_output`)."""
+        self._get(self.actor.close_output.remote(pid, fd))
+
     def take_output(self, pid: int) -> tuple[bytes, bytes]:
         return cast(tuple[bytes, bytes], self._get(self.actor.take_output.remote(pid)))
 

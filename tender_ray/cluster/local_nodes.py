@@ -28,6 +28,7 @@ from tender_ray.cluster.drain_watch import request_drain
 from tender_ray.errors import MachineError, UsageError
 
 JOIN_TIMEOUT = 90.0  # seconds a node may take to start and join
+STARTS = 3  # times a node's start is tried
 STOP_PATIENCE = 15.0  # seconds a node stopped with SIGTERM may take before SIGKILL
 NODE_PREFIX = "vs_node_"  # the custom resource of node NAME: vs_node_NAME_<k>
 
@@ -204,24 +205,21 @@ class LocalNodes:
         return self.nodes[name]
 
     def add_all(self, cores: dict[str, tuple[int, ...]], num_cpus: int = 1) -> None:
-        """Start a node of each name (pinned to its `cores`) at once and wait until they have
-        joined; those whose start failed once more (on a busy host, Ray's own start-up can
-        time out)."""
-        todo = dict(cores)
-        for tries_left in (1, 0):
-            for name, pinned in todo.items():
+        """Start a node of each name (pinned to its `cores`) and wait until it has joined,
+        one at a time (raylets starting together on one host still raced for a port, even
+        with ports of their own); a start that failed is tried again, up to `STARTS` times
+        (on a busy host Ray's own start-up can time out)."""
+        for name, pinned in cores.items():
+            for tries_left in reversed(range(STARTS)):
                 self.start(name, pinned, num_cpus)
-            failed: list[MachineError] = []
-            for name in list(todo):
                 try:
                     self.wait_joined(name)
-                    del todo[name]
-                except MachineError as exc:
+                    break
+                except MachineError:
                     self.failed = True
                     self.kill(name)
-                    failed.append(exc)
-            if failed and not tries_left:
-                raise failed[0]
+                    if not tries_left:
+                        raise
 
     def drain(self, name: str, deadline_at: float, why: str) -> None:
         """Ray's preemption notice for node `name`: DRAINING, to be removed at `deadline_at`."""

@@ -67,6 +67,9 @@ class MachineActor:
     def feed_stdin(self, pid: int, data: bytes, eof: bool = False) -> int:
         return self._machine.feed_stdin(pid, data, eof)
 
+    def close_output(self, pid: int, fd: int) -> None:
+        self._machine.close_output(pid, fd)
+
     def take_output(self, pid: int) -> tuple[bytes, bytes]:
         return self._machine.take_output(pid)
 

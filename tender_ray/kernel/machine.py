@@ -22,9 +22,10 @@ from collections.abc import Callable, Sequence
 
 from tender_ray import engines
 from tender_ray.abi.cpu_state import CpuState, Stop
+from tender_ray.abi.linux import Errno
 from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.engines import features
-from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError
+from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError, UsageError
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import signals
 from tender_ray.kernel.checkpoint import Checkpointing, held_output
@@ -38,6 +39,7 @@ from tender_ray.kernel.syscalls import files as file_calls
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.manager import ResourceManager
+from tender_ray.resources.open_file import OUTPUT_LIMIT
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, ProcessState, RunState
 from tender_ray.resources.program import Program, parse_program
@@ -255,9 +257,43 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
 
     # --- services for system calls (`syscalls.Services`; on the process's computation) ---
 
-    def append_output(self, p: Process, fd: int, data: bytes) -> None:
+    def output_room(self, p: Process, fd: int) -> int:
+        """Bytes a write to standard stream `fd` (1, 2) takes now without waiting: what is
+        left of OUTPUT_LIMIT by the output the owner could take now. Output held for a
+        checkpoint does not count (only a checkpoint releases it, and none may come: a writer
+        waiting for it could wait forever); nor does anything before the owner's first take
+        (a process nobody follows never waits). OSError EPIPE when the stream's reader has
+        gone."""
         with self.scheduler.lock:
+            reader = p.files.output()
+            if fd in reader.closed:
+                raise OSError(int(Errno.EPIPE), f"the reader of stream {fd} has gone")
+            if not reader.followed:
+                return OUTPUT_LIMIT
+            held = held_output(p, self.checkpointing)[fd - 1]
+            untaken = len(p.stdout if fd == 1 else p.stderr) - held
+            return max(0, OUTPUT_LIMIT - untaken)
+
+    def write_output(self, p: Process, fd: int, data: bytes) -> int:
+        """Append what the process wrote to standard stream `fd` (the caller checked its room
+        with `output_room`: only this process's computation appends, and a take only adds
+        room); OSError EPIPE when the stream's reader has gone."""
+        with self.scheduler.lock:
+            if fd in p.files.output().closed:
+                raise OSError(int(Errno.EPIPE), f"the reader of stream {fd} has gone")
             (p.stdout if fd == 1 else p.stderr).extend(data)
+            return len(data)
+
+    def wait_for_output(self, p: Process, fd: int, need: int) -> None:
+        """The writer waits (no deadline) until stream `fd` has room for `need` bytes: the
+        owner's next take (`_take`) or the stream's close wakes it. Checked again under the
+        lock, so a take that came meanwhile is not missed (then it does not wait)."""
+        with self.scheduler.lock:
+            reader = p.files.output()
+            if fd in reader.closed or self.output_room(p, fd) >= need:
+                return
+            reader.waiting = True
+            self.scheduler.block(p)
 
     def exit_process(self, p: Process, status: int, reason: str) -> None:
         self.scheduler.exit(p, status, reason)
@@ -428,6 +464,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
                      ((1, offsets[0], out), (2, offsets[1], err)) if data)
 
     def _take(self, p: Process) -> tuple[bytes, bytes]:
+        """Take what the owner may have now; from the first take on, the process's outputs
+        are bounded (`output_room`), and a writer waiting for room wakes."""
         held_out, held_err = held_output(p, self.checkpointing)
         out = bytes(p.stdout[:len(p.stdout) - held_out])
         err = bytes(p.stderr[:len(p.stderr) - held_err])
@@ -435,7 +473,30 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
         p.stderr_taken += len(err)
         del p.stdout[:len(out)]
         del p.stderr[:len(err)]
+        reader = p.files.output()
+        reader.followed = True
+        if reader.waiting and (out or err):
+            reader.waiting = False
+            self.scheduler.wake(p)
         return out, err
+
+    def close_output(self, pid: int, fd: int) -> None:
+        """The reader of the process's standard stream `fd` (1, 2) has gone (the owner's own
+        output closed): from now on a write there raises SIGPIPE and fails with EPIPE, as a
+        pipe's writer does; a writer waiting for room wakes to find it so. It travels with
+        the process."""
+        if fd not in (1, 2):
+            raise UsageError(f"stream {fd} is no output: give 1 (stdout) or 2 (stderr)")
+        with self.scheduler.lock:
+            p = self.scheduler.get(pid)
+            if p.state.migrating:  # its image may be taken already: the close would be lost
+                raise ProcessStateError(f"process {pid} is migrating: close its output again "
+                                        "where it arrives")
+            reader = p.files.output()
+            reader.closed.add(fd)
+            if reader.waiting:
+                reader.waiting = False
+                self.scheduler.wake(p)
 
     def poll(self, reap: bool = True) -> PollResult:
         """Everything a driver follows, in one call: statistics, the processes, the output

@@ -22,6 +22,7 @@ from tender_ray.abi.linux import Errno
 
 MAX_BLOCK = 1 << 20  # one pread/pwrite through a service moves at most 1 MiB
 MAX_SYMLINKS = 40  # as Linux's ELOOP limit
+TMP = "/tmp"  # where a private temporary directory (FileViewSpec.tmp) is seen
 DEVICES = frozenset({"null", "zero", "urandom", "random"})
 # The files of /proc/self (and /proc/PID of the process itself) the kernel makes; fd/N and
 # fdinfo/N too. Nothing else of /proc is in a view.
@@ -37,6 +38,12 @@ class FileViewSpec:
     cwd: str = "/"  # guest path
     # Guest directories writes may go under: None means the cwd only, () nowhere.
     writable: tuple[str, ...] | None = None
+    # A host directory shown at the guest's /tmp, writable (exec's private /tmp of a run);
+    # None: /tmp is the root's, read-only unless listed in `writable`.
+    tmp: str | None = None
+    # What descriptors 0, 1 and 2 are to whoever started the process (exec's own): a
+    # stream's identity per descriptor, or None for a stream of its own (a pipe).
+    stdio: tuple[StreamIdentity | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,19 @@ class FileStat:
 
 
 @dataclass(frozen=True)
+class StreamIdentity:
+    """What a standard stream is outside the process, as its `fstat` answers it: a pipe, a
+    terminal (with its termios and window size, for TCGETS and TIOCGWINSZ), a regular file
+    (its stat when the process started), or "null" for /dev/null. Plain data: it travels
+    in the process image with the descriptor."""
+
+    stat: FileStat
+    kind: str  # "pipe", "terminal", "file", "null", "socket", "device"
+    termios: bytes = b""  # struct termios as TCGETS gave it (a terminal's)
+    winsize: bytes = b""  # struct winsize as TIOCGWINSZ gave it (a terminal's)
+
+
+@dataclass(frozen=True)
 class DirEntry:
     name: str
     ino: int
@@ -84,6 +104,9 @@ class FileService(Protocol):
     def unlink(self, host_path: str, directory: bool) -> None: ...
     def mkdir(self, host_path: str, mode: int) -> None: ...
     def rename(self, old_host_path: str, new_host_path: str) -> None: ...
+    def hardlink(self, old_host_path: str, new_host_path: str) -> None: ...
+    def symlink(self, target: str, host_path: str) -> None: ...
+    def mknod(self, host_path: str, mode: int) -> None: ...
     def ftruncate(self, handle: int, length: int) -> None: ...
     def fsync(self, handle: int) -> None: ...
     def chmod(self, host_path: str, mode: int) -> None: ...
@@ -147,6 +170,17 @@ class LocalFileService:
     def rename(self, old_host_path: str, new_host_path: str) -> None:
         os.rename(old_host_path, new_host_path)
 
+    def hardlink(self, old_host_path: str, new_host_path: str) -> None:
+        os.link(old_host_path, new_host_path, follow_symlinks=False)  # the view followed
+
+    def symlink(self, target: str, host_path: str) -> None:
+        os.symlink(target, host_path)  # stored as given; the view resolves it when followed
+
+    def mknod(self, host_path: str, mode: int) -> None:
+        if not (stat_mod.S_ISFIFO(mode) or stat_mod.S_ISREG(mode)):
+            raise _fail(Errno.EPERM, f"{host_path}: only FIFOs and regular files are made")
+        os.mknod(host_path, mode)
+
     def ftruncate(self, handle: int, length: int) -> None:
         os.ftruncate(self._fd(handle), length)
 
@@ -206,8 +240,11 @@ class FileView:
         # Its arguments and environment as exec gave them (/proc/self/cmdline, environ).
         self.cmdline = b""
         self.environ = b""
+        # The private /tmp (spec.tmp): the host directory its guest path leads to.
+        self.tmp = os.path.realpath(spec.tmp) if spec.tmp else None
         writable = spec.writable if spec.writable is not None else (self.cwd,)
-        self.writable = tuple(self._canonical(w) for w in writable)
+        self.writable = tuple(self._canonical(w) for w in writable) + (
+            (TMP,) if self.tmp and TMP not in writable else ())
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
@@ -224,7 +261,23 @@ class FileView:
             return os.path.normpath("/" + guest)
 
     def host(self, parts: list[str]) -> str:
+        tmp = getattr(self, "tmp", None)  # an image from before /tmp was private has none
+        if tmp is not None and parts and parts[0] == TMP[1:] and (
+                len(parts) == 1 or self._private(tmp, parts[1])):
+            return os.path.join(tmp, *parts[1:])
         return os.path.join(self.root, *parts)
+
+    def _private(self, tmp: str, name: str) -> bool:
+        """Whether /tmp/`name` is the private /tmp's: a name it has, or one the root's /tmp
+        has not (a new file goes there). A name only the root's /tmp has stays the root's,
+        read-only, so a file already in the host's /tmp can still be given to a program."""
+        for where in (os.path.join(tmp, name), os.path.join(self.root, TMP[1:], name)):
+            try:
+                self.service.lstat(where)
+            except OSError:
+                continue
+            return where.startswith(tmp + "/")
+        return True
 
     def resolve(self, path: str, *, base: str | None = None,
                 follow_last: bool = True) -> Resolved:
@@ -290,6 +343,28 @@ class FileView:
                         "a Tender process's view")
         raise _fail(Errno.ENOENT, f"{path}: only /dev/null, /dev/zero and /dev/urandom exist")
 
+    def check_linkable(self, old: Resolved, new: Resolved) -> None:
+        """A hard link joins two names of one writable directory tree: its new name must be
+        writable, and so must the file (a link would otherwise make a read-only file writable
+        through a name under a writable directory). As Linux answers a link across mounts,
+        EXDEV elsewhere."""
+        self.check_writable(new)
+        if old.host is None or old.proc is not None or old.exe:
+            raise _fail(Errno.EXDEV, f"{old.guest} is not a file of the view's host tree")
+        try:
+            self.check_writable(old)
+        except OSError:
+            raise _fail(Errno.EXDEV, f"{old.guest} is outside the writable directories "
+                        f"{', '.join(self.writable)}: it cannot be linked to") from None
+        if self._writable_root(old.guest) != self._writable_root(new.guest):
+            raise _fail(Errno.EXDEV, f"{old.guest} and {new.guest} are under different "
+                        "writable directories")
+
+    def _writable_root(self, guest: str) -> str:
+        return max((w for w in self.writable
+                    if guest == w or guest.startswith(w.rstrip("/") + "/")), key=len,
+                   default="")
+
     def check_writable(self, resolved: Resolved) -> None:
         """Writes go only under a writable directory: EROFS elsewhere in the view."""
         if resolved.device is not None:
@@ -297,6 +372,11 @@ class FileView:
         if resolved.host is None or resolved.exe:
             raise _fail(Errno.EACCES, f"{resolved.guest} cannot be written")
         g = resolved.guest
-        if not any(g == w or g.startswith(w.rstrip("/") + "/") for w in self.writable):
+        under = [w for w in self.writable if g == w or g.startswith(w.rstrip("/") + "/")]
+        tmp = getattr(self, "tmp", None)
+        if tmp is not None and not (resolved.host + "/").startswith(tmp + "/") \
+                and TMP not in (self.spec.writable or ()):
+            under = [w for w in under if w != TMP]  # the host's /tmp is not the private one
+        if not under:
             raise _fail(Errno.EROFS, f"{g} is outside the writable directories "
                         f"{', '.join(self.writable)}")

@@ -45,6 +45,9 @@ class FileOp(str, enum.Enum):
     UNLINK = "unlink"
     MKDIR = "mkdir"
     RENAME = "rename"
+    LINK = "link"
+    SYMLINK = "symlink"
+    MKNOD = "mknod"
     FTRUNCATE = "ftruncate"
     FSYNC = "fsync"
     CHMOD = "chmod"
@@ -57,8 +60,9 @@ class FileRequest:
     """One file service call for the home; the fields an operation does not use stay unset."""
 
     op: FileOp
-    path: str = ""  # host path (rename: the old one)
-    new_path: str = ""  # rename's new host path
+    path: str = ""  # host path (rename, link: the old one)
+    new_path: str = ""  # rename's and link's new host path
+    target: str = ""  # symlink's target, as the guest gave it
     handle: int = 0
     offset: int = 0
     length: int = 0
@@ -161,6 +165,12 @@ class HomeFiles:
                 s.mkdir(r.path, r.mode)
             case FileOp.RENAME:
                 s.rename(r.path, r.new_path)
+            case FileOp.LINK:
+                s.hardlink(r.path, r.new_path)
+            case FileOp.SYMLINK:
+                s.symlink(r.target, r.path)
+            case FileOp.MKNOD:
+                s.mknod(r.path, r.mode)
             case FileOp.FTRUNCATE:
                 s.ftruncate(r.handle, r.length)
             case FileOp.FSYNC:
@@ -459,6 +469,16 @@ class RemoteFileService:
         self._settle_path(new_host_path)
         self._send(FileRequest(FileOp.RENAME, path=old_host_path, new_path=new_host_path))
 
+    def hardlink(self, old_host_path: str, new_host_path: str) -> None:
+        self._settle_path(old_host_path)
+        self._send(FileRequest(FileOp.LINK, path=old_host_path, new_path=new_host_path))
+
+    def symlink(self, target: str, host_path: str) -> None:
+        self._send(FileRequest(FileOp.SYMLINK, path=host_path, target=target))
+
+    def mknod(self, host_path: str, mode: int) -> None:
+        self._send(FileRequest(FileOp.MKNOD, path=host_path, mode=mode))
+
     def ftruncate(self, handle: int, length: int) -> None:
         s = self._stream(handle)
         with s.lock:
@@ -509,7 +529,7 @@ class NoHostFiles:
         raise OSError(int(Errno.EACCES), self._why)
 
     open = pread = pwrite = fstat = lstat = listdir = readlink = unlink = mkdir = _refuse
-    rename = ftruncate = fsync = chmod = utime = flush = _refuse
+    rename = ftruncate = fsync = chmod = utime = flush = hardlink = symlink = mknod = _refuse
 
     def close(self, handle: int) -> None:
         pass

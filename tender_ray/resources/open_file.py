@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tender_ray.abi.linux import Errno
-from tender_ray.resources.file_view import FileService, FileView
+from tender_ray.resources.file_view import FileService, FileView, StreamIdentity
 
 STDIN_LIMIT = 1 << 20  # bytes the standard input may hold; the feeder waits for less
+OUTPUT_LIMIT = 1 << 20  # untaken output a stream may hold; a writer waits for less
 PIPE_CAPACITY = 1 << 16  # as Linux's default pipe
 PIPE_MAX_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size: F_SETPIPE_SZ's limit
 # Readiness (poll/epoll event bits, as Linux numbers them).
@@ -323,12 +324,17 @@ class StdinStream(OpenFile):
     `available` False: the driver has no standard input, reads answer EBADF."""
 
     kind = "standard input"
+    # What the stream is outside (a pipe, a terminal): its fstat and terminal answers;
+    # None: a pipe of its own. Class-level for images made before it existed.
+    outside: StreamIdentity | None = None
 
-    def __init__(self, available: bool = True) -> None:
+    def __init__(self, available: bool = True,
+                 outside: StreamIdentity | None = None) -> None:
         super().__init__(os.O_RDONLY)
         self.buffer = bytearray()  # fed by the machine under its lock, read by the process
         self.eof = False  # no more data will come
         self.available = available
+        self.outside = outside
 
     def feed(self, data: bytes, eof: bool) -> int:
         """Buffer data from the feeder; the bytes now buffered."""
@@ -358,13 +364,30 @@ class StdinStream(OpenFile):
 
 class OutputStream(OpenFile):
     """Standard output or error: the kernel streams what is written to the owner
-    (`Services.append_output(p, stream, data)`); the description only says which."""
+    (`Services.write_output(p, stream, data)`); the description only says which."""
 
     kind = "output stream"
+    # What the owner's stream is (a file, a pipe, a terminal, /dev/null): what fstat and
+    # the terminal calls answer; None: a pipe of its own.
+    outside: StreamIdentity | None = None
 
-    def __init__(self, stream: int) -> None:
+    def __init__(self, stream: int, outside: StreamIdentity | None = None) -> None:
         super().__init__(os.O_WRONLY)
         self.stream = stream  # 1 or 2
+        self.outside = outside
+
+
+@dataclass
+class OutputReader:
+    """The owner's side of the process's standard output and error, as the writer sees it:
+    whether an owner takes the output (from its first take on, a stream holds at most
+    OUTPUT_LIMIT untaken bytes and a writer waits for the owner, as on a pipe), whether the
+    writer waits for it now, and which streams' readers have gone (a write there raises
+    SIGPIPE and fails with EPIPE). Kept by the descriptor table, so it travels."""
+
+    followed: bool = False
+    waiting: bool = False  # a writer blocked for room: the owner's next take wakes it
+    closed: set[int] = field(default_factory=set)  # 1, 2
 
 
 class Device(OpenFile):
@@ -412,6 +435,7 @@ class FdTable:
         # The advisory locks the process holds (kernel/syscalls/locks.py's `Lock`s): replaced
         # as a whole when they change, so a scan from another process reads a consistent list.
         self.locks: list[Any] = []
+        self.output_reader = OutputReader()
 
     def get(self, fd: int) -> OpenFile:
         entry = self.entries.get(fd)
@@ -477,6 +501,14 @@ class FdTable:
         for entry in self.entries.values():
             entry.file.flush()
 
+    def output(self) -> OutputReader:
+        """The owner's side of the standard outputs (a table from an older image has none
+        yet: a fresh one)."""
+        reader = self.__dict__.get("output_reader")
+        if reader is None:
+            reader = self.output_reader = OutputReader()
+        return reader
+
     def stdin(self) -> StdinStream | None:
         """The standard input stream, wherever a descriptor holds it."""
         for entry in self.entries.values():
@@ -485,15 +517,17 @@ class FdTable:
         return None
 
 
-def standard_files(stdin: StdinStream | None = None) -> FdTable:
-    """Descriptors 0, 1, 2: the standard input (empty and ended unless given), the outputs."""
+def standard_files(stdin: StdinStream | None = None,
+                   stdio: tuple[StreamIdentity | None, ...] = ()) -> FdTable:
+    """Descriptors 0, 1, 2: the standard input (empty and ended unless given), the outputs,
+    each output with its identity from `stdio` (indexed by descriptor)."""
     table = FdTable()
     if stdin is None:
         stdin = StdinStream()
         stdin.eof = True  # nothing will come: reads answer end of file
     table.install(stdin)
-    table.install(OutputStream(1))
-    table.install(OutputStream(2))
+    for fd in (1, 2):
+        table.install(OutputStream(fd, stdio[fd] if len(stdio) > fd else None))
     return table
 
 

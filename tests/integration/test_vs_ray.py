@@ -7,7 +7,7 @@ the benchmark itself reports.
 
 The benchmark runs in a process of its own: it is the driver of a Ray cluster it starts, which
 a pytest session with its own embedded Ray cannot be. A head and two nodes start and one node
-restarts: 2.5 to 4 minutes on the loaded 2-core development host, hence `slow`.
+restarts: 2 to 4 minutes on the loaded 2-core development host, hence `slow`.
 """
 
 from __future__ import annotations

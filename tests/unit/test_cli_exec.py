@@ -1,19 +1,24 @@
 """`tender-ray exec` as a shell, without a Ray cluster: finding the program (PATH, `#!`
 scripts as execve runs them), its own statuses apart from the program's (125/126/127), the
 signals it passes on or stops for, `--address auto` with nothing to join, `kill`'s signal
-names, the line naming unsupported system calls, and the notice of a slow step."""
+names, the line naming unsupported system calls, the notice of a slow step, and an output
+whose reader went (told to the process where it is, as it migrates)."""
 
 from __future__ import annotations
 
 import io
 import os
 import signal
+import subprocess
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support.programs import workload
+from support.machines import local_mover
+from support.programs import GUEST_TIMEOUT, NATIVE_TIMEOUT, workload
 
 from tender_ray.cli import status
 from tender_ray.cli.exec_command import killed_message, unsupported_message
@@ -25,7 +30,13 @@ from tender_ray.cli.execute import (
 )
 from tender_ray.cli.main import main
 from tender_ray.cli.operate import parse_signal
-from tender_ray.errors import BadProgramError, MachineStoppedError, UsageError
+from tender_ray.errors import (
+    BadProgramError,
+    MachineStoppedError,
+    UnknownProcessError,
+    UsageError,
+)
+from tender_ray.kernel.machine import Machine
 
 
 def _script(path: Path, text: str) -> Path:
@@ -282,3 +293,80 @@ def test_a_process_on_no_machine_says_whether_the_cluster_was_stopped(
                             "so far is above")
     else:
         assert str(why).startswith("process 1001000 vanished from machine m0")
+
+
+def _native_closed(mode: str) -> tuple[int, bytes]:
+    """`outflood closed MODE | head -c 1` on the host: its status and its stderr."""
+    with subprocess.Popen([os.fspath(workload("outflood")), "closed", mode],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env={}) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=NATIVE_TIMEOUT)
+    return (proc.returncode if proc.returncode >= 0 else 128 - proc.returncode), err
+
+
+class _Migrating:
+    """A machine (the kernel's, without Ray) whose process migrates to `destination` just as
+    the exec loop tells it its output has closed: the first time it is frozen (the
+    migration's start: refused, to be told again), the next time it has left."""
+
+    def __init__(self, machine: Machine, destination: Machine) -> None:
+        self.machine = machine
+        self.destination = destination
+        self.name = machine.name
+        self.closes = 0
+        self.deadline = time.monotonic() + GUEST_TIMEOUT  # a loop that never ends fails
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.machine, name)
+
+    def wait(self, pid: int, timeout: float | None = None) -> object:
+        assert time.monotonic() < self.deadline, "the program never ended"
+        return self.machine.wait(pid, timeout)
+
+    def close_output(self, pid: int, fd: int) -> None:
+        self.closes += 1
+        if self.closes == 1:
+            self.machine.freeze(pid)
+        elif self.closes == 2:
+            self.machine.thaw(pid)
+            local_mover()(self.machine, pid, self.destination)
+        self.machine.close_output(pid, fd)
+
+
+@pytest.mark.parametrize("mode", ["ignore", "handle", "default"])
+def test_a_closed_output_is_told_to_the_process_where_it_is(
+        mode: str, make_machine: Callable[..., Machine]) -> None:
+    """The reader of the program's stdout goes after one piece (as `| head -c 1`): the exec
+    loop tells the process, again once it has migrated (refused while it moves, then found
+    on the machine it went to); its next write raises SIGPIPE and fails with EPIPE, and it
+    ends as natively (EPIPE reported when it ignores or catches SIGPIPE, 141 when not)."""
+    from tender_ray.cli.execute import _follow
+
+    a, b = make_machine(name="close-a"), make_machine(name="close-b")
+    where = _Migrating(a, b)
+    path = workload("outflood")
+    pid = a.exec(path.read_bytes(), "outflood", [os.fspath(path), "closed", mode])
+    got = {1: b"", 2: b""}
+
+    def sink(fd: int, data: bytes) -> None:
+        if fd == 1 and got[1]:
+            raise BrokenPipeError  # the reader has its byte and has gone
+        got[fd] += data
+
+    def locate(wanted: int) -> Machine:
+        for m in (a, b):
+            if any(p.pid == wanted for p in m.list_processes()):
+                return m
+        raise UnknownProcessError(f"no process {wanted}")
+
+    cluster = SimpleNamespace(machines={"close-a": where, "close-b": b}, locate=locate)
+    result = _follow(cluster, where, pid, ["close-a", "close-b"],  # type: ignore[arg-type]
+                     sink, 0.02, None, None, None, deque())
+    assert where.closes == 3  # refused while migrating, not found there, told where it went
+    assert result.machine == "close-b"
+    assert got[1]
+    assert (result.exit_status, got[2]) == _native_closed(mode), got[2]

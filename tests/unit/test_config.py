@@ -270,10 +270,19 @@ def _model_default(field: str) -> Any:
     return default.value if isinstance(default, enum.Enum) else default
 
 
-@pytest.mark.parametrize(("dest", "field"), MACHINE_OPTIONS)
+# exec sizes its machines' real memory from the host's (exec_command.default_memory_mib)
+# when --memory-mib is not given; every other setting is the model's.
+EXEC_OPTIONS = [o for o in MACHINE_OPTIONS if o[0] != "memory_mib"]
+
+
+@pytest.mark.parametrize(("dest", "field"), EXEC_OPTIONS)
 def test_exec_defaults_are_machine_config_defaults(dest: str, field: str) -> None:
     ns = build_parser().parse_args(["exec", "program"])
     assert getattr(ns, dest) == _model_default(field)
+
+
+def test_exec_memory_defaults_to_the_hosts() -> None:
+    assert build_parser().parse_args(["exec", "program"]).memory_mib is None
 
 
 @pytest.mark.parametrize(("dest", "field"), [o for o in MACHINE_OPTIONS
@@ -287,8 +296,9 @@ def test_exec_help_shows_the_model_defaults(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["exec", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for field in ("computations", "memory_mib", "quantum_us", "engine"):
+    for field in ("computations", "quantum_us", "engine"):
         assert f"(default {_model_default(field)})" in text, field
+    assert "(default: half the host's available memory" in text
 
 
 def test_engine_choices_are_the_engines() -> None:

@@ -6,6 +6,7 @@ home, byte for byte as natively."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -177,3 +178,30 @@ def test_a_process_started_without_host_files_is_told_so(
     status, out, err, _ = finish(away, pid)
     assert status == 1 and out == b""
     assert b"Permission denied" in err
+
+
+def test_links_symlinks_and_nodes_are_made_at_the_home(tmp_path: Path) -> None:
+    remote, home = _remote()
+    (tmp_path / "f").write_bytes(b"data")
+    h = remote.open(str(tmp_path / "f"), os.O_WRONLY | os.O_APPEND, 0)
+    remote.pwrite(h, b" more", 4)  # behind the process: the link sees it landed first
+    remote.hardlink(str(tmp_path / "f"), str(tmp_path / "g"))
+    remote.close(h)
+    remote.symlink("../elsewhere", str(tmp_path / "s"))
+    remote.mknod(str(tmp_path / "p"), 0o10600)
+    remote.mknod(str(tmp_path / "r"), 0o100640)
+    assert os.stat(tmp_path / "g").st_ino == os.stat(tmp_path / "f").st_ino
+    assert (tmp_path / "g").read_bytes() == b"data more"
+    assert os.readlink(tmp_path / "s") == "../elsewhere"  # as given
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "p").st_mode)
+    assert stat.S_ISREG(os.lstat(tmp_path / "r").st_mode)
+    with pytest.raises(OSError) as device:
+        remote.mknod(str(tmp_path / "d"), 0o20600)
+    assert device.value.errno == Errno.EPERM
+    with pytest.raises(OSError) as exists:
+        remote.symlink("x", str(tmp_path / "f"))
+    assert exists.value.errno == Errno.EEXIST
+    assert home.statistics().requests >= 6
+    with pytest.raises(OSError, match="host_files: none") as none:
+        NoHostFiles("m").hardlink(str(tmp_path / "f"), str(tmp_path / "h"))
+    assert none.value.errno == Errno.EACCES

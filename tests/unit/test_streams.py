@@ -18,7 +18,7 @@ from support.machines import finish, run_on_machine
 from support.programs import need, run_native
 
 from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.syscalls import files
+from tender_ray.kernel.syscalls import file_stat
 from tender_ray.resources.file_view import FileStat, FileViewSpec
 from tender_ray.resources.open_file import (
     OpenFile,
@@ -57,11 +57,11 @@ def test_debian_programs_write_to_their_stdout(make_machine: MakeMachine, text: 
 
 def test_streams_pipes_and_devices_tell_themselves_apart() -> None:
     def st(f: OpenFile) -> FileStat:  # these descriptions need no machine, no process
-        return files.stat_of(None, None, f)  # type: ignore[arg-type]
+        return file_stat.stat_of(None, None, f)  # type: ignore[arg-type]
     out, err, stdin = OutputStream(1), OutputStream(2), StdinStream()
     pipe = PipeBuffer()
     ends = PipeEnd(pipe, False, 0), PipeEnd(pipe, True, 0)
-    null, zero = files._device("null"), files._device("zero")
+    null, zero = file_stat._device("null"), file_stat._device("zero")
     assert all(stat.S_ISFIFO(st(f).mode) for f in (out, err, stdin, *ends))
     assert st(ends[0]).ino == st(ends[1]).ino  # one pipe
     inodes = {st(out).ino, st(err).ino, st(stdin).ino, st(ends[0]).ino}

@@ -17,7 +17,7 @@ from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import signals
-from tender_ray.resources.file_view import FileView, FileViewSpec
+from tender_ray.resources.file_view import FileView, FileViewSpec, Resolved
 from tender_ray.resources.open_file import Directory
 from tender_ray.resources.process import Process
 
@@ -40,7 +40,9 @@ class Services(Protocol):
     @property
     def managers(self) -> vm.Managers: ...
 
-    def append_output(self, p: Process, fd: int, data: bytes) -> None: ...
+    def output_room(self, p: Process, fd: int) -> int: ...
+    def write_output(self, p: Process, fd: int, data: bytes) -> int: ...
+    def wait_for_output(self, p: Process, fd: int, need: int) -> None: ...
     def exit_process(self, p: Process, status: int, reason: str) -> None: ...
     def sleep_process(self, p: Process, seconds: float) -> None: ...
     def block_process(self, p: Process) -> None: ...
@@ -148,6 +150,13 @@ def dir_base(p: Process, dirfd: int) -> str | None:
     if not isinstance(d, Directory):
         raise OSError(int(Errno.ENOTDIR), f"descriptor {fd} is not a directory")
     return d.guest_path
+
+
+def resolve_at(sc: SystemCalls, p: Process, dirfd: int, addr: int,
+               follow: bool = True) -> Resolved:
+    """The path at `addr`, from `dirfd`, resolved in the view."""
+    return view_of(sc, p).resolve(read_path(p, addr), base=dir_base(p, dirfd),
+                                  follow_last=follow)
 
 
 def errno_call(fn: Handler) -> Handler:

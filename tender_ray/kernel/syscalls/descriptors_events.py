@@ -21,6 +21,7 @@ from tender_ray.kernel.syscalls.base import (
     timed_wait_left,
     wait_until_ready,
 )
+from tender_ray.kernel.syscalls.file_stat import terminal_ioctl
 from tender_ray.kernel.syscalls.time import clock_ns
 from tender_ray.resources.event_file import Epoll, EventFd, Interest, TimerFd
 from tender_ray.resources.image_file import F_SEAL_SEAL, ImageFile
@@ -80,6 +81,10 @@ def ioctl(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
         if buffer is None:
             return SyscallOutcome(-Errno.ENOTTY)
         p.space.write(a[2], struct.pack("<i", len(buffer.data)))
+        return SyscallOutcome(0)
+    answer = terminal_ioctl(file, request)  # a standard stream that is exec's terminal
+    if answer is not None:
+        p.space.write(a[2], answer)
         return SyscallOutcome(0)
     # Not a terminal (TIOCGWINSZ, TCGETS, any other request): stdio buffers fully.
     return SyscallOutcome(-Errno.ENOTTY)

@@ -1,8 +1,8 @@
-"""The file system calls on names: the working directory, access checks, symbolic links,
-directory listings, creating, removing and renaming names, modes, times and owners, extended
-attributes. Every path goes through the process's file view: reads anywhere in the view,
-changes only under its writable directories (EROFS elsewhere), and the host is reached only
-through the view's file service. Calls on open files are files.py's.
+"""The file system calls on names: the working directory, access checks, hard and symbolic
+links, FIFOs (mknod), directory listings, creating, removing and renaming names, modes, times
+and owners, extended attributes. Every path goes through the process's file view: reads
+anywhere in the view, changes only under its writable directories (EROFS elsewhere), and the
+host is reached only through the view's file service. Calls on open files are files.py's.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from tender_ray.kernel.syscalls.base import (
     signed,
     view_of,
 )
+from tender_ray.kernel.syscalls.file_stat import stat_of, stat_path
 from tender_ray.kernel.syscalls.files import (
     of_fd,
     resolve_at,
-    stat_of,
-    stat_path,
     take_into_image,
     writable_target,
 )
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
 FAMILY = "files"
 
 AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
 AT_EACCESS = 0x200
 F_OK, X_OK, W_OK, R_OK = 0, 1, 2, 4
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
@@ -277,6 +277,97 @@ def renameat2(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _rename(sc, p, a[0], a[1], a[2], a[3])
 
 
+# --- links, symbolic links, FIFOs ----------------------------------------------------------
+
+def _link(sc: SystemCalls, p: Process, olddir: int, old: int, newdir: int, new: int,
+          flags: int) -> SyscallOutcome:
+    """A second name for a file, in the same writable directory tree (EXDEV otherwise, as
+    Linux answers a link across mounts). A symbolic link is linked itself unless
+    AT_SYMLINK_FOLLOW; AT_EMPTY_PATH links the file a descriptor holds."""
+    if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
+        return SyscallOutcome(-Errno.EINVAL)
+    if flags & AT_EMPTY_PATH and not read_path(p, old):
+        held = p.files.get(olddir)
+        if isinstance(held, ImageFile):
+            raise OSError(int(Errno.EXDEV), f"{held.body.name or 'the file'} lives in the "
+                          "process image (it has no name on the host): it cannot be linked")
+        if isinstance(held, Directory):
+            raise OSError(int(Errno.EPERM), f"{held.guest_path} is a directory")
+        src = of_fd(p, olddir)
+    else:
+        src = resolve_at(sc, p, olddir, old, follow=bool(flags & AT_SYMLINK_FOLLOW))
+    view = view_of(sc, p)
+    if src.host is not None and not src.proc:
+        st = view.service.lstat(src.host)  # ENOENT as Linux, before the new name is looked at
+        if stat_mod.S_ISDIR(st.mode):
+            raise OSError(int(Errno.EPERM), f"{src.guest} is a directory: no hard links")
+    dst = resolve_at(sc, p, newdir, new, follow=False)
+    view.check_linkable(src, dst)
+    assert src.host is not None and dst.host is not None
+    view.service.hardlink(src.host, dst.host)
+    return SyscallOutcome(0)
+
+
+@errno_call
+def link(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _link(sc, p, CWD, a[0], CWD, a[1], 0)
+
+
+@errno_call
+def linkat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _link(sc, p, a[0], a[1], a[2], a[3], a[4])
+
+
+def _symlink(sc: SystemCalls, p: Process, target: int, newdir: int,
+             new: int) -> SyscallOutcome:
+    """The target is stored as given; following it resolves it inside the view."""
+    text = read_path(p, target)
+    if not text:
+        return SyscallOutcome(-Errno.ENOENT)
+    r = _changeable(sc, p, newdir, new)
+    assert r.host is not None
+    view_of(sc, p).service.symlink(text, r.host)
+    return SyscallOutcome(0)
+
+
+@errno_call
+def symlink(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _symlink(sc, p, a[0], CWD, a[1])
+
+
+@errno_call
+def symlinkat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _symlink(sc, p, a[0], a[1], a[2])
+
+
+def _mknod(sc: SystemCalls, p: Process, dirfd: int, addr: int, mode: int) -> SyscallOutcome:
+    """FIFOs and regular files; device nodes are refused as for a user without
+    CAP_MKNOD, sockets as no socket is bound to a name here."""
+    kind = stat_mod.S_IFMT(mode) or stat_mod.S_IFREG
+    if kind not in (stat_mod.S_IFREG, stat_mod.S_IFIFO, stat_mod.S_IFCHR, stat_mod.S_IFBLK,
+                    stat_mod.S_IFSOCK):
+        return SyscallOutcome(-Errno.EPERM if kind == stat_mod.S_IFDIR else -Errno.EINVAL)
+    r = _changeable(sc, p, dirfd, addr)  # EROFS first, as Linux asks the mount first
+    if kind not in (stat_mod.S_IFREG, stat_mod.S_IFIFO):
+        what = "a socket" if kind == stat_mod.S_IFSOCK else "a device node"
+        raise OSError(int(Errno.EPERM), f"{r.guest}: {what} cannot be made by a Tender "
+                      "process")
+    view = view_of(sc, p)
+    assert r.host is not None
+    view.service.mknod(r.host, kind | (mode & 0o7777 & ~view.umask))
+    return SyscallOutcome(0)
+
+
+@errno_call
+def mknod(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _mknod(sc, p, CWD, a[0], a[1])
+
+
+@errno_call
+def mknodat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _mknod(sc, p, a[0], a[1], a[2])
+
+
 # --- modes, times, owners ------------------------------------------------------------------
 
 def _chmod(sc: SystemCalls, p: Process, r: Resolved, mode: int) -> SyscallOutcome:
@@ -439,6 +530,8 @@ HANDLERS: dict[str, Handler] = {
     "readlink": readlink, "readlinkat": readlinkat, "getdents64": getdents64,
     "unlink": unlink, "unlinkat": unlinkat, "rmdir": rmdir, "mkdir": mkdir, "mkdirat": mkdirat,
     "rename": rename, "renameat": renameat, "renameat2": renameat2,
+    "link": link, "linkat": linkat, "symlink": symlink, "symlinkat": symlinkat,
+    "mknod": mknod, "mknodat": mknodat,
     "fchmod": fchmod, "chmod": chmod, "fchmodat": fchmodat, "utimensat": utimensat,
     "fchown": fchown, "fchownat": fchownat, "chown": chown, "lchown": lchown,
     "utime": utime, "utimes": utimes, "futimesat": futimesat, "sync": sync, "syncfs": syncfs,

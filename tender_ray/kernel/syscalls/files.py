@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -29,13 +28,23 @@ from tender_ray.kernel.syscalls.base import (
     errno_call,
     iovecs,
     read_path,
+    resolve_at,
+    restart_call,
     signed,
     view_of,
     wait_until_ready,
 )
-from tender_ray.resources.file_view import FileStat, FileView, FileViewSpec, Resolved
+from tender_ray.kernel.syscalls.file_stat import stat_of
+from tender_ray.resources import fifo as fifos
+from tender_ray.resources.file_view import (
+    FileStat,
+    FileView,
+    FileViewSpec,
+    Resolved,
+)
 from tender_ray.resources.image_file import F_SEAL_SEAL, MAX_IMAGE_FILE, FileBody, ImageFile
 from tender_ray.resources.open_file import (
+    OUTPUT_LIMIT,
     Device,
     Directory,
     HostFile,
@@ -54,17 +63,11 @@ if TYPE_CHECKING:
 FAMILY = "files"
 
 MAX_IO = 1 << 20  # one read or write moves at most 1 MiB (the file service's block)
+PIPE_BUF = 4096  # a pipe write up to this size is atomic
 O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB = 1, 2, 4
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 0x10
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
-_STAT = struct.Struct("<QQQIIIIQqqqqqqqqq3q")  # struct stat, 144 bytes on x86-64
-# struct statx: the head, four statx_timestamps (atime, btime, ctime, mtime), the devices.
-_STATX = struct.Struct("<IIQIIIHHQQQQ" + "qIi" * 4 + "IIII" + "112x")
-STATX_BASIC_STATS = 0x7FF  # type, mode, nlink, uid, gid, times but btime, ino, size, blocks
-
-if _STATX.size != 256:  # pragma: no cover - the layout is Linux's, fixed
-    raise AssertionError(f"struct statx is 256 bytes, not {_STATX.size}")
 
 
 def _wait(sc: SystemCalls, p: Process, file: OpenFile, nr: int) -> SyscallOutcome:
@@ -85,12 +88,45 @@ def _read_into(sc: SystemCalls, p: Process, fd: int, length: int, nr: int,
     return data, None
 
 
+def _broken_pipe(sc: SystemCalls, p: Process) -> SyscallOutcome:
+    """No reader is left: SIGPIPE, as Linux sends it (si_code SI_USER, from itself). Its
+    default action ends the process before the call returns; ignored, blocked or handled,
+    the call answers -EPIPE (a handler's frame keeps that rax for after it)."""
+    sc.services.raise_signal(p, Signal.SIGPIPE, SI_USER)
+    return SyscallOutcome(-Errno.EPIPE, stop=True)
+
+
+def _write_output(sc: SystemCalls, p: Process, file: OutputStream, data: bytes,
+                  nr: int) -> SyscallOutcome:
+    """A write to standard output or error, a pipe to the owner bounded by OUTPUT_LIMIT.
+    Blocking, it is all or nothing: it waits until the whole write fits, then takes it
+    (a write never exceeds MAX_IO, which the bound holds), so the caller gets the full count
+    as from a blocking pipe on Linux, which writes everything before it returns — programs
+    that ignore short writes to stdout stay right. Waiting, the process sleeps and migrates
+    as it is, and issues the write again when woken. Non-blocking, as Linux's pipe: what
+    fits, -EAGAIN when nothing does or an atomic write (at most PIPE_BUF) does not."""
+    try:
+        room = sc.services.output_room(p, file.stream)
+        whole = len(data) <= room or room == OUTPUT_LIMIT  # an empty stream takes a block
+        if not whole:
+            if file.flags & os.O_NONBLOCK:
+                if room == 0 or len(data) <= PIPE_BUF:
+                    return SyscallOutcome(-Errno.EAGAIN)
+                return SyscallOutcome(sc.services.write_output(p, file.stream, data[:room]))
+            sc.services.wait_for_output(p, file.stream, min(len(data), OUTPUT_LIMIT))
+            return restart_call(p, nr)
+        return SyscallOutcome(sc.services.write_output(p, file.stream, data[:OUTPUT_LIMIT]))
+    except OSError as e:
+        if e.errno != Errno.EPIPE:
+            raise
+        return _broken_pipe(sc, p)
+
+
 def _write_out(sc: SystemCalls, p: Process, fd: int, data: bytes, nr: int,
                offset: int | None = None) -> SyscallOutcome:
     file = p.files.get(fd)
     if isinstance(file, OutputStream):
-        sc.services.append_output(p, file.stream, data)
-        return SyscallOutcome(len(data))
+        return _write_output(sc, p, file, data, nr)
     if offset is not None:
         return SyscallOutcome(file.pwrite(data[:MAX_IO], offset))
     try:
@@ -98,11 +134,7 @@ def _write_out(sc: SystemCalls, p: Process, fd: int, data: bytes, nr: int,
     except OSError as e:
         if e.errno != Errno.EPIPE or not isinstance(file, PipeEnd | SocketEnd):
             raise
-        # No reader is left: SIGPIPE, as Linux sends it (si_code SI_USER, from itself). Its
-        # default action ends the process before the call returns; ignored, blocked or
-        # handled, the call answers -EPIPE (a handler's frame keeps that rax for after it).
-        sc.services.raise_signal(p, Signal.SIGPIPE, SI_USER)
-        return SyscallOutcome(-Errno.EPIPE, stop=True)
+        return _broken_pipe(sc, p)
     if written is None:
         return _wait(sc, p, file, nr)
     return SyscallOutcome(written)
@@ -190,12 +222,40 @@ def _open(sc: SystemCalls, p: Process, base: str | None, path: str, flags: int,
             if flags & os.O_ACCMODE != os.O_RDONLY:
                 raise OSError(int(Errno.EISDIR), f"{r.guest} is a directory")
             file = Directory(r.guest, r.host, flags)
+        elif st is not None and stat_mod.S_ISFIFO(st.mode):
+            file = _open_fifo(sc, p, view, r, st, flags)
         else:
             host_flags = (flags & ~os.O_DIRECTORY) | os.O_NOFOLLOW
             handle = view.service.open(r.host, host_flags, mode & 0o7777 & ~view.umask)
             file = HostFile(r.guest, r.host, flags & ~(os.O_TRUNC | os.O_EXCL), handle,
                             view.service)
     return p.files.install(file, cloexec=cloexec)
+
+
+def _open_fifo(sc: SystemCalls, p: Process, view: FileView, r: Resolved, st: FileStat,
+               flags: int) -> fifos.FifoEnd:
+    """A FIFO: an end of the machine's pipe for it (resources/fifo.py), never the host's
+    FIFO itself. `MustWait` when Linux would block the open for the other side."""
+    if flags & os.O_DIRECTORY:
+        raise OSError(int(Errno.ENOTDIR), f"{r.guest} is a FIFO, not a directory")
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        raise OSError(int(Errno.EEXIST), f"{r.guest} exists (a FIFO)")
+    own = [f.fifo for f in (e.file for e in p.files.entries.values())
+           if isinstance(f, fifos.FifoEnd)]
+    fifo = fifos.registry_of(sc).buffer((view.home_node, st.dev, st.ino), r.guest, own)
+    fifo.host, fifo.stat = r.host or "", st
+    return fifos.open_end(fifo, p, flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC),
+                          sum(p.accounting.syscalls.values()))
+
+
+def _opened(sc: SystemCalls, p: Process, nr: int, base: str | None, path: str, flags: int,
+            mode: int) -> SyscallOutcome:
+    """An open call's answer: the descriptor, or a wait for a FIFO's other side (the call
+    is issued again; a signal ends the wait with EINTR)."""
+    try:
+        return SyscallOutcome(_open(sc, p, base, path, flags, mode))
+    except fifos.MustWait:
+        return wait_until_ready(sc, p, nr, fifos.RETRY)
 
 
 def _open_proc(sc: SystemCalls, p: Process, r: Resolved, flags: int, cloexec: bool) -> int:
@@ -262,18 +322,18 @@ def take_into_image(sc: SystemCalls, p: Process, host_path: str) -> None:
 
 @errno_call
 def openat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return SyscallOutcome(_open(sc, p, dir_base(p, a[0]), read_path(p, a[1]), a[2], a[3]))
+    return _opened(sc, p, 257, dir_base(p, a[0]), read_path(p, a[1]), a[2], a[3])
 
 
 @errno_call
 def open_(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return SyscallOutcome(_open(sc, p, None, read_path(p, a[0]), a[1], a[2]))
+    return _opened(sc, p, 2, None, read_path(p, a[0]), a[1], a[2])
 
 
 @errno_call
 def creat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
-    return SyscallOutcome(_open(sc, p, None, read_path(p, a[0]), flags, a[1]))
+    return _opened(sc, p, 85, None, read_path(p, a[0]), flags, a[1])
 
 
 @errno_call
@@ -294,115 +354,6 @@ def lseek(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return SyscallOutcome(p.files.get(a[0]).seek(signed(a[1]), a[2]))
 
 
-def _pack_stat(st: FileStat) -> bytes:
-    def split(ns: int) -> tuple[int, int]:
-        return ns // 1_000_000_000, ns % 1_000_000_000
-    return _STAT.pack(st.dev, st.ino, st.nlink, st.mode, st.uid, st.gid, 0, st.rdev, st.size,
-                      st.blksize, st.blocks, *split(st.atime_ns), *split(st.mtime_ns),
-                      *split(st.ctime_ns), 0, 0, 0)
-
-
-DEVICE_NUMBERS = {"null": (4, 0x103), "zero": (5, 0x105), "random": (6, 0x108),
-                  "urandom": (7, 0x109)}  # (inode, rdev) of the emulated /dev files
-PIPEFS = 0xD  # the device number pipes show
-
-
-def _device(name: str) -> FileStat:
-    ino, rdev = DEVICE_NUMBERS.get(name, (4, 0x103))
-    return FileStat(mode=stat_mod.S_IFCHR | 0o666, size=0, ino=ino, dev=5, nlink=1, uid=0,
-                    gid=0, rdev=rdev, blksize=4096, blocks=0, atime_ns=0, mtime_ns=0,
-                    ctime_ns=0)
-
-
-def _fifo(owner: object) -> FileStat:
-    """A pipe, as every stream of a Tender process is one (its outputs go to its owner, its
-    input comes from it): an inode of its own, kept by the description (it travels), so no
-    stream looks like /dev/null or like another stream."""
-    ino: int | None = getattr(owner, "fifo_ino", None)
-    if ino is None:
-        ino = int.from_bytes(os.urandom(3), "little") + 1024
-        owner.fifo_ino = ino  # type: ignore[attr-defined]
-    return FileStat(mode=stat_mod.S_IFIFO | 0o600, size=0, ino=ino, dev=PIPEFS, nlink=1,
-                    uid=os.getuid(), gid=os.getgid(), rdev=0, blksize=4096, blocks=0,
-                    atime_ns=0, mtime_ns=0, ctime_ns=0)
-
-
-def stat_of(sc: SystemCalls, p: Process, file: OpenFile) -> FileStat:
-    if isinstance(file, ImageFile):
-        return file.body.stat()
-    if isinstance(file, HostFile):
-        service, handle = file._live()
-        return service.fstat(handle)
-    if isinstance(file, Directory):
-        return view_of(sc, p).service.lstat(file.host_path)
-    if isinstance(file, Device):
-        return _device(file.name)
-    if isinstance(file, PipeEnd | StdinStream | OutputStream):
-        # Both ends of a pipe are one pipe; a standard stream is a pipe of its own.
-        return _fifo(file.pipe if isinstance(file, PipeEnd) else file)
-    # An eventfd, a timerfd, an epoll set: Linux's one anonymous inode.
-    return FileStat(mode=0o600, size=0, ino=1, dev=0xE, nlink=1, uid=os.getuid(),
-                    gid=os.getgid(), rdev=0, blksize=4096, blocks=0, atime_ns=0, mtime_ns=0,
-                    ctime_ns=0)
-
-
-def stat_path(sc: SystemCalls, p: Process, r: Resolved, follow: bool = True) -> FileStat:
-    if r.device is not None:
-        return _device(r.device)
-    if r.proc is not None:
-        target = proc_files.link_target(sc, p, r.proc)
-        if target is None or not follow:
-            return proc_files.stat(p, r.proc, link=target is not None)
-        if r.proc.split("/")[1] == "fd":
-            return stat_of(sc, p, p.files.get(int(r.proc.rsplit("/", 1)[1])))
-        return stat_path(sc, p, view_of(sc, p).resolve(target))
-    assert r.host is not None
-    return view_of(sc, p).service.lstat(r.host)
-
-
-@errno_call
-def fstat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    assert p.space is not None
-    p.space.write(a[1], _pack_stat(stat_of(sc, p, p.files.get(a[0]))))
-    return SyscallOutcome(0)
-
-
-@errno_call
-def newfstatat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    assert p.space is not None
-    path = read_path(p, a[1])
-    if not path and a[3] & AT_EMPTY_PATH:
-        st = stat_of(sc, p, p.files.get(a[0]))
-    else:
-        follow = not a[3] & AT_SYMLINK_NOFOLLOW
-        r = view_of(sc, p).resolve(path, base=dir_base(p, a[0]), follow_last=follow)
-        st = stat_path(sc, p, r, follow)
-    p.space.write(a[2], _pack_stat(st))
-    return SyscallOutcome(0)
-
-
-@errno_call
-def stat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    assert p.space is not None
-    st = stat_path(sc, p, view_of(sc, p).resolve(read_path(p, a[0])))
-    p.space.write(a[1], _pack_stat(st))
-    return SyscallOutcome(0)
-
-
-@errno_call
-def lstat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    assert p.space is not None
-    st = stat_path(sc, p, view_of(sc, p).resolve(read_path(p, a[0]), follow_last=False),
-                   follow=False)
-    p.space.write(a[1], _pack_stat(st))
-    return SyscallOutcome(0)
-
-
-def resolve_at(sc: SystemCalls, p: Process, dirfd: int, addr: int,
-               follow: bool = True) -> Resolved:
-    """The path at `addr`, from `dirfd`, resolved in the view."""
-    return view_of(sc, p).resolve(read_path(p, addr), base=dir_base(p, dirfd),
-                                  follow_last=follow)
 
 
 def of_fd(p: Process, fd: int) -> Resolved:
@@ -518,32 +469,11 @@ def fsync(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return SyscallOutcome(0)
 
 
-def _pack_statx(st: FileStat) -> bytes:
-    def ts(ns: int) -> tuple[int, int, int]:
-        return ns // 1_000_000_000, ns % 1_000_000_000, 0
-    return _STATX.pack(STATX_BASIC_STATS, st.blksize, 0, st.nlink, st.uid, st.gid,
-                       st.mode & 0xFFFF, 0, st.ino, st.size, st.blocks, 0,
-                       *ts(st.atime_ns), 0, 0, 0, *ts(st.ctime_ns), *ts(st.mtime_ns),
-                       os.major(st.rdev), os.minor(st.rdev), os.major(st.dev), os.minor(st.dev))
-
-
-@errno_call
-def statx(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    assert p.space is not None
-    path = read_path(p, a[1]) if a[1] else ""
-    if not path and a[2] & AT_EMPTY_PATH:
-        st = stat_of(sc, p, p.files.get(a[0]))
-    else:
-        st = stat_path(sc, p,
-                        resolve_at(sc, p, a[0], a[1], follow=not a[2] & AT_SYMLINK_NOFOLLOW))
-    p.space.write(a[4], _pack_statx(st))
-    return SyscallOutcome(0)
 
 
 HANDLERS: dict[str, Handler] = {
     "read": read, "write": write, "readv": readv, "writev": writev, "pread64": pread64,
-    "pwrite64": pwrite64, "open": open_, "openat": openat, "lseek": lseek, "fstat": fstat,
-    "newfstatat": newfstatat, "stat": stat, "lstat": lstat, "statx": statx,
+    "pwrite64": pwrite64, "open": open_, "openat": openat, "lseek": lseek,
     "ftruncate": ftruncate, "truncate": truncate, "fsync": fsync, "fdatasync": fsync,
     "fadvise64": fadvise64, "creat": creat, "fallocate": fallocate,
     "memfd_create": memfd_create,
@@ -560,15 +490,20 @@ def setup_files(sc: SystemCalls, p: Process, files: FileViewSpec | None, stdin: 
     p.view = FileView(spec, sc.file_service, exe=exe, home=tree.machine, home_node=tree.node)
     p.view.cmdline = b"".join(arg + b"\0" for arg in argv)
     p.view.environ = b"".join(var + b"\0" for var in envp)
+    stdio = spec.stdio
     if stdin in ("empty", "none", "stream"):
-        stream = StdinStream(available=stdin != "none")
+        stream = StdinStream(available=stdin != "none",
+                             outside=stdio[0] if stdio and stdin == "stream" else None)
         stream.eof = stdin == "empty"
-        p.files = standard_files(stream)
+        p.files = standard_files(stream, stdio)
         return
-    p.files = standard_files()
+    p.files = standard_files(None, stdio)
     p.files.close(0)
     try:
         fd = _open(sc, p, None, stdin, os.O_RDONLY, 0)
+    except fifos.MustWait:
+        raise UsageError(f"standard input {stdin!r} is a FIFO with no writer yet: a Tender "
+                         "process's input is a file, or a stream fed by exec") from None
     except OSError as e:
         raise UsageError(f"standard input {stdin!r}: {e.strerror} in the file view rooted at "
                          f"{spec.root}: give a readable file in the view") from None

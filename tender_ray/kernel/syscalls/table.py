@@ -16,6 +16,7 @@ from types import ModuleType
 from tender_ray.abi.linux import SYSCALL_NAMES
 from tender_ray.kernel.syscalls import (
     descriptors_events,
+    file_stat,
     file_tree,
     files,
     identity,
@@ -30,7 +31,7 @@ from tender_ray.kernel.syscalls import (
 )
 from tender_ray.kernel.syscalls.base import Handler
 
-FAMILY_MODULES: tuple[ModuleType, ...] = (files, file_tree, locks, transfers,
+FAMILY_MODULES: tuple[ModuleType, ...] = (files, file_stat, file_tree, locks, transfers,
                                           descriptors_events, memory, signals, processes,
                                           threads, time, identity, sockets)
 FILES, DESCRIPTORS, MEMORY = files.FAMILY, descriptors_events.FAMILY, memory.FAMILY
@@ -68,6 +69,12 @@ LOCKS = "advisory, among the processes of one machine; held locks travel with th
 LIMITS = "kept and carried; RLIMIT_NOFILE enforced (at most 1024), the others kept only"
 CPU_TIMERS = ("ITIMER_VIRTUAL and ITIMER_PROF both count all the process's CPU time, checked "
               "between its runs")
+LINKS = ("within one writable directory of the view: a file outside them, or under another, "
+         "answers EXDEV (as a link across mounts)")
+SYMLINKS = "the target is stored as given and resolved inside the view when followed"
+MKNOD = ("FIFOs and regular files; device nodes and sockets answer EPERM. A FIFO's data is "
+         "the machine's own pipe, between its processes; an end moves with its process only "
+         "when no other process holds the FIFO (else the migration is refused, saying so)")
 NO_XATTR = "no extended attributes: reading answers ENODATA, listing an empty list"
 
 
@@ -100,7 +107,7 @@ def no(family: str, name: str, note: str) -> Entry:
     return Entry(name, family, Status.NOT, note, None)
 
 
-f, ft, de, mem, sig = files, file_tree, descriptors_events, memory, signals
+f, fs, ft, de, mem, sig = files, file_stat, file_tree, descriptors_events, memory, signals
 pr, th, tm, idn, tr, so = processes, threads, time, identity, transfers, sockets
 
 TABLE: dict[int, Entry] = {
@@ -108,10 +115,10 @@ TABLE: dict[int, Entry] = {
     1: full(f, "write"),
     2: full(f, "open", OPEN),
     3: full(de, "close"),
-    4: full(f, "stat"),
-    5: partial(f, "fstat", "standard output and error are pipes of their own (a terminal "
+    4: full(fs, "stat"),
+    5: partial(fs, "fstat", "standard output and error are pipes of their own (a terminal "
                "of exec's is not shown as one); /dev files are distinct character devices"),
-    6: full(f, "lstat"),
+    6: full(fs, "lstat"),
     7: full(de, "poll"),
     8: full(f, "lseek"),
     9: partial(mem, "mmap", "a file's pages are copied at map time; a writable MAP_SHARED "
@@ -198,9 +205,9 @@ TABLE: dict[int, Entry] = {
     83: full(ft, "mkdir"),
     84: full(ft, "rmdir"),
     85: full(f, "creat"),
-    86: no(FILES, "link", YET),
+    86: full(ft, "link", LINKS),
     87: full(ft, "unlink", GHOST),
-    88: no(FILES, "symlink", YET),
+    88: full(ft, "symlink", SYMLINKS),
     89: full(ft, "readlink", PROC_LINKS),
     90: full(ft, "chmod"),
     91: full(ft, "fchmod"),
@@ -246,7 +253,7 @@ TABLE: dict[int, Entry] = {
     130: full(sig, "rt_sigsuspend"),
     131: full(sig, "sigaltstack"),
     132: full(ft, "utime"),
-    133: no(FILES, "mknod", "no FIFOs or device nodes yet"),
+    133: partial(ft, "mknod", MKNOD),
     134: no(SYSTEM, "uselib", GONE),
     135: no(PROCESSES, "personality", YET),
     136: no(FILES, "ustat", GONE),
@@ -374,14 +381,15 @@ TABLE: dict[int, Entry] = {
     256: no(MEMORY, "migrate_pages", NO_NUMA),
     257: full(f, "openat", OPEN),
     258: full(ft, "mkdirat"),
-    259: no(FILES, "mknodat", "no FIFOs or device nodes yet"),
+    259: partial(ft, "mknodat", MKNOD),
     260: partial(ft, "fchownat", OWNERS),
     261: full(ft, "futimesat"),
-    262: full(f, "newfstatat"),
+    262: full(fs, "newfstatat"),
     263: full(ft, "unlinkat", GHOST),
     264: full(ft, "renameat"),
-    265: no(FILES, "linkat", YET),
-    266: no(FILES, "symlinkat", YET),
+    265: partial(ft, "linkat", LINKS + "; AT_EMPTY_PATH on a file held in the image (an "
+                  "O_TMPFILE, an unlinked file) answers EXDEV"),
+    266: full(ft, "symlinkat", SYMLINKS),
     267: full(ft, "readlinkat", PROC_LINKS),
     268: full(ft, "fchmodat"),
     269: full(ft, "faccessat"),
@@ -451,7 +459,7 @@ TABLE: dict[int, Entry] = {
     329: no(MEMORY, "pkey_mprotect", "no protection keys"),
     330: no(MEMORY, "pkey_alloc", "no protection keys"),
     331: no(MEMORY, "pkey_free", "no protection keys"),
-    332: partial(f, "statx", "the basic stats; no birth time"),
+    332: partial(fs, "statx", "the basic stats; no birth time"),
     333: no(FILES, "io_pgetevents", "no asynchronous I/O"),
     334: no(THREADS, "rseq", "glibc goes on without it (and no rseq area has to move)"),
     424: no(SIGNALS, "pidfd_send_signal", NO_OTHER),

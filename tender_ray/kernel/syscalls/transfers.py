@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
-from tender_ray.kernel.syscalls.base import Handler, errno_call, iovecs, signed, wait_until_ready
+from tender_ray.kernel.syscalls.base import (
+    Handler,
+    errno_call,
+    iovecs,
+    restart_call,
+    signed,
+    wait_until_ready,
+)
 from tender_ray.kernel.syscalls.files import MAX_IO, _write_out
 from tender_ray.resources.image_file import ImageFile
 from tender_ray.resources.open_file import HostFile, OpenFile, OutputStream, PipeEnd
@@ -35,11 +42,24 @@ def _offset(p: Process, addr: int) -> int | None:
     return int(value)
 
 
-def _room(file: OpenFile) -> int:
-    """Bytes the destination takes now without waiting (a pipe's free space; else a block)."""
+def _room(sc: SystemCalls, p: Process, file: OpenFile) -> int:
+    """Bytes the destination takes now without waiting (a pipe's free space, a standard
+    output's; else a block). A closed one says a block: the write then finds it closed."""
     if isinstance(file, PipeEnd) and file.pipe.readers:
         return max(0, file.pipe.capacity - len(file.pipe.data))
+    if isinstance(file, OutputStream):
+        try:
+            return sc.services.output_room(p, file.stream)
+        except OSError:
+            return MAX_IO
     return MAX_IO
+
+
+def _wait_for_room(sc: SystemCalls, p: Process, nr: int, dst: OpenFile) -> SyscallOutcome:
+    if isinstance(dst, OutputStream):  # woken by the owner's next take
+        sc.services.wait_for_output(p, dst.stream, 1)
+        return restart_call(p, nr)
+    return wait_until_ready(sc, p, nr, None)
 
 
 def _move(sc: SystemCalls, p: Process, nr: int, fd_in: int, off_in: int, fd_out: int,
@@ -48,11 +68,11 @@ def _move(sc: SystemCalls, p: Process, nr: int, fd_in: int, off_in: int, fd_out:
     if not src.readable or isinstance(src, OutputStream) or not dst.writable:
         return SyscallOutcome(-Errno.EBADF)
     at_in, at_out = _offset(p, off_in), _offset(p, off_out)
-    room = _room(dst)
+    room = _room(sc, p, dst)
     if room == 0:  # wait for the reader before taking anything from the source
         if nonblock or dst.flags & os.O_NONBLOCK:
             return SyscallOutcome(-Errno.EAGAIN)
-        return wait_until_ready(sc, p, nr, None)
+        return _wait_for_room(sc, p, nr, dst)
     count = min(count, room, MAX_IO)
     data = src.pread(count, at_in) if at_in is not None else src.read(count)
     if data is None:
@@ -107,7 +127,7 @@ def tee(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if src.write_end or not dst.write_end:
         return SyscallOutcome(-Errno.EBADF)
     nonblock = bool(a[3] & SPLICE_F_NONBLOCK)
-    room = _room(dst)
+    room = _room(sc, p, dst)
     if not src.pipe.data or room == 0:
         if not src.pipe.data and src.pipe.writers == 0:
             return SyscallOutcome(0)
