@@ -47,6 +47,12 @@ class MigrationError(UsageError):
     """A migration request that cannot be carried out as asked; the process did not move."""
 
 
+class TextNotHeldError(MigrationError):
+    """The destination no longer maps the text the source left out of the image (the process
+    that had it ended meanwhile): nothing was made there; the source sends the text and
+    transforms again."""
+
+
 class CordonedError(UsageError):
     """The machine is cordoned (draining for maintenance): it takes no new processes."""
 

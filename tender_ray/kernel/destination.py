@@ -32,6 +32,7 @@ from tender_ray.errors import (
     LeaseExpiredError,
     MigrationError,
     OutOfMemoryError,
+    TextNotHeldError,
 )
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel.scheduler import Scheduler
@@ -67,6 +68,15 @@ class IncomingMigration:
     # What this side knows of the migration, kept with the process at commit so it has a
     # record even if the source dies before sending its full one (which then replaces it).
     record: MigrationRecord | None = None
+
+
+@dataclass
+class _PinnedText:
+    """Text frames of a process here taken for an arriving one, before its regions map them
+    (then `mapped`: its regions let them go like any frames)."""
+
+    frames: npt.NDArray[np.int64]
+    mapped: bool = False
 
 
 class MigrationDestination:
@@ -269,7 +279,6 @@ class MigrationDestination:
 
     def _transform(self, p: Process, image: ProcessImage, transport: Transport,
                    options: MigrationOptions) -> dict[str, float]:
-        m = self.managers
         phases: dict[str, float] = {}
         lacking = features.missing(image.kernel.cpu_features,
                                    features.engine_features(self.engine))
@@ -279,6 +288,20 @@ class MigrationDestination:
                 f"which {self.name}'s {self.engine} engine lacks; its code may use them "
                 "(glibc picks code by cpuid at start): move it to a machine whose engine "
                 "offers them")
+        # Shared text is pinned before anything is made: if its holder has gone, the source
+        # sends the text and transforms again (TextNotHeldError), with nothing to undo here.
+        pinned = self._pin_text(image) if image.text_shared else None
+        try:
+            return self._transform_pinned(p, image, transport, options, phases, pinned)
+        except BaseException:
+            if pinned is not None and not pinned.mapped:
+                self.memory.free(pinned.frames)  # this mapper lets go; the holder keeps them
+            raise
+
+    def _transform_pinned(self, p: Process, image: ProcessImage, transport: Transport,
+                          options: MigrationOptions, phases: dict[str, float],
+                          pinned: _PinnedText | None) -> dict[str, float]:
+        m = self.managers
         # (I) change the operating space.
         t = time.perf_counter()
         self.faults.check("transform_space")
@@ -304,8 +327,8 @@ class MigrationDestination:
             # The image is not moved; if this plate has it already (it ran here), use it.
             known = self.plate.program_name(image.program.digest)
             p.plate_name = known if self.plate.exists(known) else ""
-        if image.text_shared:
-            self._share_text(p, image)
+        if pinned is not None:
+            self._share_text(p, image, pinned)
         else:
             self._build_areas(p, image.text_areas, blocks)
         created = [self._add_image_area(p, area) for area in image.other_areas]
@@ -370,23 +393,30 @@ class MigrationDestination:
                 return areas, held
         return None
 
-    def _share_text(self, p: Process, image: ProcessImage) -> None:
-        """Transform (II) without a copy: map the frames of a process here with the same
-        text read-only into the arriving one; each frame is freed only when the last
-        process that maps it lets it go (`RealMemory.share`)."""
-        assert p.space is not None
+    def _pin_text(self, image: ProcessImage) -> _PinnedText:
+        """The frames of a process here with the image's text, taken as one more mapper's
+        (`RealMemory.share`), so they stay whatever that process does meanwhile."""
         with self.scheduler.lock:  # no holder leaves the table (and frees) meanwhile
             holder = self._text_holder(image.program.digest, image.text_digest)
             if holder is None:
-                raise MigrationError(
+                raise TextNotHeldError(
                     f"{self.name} no longer holds the text of {image.program.name} (the "
-                    "process that had it ended); migrate again to send the text")
+                    "process that had it ended)")
             areas, frames = holder
             if [(a.start, a.npages, a.present) for a in areas] != [
                     (a.start, a.npages, a.present) for a in image.text_areas]:
-                raise MigrationError(f"text areas of process {image.pid} do not match the "
-                                     f"text {self.name} holds; migrate again")
+                raise TextNotHeldError(f"text areas of process {image.pid} do not match the "
+                                       f"text {self.name} holds")
             self.memory.share(frames)
+        return _PinnedText(frames)
+
+    def _share_text(self, p: Process, image: ProcessImage, pinned: _PinnedText) -> None:
+        """Transform (II) without a copy: map the pinned frames of a process here with the
+        same text read-only into the arriving one; each frame is freed only when the last
+        process that maps it lets it go (`RealMemory.share`)."""
+        assert p.space is not None
+        frames = pinned.frames
+        pinned.mapped = True  # from here the arriving process's regions own this mapping
         done = 0
         for area in image.text_areas:
             us = self._add_image_area(p, area)

@@ -39,6 +39,7 @@ from tender_ray.errors import (
     NoReplyError,
     OutcomeUnknownError,
     TenderError,
+    TextNotHeldError,
 )
 from tender_ray.migration.image import ProcessImage
 from tender_ray.migration.options import MigrationOptions, Resources
@@ -277,7 +278,18 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
                 source.program_size(pid) if options.resources is Resources.ALL else 0)
             t = time.perf_counter()
             source.fault_point("before_transform")
-            transformed = peer.transform(mid, image, options)
+            try:
+                transformed = peer.transform(mid, image, options)
+            except TextNotHeldError:
+                # The process whose text it would share ended meanwhile (nothing was made
+                # there): send the text after all, once.
+                stale, image, exporting = image, None, None
+                transport.discard(stale.handles)
+                image = source.export_image(pid, transport, options)
+                pages = image.pages_sent
+                text_pages, text_shared = image.text_pages_sent, image.text_shared
+                nbytes += text_pages * PAGE_SIZE  # the program's pages, sent this time
+                transformed = peer.transform(mid, image, options)
         source.fault_point("after_transform")
         phases.update(transformed)
         # What the transform call cost beyond the destination's own work: the round trip.

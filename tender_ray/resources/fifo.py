@@ -214,9 +214,7 @@ class FifoEnd(PipeEnd):
         with _LOCK:
             if not self.pipe.data:  # a writer waiting in open is one already, as in Linux
                 return b"" if self.fifo.partners(reader=False) == 0 else None
-            data = bytes(self.pipe.data[:length])
-            del self.pipe.data[:length]
-            return data
+            return self.pipe.take(length)
 
     def write(self, data: bytes) -> int | None:
         if not self.write_end and not self.both:
@@ -224,11 +222,7 @@ class FifoEnd(PipeEnd):
         with _LOCK:
             if self.fifo.partners(reader=True) == 0:  # a reader waiting in open counts
                 raise OSError(int(Errno.EPIPE), f"every reader of {self.fifo.name} is gone")
-            room = self.pipe.capacity - len(self.pipe.data)
-            if room <= 0:
-                return None
-            self.pipe.data.extend(data[:room])
-            return min(room, len(data))
+            return self.pipe.put(data)
 
     def readiness(self) -> int:
         if not self.both:

@@ -221,6 +221,20 @@ class PipeBuffer:
     writers: int = 0
     capacity: int = PIPE_CAPACITY  # F_SETPIPE_SZ changes it
 
+    def put(self, data: bytes) -> int | None:
+        """Append what fits: its count, or None when the buffer is full (the writer waits)."""
+        room = self.capacity - len(self.data)
+        if room <= 0:
+            return None
+        self.data.extend(data[:room])
+        return min(room, len(data))
+
+    def take(self, length: int) -> bytes:
+        """Up to `length` bytes from the front."""
+        data = bytes(self.data[:length])
+        del self.data[:length]
+        return data
+
 
 class PipeEnd(OpenFile):
     """One end of an in-process pipe (`pipe2`)."""
@@ -241,9 +255,7 @@ class PipeEnd(OpenFile):
             raise _error(Errno.EBADF, "the write end of a pipe cannot be read")
         if not self.pipe.data:
             return b"" if self.pipe.writers == 0 else None
-        data = bytes(self.pipe.data[:length])
-        del self.pipe.data[:length]
-        return data
+        return self.pipe.take(length)
 
     def write(self, data: bytes) -> int | None:
         if not self.write_end:
@@ -251,11 +263,7 @@ class PipeEnd(OpenFile):
         if self.pipe.readers == 0:
             # The kernel's write call raises SIGPIPE on this error (kernel/syscalls/files.py).
             raise _error(Errno.EPIPE, "every read end of the pipe is closed")
-        room = self.pipe.capacity - len(self.pipe.data)
-        if room <= 0:
-            return None
-        self.pipe.data.extend(data[:room])
-        return min(room, len(data))
+        return self.pipe.put(data)
 
     def readiness(self) -> int:
         if self.write_end:
@@ -286,18 +294,12 @@ class SocketEnd(OpenFile):
     def read(self, length: int) -> bytes | None:
         if not self.inbox.data:
             return b"" if self.inbox.writers == 0 or self.shut_rd else None
-        data = bytes(self.inbox.data[:length])
-        del self.inbox.data[:length]
-        return data
+        return self.inbox.take(length)
 
     def write(self, data: bytes) -> int | None:
         if self.shut_wr or self.outbox.readers == 0:
             raise _error(Errno.EPIPE, "the other end of the socket is closed")
-        room = self.outbox.capacity - len(self.outbox.data)
-        if room <= 0:
-            return None
-        self.outbox.data.extend(data[:room])
-        return min(room, len(data))
+        return self.outbox.put(data)
 
     def shutdown(self, read: bool, write: bool) -> None:
         if read and not self.shut_rd:

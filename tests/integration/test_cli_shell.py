@@ -1,7 +1,8 @@
 """`tender-ray exec` behaves as a shell runs a program, with a real Ray: Ctrl-C from a real
 terminal (a pty) reaches the program, which dies of it (130, and the note) or catches it, and
 a second Ctrl-C at once stops exec and everything it started; SIGTERM reaches the program's
-handler; `| head` ends the program with SIGPIPE (141) and no traceback; a bare name is found
+handler; `| head` ends the program with SIGPIPE (141) and no traceback, and a program that
+ignores SIGPIPE gets EPIPE, as natively; a bare name is found
 on PATH and a `#!` script runs its interpreter, as natively; `--address auto` never joins
 another Ray that happens to run on this host.
 
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.processes import group_members
@@ -177,6 +179,33 @@ def test_a_closed_pipe_ends_the_program_with_sigpipe() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def _closed_after_one_byte(command: list[str], **popen: Any) -> tuple[int, bytes]:
+    """`COMMAND | head -c 1`: its status and its stderr."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, **popen)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1), proc.stderr.read()
+        proc.stdout.close()  # what `head -c 1` does once it has its byte
+        err = proc.stderr.read()
+        return proc.wait(CLI_TIMEOUT), err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_program_ignoring_sigpipe_gets_epipe_as_natively() -> None:
+    """`exec outflood closed ignore | head -c 1`: its write after the reader went fails with
+    EPIPE, which it reports and ends with 0, as on the host; exec itself says nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    argv = [os.fspath(workload("outflood")), "closed", "ignore"]
+    got = _closed_after_one_byte([*EXEC, *argv], cwd=ROOT, env=env)
+    native = _closed_after_one_byte(argv, env={})
+    assert got == native, got
+    assert native == (0, b"outflood: ready\noutflood: ignore: write -1 errno=32 (Broken pipe), "
+                         b"SIGPIPE caught 0\n")
 
 
 def test_a_name_on_path_and_a_script_run_as_natively(tmp_path: Path) -> None:

@@ -147,6 +147,6 @@ def test_the_io_benchmark_reads_through_a_home_actor(
     data.write_bytes(os.urandom(1 << 20))
     expected = subprocess.run(["/usr/bin/sha256sum", str(data)], capture_output=True,
                               check=True, timeout=60).stdout
-    [(seconds, status, out, moved)] = ray_home_runs(["emulated"], data, 1)["emulated"]
+    [(seconds, status, out, moved, _)] = ray_home_runs(["emulated"], data, 1)["emulated"]
     assert (status, out) == (0, expected)
     assert seconds > 0 and moved > 0  # it did move before it ended

@@ -11,14 +11,14 @@ import os
 import struct
 import time as _time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import signals
 from tender_ray.resources.file_view import FileView, FileViewSpec, Resolved
-from tender_ray.resources.open_file import Directory
+from tender_ray.resources.open_file import Directory, OpenFile
 from tender_ray.resources.process import Process
 
 if TYPE_CHECKING:
@@ -121,6 +121,27 @@ def iovecs(p: Process, iov: int, count: int) -> list[tuple[int, int]]:
     assert p.space is not None
     v = struct.unpack(f"<{2 * count}Q", p.space.read(iov, 16 * count))
     return [(v[2 * i], v[2 * i + 1]) for i in range(count)]
+
+
+F = TypeVar("F", bound=OpenFile)
+
+
+def file_of(p: Process, fd: int, kind: type[F], errno: Errno, what: str) -> F:
+    """The open file at `fd` if it is of `kind`; else `errno` ("descriptor N is not WHAT")."""
+    file = p.files.get(fd)
+    if not isinstance(file, kind):
+        raise OSError(int(errno), f"descriptor {fd} is not {what}")
+    return file
+
+
+def scatter(p: Process, vectors: list[tuple[int, int]], data: bytes) -> SyscallOutcome:
+    """Write `data` across the iovec `vectors` in order (readv, preadv): the read's count."""
+    assert p.space is not None
+    done = 0
+    for base, n in vectors:
+        p.space.write(base, data[done:done + n])
+        done += min(n, len(data) - done)
+    return SyscallOutcome(len(data))
 
 
 def view_of(sc: SystemCalls, p: Process) -> FileView:

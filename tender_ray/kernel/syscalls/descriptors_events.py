@@ -17,6 +17,7 @@ from tender_ray.kernel.syscalls.base import (
     O_CLOEXEC,
     Handler,
     errno_call,
+    file_of,
     signed32,
     timed_wait_left,
     wait_until_ready,
@@ -240,10 +241,7 @@ def timerfd_create(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcom
 
 
 def _timer(p: Process, fd: int) -> TimerFd:
-    file = p.files.get(fd)
-    if not isinstance(file, TimerFd):
-        raise OSError(int(Errno.EINVAL), f"descriptor {fd} is not a timerfd")
-    return file
+    return file_of(p, fd, TimerFd, Errno.EINVAL, "a timerfd")
 
 
 @errno_call
@@ -287,10 +285,7 @@ def epoll_create(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 
 def _epoll(p: Process, fd: int) -> Epoll:
-    file = p.files.get(fd)
-    if not isinstance(file, Epoll):
-        raise OSError(int(Errno.EINVAL), f"descriptor {fd} is not an epoll set")
-    return file
+    return file_of(p, fd, Epoll, Errno.EINVAL, "an epoll set")
 
 
 @errno_call

@@ -30,6 +30,7 @@ from tender_ray.kernel.syscalls.base import (
     read_path,
     resolve_at,
     restart_call,
+    scatter,
     signed,
     view_of,
     wait_until_ready,
@@ -164,12 +165,8 @@ def readv(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     data, wait = _read_into(sc, p, a[0], sum(n for _, n in vectors), 19)
     if wait is not None:
         return wait
-    assert p.space is not None and data is not None
-    done = 0
-    for base, n in vectors:
-        p.space.write(base, data[done:done + n])
-        done += min(n, len(data) - done)
-    return SyscallOutcome(len(data))
+    assert data is not None
+    return scatter(p, vectors, data)
 
 
 @errno_call

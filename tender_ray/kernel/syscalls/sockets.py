@@ -15,6 +15,7 @@ from tender_ray.kernel.syscalls.base import (
     O_CLOEXEC,
     Handler,
     errno_call,
+    file_of,
     iovecs,
     wait_until_ready,
 )
@@ -37,10 +38,7 @@ _MSGHDR = struct.Struct("<QI4xQQQQi4x")  # struct msghdr on x86-64
 
 
 def _socket(p: Process, fd: int) -> SocketEnd:
-    file = p.files.get(fd)
-    if not isinstance(file, SocketEnd):
-        raise OSError(int(Errno.ENOTSOCK), f"descriptor {fd} is not a socket")
-    return file
+    return file_of(p, fd, SocketEnd, Errno.ENOTSOCK, "a socket")
 
 
 @errno_call

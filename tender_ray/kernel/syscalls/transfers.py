@@ -17,6 +17,7 @@ from tender_ray.kernel.syscalls.base import (
     errno_call,
     iovecs,
     restart_call,
+    scatter,
     signed,
     wait_until_ready,
 )
@@ -147,12 +148,7 @@ def preadv(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
         data = file.read(min(sum(n for _, n in vectors), MAX_IO)) or b""
     else:
         data = file.pread(min(sum(n for _, n in vectors), MAX_IO), offset)
-    assert p.space is not None
-    done = 0
-    for base, n in vectors:
-        p.space.write(base, data[done:done + n])
-        done += min(n, len(data) - done)
-    return SyscallOutcome(len(data))
+    return scatter(p, vectors, data)
 
 
 @errno_call
