@@ -61,7 +61,7 @@ endef
 # prometheus serves the metrics test (tests/integration/test_dashboards.py); the Debian
 # programs are the real programs the transparency tests run under Tender and natively.
 $(SYSTEM_TEST_STAMP):
-	$(call system_packages,prometheus:prometheus busybox:busybox-static gzip:gzip xz:xz-utils bc:bc /usr/bin/python3:python3-minimal /usr/bin/sha256sum:coreutils)
+	$(call system_packages,prometheus:prometheus busybox:busybox-static gzip:gzip xz:xz-utils bc:bc /usr/bin/python3:python3 /usr/bin/sha256sum:coreutils)
 
 # musl-gcc rebuilds workloads/ (the binaries are committed: running does not need it).
 $(SYSTEM_WORKLOADS_STAMP):
