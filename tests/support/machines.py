@@ -155,18 +155,20 @@ def start_standby(machine: MachineLike, *args: str, timeout: float = GUEST_TIMEO
     return pid, wait_ready(machine, pid, timeout)
 
 
-def wait_ready(machine: MachineLike, pid: int, timeout: float = GUEST_TIMEOUT) -> bytes:
-    """Wait until the `standby` process `pid` has written its ready line; the stdout taken."""
+def wait_ready(machine: MachineLike, pid: int, timeout: float = GUEST_TIMEOUT,
+               line: bytes = STANDBY_READY) -> bytes:
+    """Wait until process `pid` has written its ready `line` (standby's by default); the
+    stdout taken."""
     deadline = time.monotonic() + timeout
     out = b""
-    while STANDBY_READY not in out:
+    while line not in out:
         taken, _ = machine.take_output(pid)
         out += taken
-        if STANDBY_READY in out:
+        if line in out:
             break
         info = machine.info(pid)
-        assert info.state != "zombie", f"standby {pid} ended before it was ready: {info}"
-        assert time.monotonic() < deadline, f"standby {pid} never said it was ready: {info}"
+        assert info.state != "zombie", f"process {pid} ended before it said {line!r}: {info}"
+        assert time.monotonic() < deadline, f"process {pid} never said {line!r}: {info}"
         time.sleep(POLL * 4)
     return out
 

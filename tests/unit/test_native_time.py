@@ -16,7 +16,7 @@ import pytest
 from elftools.elf.constants import P_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
-from support.machines import start, wait_finished
+from support.machines import start, wait_finished, wait_ready
 
 from tender_ray.abi.linux import Signal
 from tender_ray.engines.native import check as native_check
@@ -59,17 +59,7 @@ def test_a_fresh_time_page_sends_every_call_to_the_machine() -> None:
 
 
 def _wait_ready(machine: Machine, pid: int) -> bytes:
-    out = b""
-    deadline = time.monotonic() + 120
-    while READY not in out:
-        taken, _ = machine.take_output(pid)
-        out += taken
-        if READY in out:
-            break
-        assert machine.info(pid).state != "zombie", machine.info(pid)
-        assert time.monotonic() < deadline, f"clockwalk never got ready: {machine.info(pid)}"
-        time.sleep(0.01)
-    return out
+    return wait_ready(machine, pid, timeout=120, line=READY)
 
 
 def _finish(machine: Machine, pid: int, taken: bytes) -> tuple[int | None, bytes]:

@@ -102,10 +102,7 @@ def _spawn(program: Path, argv: list[str], action: int, traced: bool) -> tuple[i
             os.write(write_end, struct.pack("<q", fd if fd >= 0 else -ctypes.get_errno()))
             os.close(write_end)
             os.read(go_read, 1)
-            quiet = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(quiet, 1)
-            os.dup2(quiet, 2)
-            os.execv(program, [str(program), *argv])
+            _exec_quietly(program, argv)
         finally:
             os._exit(127)
     os.close(write_end)
@@ -185,15 +182,20 @@ def _notif_run(program: Path, argv: list[str], sync_wake: bool) -> tuple[float, 
     return time.perf_counter() - start, served
 
 
+def _exec_quietly(program: Path, argv: list[str]) -> None:
+    """In a forked child: become `program` with its output thrown away."""
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    os.execv(program, [str(program), *argv])
+
+
 def _plain_run(program: Path, argv: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         try:
-            quiet = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(quiet, 1)
-            os.dup2(quiet, 2)
-            os.execv(program, [str(program), *argv])
+            _exec_quietly(program, argv)
         finally:
             os._exit(127)
     os.waitpid(pid, 0)
