@@ -31,5 +31,8 @@ def test_io_benchmark_reports_every_case_with_native_outputs() -> None:
         for engine in engines:
             column = row["engines"][engine]
             assert column["identical"], (row["case"], engine)
+            # Both times are rounded to 0.1 ms, which on a millisecond case moves their
+            # quotient by several percent: the tolerance is what that rounding allows.
+            slack = 0.00005 / row["native_s"] + 0.00005 / column["best_s"]
             assert column["ratio"] == pytest.approx(column["best_s"] / row["native_s"],
-                                                    rel=0.01)
+                                                    rel=0.01 + slack)
