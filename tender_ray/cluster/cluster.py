@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -51,6 +52,48 @@ EMBEDDED_RAY_CONFIG: dict[str, Any] = {"enable_metrics_collection": False,
 PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
 
 
+# Ray waits a fixed 30 s for a new node's raylet to register and then gives up with a bare
+# Exception; on a host busy enough for that, the second start usually makes it in time.
+_RAY_START_ATTEMPTS = 2
+_RAY_START_TIMEOUT = "timed out during startup"
+
+
+def _ray_children() -> set[int]:
+    """The pids of this process's children that run Ray's programs (its head processes
+    are started as children; anything else this process started is left alone)."""
+    me, found = os.getpid(), set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                parent = int(f.read().rsplit(b")", 1)[1].split()[1])  # after the command
+            if parent != me:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"/ray/" in f.read():  # gcs_server, raylet, Ray's python services
+                    found.add(int(entry))
+    return found
+
+
+def _start_embedded_ray(kwargs: dict[str, Any]) -> None:
+    """Start the embedded Ray, once more if its node did not register in time. The failed
+    attempt's processes are not Ray's to stop any more (its node object was never made), so
+    the ones it started are ended here, by pid, before the next attempt."""
+    for attempt in range(1, _RAY_START_ATTEMPTS + 1):
+        before = _ray_children()
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as e:  # Ray raises a plain Exception for this one
+            if _RAY_START_TIMEOUT not in str(e) or attempt == _RAY_START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            for pid in _ray_children() - before:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
 class Cluster:
     """Machine actors on a Ray cluster: an embedded local one, or an existing one (`address`)."""
 
@@ -74,9 +117,10 @@ class Cluster:
                               object_store_memory=object_store_mib << 20,
                               _node_ip_address="127.0.0.1",
                               _system_config=EMBEDDED_RAY_CONFIG)
+                _start_embedded_ray(kwargs)
             else:
                 kwargs.update(address=address)
-            ray.init(**kwargs)
+                ray.init(**kwargs)
             self._owns_ray = True
         self._machines: dict[str, MachineHandle] = {}
         self._next_index = 0

@@ -10,10 +10,11 @@ both satisfy the `MachineLike` protocol below structurally.
 - Polling: `wait_state` (a process reaches a state), `wait_until` (any condition), `holder`
   (the pid the only computation runs).
 - Checks that a machine gave everything back: `frames_free`, `managers`, `assert_clean`.
-- Migration: `bounce` moves a process round-robin over machines until it ends; how one move
-  is made is its `move` argument: `local_mover(...)` (`migrate_local` between machines of this
-  process) or `actor_mover(...)` (`MachineHandle.migrate` between actors). `SlowTransport`
-  keeps an in-process migration in flight.
+- Migration: `bounce` moves a process round-robin over machines until it ends, and
+  `bounce_enough` runs a larger input when a busy host let the run end after too few moves;
+  how one move is made is their `move` argument: `local_mover(...)` (`migrate_local`
+  between machines of this process) or `actor_mover(...)` (`MachineHandle.migrate` between
+  actors). `SlowTransport` keeps an in-process migration in flight.
 
 Nothing here imports Ray: the handle type is only named for the type checker.
 """
@@ -295,6 +296,25 @@ def bounce(machines: Sequence[M], pid: int, *, move: Callable[[M, int, M], Migra
         if pause:
             time.sleep(pause)
     return where, records
+
+
+def bounce_enough(machines: Sequence[M], launch: Callable[[int], int], *,
+                  move: Callable[[M, int, M], MigrationRecord], enough: int,
+                  scales: Sequence[int] = (1, 4, 16), pause: float = 0.003
+                  ) -> tuple[int, int, int, list[MigrationRecord]]:
+    """`bounce` a process that `launch(scale)` starts on machines[0] until it was moved at
+    least `enough` times before it ended: how many moves fit in a run depends on the host,
+    so a run that ended sooner is finished and the next, larger scale is tried. Returns the
+    scale, the pid, the index of the machine it ended on and the records of the last run
+    (at least one move: a run that ends before its first move cannot be compared)."""
+    for scale in scales:
+        pid = launch(scale)
+        where, records = bounce(machines, pid, move=move, pause=pause)
+        if len(records) >= enough or scale == scales[-1]:
+            assert records, f"the process ended before its first move, even at scale {scale}"
+            return scale, pid, where, records
+        finish(machines[where], pid)  # too few moves to show anything: a larger run
+    raise AssertionError("no scale given")
 
 
 class SlowTransport:
