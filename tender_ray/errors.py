@@ -95,3 +95,8 @@ class CheckpointError(MachineError):
 
 class EngineError(MachineError):
     """The CPU engine failed in a way that is not the guest's fault (a broken host)."""
+
+
+class WriteTrackingError(UsageError):
+    """Write tracking asked of a process whose engine cannot track its writes, started twice,
+    or taken where it was never started."""

@@ -491,6 +491,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tender_ray.be
                         help="side by side: also the system-call-heavy cases of `bench io` "
                              "(sha256sum, gzip, a migrated read, home I/O) on a file of this "
                              "many MiB (0: skip; `bench io` alone adds the Ray case)")
+    parser.add_argument("--tracking", action="store_true",
+                        help="side by side: also the cost of write tracking (hashwalk with a "
+                             "take of its written pages every 50 ms ÷ untracked)")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="also write the results as JSON")
     ns = parser.parse_args(argv)
@@ -515,9 +518,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tender_ray.be
             out["io"] = io_benchmark(ns.io, engines, ns.repeat, ray=False)
             print_io_table(out["io"])
             rows += out["io"]["rows"]
+        if ns.tracking:
+            from tender_ray.bench.tracking import print_tracking_table, tracking_benchmark
+
+            out["tracking"] = tracking_benchmark(engines, ns.repeat)
+            print_tracking_table(out["tracking"])
         if ns.json is not None:
             ns.json.write_text(json.dumps(out, indent=2) + "\n")
-        return 0 if all(c["identical"] for r in rows for c in r["engines"].values()) else 1
+        tracked_ok = all(r["identical"] for r in out.get("tracking", {}).get("rows", []))
+        return 0 if tracked_ok and all(
+            c["identical"] for r in rows for c in r["engines"].values()) else 1
     result = engine_benchmark(workloads, repeat=ns.repeat, timeslice_processes=ns.processes,
                               quantum_us=ns.quantum_us, engine=ns.engine)
     print_engine_table(result)

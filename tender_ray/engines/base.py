@@ -30,6 +30,9 @@ class Engine(Protocol):
     # CPU seconds the last `run` spent outside the calling thread (a guest host process);
     # 0.0 for an engine that runs on the calling thread, whose own CPU time counts.
     last_run_cpu_seconds: float
+    # Whether the engine marks the guest's own stores in its space's `dirty` pages (see
+    # `resources.dirty_pages`); the kernel refuses write tracking where it does not.
+    tracks_writes: bool
 
     def fs_base(self) -> int: ...
     def set_fs_base(self, value: int) -> None: ...

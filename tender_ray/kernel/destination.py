@@ -35,6 +35,7 @@ from tender_ray.errors import (
     TextNotHeldError,
 )
 from tender_ray.kernel import address_space as vm
+from tender_ray.kernel import tracking
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
@@ -288,6 +289,11 @@ class MigrationDestination:
                 f"which {self.name}'s {self.engine} engine lacks; its code may use them "
                 "(glibc picks code by cpuid at start): move it to a machine whose engine "
                 "offers them")
+        if image.kernel.write_tracked and not getattr(p.context, "tracks_writes", False):
+            raise MigrationError(
+                f"process {image.pid} has its writes tracked, which {self.name}'s "
+                f"{self.engine} engine cannot do: stop tracking it first, or move it to a "
+                "machine whose engine can")
         # Shared text is pinned before anything is made: if its holder has gone, the source
         # sends the text and transforms again (TextNotHeldError), with nothing to undo here.
         pinned = self._pin_text(image) if image.text_shared else None
@@ -355,6 +361,8 @@ class MigrationDestination:
         p.files, p.view = k.files.restore()  # host files reopen on their first call
         p.registers = image.registers
         self.syscalls.attach(p)
+        if k.write_tracked:
+            tracking.arrive_tracked(p, self.name)
         phases["transform_start"] = time.perf_counter() - t
         self.faults.check("commit")
         return phases

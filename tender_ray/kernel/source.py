@@ -156,7 +156,7 @@ class MigrationSource:
                 stderr_taken=p.stderr_taken, accounting=p.accounting, created_at=p.created_at,
                 migrations=tuple(p.migrations), files=FilesImage.of(p.files, p.view),
                 cpu_features=p.cpu_features, signals=signals.of(p).for_image(),
-                output_commit=p.output_commit)
+                output_commit=p.output_commit, write_tracked=p.space.dirty is not None)
             program = p.program
             plate_name = p.plate_name
             memory = self.memory
@@ -232,9 +232,11 @@ class MigrationSource:
                 old = p.space
                 assert old is not None
                 new = self.managers.spaces.acquire()
+                dirty, old.dirty = old.dirty, None  # the same pages: tracked writes carry on
                 for us in list(old.user_spaces):
                     old.unpaste(us)
                     new.paste(us)
+                new.dirty = dirty
                 p.space = new
                 old.clear()
                 self.managers.spaces.release(old)

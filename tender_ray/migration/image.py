@@ -60,6 +60,9 @@ class KernelState:
     # Process.output_commit: how far into stdout and stderr its last checkpoint reaches (the
     # owner gets no more than that until the next one), None before its first checkpoint.
     output_commit: tuple[int, int] | None = None
+    # Its writes were tracked (`kernel.tracking`): tracking goes on at the destination, every
+    # present page in its first interval.
+    write_tracked: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tender_ray.errors import OutOfMemoryError
+from tender_ray.resources.dirty_pages import DirtyPages
 from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
 from tender_ray.resources.virtual_region import NOT_PRESENT
 from tender_ray.resources.virtual_user_space import (
@@ -72,6 +73,7 @@ class VirtualSpace:
         self.user_spaces: list[VirtualUserSpace] = []  # owned here, sorted by start
         self._starts: list[int] = []  # the user spaces' starts, for bisect
         self.generation = 0  # bumped when an entry is removed or loses permissions
+        self.dirty: DirtyPages | None = None  # pages written, while they are tracked
 
     # --- pasting -------------------------------------------------------------------------
 
@@ -83,7 +85,12 @@ class VirtualSpace:
         self._starts.insert(i, us.start)
         self.user_spaces.insert(i, us)
         self._own_if_writable(us)
-        self.table.update(us.entries())
+        entries = us.entries()
+        if self.dirty is not None:  # new frames are new contents (a split re-pastes old ones)
+            table = self.table
+            self.dirty.mark_many(v for v, e in entries.items()
+                                 if table.get(v, -1) >> PAGE_SHIFT != e >> PAGE_SHIFT)
+        self.table.update(entries)
         us.state = UserSpaceState.PASTED
 
     def unpaste(self, us: VirtualUserSpace) -> None:
@@ -92,8 +99,10 @@ class VirtualSpace:
         del self.user_spaces[i]
         del self._starts[i]
         table = self.table
-        for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT):
-            table.pop(vpn, None)
+        gone = [vpn for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT)
+                if table.pop(vpn, None) is not None]
+        if self.dirty is not None:
+            self.dirty.drop(gone)
         us.state = UserSpaceState.FREE
         self.generation += 1
 
@@ -105,6 +114,7 @@ class VirtualSpace:
         self.user_spaces = []
         self._starts = []
         old, self.table = self.table, {}
+        self.dirty = None  # the process is going away: so does the tracking of its writes
         _drop_later(old)
         for us in gone:
             us.state = UserSpaceState.FREE
@@ -117,16 +127,24 @@ class VirtualSpace:
         (pages that had none: nothing is replaced, so no TLB needs flushing)."""
         base = us.start >> PAGE_SHIFT
         entries = (frames << PAGE_SHIFT) | us.perms
-        self.table.update(zip((indexes + base).tolist(), entries.tolist(), strict=True))
+        vpns = (indexes + base).tolist()
+        self.table.update(zip(vpns, entries.tolist(), strict=True))
+        if self.dirty is not None:
+            self.dirty.mark_many(vpns)
 
     def refresh(self, us: VirtualUserSpace) -> None:
         """Rewrite the entries of a pasted user space after its perms or size changed."""
         table = self.table
-        for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT):
-            table.pop(vpn, None)
+        old = {vpn: table.pop(vpn) for vpn in range(us.start >> PAGE_SHIFT, us.end >> PAGE_SHIFT)
+               if vpn in table}
         self._own_if_writable(us)
-        table.update(us.entries())
+        entries = us.entries()
+        table.update(entries)
         self.generation += 1
+        if self.dirty is not None:  # new frames (a file's pages, a move) are new contents
+            self.dirty.mark_many(v for v, e in entries.items()
+                                 if old.get(v, -1) >> PAGE_SHIFT != e >> PAGE_SHIFT)
+            self.dirty.drop(old.keys() - entries.keys())
 
     def _own_if_writable(self, us: VirtualUserSpace) -> None:
         """Copy on write, at the moment a user space may be written (pasted or made
@@ -159,6 +177,7 @@ class VirtualSpace:
 
     def clear(self) -> None:
         """Forget every entry and user space (the owner releases their regions)."""
+        self.dirty = None
         self.table.clear()
         self.user_spaces.clear()
         self._starts.clear()
@@ -187,6 +206,8 @@ class VirtualSpace:
         self.table[vpn] = entry
         if old is not None and old != entry:
             self.generation += 1
+        if self.dirty is not None and old != entry:
+            self.dirty.mark(vpn)
 
     # --- the fault path ------------------------------------------------------------------
 
@@ -276,6 +297,8 @@ class VirtualSpace:
         source = np.frombuffer(data, np.uint8)
         for at, pos, n in self.runs(address, len(source), write=True):
             flat[at: at + n] = source[pos: pos + n]
+        if self.dirty is not None:  # the kernel wrote for the guest (read(), a signal frame)
+            self.dirty.mark_range(address, len(source))
 
     def read_cstring(self, address: int, limit: int = 1 << 16) -> bytes:
         """The NUL-terminated string at `address`, at most `limit` bytes (else BadAddress)."""

@@ -55,8 +55,10 @@ from tender_ray.engines.emulated.private import (
 )
 from tender_ray.engines.emulated.watchdog import WATCHDOG
 from tender_ray.errors import EngineError, OutOfMemoryError
+from tender_ray.resources.dirty_pages import DirtyPages
 from tender_ray.resources.real_memory import PAGE_SHIFT, RealMemory
 from tender_ray.resources.virtual_space import VirtualSpace
+from tender_ray.resources.virtual_user_space import PROT_WRITE
 
 _GPR_IDS = (x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX,
             x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSP,
@@ -148,7 +150,15 @@ class Cpu:
     while the resident set is bigger than half of it, the quantum pauses at the next block
     boundary, flushes and resumes: the TLB reaches the working set within a few pauses,
     whatever the quantum length.
+
+    Write tracking (`VirtualSpace.dirty`). While a space is tracked, a page not yet written in
+    the current interval is handed to QEMU without write permission, so the first store to it
+    misses the TLB again: that fill marks the page and hands it out writable. When a take
+    starts a new interval (its `epoch` moves) the whole TLB is flushed before the next run,
+    which is also when QEMU may grow it, so the growth policy above is kept.
     """
+
+    tracks_writes = True
 
     def __init__(self, memory: RealMemory, *, exact: bool = False,
                  translation_buffer: int = 8 << 20, _proven: bool = False) -> None:
@@ -179,6 +189,9 @@ class Cpu:
         self._fills = 0  # TLB fills since the last flush
         self._fills_flushed = 0  # fills before the last flush, for the counters
         self._filled: dict[int, int] = {}  # vpn -> entry handed to QEMU since the last flush
+        # The write tracking the TLB was last made to agree with, and its interval.
+        self._dirty: DirtyPages | None = None
+        self._dirty_epoch = -1
         # The soft TLB's size descriptors and QEMU's CPUState, once `find_tlb_masks` vouched.
         found = find_tlb_masks(self._handle)
         self._tlb_masks: ctypes.Array[ctypes.c_uint64] | None = None
@@ -277,6 +290,28 @@ class Cpu:
             del filled[vpn]
         _COUNTERS.page_flushes += len(stale)
 
+    def _rearm(self, dirty: DirtyPages | None) -> None:
+        """Tracking began, ended or a take began a new interval: every page cached as
+        writable must miss again on its next store. Right after one take, those are among
+        the pages it took: when they are few, only they are dropped, so the rest of the TLB
+        stays (a dropped page misses twice after: a read, then its store); otherwise the
+        whole TLB is flushed."""
+        flush_page = held.flush_page
+        if (dirty is not None and dirty is self._dirty and dirty.epoch == self._dirty_epoch + 1
+                and self._cpu_state and flush_page is not None):
+            filled = self._filled
+            cached = dirty.last & filled.keys()
+            if len(cached) <= max(64, len(filled) // 4):
+                for vpn in cached:
+                    flush_page(self._cpu_state, vpn << PAGE_SHIFT)
+                    del filled[vpn]
+                _COUNTERS.page_flushes += len(cached)
+                self._dirty_epoch = dirty.epoch
+                return
+        self._dirty = dirty
+        self._dirty_epoch = dirty.epoch if dirty is not None else -1
+        self.flush_tlb()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -331,6 +366,9 @@ class Cpu:
         if space is None or self.handler is None:
             raise EngineError("CPU has no process bound")
         self._sync_tlb(space)
+        dirty = space.dirty
+        if dirty is not self._dirty or (dirty is not None and dirty.epoch != self._dirty_epoch):
+            self._rearm(dirty)
         if self._grow_pending:
             self.flush_tlb()
         self._stop = None
@@ -423,7 +461,15 @@ class Cpu:
             if self._fills >= self._grow_at:
                 self._tlb_full(space)
             entry[0] = pte & ~0xFFF  # physical address of the frame
-            entry[1] = pte & 7  # permissions; the rest of the struct is padding
+            perms = pte & 7
+            dirty = space.dirty
+            if dirty is not None and perms & PROT_WRITE and vpn not in dirty.pages:
+                if access == _WRITE_ACCESS:  # the first store of the interval: mark it
+                    dirty.pages.add(vpn)
+                    dirty.marks += 1
+                else:  # clean: its first store must come back here
+                    perms &= ~PROT_WRITE
+            entry[1] = perms  # permissions; the rest of the struct is padding
             return True
         except BaseException as exc:  # an exception must not cross the C boundary
             self._error = exc

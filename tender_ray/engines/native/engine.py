@@ -72,6 +72,7 @@ from tender_ray.engines.native.tracer import (
     tracer_for,
 )
 from tender_ray.errors import EngineError, OutOfMemoryError
+from tender_ray.resources.dirty_pages import DirtyPages
 from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
 from tender_ray.resources.virtual_space import VirtualSpace
 
@@ -107,6 +108,13 @@ class NativeCpu:
     without it a fault is described from the host's signal alone.
     """
 
+    # Write tracking: while the space's writes are tracked, the pages not yet written in the
+    # interval are mapped read-only (`host_map.desired_runs`); the first store to one stops
+    # the guest with SIGSEGV (SEGV_ACCERR), which marks the page, maps it writable and is
+    # suppressed (`HostMappings.write_fault`). A take (the interval's `epoch` moves) makes
+    # the next run resynchronise every mapping, read-only again.
+    tracks_writes = True
+
     def __init__(self, memory: RealMemory, *, replay: Replay | None = None) -> None:
         self.memory = memory
         self._replay = replay
@@ -116,6 +124,8 @@ class NativeCpu:
         self._host: Host | None = None
         self._pending: CpuState | None = None  # loaded, not yet written to the host
         self._full_sync = True
+        self._dirty: DirtyPages | None = None  # the write tracking the mappings agree with
+        self._dirty_epoch = -1
         self._lost: Stop | None = None  # the host process died under a bound process
         self._run_id = 0
         self._preempt_pending = False  # [preempt] asked to end a run that had not begun
@@ -291,6 +301,11 @@ class NativeCpu:
                 state_to_host(self._pending, host.regs, host.fp, host.fp_size)
                 host.regs_dirty = host.fp_dirty = True
                 self._pending = None
+            dirty = self.space.dirty if self.space is not None else None
+            if dirty is not self._dirty or (dirty is not None
+                                            and dirty.epoch != self._dirty_epoch):
+                self._dirty, self._dirty_epoch = dirty, dirty.epoch if dirty else -1
+                self._full_sync = True  # tracking began, ended, or a new interval
             if self._full_sync:
                 self._t_sync_all()
             kernel_timer = quantum >= KERNEL_TIMER_MIN_US
@@ -530,6 +545,9 @@ class NativeCpu:
             return self._t_resume()  # left over from an earlier quantum
         if sig == Signal.SIGSEGV and code == SEGV_MAPERR:
             return self._t_fault(address)
+        if sig == Signal.SIGSEGV and code == SEGV_ACCERR and self.space is not None and \
+                self._mappings.write_fault(host, self.space, address):
+            return self._t_resume()  # the first store of the interval to a tracked page
         if code > 0:  # raised by the CPU: the process faulted
             why = _FAULT_NAMES.get(sig, f"signal {sig}")
             if sig == Signal.SIGSEGV:

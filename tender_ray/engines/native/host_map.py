@@ -14,6 +14,7 @@ import numpy as np
 from tender_ray.resources.real_memory import PAGE_SHIFT
 from tender_ray.resources.virtual_region import NOT_PRESENT
 from tender_ray.resources.virtual_space import VirtualSpace
+from tender_ray.resources.virtual_user_space import PROT_WRITE
 
 Run = tuple[int, int, int, int]  # (first virtual page, pages, first frame, protection)
 
@@ -111,9 +112,25 @@ def _frame_runs(first_vpn: int, frames: list[int], prot: int) -> list[Run]:
     return out
 
 
-def desired_runs(space: VirtualSpace, lo: int, hi: int) -> list[Run]:
-    """What the guest's host mappings in pages [lo, hi) must be: its present pages, in runs."""
+def _split_clean(runs: list[Run], written: set[int]) -> list[Run]:
+    """Writable runs split where pages change between written (writable) and not yet written
+    in the current interval (mapped without write permission: their first store faults)."""
     out: list[Run] = []
+    for v, n, f, prot in runs:
+        start, was = 0, v in written
+        for i in range(1, n + 1):
+            now = i < n and (v + i) in written
+            if i == n or now != was:
+                out.append((v + start, i - start, f + start, prot if was else prot & ~PROT_WRITE))
+                start, was = i, now
+    return out
+
+
+def desired_runs(space: VirtualSpace, lo: int, hi: int) -> list[Run]:
+    """What the guest's host mappings in pages [lo, hi) must be: its present pages, in runs;
+    while its writes are tracked, the pages not yet written in the interval read-only."""
+    out: list[Run] = []
+    dirty = space.dirty
     for us in space.overlapping(lo << PAGE_SHIFT, hi << PAGE_SHIFT):
         region = us.region
         prot = us.perms & 7
@@ -122,7 +139,8 @@ def desired_runs(space: VirtualSpace, lo: int, hi: int) -> list[Run]:
         base = us.start >> PAGE_SHIFT
         a, b = max(lo, base), min(hi, base + region.npages)
         if a < b:
-            out += _frame_runs(a, region.frames[a - base: b - base], prot)
+            runs = _frame_runs(a, region.frames[a - base: b - base], prot)
+            out += _split_clean(runs, dirty.pages) if dirty and prot & PROT_WRITE else runs
     return out
 
 

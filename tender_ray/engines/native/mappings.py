@@ -23,6 +23,7 @@ from tender_ray.abi.linux import (
     MAP_SHARED,
     PROT_EXEC,
     PROT_READ,
+    PROT_WRITE,
     SYS_BRK,
     SYS_MMAP,
     SYS_MREMAP,
@@ -137,6 +138,25 @@ class HostMappings:
                 raise EngineError(f"mapping {n} pages at {v << PAGE_SHIFT:#x} failed: "
                                   f"{os.strerror(-res) if res < 0 else hex(res)}")
             host.maps.add(run)
+
+    def write_fault(self, host: Host, space: VirtualSpace, address: int) -> bool:
+        """A store hit a page mapped read-only only because its writes are tracked and it was
+        not yet written in the interval: mark it and map it writable (True: the guest goes
+        on). False for any other protection fault: a page the guest itself did not make
+        writable, which is the guest's own SIGSEGV."""
+        dirty = space.dirty
+        if dirty is None or address >= TASK_SIZE:
+            return False
+        vpn = address >> PAGE_SHIFT
+        entry = space.entry(vpn)
+        if entry is None or not entry & PROT_WRITE:
+            return False
+        if any(prot & PROT_WRITE for _, _, _, prot in host.maps.within(vpn, vpn + 1)):
+            return False  # mapped writable already: not a fault of the tracking
+        dirty.pages.add(vpn)
+        dirty.marks += 1
+        self.sync(host, space, vpn, vpn + 1)
+        return True
 
     def _move_trampoline(self, host: Host, space: VirtualSpace) -> None:
         """The process maps over the trampoline page: put the trampoline somewhere free."""
