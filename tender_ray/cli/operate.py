@@ -41,6 +41,8 @@ class ClusterState:
     head_pid: int | None = None  # the Ray head we started (its process group), if any
     metrics_port: int | None = None
     started_at: float = field(default_factory=time.time)
+    exec_server_pid: int | None = None  # the exec server (cli/exec_server.py), if it runs
+    exec_socket: str | None = None  # ... and the Unix socket it listens on
 
     def save(self) -> None:
         path = state_path()
