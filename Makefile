@@ -59,9 +59,11 @@ define system_packages
 endef
 
 # prometheus serves the metrics test (tests/integration/test_dashboards.py); the Debian
-# programs are the real programs the transparency tests run under Tender and natively.
+# programs are the real programs the transparency tests run under Tender and natively
+# (perl is asked for by its cpan: /usr/bin/perl alone is the essential perl-base).
 $(SYSTEM_TEST_STAMP):
-	$(call system_packages,prometheus:prometheus busybox:busybox-static gzip:gzip xz:xz-utils bc:bc /usr/bin/python3:python3 /usr/bin/sha256sum:coreutils)
+	$(call system_packages,prometheus:prometheus busybox:busybox-static gzip:gzip xz:xz-utils bc:bc /usr/bin/python3:python3 /usr/bin/sha256sum:coreutils \
+		/usr/bin/cpan:perl sqlite3:sqlite3 jq:jq bzip2:bzip2)
 
 # musl-gcc rebuilds workloads/ (the binaries are committed: running does not need it).
 $(SYSTEM_WORKLOADS_STAMP):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from tender_ray.cli import status
 from tender_ray.cli.status import UnreachableError
-from tender_ray.config import CheckpointSpec, MachineConfig
+from tender_ray.config import CheckpointSpec, HostFiles, MachineConfig
 from tender_ray.errors import MachineError, TenderError, UsageError
 from tender_ray.migration.options import MigrationOptions
 from tender_ray.resources.file_view import FileViewSpec
@@ -76,11 +76,21 @@ def _machine_configs(ns: argparse.Namespace) -> list[MachineConfig]:
     if every is not None and every <= 0:
         raise UsageError("--checkpoint-every must be a positive number of seconds")
     checkpoint = CheckpointSpec(every=every) if every is not None else None
-    return [MachineConfig(name=f"m{i}", computations=ns.computations,
+    names = [f"m{i}" for i in range(ns.machines)]
+    return [MachineConfig(name=name, computations=ns.computations,
                           memory_mib=memory_mib, quantum_us=ns.quantum_us,
                           quantum_instructions=ns.exact, engine=ns.engine,
-                          checkpoint=checkpoint)
-            for i in range(ns.machines)]
+                          checkpoint=checkpoint, host_files=_host_files(ns, name, names))
+            for name in names]
+
+
+def _host_files(ns: argparse.Namespace, name: str, names: list[str]) -> HostFiles:
+    """Machine `name`'s host files: its own, or with `--host-files home` none but on the
+    machine the program starts on (its home, which serves the others its file calls)."""
+    if getattr(ns, "host_files", "all") != "home":
+        return HostFiles.NODE
+    home = ns.machine if getattr(ns, "machine", None) is not None else names[0]
+    return HostFiles.NODE if name == home else HostFiles.NONE
 
 
 def run_exec(ns: argparse.Namespace, options: MigrationOptions) -> int:
@@ -225,6 +235,10 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
             with status.notice_if_slow(f"tender-ray: starting {len(configs)} machine"
                                        f"{'s' if len(configs) > 1 else ''} ..."):
                 cluster.add_machines(configs)
+        elif getattr(ns, "host_files", "all") == "home":
+            raise UsageError("--host-files home: the machines of `tender-ray up` keep the host "
+                             "files they were started with; run exec without --address to "
+                             "have it start machines of its own")
         step("machines")
         if ns.machine is not None and ns.machine not in cluster.machines:
             raise UsageError(f"--machine {ns.machine}: no such machine in the cluster; the "
@@ -300,8 +314,21 @@ def killed_message(pid: int, exit_status: int, exit_reason: str) -> str:
     return f"tender-ray: process {pid} killed by {name}" + (f" ({detail})" if detail else "")
 
 
+# The cluster of `up` a warm driver of the exec server joined before its client came
+# (exec_server.py): (its address, the attached Cluster), taken by the one exec it runs.
+_warm: tuple[str, Cluster] | None = None
+
+
+def use_warm(address: str, cluster: Cluster) -> None:
+    """Have the next exec joining the cluster of `up` at `address` take `cluster`, already
+    attached, instead of joining it again."""
+    global _warm
+    _warm = (address, cluster)
+
+
 def _attach_up(address: str | None) -> Cluster | None:
     """The cluster `tender-ray up` started, when `--address` names it; else None."""
+    global _warm
     if address is None:
         return None
     from tender_ray.cli.operate import ClusterState, connect, state_path
@@ -311,6 +338,10 @@ def _attach_up(address: str | None) -> Cluster | None:
     state = ClusterState.load()
     if address != state.address:
         return None
+    if _warm is not None and _warm[0] == address:
+        cluster = _warm[1]
+        _warm = None
+        return cluster
     cluster, _ = connect(state, exporter=False)
     return cluster
 

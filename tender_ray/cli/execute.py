@@ -244,11 +244,20 @@ def stream_identity(fd: int) -> StreamIdentity | None:
                 fcntl.ioctl(fd, TIOCGWINSZ, winsize)
             except OSError:
                 winsize = bytearray()
-            return StreamIdentity(stat, "terminal", bytes(termios), bytes(winsize))
-        return StreamIdentity(stat, "device")
+            return StreamIdentity(stat, "terminal", bytes(termios), bytes(winsize),
+                                  path=_named(fd))
+        return StreamIdentity(stat, "device", path=_named(fd))
     kind = ("file" if stat_mod.S_ISREG(mode) else "pipe" if stat_mod.S_ISFIFO(mode)
             else "socket" if stat_mod.S_ISSOCK(mode) else "device")
-    return StreamIdentity(stat, kind)
+    return StreamIdentity(stat, kind, path=_named(fd) if kind == "file" else "")
+
+
+def _named(fd: int) -> str:
+    """The path the driver's descriptor `fd` was opened by ("" when it has none)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
 
 
 def stdin_source(fd: int, files: FileViewSpec | None) -> str:

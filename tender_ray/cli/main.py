@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--writable", action="append", default=None, metavar="DIR",
                    help="a directory (as the program sees it) it may write under; repeatable "
                         "(default: the current directory)")
+    p.add_argument("--host-files", choices=["all", "home"], default="all",
+                   help="which of exec's machines read the host's files: all (default), or "
+                        "home: only the one the program starts on; the others have none and "
+                        "serve its file calls through it (host_files: none)")
     p.add_argument("program", metavar="PROGRAM",
                    help="x86-64 Linux program (static or dynamic) or #! script: a path, or a "
                         "name looked up on PATH")
@@ -366,6 +370,9 @@ def cmd_up(ns: argparse.Namespace) -> int:
                          metrics_port=metrics_port)
     state.save()
     cluster.forget()
+    from tender_ray.cli.exec_server import start_for
+
+    server = start_for(state)
     print(f"up: {len(configs)} machines ({', '.join(state.machines)}) on {address}"
           f"{' (Ray head started here, pid ' + str(head_pid) + ')' if head_pid else ''}; "
           f"state in {state_path()}")
@@ -374,6 +381,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
     print(f"attach: `ps`, `migrate`, `drain`, `undrain`, `top` and `down` find it by the state "
           f"file; `exec` and `run` with --address {address} (or --address auto, or "
           f"RAY_ADDRESS={address})")
+    print(server)
     return status.OK
 
 
@@ -390,6 +398,10 @@ def cmd_down(ns: argparse.Namespace) -> int:
     head = " and the Ray head" if state.head_pid else ""
     with status.notice_if_slow(f"down: stopping {len(state.machines)} machines{head} ...",
                                stream=sys.stdout, tty_only=False):
+        if state.exec_server_pid is not None:
+            from tender_ray.cli.exec_server import stop_server
+
+            stop_server(state.exec_server_pid, state.exec_socket)
         with contextlib.suppress(Exception):  # whatever is left of it, the state file goes
             cluster, _ = connect(state)
             cluster.shutdown()
@@ -555,6 +567,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # As Ray's own commands do: the flag first, then the environment.
         ns.address = os.environ.get("RAY_ADDRESS") or None
     _configure_logs(ns)
+    if ns.command == "exec" and ns.address is not None:
+        # A cluster of `up` keeps a warm driver: hand it the whole command (cli/exec_server.py).
+        from tender_ray import logs
+        from tender_ray.cli.exec_server import through_server
+
+        served = through_server(ns.address, list(sys.argv[1:] if argv is None else argv),
+                                lambda phases: logs.get("exec").info("exec client phases",
+                                                                     **phases))
+        if served is not None:
+            if argv is None:  # the command itself: nothing of its own left to tear down
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(served)  # skips ~0.3 s of interpreter teardown on every exec
+            return served
     if getattr(ns, "address", None) == "auto":
         from tender_ray.cli.operate import resolve_auto
 

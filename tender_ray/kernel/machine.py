@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from tender_ray import engines
 from tender_ray.abi.cpu_state import CpuState, Stop
-from tender_ray.abi.linux import Errno
+from tender_ray.abi.linux import SEGV_MAPERR, Errno
 from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.engines import features
 from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError, UsageError
@@ -36,6 +36,8 @@ from tender_ray.kernel.snapshots import MachineStatistics, OutputChunk, PollResu
 from tender_ray.kernel.source import MigrationSource
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.kernel.syscalls import files as file_calls
+from tender_ray.kernel.syscalls import memory as memory_calls
+from tender_ray.kernel.tracking import WriteTracking
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.manager import ResourceManager
@@ -78,7 +80,7 @@ def choosing_features(program: Program, image: bytes, engine: str) -> frozenset[
     return frozenset()
 
 
-class Machine(MigrationSource, MigrationDestination, Checkpointing):
+class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTracking):
     """A Tender machine. Thread-safe; `stop()` ends it and fails every pending wait."""
 
     def __init__(self, config: MachineConfig | None = None, *, pid_base: int = 1000) -> None:
@@ -369,9 +371,13 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing):
     def _fault(self, p: Process, stop: Stop) -> bool:
         """A fault the CPU raised: queued for the process's handler, pushed by `_before_run`
         over the faulting instruction (a handler that returns retries it, as on Linux);
-        False (the process dies by it) without one. The scheduler calls it, lock held."""
+        False (the process dies by it) without one. A touch just below a stack grows it
+        instead. The scheduler calls it, lock held."""
         if p.state is RunState.EXITING:
             return False
+        if stop.signal == signals.Signal.SIGSEGV and stop.code == SEGV_MAPERR and \
+                memory_calls.grow_stack(p, stop.address):
+            return True  # just below a stack: it grew, and the instruction runs again
         # si_addr: the address touched for a memory fault, the instruction's for the others.
         memory = stop.signal in (signals.Signal.SIGSEGV, signals.Signal.SIGBUS)
         addr = stop.address if memory else p.context.save().rip

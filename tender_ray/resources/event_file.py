@@ -145,12 +145,29 @@ class Interest:
     file: OpenFile
     events: int
     data: int
+    seen: int = 0  # what it was ready for at the last look (EPOLLET reports what is new)
+    held: int = 0  # how much it held to read then (bytes, a count, events)
+
+
+def _held(file: OpenFile) -> int:
+    """How much a description holds to be read: buffered bytes, a counter, expirations."""
+    for name in ("pipe", "inbox"):
+        buffer = getattr(file, name, None)
+        if buffer is not None and hasattr(buffer, "data"):
+            return len(buffer.data)
+    if isinstance(file, EventFd):
+        return file.count
+    if isinstance(file, TimerFd):
+        return file.expired
+    held = getattr(file, "queue", getattr(file, "buffer", None))  # inotify, standard input
+    return len(held) if held is not None else 0
 
 
 class Epoll(OpenFile):
-    """An epoll interest list, by descriptor number. Level-triggered: EPOLLET reports as
-    level-triggered does (more often than Linux would, never less); EPOLLONESHOT disables
-    an entry once reported, until EPOLL_CTL_MOD."""
+    """An epoll interest list, by descriptor number. Level-triggered, or with EPOLLET edge-
+    triggered: an entry reports what it became ready for since its last look, and POLLIN
+    again when it holds more to read than then (what arrived and was read between two looks
+    is not seen); EPOLLONESHOT disables an entry once reported, until EPOLL_CTL_MOD."""
 
     kind = "epoll"
 
@@ -174,6 +191,14 @@ class Epoll(OpenFile):
                 del self.interest[fd]
                 continue
             events = item.file.readiness() & (item.events | POLLERR | POLLHUP)
+            if item.events & EPOLLET:
+                # New: a readiness it did not have at its last look, or more to read than
+                # then (data arrived meanwhile, as Linux's wake-up on arrival reports).
+                fill, last = _held(item.file), getattr(item, "held", 0)
+                new = events & ~getattr(item, "seen", 0)
+                if events & POLLIN and fill > last:
+                    new |= POLLIN
+                events, item.seen, item.held = new, events, fill
             if not events or not item.events & ~(EPOLLONESHOT | EPOLLET):
                 continue
             found.append((events, item.data))

@@ -27,7 +27,7 @@ DEVICES = frozenset({"null", "zero", "urandom", "random"})
 # The files of /proc/self (and /proc/PID of the process itself) the kernel makes; fd/N and
 # fdinfo/N too. Nothing else of /proc is in a view.
 PROC_FILES = frozenset({"maps", "status", "stat", "statm", "cmdline", "environ", "limits",
-                        "comm", "cwd"})
+                        "comm", "cwd", "smaps", "mounts", "mountinfo", "fd", "fdinfo"})
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class StreamIdentity:
     kind: str  # "pipe", "terminal", "file", "null", "socket", "device"
     termios: bytes = b""  # struct termios as TCGETS gave it (a terminal's)
     winsize: bytes = b""  # struct winsize as TIOCGWINSZ gave it (a terminal's)
+    path: str = ""  # what exec's descriptor names (a file's, a terminal's), for /proc/self/fd
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,8 @@ class FileView:
             return self.resolve(self.exe)
         if top == "dev" and len(names) == 1 and names[0] in DEVICES:
             return Resolved(f"/dev/{names[0]}", device=names[0])
+        if top == "proc" and names == ["mounts"]:  # /proc/mounts: the process's own
+            names = ["self", "mounts"]
         if top == "proc" and len(names) >= 2 and (names[0] in ("self", "thread-self")
                                                   or names[0].isdigit()) and (
                 (names[1] in PROC_FILES and len(names) == 2)

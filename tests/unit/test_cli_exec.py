@@ -371,3 +371,21 @@ def test_a_closed_output_is_told_to_the_process_where_it_is(
     assert result.machine == "close-b"
     assert got[1]
     assert (result.exit_status, got[2]) == _native_closed(mode), got[2]
+
+
+@pytest.mark.parametrize(("options", "with_files"), [
+    ([], ["m0", "m1", "m2"]), (["--host-files", "home"], ["m0"]),
+    (["--host-files", "home", "--machine", "m1"], ["m1"])])
+def test_host_files_home_leaves_files_to_the_starting_machine(options: list[str],
+                                                               with_files: list[str]) -> None:
+    from tender_ray.cli.exec_command import _machine_configs
+    from tender_ray.cli.main import build_parser
+    from tender_ray.config import HostFiles
+
+    ns = build_parser().parse_args(["exec", "--machines", "3", *options, "prog"])
+    configs = _machine_configs(ns)
+    assert [c.name for c in configs if c.host_files is HostFiles.NODE] == with_files
+    assert all(c.host_files is HostFiles.NONE for c in configs if c.name not in with_files)
+    with pytest.raises(SystemExit) as exit_:
+        main(["exec", "--host-files", "nowhere", "prog"])
+    assert exit_.value.code == status.EXEC_FAILED

@@ -1,9 +1,10 @@
 """Event descriptors and the process's own state, through the system calls a real program
 makes (kernel/syscalls/descriptors_events.py, processes.py, memory.py, time.py): the musl
 workloads `events` (eventfd, timerfd, epoll and poll over pipes, pipe sizes, membarrier) and
-`process_state` (prctl, resource limits, CPU-time timers, mremap, mincore) print what the same
-binary prints natively, on both engines and while they migrate between machines; what a
-timer or an epoll set holds travels in the image."""
+`process_state` (prctl, resource limits, CPU-time timers, mremap, mincore) and `epoll_edge`
+(EPOLLET and EPOLLONESHOT) print what the same binary prints natively, on both engines and
+while they migrate between machines; what a timer or an epoll set holds travels in the
+image."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ from support.machines import bounce, finish, local_mover, start
 from support.programs import native
 
 from tender_ray.kernel.machine import Machine
-from tender_ray.resources.event_file import Epoll, EventFd, Interest, TimerFd
+from tender_ray.resources.event_file import EPOLLET, Epoll, EventFd, Interest, TimerFd
 from tender_ray.resources.open_file import POLLIN, FdTable
 
 MakeMachine = Callable[..., Machine]
 PROGRAMS = [("events", "20"), ("process_state", "3")]
+QUICK = [("epoll_edge",)]  # over before a move could come: run in place only
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p[0])
-def test_as_natively(make_machine: MakeMachine, engine: str, program: tuple[str, str]) -> None:
+@pytest.mark.parametrize("program", PROGRAMS + QUICK, ids=lambda p: p[0])
+def test_as_natively(make_machine: MakeMachine, engine: str, program: tuple[str, ...]) -> None:
     machine = make_machine(quantum_us=1000, engine=engine)
     status, out, err, info = finish(machine, start(machine, *program))
     assert (status, out, err) == native(*program), info.exit_reason
@@ -82,3 +84,24 @@ def test_a_one_shot_timer_fires_once() -> None:
         time.sleep(timer.wake_after() or 0.001)
     assert timer.read(8) == (1).to_bytes(8, "little")
     assert timer.read(8) is None and timer.wake_after() is None
+
+
+def test_edge_triggered_reports_what_is_new_and_mod_rearms() -> None:
+    table = FdTable()
+    counter = EventFd(0, False, 0)
+    ep = Epoll(0)
+    fd = table.install(counter)
+    table.install(ep)
+    ep.interest[fd] = Interest(counter, POLLIN | EPOLLET, 5)
+    assert ep.ready(table, 8) == []
+    counter.write((1).to_bytes(8, "little"))
+    assert ep.ready(table, 8) == [(POLLIN, 5)]
+    assert ep.ready(table, 8) == []  # still readable, nothing new: not again
+    counter.write((2).to_bytes(8, "little"))
+    assert ep.ready(table, 8) == [(POLLIN, 5)]  # more arrived while readable: reported
+    counter.read(8)
+    assert ep.ready(table, 8) == []
+    counter.write((1).to_bytes(8, "little"))
+    assert ep.ready(table, 8) == [(POLLIN, 5)]  # drained, then ready again: a new edge
+    ep.interest[fd].seen = ep.interest[fd].held = 0  # what EPOLL_CTL_MOD does
+    assert ep.ready(table, 8) == [(POLLIN, 5)]

@@ -22,7 +22,7 @@ from tender_ray.abi.linux import TCGETS, TIOCGWINSZ
 from tender_ray.cli.exec_command import default_memory_mib, memory_message
 from tender_ray.cli.execute import stdin_source, stream_identity
 from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.syscalls import file_stat
+from tender_ray.kernel.syscalls import file_stat, proc_files
 from tender_ray.resources.file_view import (
     FileStat,
     FileView,
@@ -30,7 +30,7 @@ from tender_ray.resources.file_view import (
     LocalFileService,
     StreamIdentity,
 )
-from tender_ray.resources.open_file import FilesImage, OpenFile, standard_files
+from tender_ray.resources.open_file import FilesImage, OpenFile, OutputStream, standard_files
 
 MakeMachine = Callable[..., Machine]
 
@@ -48,12 +48,18 @@ def text(tmp_path: Path) -> Path:
 
 # --- exec's own descriptors, told apart ----------------------------------------------------
 
+def _standard(identity: StreamIdentity | None) -> OutputStream:
+    return OutputStream(1, identity)  # a standard stream that is exec's descriptor
+
+
 def test_exec_tells_its_descriptors_apart(text: Path, tmp_path: Path) -> None:
     """A regular file of the view read from its start is given by its path; one read partly,
     a pipe or a terminal is streamed; /dev/null is /dev/null; a closed one is none."""
     spec = FileViewSpec(root="/", cwd=str(tmp_path))
     with text.open("rb") as f:
         assert stream_identity(f.fileno()).kind == "file"  # type: ignore[union-attr]
+        # /proc/self/fd/0 of the guest names it as exec's descriptor does
+        assert proc_files.describe(_standard(stream_identity(f.fileno()))) == str(text)
         assert stdin_source(f.fileno(), spec) == str(text.resolve())
         f.read(10)
         assert stdin_source(f.fileno(), spec) == "stream"  # the rest, as natively
@@ -63,6 +69,8 @@ def test_exec_tells_its_descriptors_apart(text: Path, tmp_path: Path) -> None:
     r, w = os.pipe()
     try:
         assert stream_identity(r).kind == "pipe"  # type: ignore[union-attr]
+        pipe = proc_files.describe(_standard(stream_identity(r)))
+        assert pipe == f"pipe:[{os.fstat(r).st_ino}]"
         assert stdin_source(r, spec) == "stream"
     finally:
         os.close(r)
@@ -78,6 +86,7 @@ def test_exec_tells_its_descriptors_apart(text: Path, tmp_path: Path) -> None:
     try:
         tty = stream_identity(follower)
         assert tty is not None and tty.kind == "terminal"
+        assert proc_files.describe(_standard(tty)) == os.ttyname(follower)
         assert len(tty.termios) == 36 and len(tty.winsize) == 8
         assert stdin_source(follower, spec) == "stream"
     finally:

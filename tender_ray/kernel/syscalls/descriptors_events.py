@@ -1,6 +1,6 @@
 """The descriptor system calls: closing, duplicating, descriptor and status flags (fcntl),
 pipes and their size, ioctl; and the descriptors of events: eventfd, timerfd, epoll and
-poll/ppoll over every kind of descriptor. All of it is the process's descriptor table
+poll/ppoll/select over every kind of descriptor. All of it is the process's descriptor table
 (resources/open_file.py, resources/event_file.py), which travels with the process whole: what
 a descriptor, a timer or an epoll set holds is part of its image."""
 
@@ -30,6 +30,8 @@ from tender_ray.resources.open_file import (
     PIPE_MAX_SIZE,
     POLLERR,
     POLLHUP,
+    POLLIN,
+    POLLOUT,
     Directory,
     HostFile,
     OpenFile,
@@ -37,6 +39,7 @@ from tender_ray.resources.open_file import (
     PipeEnd,
 )
 from tender_ray.resources.process import Process
+from tender_ray.resources.watch import Inotify
 
 if TYPE_CHECKING:
     from tender_ray.kernel.syscalls.dispatch import SystemCalls
@@ -76,6 +79,9 @@ def ioctl(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
         return SyscallOutcome(0)
     if request in (FIOCLEX, FIONCLEX):
         p.files.entries[a[0]].cloexec = request == FIOCLEX
+        return SyscallOutcome(0)
+    if request == FIONREAD and isinstance(file, Inotify):
+        p.space.write(a[2], struct.pack("<i", file.queued_bytes()))
         return SyscallOutcome(0)
     if request == FIONREAD:
         buffer = file.pipe if isinstance(file, PipeEnd) else getattr(file, "inbox", None)
@@ -320,6 +326,7 @@ def epoll_ctl(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
         return SyscallOutcome(-Errno.ENOENT)
     else:
         item.events, item.data = events, data
+        item.seen = item.held = 0  # as Linux: a MOD re-arms an edge
     return SyscallOutcome(0)
 
 
@@ -407,6 +414,76 @@ def ppoll(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return _poll(sc, p, a[0], a[1], timeout, 271)
 
 
+# What select counts as ready in each of its three sets (Linux's POLLIN_SET, POLLOUT_SET and
+# POLLEX_SET, fs/select.c); POLLPRI is 0x2.
+SELECT_SETS = (POLLIN | POLLHUP | POLLERR, POLLOUT | POLLERR, 0x2)
+FD_SETSIZE = 1024  # descriptors are below RLIMIT_NOFILE's 1024
+
+
+def _select(sc: SystemCalls, p: Process, a: SyscallArgs, timeout: float | None,
+            nr: int) -> SyscallOutcome:
+    """select and pselect6 over poll's readiness: the three bit sets read, answered, and
+    written back only when the call ends (a wait re-issues it with the sets as they were)."""
+    n = signed32(a[0])
+    if n < 0:
+        return SyscallOutcome(-Errno.EINVAL)
+    n = min(n, FD_SETSIZE)
+    size = (n + 63) // 64 * 8
+    assert p.space is not None
+    asked = [int.from_bytes(p.space.read(addr, size), "little") if addr and size else 0
+             for addr in a[1:4]]
+    ready, wake = [0, 0, 0], []
+    for fd in range(n):
+        bit = 1 << fd
+        if not (asked[0] | asked[1] | asked[2]) & bit:
+            continue
+        entry = p.files.entries.get(fd)
+        if entry is None:
+            return SyscallOutcome(-Errno.EBADF)
+        readiness = entry.file.readiness()
+        for i, mask in enumerate(SELECT_SETS):
+            if asked[i] & bit and readiness & mask:
+                ready[i] |= bit
+        if (t := entry.file.wake_after()) is not None:
+            wake.append(t)
+    count = sum(bin(r).count("1") for r in ready)
+    left = None if count else timed_wait_left(p, timeout)
+    if count or left == 0:
+        p.files.timed_wait = None
+        for addr, bits in zip(a[1:4], ready, strict=True):
+            if addr and size:
+                p.space.write(addr, bits.to_bytes(size, "little"))
+        return SyscallOutcome(count)
+    bounds = [t for t in (left, *wake) if t is not None]
+    return wait_until_ready(sc, p, nr, min(bounds) if bounds else None)
+
+
+@errno_call
+def select(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    timeout = None
+    if a[4]:
+        assert p.space is not None
+        sec, usec = struct.unpack("<qq", p.space.read(a[4], 16))
+        if sec < 0 or not 0 <= usec < 1_000_000:
+            return SyscallOutcome(-Errno.EINVAL)
+        timeout = sec + usec / 1e6
+    return _select(sc, p, a, timeout, 23)
+
+
+@errno_call
+def pselect6(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    timeout = None
+    if a[4]:
+        timeout = _timespec(p, a[4])
+        if timeout is None:
+            return SyscallOutcome(-Errno.EINVAL)
+    if a[5]:
+        assert p.space is not None
+        if struct.unpack("<Q", p.space.read(a[5], 8))[0]:
+            p.accounting.unsupported["pselect6 with a signal mask (waited without it)"] += 1
+    return _select(sc, p, a, timeout, 270)
+
+
 CLOSE_RANGE_UNSHARE, CLOSE_RANGE_CLOEXEC = 2, 4
 
 
@@ -430,5 +507,6 @@ HANDLERS: dict[str, Handler] = {
     "timerfd_settime": timerfd_settime, "timerfd_gettime": timerfd_gettime,
     "epoll_create": epoll_create, "epoll_create1": epoll_create1, "epoll_ctl": epoll_ctl,
     "epoll_wait": epoll_wait, "epoll_pwait": epoll_pwait, "poll": poll, "ppoll": ppoll,
+    "select": select, "pselect6": pselect6,
     "close_range": close_range,
 }

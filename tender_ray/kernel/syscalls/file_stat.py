@@ -110,6 +110,8 @@ def stat_of(sc: SystemCalls, p: Process, file: OpenFile) -> FileStat:
     if isinstance(file, HostFile):
         service, handle = file._live()
         return service.fstat(handle)
+    if isinstance(file, proc_files.ProcDirectory):
+        return proc_files.stat(p, "self/" + file.name, link=False)
     if isinstance(file, Directory):
         return view_of(sc, p).service.lstat(file.host_path)
     if isinstance(file, Device):

@@ -178,12 +178,15 @@ def getdents64(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     d = p.files.get(a[0])
     if not isinstance(d, Directory):
         return SyscallOutcome(-Errno.ENOTDIR)
-    service = view_of(sc, p).service
-    here = service.lstat(d.host_path).ino
-    parent = service.lstat(os.path.dirname(d.host_path.rstrip("/")) or "/").ino
-    # "." and ".." first, as Linux lists them; the position counts entries already given.
-    entries = [(here, 4, "."), (parent, 4, ".."),
-               *((e.ino, e.kind, e.name) for e in service.listdir(d.host_path))]
+    if isinstance(d, proc_files.ProcDirectory):  # /proc/self/fd/: the descriptors now
+        entries = proc_files.listing(p, d)
+    else:
+        service = view_of(sc, p).service
+        here = service.lstat(d.host_path).ino
+        parent = service.lstat(os.path.dirname(d.host_path.rstrip("/")) or "/").ino
+        # "." and ".." first, as Linux lists them; the position counts entries given.
+        entries = [(here, 4, "."), (parent, 4, ".."),
+                   *((e.ino, e.kind, e.name) for e in service.listdir(d.host_path))]
     out = bytearray()
     while d.position < len(entries):
         ino, kind, name = entries[d.position]

@@ -264,6 +264,8 @@ def _open_proc(sc: SystemCalls, p: Process, r: Resolved, flags: int, cloexec: bo
             return _open(sc, p, None, target, flags | (O_CLOEXEC if cloexec else 0), 0)
         fd = int(r.proc.rsplit("/", 1)[1])  # a pipe or an event: the same description
         return p.files.dup(fd, cloexec=cloexec)
+    if (listed := proc_files.directory(p, r.proc, r.guest, flags)) is not None:
+        return p.files.install(listed, cloexec=cloexec)
     if flags & _WRITE_FLAGS:
         raise OSError(int(Errno.EACCES), f"{r.guest} cannot be written")
     body = FileBody(name=r.guest, data=bytearray(proc_files.contents(sc, p, r.proc)),

@@ -1,6 +1,7 @@
 """The memory system calls: the program break, anonymous and file mappings, unmapping,
 remapping, residency (mincore), protections, advice and memory barriers, over the process's
-address space (kernel/address_space.py)."""
+address space (kernel/address_space.py); and a stack growing down when a touch lands just
+below it, as Linux grows the main stack and MAP_GROWSDOWN mappings."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel.syscalls.base import Handler, reattach
+from tender_ray.kernel.syscalls.processes import RLIMIT_STACK, limit
 from tender_ray.resources.process import Process
+from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind
 
 if TYPE_CHECKING:
     from tender_ray.kernel.syscalls.dispatch import SystemCalls
@@ -96,6 +99,41 @@ def madvise(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[2] in (linux.MADV_DONTNEED, linux.MADV_FREE):
         return SyscallOutcome(vm.discard(sc.managers, p, a[0], a[1]))
     return SyscallOutcome(0)  # advice only: ignoring it is correct
+
+
+STACK_GUARD_GAP = 256 * vm.PAGE_SIZE  # Linux's stack_guard_gap: kept free below a stack
+
+
+def grow_stack(p: Process, address: int) -> bool:
+    """A touch of `address`, which no area maps: when the nearest area above it is a stack
+    (the main stack, a MAP_GROWSDOWN mapping) it grows down to the touched page, as Linux
+    grows it — to RLIMIT_STACK at most, and never closer than the guard gap to an accessible
+    area below that is not a stack itself. Whether it grew (then the faulting instruction
+    runs again)."""
+    space = p.space
+    if space is None:
+        return False
+    above = [us for us in space.user_spaces if us.start > address]
+    if not above:
+        return False
+    us = min(above, key=lambda u: u.start)
+    if us.region is None or us.region.kind is not RegionKind.STACK:
+        return False
+    start = address - address % vm.PAGE_SIZE
+    if us.end - start > limit(p, RLIMIT_STACK)[0]:
+        return False
+    for u in space.user_spaces:
+        if u.end <= start - STACK_GUARD_GAP or u.start >= us.start:
+            continue
+        stack = u.region is not None and u.region.kind is RegionKind.STACK
+        if u.end > start or (u.perms & 7 and not stack):
+            return False
+    region = us.region
+    space.unpaste(us)  # its entries again at the new start, the new pages not yet present
+    region.frames[:0] = [NOT_PRESENT] * ((us.start - start) // vm.PAGE_SIZE)
+    us.start = start
+    space.paste(us)
+    return True
 
 
 HANDLERS: dict[str, Handler] = {

@@ -1,7 +1,8 @@
 """The process's own /proc (/proc/self, /proc/thread-self and /proc/PID of itself): maps,
-status, stat, statm, cmdline, environ, limits, comm, and the links cwd, exe, fd/N — each made
-at open from the Tender process (its areas, signal state, limits, descriptors and view), never
-read from the host's, so they say the same on whichever machine it runs. No other process is
+status, stat, statm, smaps, cmdline, environ, limits, comm, mounts and mountinfo (of the
+file view), the directories fd/ and fdinfo/ and the links cwd, exe, fd/N — each made at open
+from the Tender process (its areas, signal state, limits, descriptors and view), never read
+from the host's, so they say the same on whichever machine it runs. No other process is
 visible: another pid is ENOENT."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from tender_ray.abi.linux import Errno
 from tender_ray.kernel import signals
 from tender_ray.kernel.syscalls.base import view_of
 from tender_ray.kernel.syscalls.processes import RLIM_INFINITY, limit
-from tender_ray.resources.file_view import FileStat
-from tender_ray.resources.open_file import OpenFile, PipeEnd
+from tender_ray.resources.file_view import TMP, FileStat, FileView
+from tender_ray.resources.open_file import Directory, OpenFile, OutputStream, PipeEnd, StdinStream
 from tender_ray.resources.process import Process
 from tender_ray.resources.virtual_region import RegionKind
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from tender_ray.kernel.syscalls.dispatch import SystemCalls
 
 LINKS = frozenset({"cwd", "exe", "fd"})
+DIRECTORIES = frozenset({"fd", "fdinfo"})  # /proc/self/fd/ and fdinfo/: one entry a descriptor
+DT_LNK, DT_REG = 10, 8
+_PROC_INO = 0x7E000000  # inode numbers of /proc's made entries (never a host file's)
 _LIMIT_NAMES = [("Max cpu time", "seconds"), ("Max file size", "bytes"),
                 ("Max data size", "bytes"), ("Max stack size", "bytes"),
                 ("Max core file size", "bytes"), ("Max resident set", "bytes"),
@@ -49,9 +53,37 @@ def link_target(sc: SystemCalls, p: Process, proc: str) -> str | None:
         return view.cwd
     if rest == ["exe"]:
         return view.resolve(view.exe).guest
-    if rest[0] == "fd":
+    if rest[0] == "fd" and len(rest) > 1:
         return describe(_open_file(p, rest[1]))
     return None
+
+
+class ProcDirectory(Directory):
+    """/proc/self/fd or fdinfo opened for listing: its entries are the process's descriptors
+    when it is read (getdents64), as Linux makes them."""
+
+    kind = "directory"
+
+    def __init__(self, guest_path: str, name: str, flags: int) -> None:
+        super().__init__(guest_path, "", flags)
+        self.name = name
+
+
+def directory(p: Process, proc: str, guest: str, flags: int) -> ProcDirectory | None:
+    """/proc/self/fd or fdinfo opened (None: not one of them)."""
+    rest = split(p, proc)
+    if len(rest) != 1 or rest[0] not in DIRECTORIES:
+        return None
+    if flags & os.O_ACCMODE != os.O_RDONLY:
+        raise OSError(int(Errno.EISDIR), f"{guest} is a directory")
+    return ProcDirectory(guest, rest[0], flags)
+
+
+def listing(p: Process, d: ProcDirectory) -> list[tuple[int, int, str]]:
+    """(inode, DT_* type, name) of each entry, "." and ".." first."""
+    kind = DT_LNK if d.name == "fd" else DT_REG
+    return [(_PROC_INO + 1, 4, "."), (_PROC_INO, 4, ".."),
+            *((_PROC_INO + 16 + fd, kind, str(fd)) for fd in sorted(p.files.entries))]
 
 
 def _open_file(p: Process, fd: str) -> OpenFile:
@@ -68,13 +100,28 @@ def describe(file: OpenFile) -> str:
         return str(path)
     if isinstance(file, PipeEnd):
         return f"pipe:[{id(file.pipe) & 0xFFFFFF}]"
+    if isinstance(file, StdinStream | OutputStream):
+        # A standard stream is what exec's own is: its pipe, /dev/null, its socket; one of
+        # its own (no outside identity) is a pipe numbered after the stream.
+        outside = file.outside
+        if outside is None:
+            return f"pipe:[{_PROC_INO + getattr(file, 'stream', 0)}]"
+        if outside.kind in ("pipe", "socket"):
+            return f"{outside.kind}:[{outside.stat.ino}]"
+        if outside.kind == "null":
+            return "/dev/null"
+        if outside.path:  # a file redirected in or out, a terminal: the name exec's has
+            return outside.path
     if file.kind == "device":
         return f"/dev/{getattr(file, 'name', 'null')}"
     return f"anon_inode:[{file.kind}]"
 
 
 def stat(p: Process, proc: str, link: bool) -> FileStat:
-    mode = stat_mod.S_IFLNK | 0o777 if link else stat_mod.S_IFREG | 0o444
+    if split(p, proc) in (["fd"], ["fdinfo"]):
+        mode = stat_mod.S_IFDIR | 0o500
+    else:
+        mode = stat_mod.S_IFLNK | 0o777 if link else stat_mod.S_IFREG | 0o444
     return FileStat(mode=mode, size=0, ino=0, dev=0x16, nlink=1, uid=os.getuid(),
                     gid=os.getgid(), rdev=0, blksize=1024, blocks=0, atime_ns=0, mtime_ns=0,
                     ctime_ns=0)
@@ -92,6 +139,15 @@ def contents(sc: SystemCalls, p: Process, proc: str) -> bytes:
         return p.name[:15].encode("utf-8", "surrogateescape") + b"\n"
     if name == "maps":
         return _maps(sc, p).encode()
+    if name == "smaps":
+        return _smaps(sc, p).encode()
+    if name == "mounts":
+        return "".join(f"{src} {at} {fs} {opts} 0 0\n"
+                       for src, at, fs, opts, _ in _mounts(view)).encode()
+    if name == "mountinfo":
+        return "".join(f"{i + 20} {19 if i else 1} 0:{i + 20} {root} {at} {opts},relatime "
+                       f"- {fs} {src} {opts}\n"
+                       for i, (src, at, fs, opts, root) in enumerate(_mounts(view))).encode()
     if name == "status":
         return _status(p).encode()
     if name == "stat":
@@ -130,6 +186,43 @@ def _maps(sc: SystemCalls, p: Process) -> str:
         head = f"{us.start:08x}-{us.end:08x} {perms} 00000000 00:00 0"
         lines.append(f"{head:<73}{name}" if name else head + " ")
     return "".join(line.rstrip() + "\n" for line in lines)
+
+
+def _smaps(sc: SystemCalls, p: Process) -> str:
+    """maps, each area followed by the fields programs parse: its size and what of it is
+    resident (every resident page is the process's own: private and dirty)."""
+    assert p.space is not None
+    out = []
+    areas = sorted(p.space.user_spaces, key=lambda u: u.start)
+    for line, us in zip(_maps(sc, p).splitlines(), areas, strict=True):
+        size = us.npages * 4
+        region = us.region
+        rss = 4 * min(us.npages, region.resident()) if region is not None else 0
+        anonymous = rss if region is None or region.kind not in (RegionKind.TEXT,) else 0
+        flags = " ".join(f for f, bit in (("rd", 1), ("wr", 2), ("ex", 4)) if us.perms & bit)
+        out.append(line + "\n" + "".join(f"{k + ':':<16}{v:>8} kB\n" for k, v in (
+            ("Size", size), ("KernelPageSize", 4), ("MMUPageSize", 4), ("Rss", rss),
+            ("Pss", rss), ("Pss_Dirty", rss), ("Shared_Clean", 0), ("Shared_Dirty", 0),
+            ("Private_Clean", 0), ("Private_Dirty", rss), ("Referenced", rss),
+            ("Anonymous", anonymous), ("KSM", 0), ("LazyFree", 0), ("AnonHugePages", 0),
+            ("ShmemPmdMapped", 0), ("FilePmdMapped", 0), ("Shared_Hugetlb", 0),
+            ("Private_Hugetlb", 0), ("Swap", 0), ("SwapPss", 0), ("Locked", 0)))
+                   + f"THPeligible:    0\nVmFlags: {flags} mr mw me ac\n")
+    return "".join(out)
+
+
+def _mounts(view: FileView) -> list[tuple[str, str, str, str, str]]:
+    """The file view as mounts: (source, mount point, type, options, root in the source) —
+    the root read-only unless written under, each writable directory, /tmp, /proc, /dev."""
+    root_rw = "/" in view.writable
+    found = [("tender", "/", "tender", "rw" if root_rw else "ro", "/")]
+    found += [("tender", w, "tender", "rw", w) for w in view.writable
+              if w not in ("/", TMP)]
+    if TMP in view.writable:
+        found.append(("tmpfs", TMP, "tmpfs", "rw,nosuid,nodev", "/"))
+    found += [("proc", "/proc", "proc", "rw,nosuid,nodev,noexec", "/"),
+              ("devtmpfs", "/dev", "devtmpfs", "rw,nosuid", "/")]
+    return found
 
 
 def _mask(sigs: int) -> str:

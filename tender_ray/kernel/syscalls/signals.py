@@ -1,19 +1,23 @@
 """The signal system calls of a single-threaded process: actions, masks, the alternate stack,
-signals to itself, waiting for a signal (pause/rt_sigsuspend) and rt_sigreturn. The state they
-keep is `kernel.signals.SignalState`; delivery happens between runs (`Machine._before_run`);
-the timers that raise signals are time.py's.
+signals to itself (also through a pidfd of itself), waiting for a signal (pause/rt_sigsuspend),
+rt_sigreturn, and signalfd — pending signals read as records. The state they keep is
+`kernel.signals.SignalState`; delivery happens between runs (`Machine._before_run`); the
+timers that raise signals are time.py's.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
 from tender_ray.kernel import signals
 from tender_ray.kernel.signals import NSIG, SigAction, Wait, bit
-from tender_ray.kernel.syscalls.base import ENDED, Handler, err
+from tender_ray.kernel.syscalls.base import ENDED, O_CLOEXEC, Handler, err, file_of, signed32
+from tender_ray.resources.open_file import POLLIN, OpenFile
 from tender_ray.resources.process import Process
 from tender_ray.resources.virtual_space import BadAddress
 
@@ -180,7 +184,137 @@ def rt_sigreturn(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return SyscallOutcome(None, stop=True)
 
 
+# --- signalfd and pidfd ----------------------------------------------------------------------
+
+SIGINFO_SIZE = 128  # struct signalfd_siginfo
+_SIGINFO = struct.Struct("<IiiIIiIIIIiiQQQQH")
+SIGNALFD_LOOK = 0.05  # seconds between looks while a read or poll waits on a signalfd
+_UNBLOCKABLE = bit(9) | bit(19)  # SIGKILL, SIGSTOP
+
+
+class SignalFd(OpenFile):
+    """A signalfd: reads take the process's pending signals of `mask` (the process blocks
+    them, so they wait to be read rather than delivered). It holds only its mask; the
+    signal state is the process's, bound before each call that may read or poll it
+    (`bound`), so after a move it is the destination's."""
+
+    kind = "signalfd"
+
+    def __init__(self, mask: int, flags: int) -> None:
+        super().__init__(flags | os.O_RDONLY)
+        self.mask = mask
+        self.state: signals.SignalState | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "state": None}
+
+    def _taken(self) -> list[int]:
+        state = self.state
+        return [] if state is None else sorted(s for s in state.pending
+                                               if self.mask & bit(s))
+
+    def read(self, length: int) -> bytes | None:
+        if length < SIGINFO_SIZE:
+            raise OSError(int(Errno.EINVAL), "a signalfd is read 128 bytes at a time")
+        taken = self._taken()[:length // SIGINFO_SIZE]
+        if not taken or self.state is None:
+            return None
+        out = b""
+        for sig in taken:
+            info = self.state.pending.pop(sig)
+            out += _SIGINFO.pack(sig, 0, info.code, info.pid, 0 if info.fault else os.getuid(),
+                                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, info.addr, 0)
+            out = out.ljust(len(out) + SIGINFO_SIZE - _SIGINFO.size, b"\0")
+        return out
+
+    def readiness(self) -> int:
+        return POLLIN if self._taken() else 0
+
+    def wake_after(self) -> float | None:
+        # A blocked signal wakes nobody: a wait on the descriptor looks again now and then.
+        return SIGNALFD_LOOK
+
+
+def bound(name: str, handler: Handler) -> Handler:
+    """`handler`, with the caller's signalfds bound to its signal state first (the table
+    wraps the calls that read or poll descriptors with this)."""
+    if name not in ("read", "readv", "poll", "ppoll", "epoll_wait", "epoll_pwait", "ioctl"):
+        return handler
+
+    @functools.wraps(handler)
+    def call(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+        for entry in p.files.entries.values():
+            if isinstance(entry.file, SignalFd):
+                entry.file.state = signals.of(p)
+        return handler(sc, p, a)
+    return call
+
+
+def signalfd4(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    if a[2] != SIGSET_SIZE or a[3] & ~(os.O_NONBLOCK | O_CLOEXEC):
+        return err(Errno.EINVAL)
+    assert p.space is not None
+    (mask,) = struct.unpack("<Q", p.space.read(a[1], 8))
+    mask &= ~_UNBLOCKABLE  # as Linux: SIGKILL and SIGSTOP are never taken
+    fd = signed32(a[0])
+    if fd != -1:
+        try:
+            file_of(p, fd, SignalFd, Errno.EINVAL, "a signalfd").mask = mask
+        except OSError as e:
+            return SyscallOutcome(-(e.errno or int(Errno.EINVAL)))
+        return SyscallOutcome(fd)
+    made = SignalFd(mask, a[3] & os.O_NONBLOCK)
+    made.state = signals.of(p)
+    try:
+        return SyscallOutcome(p.files.install(made, cloexec=bool(a[3] & O_CLOEXEC)))
+    except OSError as e:
+        return SyscallOutcome(-(e.errno or int(Errno.EMFILE)))
+
+
+def signalfd(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return signalfd4(sc, p, (a[0], a[1], a[2], 0, 0, 0))
+
+
+class PidFd(OpenFile):
+    """A pidfd of the process itself (no other process is visible): it never becomes
+    readable, since the process that could wait on it is the one that would have to end."""
+
+    kind = "pidfd"
+
+    def __init__(self, pid: int, flags: int) -> None:
+        super().__init__(flags | os.O_RDWR)
+        self.pid = pid
+
+    def readiness(self) -> int:
+        return 0
+
+
+def pidfd_open(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    if a[1] & ~os.O_NONBLOCK:
+        return err(Errno.EINVAL)
+    if signed32(a[0]) != p.pid:
+        return err(Errno.ESRCH if signed32(a[0]) > 0 else Errno.EINVAL)
+    try:  # as Linux: a pidfd is always close-on-exec
+        return SyscallOutcome(p.files.install(PidFd(p.pid, a[1] & os.O_NONBLOCK), cloexec=True))
+    except OSError as e:
+        return SyscallOutcome(-(e.errno or int(Errno.EMFILE)))
+
+
+def pidfd_send_signal(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    if a[3]:
+        return err(Errno.EINVAL)
+    try:
+        target = file_of(p, signed32(a[0]), PidFd, Errno.EBADF, "a pidfd")
+    except OSError as e:
+        return SyscallOutcome(-(e.errno or int(Errno.EBADF)))
+    if a[2]:
+        p.accounting.unsupported["pidfd_send_signal with a siginfo (sent as kill)"] += 1
+    return _signal_self(sc, p, target.pid, a[1], signals.SI_USER)
+
+
 HANDLERS: dict[str, Handler] = {
+    "signalfd": signalfd, "signalfd4": signalfd4, "pidfd_open": pidfd_open,
+    "pidfd_send_signal": pidfd_send_signal,
     "rt_sigaction": rt_sigaction, "rt_sigprocmask": rt_sigprocmask,
     "rt_sigpending": rt_sigpending, "sigaltstack": sigaltstack,
     "kill": kill, "tkill": tkill, "tgkill": tgkill,

@@ -28,12 +28,13 @@ from tender_ray.kernel.syscalls import (
     threads,
     time,
     transfers,
+    watches,
 )
 from tender_ray.kernel.syscalls.base import Handler
 
 FAMILY_MODULES: tuple[ModuleType, ...] = (files, file_stat, file_tree, locks, transfers,
-                                          descriptors_events, memory, signals, processes,
-                                          threads, time, identity, sockets)
+                                          descriptors_events, watches, memory, signals,
+                                          processes, threads, time, identity, sockets)
 FILES, DESCRIPTORS, MEMORY = files.FAMILY, descriptors_events.FAMILY, memory.FAMILY
 SIGNALS, PROCESSES, THREADS = signals.FAMILY, processes.FAMILY, threads.FAMILY
 TIME, IDENTITY = time.FAMILY, identity.FAMILY
@@ -55,15 +56,18 @@ NO_CHILD = "a process makes no other process (process trees are not built yet)"
 NO_OTHER = "no other process is visible"
 NO_NUMA = "one memory node: no NUMA policy"
 NO_WAIT = "not yet: poll, ppoll and epoll are served"
-EPOLL_LT = "level-triggered: EPOLLET reports as often as level-triggered (never less)"
+EPOLL_LT = ("EPOLLET reports what an entry became ready for since it last looked, and "
+            "input again when more is held than then (what arrived and was read between two "
+            "looks is not seen)")
 ONLY_SELF = "a process can signal only itself"
 NO_SCHED = "no scheduling policies or priorities"
 OWNERS = "owners never change: the same owner is accepted, another answers EPERM"
 CPU_SPLIT = "all its CPU time counts as user time"
 BLOCK = "at most 1 MiB a call (callers loop, as they must on Linux)"
 PROC_LINKS = "/proc/self/exe, cwd and fd/N answer from the process"
-OPEN = ("O_TMPFILE makes a file of the image; /proc/self/{maps,status,stat,statm,cmdline,"
-        "environ,limits,comm,fd/N,fdinfo/N} are made from the process, no other pid is visible")
+OPEN = ("O_TMPFILE makes a file of the image; /proc/self/{maps,smaps,status,stat,statm,"
+        "cmdline,environ,limits,comm,mounts,mountinfo,fd/,fdinfo/} are made from the process "
+        "(mounts: of its file view), no other pid is visible")
 GHOST = "a file the process holds open and no name is left to keeps its contents in its image"
 LOCKS = "advisory, among the processes of one machine; held locks travel with the process"
 LIMITS = "kept and carried; RLIMIT_NOFILE enforced (at most 1024), the others kept only"
@@ -76,6 +80,15 @@ MKNOD = ("FIFOs and regular files; device nodes and sockets answer EPERM. A FIFO
          "the machine's own pipe, between its processes; an end moves with its process only "
          "when no other process holds the FIFO (else the migration is refused, saying so)")
 NO_XATTR = "no extended attributes: reading answers ENODATA, listing an empty list"
+SIGNALFD = ("the mask's pending signals read as records; a wait on it looks again every "
+            f"{signals.SIGNALFD_LOOK * 1000:.0f} ms (a blocked signal wakes nobody); the mask "
+            "travels, the signals are the process's pending ones")
+PIDFD = ("only of the process itself (no child processes yet; another pid answers ESRCH): "
+         "never readable, since it would have to end first")
+INOTIFY = ("watches on paths of the view, not inodes; the process's own calls are heard as "
+           "they are made, others' changes (other processes, the host) when it reads or polls "
+           "the instance, without OPEN/ACCESS/CLOSE and summed between two looks; watches, what "
+           "they saw and queued events travel in the image")
 
 
 class Status(str, enum.Enum):
@@ -109,6 +122,7 @@ def no(family: str, name: str, note: str) -> Entry:
 
 f, fs, ft, de, mem, sig = files, file_stat, file_tree, descriptors_events, memory, signals
 pr, th, tm, idn, tr, so = processes, threads, time, identity, transfers, sockets
+wa = watches
 
 TABLE: dict[int, Entry] = {
     0: full(f, "read"),
@@ -116,13 +130,15 @@ TABLE: dict[int, Entry] = {
     2: full(f, "open", OPEN),
     3: full(de, "close"),
     4: full(fs, "stat"),
-    5: partial(fs, "fstat", "standard output and error are pipes of their own (a terminal "
-               "of exec's is not shown as one); /dev files are distinct character devices"),
+    5: partial(fs, "fstat", "standard streams answer as exec's own are (a file, a pipe, a "
+               "terminal with the settings it had at the start, /dev/null); a scenario's "
+               "processes have pipes of their own; /dev files are distinct character devices"),
     6: full(fs, "lstat"),
     7: full(de, "poll"),
     8: full(f, "lseek"),
     9: partial(mem, "mmap", "a file's pages are copied at map time; a writable MAP_SHARED "
-               "file mapping answers ENODEV"),
+               "file mapping answers ENODEV; MAP_GROWSDOWN grows when touched below, as Linux "
+               "(RLIMIT_STACK, guard gap), and so does the main stack past its 8 MiB"),
     10: full(mem, "mprotect"),
     11: full(mem, "munmap"),
     12: full(mem, "brk"),
@@ -137,7 +153,7 @@ TABLE: dict[int, Entry] = {
     20: full(f, "writev"),
     21: full(ft, "access"),
     22: full(de, "pipe"),
-    23: no(DESCRIPTORS, "select", NO_WAIT),
+    23: partial(de, "select", "the timeval is not updated with the time left"),
     24: full(pr, "sched_yield"),
     25: partial(mem, "mremap", "shrink, grow or move a private mapping; MREMAP_DONTUNMAP "
                "answers EINVAL"),
@@ -323,8 +339,8 @@ TABLE: dict[int, Entry] = {
     199: no(FILES, "fremovexattr", NO_XATTR),
     200: partial(sig, "tkill", ONLY_SELF),
     201: full(tm, "time"),
-    202: partial(th, "futex", "one thread: a wake wakes none, a wait no thread can end ends "
-                "the process"),
+    202: partial(th, "futex", "one thread: a wake wakes none; a wait ends by its timeout or a "
+                "signal"),
     203: no(PROCESSES, "sched_setaffinity", NO_SCHED),
     204: no(PROCESSES, "sched_getaffinity", NO_SCHED),
     205: no(THREADS, "set_thread_area", "32-bit TLS: x86-64 programs use arch_prctl"),
@@ -375,9 +391,9 @@ TABLE: dict[int, Entry] = {
     250: no(SYSTEM, "keyctl", "no key rings"),
     251: no(PROCESSES, "ioprio_set", NO_SCHED),
     252: no(PROCESSES, "ioprio_get", NO_SCHED),
-    253: no(DESCRIPTORS, "inotify_init", YET),
-    254: no(DESCRIPTORS, "inotify_add_watch", YET),
-    255: no(DESCRIPTORS, "inotify_rm_watch", YET),
+    253: partial(wa, "inotify_init", INOTIFY),
+    254: partial(wa, "inotify_add_watch", INOTIFY + "; a /proc or /dev path answers EACCES"),
+    255: full(wa, "inotify_rm_watch"),
     256: no(MEMORY, "migrate_pages", NO_NUMA),
     257: full(f, "openat", OPEN),
     258: full(ft, "mkdirat"),
@@ -393,7 +409,7 @@ TABLE: dict[int, Entry] = {
     267: full(ft, "readlinkat", PROC_LINKS),
     268: full(ft, "fchmodat"),
     269: full(ft, "faccessat"),
-    270: no(DESCRIPTORS, "pselect6", NO_WAIT),
+    270: partial(de, "pselect6", "the signal mask is not applied while it waits"),
     271: partial(de, "ppoll", "the signal mask is not applied while it waits"),
     272: no(PROCESSES, "unshare", "no namespaces"),
     273: no(THREADS, "set_robust_list", "one thread: no robust futexes to release"),
@@ -405,7 +421,7 @@ TABLE: dict[int, Entry] = {
     279: no(MEMORY, "move_pages", NO_NUMA),
     280: full(ft, "utimensat"),
     281: partial(de, "epoll_pwait", EPOLL_LT + "; the signal mask is not applied"),
-    282: no(DESCRIPTORS, "signalfd", YET),
+    282: partial(sig, "signalfd", SIGNALFD),
     283: full(de, "timerfd_create"),
     284: full(de, "eventfd"),
     285: partial(f, "fallocate", "no space is reserved ahead; punched holes are written as "
@@ -414,12 +430,12 @@ TABLE: dict[int, Entry] = {
                 "nothing sets the clock"),
     287: full(de, "timerfd_gettime"),
     288: no(NETWORK, "accept4", NO_NET),
-    289: no(DESCRIPTORS, "signalfd4", YET),
+    289: partial(sig, "signalfd4", SIGNALFD),
     290: full(de, "eventfd2"),
     291: full(de, "epoll_create1"),
     292: full(de, "dup3"),
     293: full(de, "pipe2"),
-    294: no(DESCRIPTORS, "inotify_init1", YET),
+    294: partial(wa, "inotify_init1", INOTIFY),
     295: full(tr, "preadv"),
     296: full(tr, "pwritev"),
     297: no(SIGNALS, "rt_tgsigqueueinfo", YET),
@@ -462,7 +478,7 @@ TABLE: dict[int, Entry] = {
     332: partial(fs, "statx", "the basic stats; no birth time"),
     333: no(FILES, "io_pgetevents", "no asynchronous I/O"),
     334: no(THREADS, "rseq", "glibc goes on without it (and no rseq area has to move)"),
-    424: no(SIGNALS, "pidfd_send_signal", NO_OTHER),
+    424: partial(sig, "pidfd_send_signal", PIDFD + "; a siginfo given is sent as kill's"),
     425: no(FILES, "io_uring_setup", "no io_uring"),
     426: no(FILES, "io_uring_enter", "no io_uring"),
     427: no(FILES, "io_uring_register", "no io_uring"),
@@ -472,7 +488,7 @@ TABLE: dict[int, Entry] = {
     431: no(SYSTEM, "fsconfig", ADMIN),
     432: no(SYSTEM, "fsmount", ADMIN),
     433: no(SYSTEM, "fspick", ADMIN),
-    434: no(PROCESSES, "pidfd_open", NO_OTHER),
+    434: partial(sig, "pidfd_open", PIDFD),
     435: partial(pr, "clone3", "a thread ends the process (SIGSYS); a new process answers "
                  "ENOSYS"),
     436: full(de, "close_range"),
@@ -509,8 +525,10 @@ def problems() -> list[str]:
 
 
 def handlers() -> dict[int, Handler]:
-    """The handler of every call served, by number."""
-    return {nr: e.handler for nr, e in TABLE.items() if e.handler is not None}
+    """The handler of every call served, by number; those that touch files heard by the
+    caller's inotify watches (watches.observed)."""
+    return {nr: watches.observed(e.name, signals.bound(e.name, e.handler))
+            for nr, e in TABLE.items() if e.handler is not None}
 
 
 def counts() -> Counter[Status]:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from tender_ray.abi import linux
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
-from tender_ray.kernel.syscalls.base import ENDED, Handler
+from tender_ray.kernel.syscalls.base import Handler, timed_wait_left, wait_until_ready
+from tender_ray.kernel.syscalls.time import clock_ns
 from tender_ray.resources.process import Process
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ FAMILY = "threads"
 
 _FUTEX_WAIT, _FUTEX_WAKE, _FUTEX_WAIT_BITSET, _FUTEX_WAKE_BITSET = 0, 1, 9, 10
 _FUTEX_PRIVATE, _FUTEX_CLOCK_REALTIME = 128, 256
+_FUTEX_NR = linux.sysno("futex")
 
 
 def gettid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
@@ -43,25 +45,38 @@ def arch_prctl(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 
 def futex(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    """Futexes of a single-threaded process: nobody else can wake a waiter or be woken."""
+    """Futexes of a single-threaded process: no other thread waits to be woken, and a wait
+    ends as Linux ends it when no thread can change the word — by its timeout or by a
+    signal (a process that waits for SIGTERM this way is waiting, not stuck)."""
     op = a[1] & ~(_FUTEX_PRIVATE | _FUTEX_CLOCK_REALTIME)
     if op in (_FUTEX_WAKE, _FUTEX_WAKE_BITSET):
         return SyscallOutcome(0)  # no other thread waits
-    if op in (_FUTEX_WAIT, _FUTEX_WAIT_BITSET):
-        assert p.space is not None
-        (word,) = struct.unpack("<I", p.space.read(a[0], 4))
-        if word != a[2] & 0xFFFF_FFFF:
-            return SyscallOutcome(-Errno.EAGAIN)
-        if a[3] and op == _FUTEX_WAIT:  # a relative timeout: it ends by timing out
-            sec, nsec = struct.unpack("<qq", p.space.read(a[3], 16))
-            sc.services.sleep_process(p, max(0.0, sec + nsec / 1e9))
-            return SyscallOutcome(-Errno.ETIMEDOUT, stop=True)
-        # The value matches: only another thread could change it, and there is none, so
-        # the wait would never end. Linux would hang; say so instead.
-        sc.services.exit_process(p, 128 + 6, "futex wait that no thread can end "
-                                 "(threads are not supported)")
-        return ENDED
-    return SyscallOutcome(-Errno.ENOSYS)
+    if op not in (_FUTEX_WAIT, _FUTEX_WAIT_BITSET):
+        return SyscallOutcome(-Errno.ENOSYS)
+    assert p.space is not None
+    (word,) = struct.unpack("<I", p.space.read(a[0], 4))
+    if word != a[2] & 0xFFFF_FFFF:
+        p.files.timed_wait = None
+        return SyscallOutcome(-Errno.EAGAIN)
+    timeout: float | None = None
+    if a[3]:
+        sec, nsec = struct.unpack("<qq", p.space.read(a[3], 16))
+        if sec < 0 or not 0 <= nsec < 1_000_000_000:
+            return SyscallOutcome(-Errno.EINVAL)
+        timeout = sec + nsec / 1e9
+        if op == _FUTEX_WAIT_BITSET:  # an absolute time, on the clock the flags name
+            clock = (linux.CLOCK_REALTIME if a[1] & _FUTEX_CLOCK_REALTIME
+                     else linux.CLOCK_MONOTONIC)
+            now = clock_ns(p, clock)
+            assert now is not None
+            timeout = max(0.0, timeout - now / 1e9)
+    # Waiting is issuing the call again when woken (a signal, or the time up), so the word
+    # is checked again and a waiting process migrates as its registers say.
+    left = timed_wait_left(p, timeout)
+    if left == 0:
+        p.files.timed_wait = None
+        return SyscallOutcome(-Errno.ETIMEDOUT)
+    return wait_until_ready(sc, p, _FUTEX_NR, left)
 
 
 HANDLERS: dict[str, Handler] = {

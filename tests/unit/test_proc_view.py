@@ -1,0 +1,53 @@
+"""The process's /proc/self as a directory and as its view (kernel/syscalls/proc_files.py):
+the musl workload `proc_view` lists /proc/self/fd and fdinfo, reads the links of its file and
+pipe, fdinfo's position, checks smaps against maps and that mounts and mountinfo name "/" and
+/proc — the same as natively, on both engines and while it migrates."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support.engines import ENGINES
+from support.machines import bounce, finish, local_mover
+from support.programs import NATIVE_TIMEOUT, workload
+
+from tender_ray.kernel.machine import Machine
+from tender_ray.resources.file_view import FileViewSpec
+
+MakeMachine = Callable[..., Machine]
+
+
+def _native(tmp_path: Path) -> tuple[int, bytes, bytes]:
+    where = tmp_path / "native"
+    where.mkdir()
+    done = subprocess.run([str(workload("proc_view")), str(where)], capture_output=True,
+                          stdin=subprocess.DEVNULL, env={}, timeout=NATIVE_TIMEOUT, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+def _exec(machine: Machine, tmp_path: Path) -> int:
+    where = tmp_path / "guest"
+    where.mkdir()
+    path = workload("proc_view")
+    return machine.exec(path.read_bytes(), "proc_view", [str(path), str(where)],
+                        files=FileViewSpec(cwd=str(where), writable=(str(where),)))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_as_natively(make_machine: MakeMachine, tmp_path: Path, engine: str) -> None:
+    machine = make_machine(quantum_us=1000, engine=engine)
+    status, out, err, info = finish(machine, _exec(machine, tmp_path))
+    assert (status, out, err) == _native(tmp_path), info.exit_reason
+    assert info.unsupported == {}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_through_migrations(make_machine: MakeMachine, tmp_path: Path, engine: str) -> None:
+    machines = [make_machine(name=f"m{i}", quantum_us=1000, engine=engine) for i in range(2)]
+    pid = _exec(machines[0], tmp_path)
+    where, _ = bounce(machines, pid, move=local_mover(), pause=0.0)  # as often as it can
+    status, out, err, info = finish(machines[where], pid)
+    assert (status, out, err) == _native(tmp_path), info.exit_reason
