@@ -1,4 +1,5 @@
-"""Machines with a short migration lease, for the protocol's tests without Ray: `LEASE`, the
+"""Machines with a short migration lease, for the protocol's tests without Ray: `LEASE` (and
+`KEPT_LEASE`, for a lease that must hold through a slow source), the
 workload they migrate (`ARGS` of standby, which runs until told to finish, so it is there for
 every step however slow the host), a factory of such machines, and `only_on`, the check that
 exactly one copy ran (on the holder, told to finish, with native output)."""
@@ -18,6 +19,9 @@ MakeMachine = Callable[..., Machine]
 
 ARGS = ("2",)  # standby: a couple of MiB, touched, napping until told to finish
 LEASE = 0.4  # seconds: short, so an expiry is quick to see
+# A lease the renewals (three a lease) keep even on a busy host, where a renewal can come a
+# second late: for the tests in which the lease must hold while the source is slow.
+KEPT_LEASE = 1.5
 
 
 def short_lease_machines(make_machine: MakeMachine) -> MakeMachine:

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from support.leases import ARGS, LEASE, MakeMachine, only_on, short_lease_machines
+from support.leases import ARGS, KEPT_LEASE, LEASE, MakeMachine, only_on, short_lease_machines
 from support.machines import SlowTransport, assert_clean, start_standby
 
 from tender_ray.config import FaultAction, FaultSide, FaultSpec
@@ -26,13 +26,13 @@ def new_machine(make_machine: MakeMachine) -> MakeMachine:
 
 
 def test_an_export_slower_than_the_lease_commits_once(new_machine: MakeMachine) -> None:
-    # Every page block takes 1.5 leases to put: the export alone outlasts the lease several
-    # times over, with no call of the source's between create and transform.
-    a, b = new_machine("m0"), new_machine("m1")
+    # Every page block takes 3/4 of a lease to put: the export alone outlasts the lease
+    # several times over, with no call of the source's between create and transform.
+    a, b = (new_machine(name, migration_lease_s=KEPT_LEASE) for name in ("m0", "m1"))
     pid, taken = start_standby(a, *ARGS)
-    transport = SlowTransport(LEASE * 1.5)
+    transport = SlowTransport(KEPT_LEASE * 0.75)
     record = migrate_local(a, pid, b, transport=transport)
-    assert record.ok and record.phases["export"] > 2 * LEASE, record.phases
+    assert record.ok and record.phases["export"] > 2 * KEPT_LEASE, record.phases
     assert b.outcome(record.migration_id) is Outcome.COMMITTED
     assert b.migration_totals["in_expired"] == 0 and b.migration_totals["in_ok"] == 1
     assert a.migration_totals["out_ok"] == 1 and not a.migration_totals["out_failed"]
@@ -42,11 +42,12 @@ def test_an_export_slower_than_the_lease_commits_once(new_machine: MakeMachine) 
 
 
 def test_a_source_stalled_inside_the_step_commits_once(new_machine: MakeMachine) -> None:
-    # The source stalls four leases long just before its transform call (the fault drill's
+    # The source stalls three leases long just before its transform call (the fault drill's
     # "delay"): alive, inside the step, so the lease is kept.
-    a = new_machine("m0", fault=FaultSpec(phase="before_transform", action=FaultAction.DELAY,
-                                          side=FaultSide.SOURCE, delay_s=LEASE * 4))
-    b = new_machine("m1")
+    a = new_machine("m0", migration_lease_s=KEPT_LEASE,
+                    fault=FaultSpec(phase="before_transform", action=FaultAction.DELAY,
+                                    side=FaultSide.SOURCE, delay_s=KEPT_LEASE * 3))
+    b = new_machine("m1", migration_lease_s=KEPT_LEASE)
     pid, taken = start_standby(a, *ARGS)
     record = migrate_local(a, pid, b)
     assert record.ok and b.outcome(record.migration_id) is Outcome.COMMITTED
