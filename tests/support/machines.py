@@ -2,8 +2,9 @@
 `tender_ray.kernel.machine.Machine` and a Ray `tender_ray.cluster.MachineHandle`, which
 both satisfy the `MachineLike` protocol below structurally.
 
-- Running: `start` (exec a workload by name), `wait_finished` (ended AND released by its
-  computation), `finish` (wait + reap), `run_on_machine` (exec a path, run it to the end).
+- Running: `start` (exec a workload by name), `start_in` (one working in a directory),
+  `wait_finished` (ended AND released by its computation), `finish` (wait + reap),
+  `run_on_machine` (exec a path, run it to the end).
 - The `standby` workload, which runs until told: `start_standby` (start it and wait until it
   says it is ready) and `finish_standby` (tell it to finish, wait, reap); what happens in
   between happens to a process that is certainly still there, however slow the host.
@@ -42,6 +43,7 @@ from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.protocol import migrate_local
 from tender_ray.migration.record import MigrationRecord
 from tender_ray.migration.transports import Transport
+from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.manager import ManagerStatistics
 
 if TYPE_CHECKING:
@@ -88,6 +90,16 @@ def start(machine: MachineLike, name: str, *args: str,
     """
     path = workload(name)
     return machine.exec(path.read_bytes(), name, [os.fspath(path), *args], _envp(env))
+
+
+def start_in(machine: Machine, name: str, where: Path, *args: str,
+             stdin: str = "empty") -> int:
+    """Exec a workload that works in the directory `where` (its first argument, also its
+    working directory and the one directory of its view it may write under); its pid."""
+    path = workload(name)
+    return machine.exec(path.read_bytes(), name, [os.fspath(path), os.fspath(where), *args],
+                        files=FileViewSpec(cwd=os.fspath(where), writable=(os.fspath(where),)),
+                        stdin=stdin)
 
 
 def wait_finished(machine: MachineLike, pid: int, timeout: float = GUEST_TIMEOUT

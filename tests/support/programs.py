@@ -56,6 +56,12 @@ def run_native(path: str | os.PathLike[str], args: Sequence[str] = (),
     return status, result.stdout, result.stderr
 
 
+def native_in(name: str, where: Path, *args: str) -> tuple[int, bytes, bytes]:
+    """(status, stdout, stderr) of a workload that works in the directory `where` (its first
+    argument), run on the host, empty environment."""
+    return run_native(workload(name), [os.fspath(where), *args], {})
+
+
 @functools.cache
 def native(name: str, *args: str) -> tuple[int, bytes, bytes]:
     """(status, stdout, stderr) of a workload run on the host, empty environment (cached)."""

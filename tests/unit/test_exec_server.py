@@ -107,7 +107,9 @@ def test_a_server_whose_drivers_cannot_join_says_why(tmp_path: Path,
         data = json.loads(state.read_text())
         state.write_text(json.dumps({**data, "exec_server_pid": pid, "exec_socket": sock}))
         assert _is_server(pid, sock) and not _is_server(os.getpid(), sock)
+        deadline = time.monotonic() + 600  # only against a hang
         while (said := query(sock)) == "warming":  # until its first driver has given up
+            assert time.monotonic() < deadline, "the server is still warming its first driver"
             time.sleep(0.05)
         assert said.startswith(f"UnreachableError: no Ray cluster at '{address}'"), said
         capsys.readouterr()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from support.engines import ENGINES
-from support.machines import bounce, finish, local_mover, wait_until
-from support.programs import NATIVE_TIMEOUT, workload
+from support.machines import bounce, finish, local_mover, start_in, wait_until
+from support.programs import NATIVE_TIMEOUT, native_in
 
 from tender_ray.kernel.machine import Machine
 from tender_ray.resources.file_view import FileViewSpec
@@ -30,16 +30,7 @@ QUICK = [("transfers",)]  # over before a move could come: run in place only
 def _native(tmp_path: Path, name: str, *args: str) -> tuple[int, bytes, bytes]:
     where = tmp_path / "native"
     where.mkdir()
-    done = subprocess.run([str(workload(name)), str(where), *args], capture_output=True,
-                          stdin=subprocess.DEVNULL, env={}, timeout=NATIVE_TIMEOUT,
-                          check=False)
-    return done.returncode, done.stdout, done.stderr
-
-
-def _exec(machine: Machine, where: Path, name: str, *args: str, stdin: str = "empty") -> int:
-    path = workload(name)
-    return machine.exec(path.read_bytes(), name, [str(path), str(where), *args],
-                        files=FileViewSpec(cwd=str(where), writable=(str(where),)), stdin=stdin)
+    return native_in(name, where, *args)
 
 
 def _guest_dir(tmp_path: Path) -> Path:
@@ -53,7 +44,8 @@ def _guest_dir(tmp_path: Path) -> Path:
 def test_as_natively(make_machine: MakeMachine, tmp_path: Path, engine: str,
                      case: tuple[str, ...]) -> None:
     machine = make_machine(quantum_us=1000, engine=engine)
-    status, out, err, info = finish(machine, _exec(machine, _guest_dir(tmp_path), *case))
+    pid = start_in(machine, case[0], _guest_dir(tmp_path), *case[1:])
+    status, out, err, info = finish(machine, pid)
     assert (status, out, err) == _native(tmp_path, *case), info.exit_reason
     assert info.unsupported == {}
 
@@ -63,7 +55,7 @@ def test_as_natively(make_machine: MakeMachine, tmp_path: Path, engine: str,
 def test_through_migrations(make_machine: MakeMachine, tmp_path: Path, engine: str,
                             case: tuple[str, str]) -> None:
     machines = [make_machine(name=f"m{i}", quantum_us=1000, engine=engine) for i in range(3)]
-    pid = _exec(machines[0], _guest_dir(tmp_path), *case)
+    pid = start_in(machines[0], case[0], _guest_dir(tmp_path), *case[1:])
     where, records = bounce(machines, pid, move=local_mover(), pause=0.005)
     assert records, "it ended before it moved"
     status, out, err, info = finish(machines[where], pid)
@@ -76,7 +68,7 @@ def test_through_a_home_without_host_files(make_machine: MakeMachine, tmp_path: 
     home = make_machine(name="home", quantum_us=1000, engine="emulated")
     away = make_machine(name="away", quantum_us=1000, engine="emulated", host_files="none")
     away.host_tree.link = lambda name: DirectLink(name, home.host_tree.home)
-    pid = _exec(home, _guest_dir(tmp_path), *case)
+    pid = start_in(home, case[0], _guest_dir(tmp_path), *case[1:])
     where, records = bounce([home, away], pid, move=local_mover(), pause=0.005)
     assert records, "it ended before it moved"
     status, out, err, info = finish([home, away][where], pid)
@@ -96,9 +88,9 @@ def test_two_processes_of_a_machine_see_each_others_locks(make_machine: MakeMach
                                                           tmp_path: Path) -> None:
     machine = make_machine(quantum_us=1000, engine="emulated")
     where = _guest_dir(tmp_path)
-    holder = _exec(machine, where, "locks", "hold", stdin="stream")
+    holder = start_in(machine, "locks", where, "hold", stdin="stream")
     _printed(machine, holder, b"held\n", "the holder holds its locks")
-    waiter = _exec(machine, where, "locks", "try")
+    waiter = start_in(machine, "locks", where, "try")
     _printed(machine, waiter, BUSY, "the waiter finds them taken")
     assert machine.info(waiter).state != "zombie"  # it waits for the flock
     machine.feed_stdin(holder, b"", eof=True)  # the holder ends: its locks go with it
@@ -110,10 +102,10 @@ def test_two_processes_of_a_machine_see_each_others_locks(make_machine: MakeMach
 def test_a_lock_moves_with_its_holder(make_machine: MakeMachine, tmp_path: Path) -> None:
     a, b = (make_machine(name=n, quantum_us=1000, engine="emulated") for n in "ab")
     where = _guest_dir(tmp_path)
-    holder = _exec(a, where, "locks", "hold", stdin="stream")
+    holder = start_in(a, "locks", where, "hold", stdin="stream")
     _printed(a, holder, b"held\n", "the holder holds its locks")
     local_mover()(a, holder, b)
-    waiter = _exec(b, where, "locks", "try")
+    waiter = start_in(b, "locks", where, "try")
     _printed(b, waiter, BUSY, "the waiter finds them taken where the holder went")
     b.feed_stdin(holder, b"", eof=True)
     status, out, _, info = finish(b, waiter)

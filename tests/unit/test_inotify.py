@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from support.engines import ENGINES
-from support.machines import bounce, finish, local_mover, wait_ready
-from support.programs import NATIVE_TIMEOUT, workload
+from support.machines import bounce, finish, local_mover, start_in, wait_ready
+from support.programs import native_in, workload
 
 from tender_ray.kernel.machine import Machine
-from tender_ray.resources.file_view import FileViewSpec, LocalFileService
+from tender_ray.resources.file_view import LocalFileService
 from tender_ray.resources.home_files import DirectLink
 from tender_ray.resources.watch import (
     ALL_EVENTS,
@@ -41,17 +41,13 @@ ROUNDS = "12"
 def _native(tmp_path: Path, rounds: str = ROUNDS) -> tuple[int, bytes, bytes]:
     where = tmp_path / "native"
     where.mkdir()
-    done = subprocess.run([str(workload("inotify")), str(where), rounds], capture_output=True,
-                          stdin=subprocess.DEVNULL, env={}, timeout=NATIVE_TIMEOUT, check=False)
-    return done.returncode, done.stdout, done.stderr
+    return native_in("inotify", where, rounds)
 
 
 def _exec(machine: Machine, tmp_path: Path, rounds: str = ROUNDS) -> int:
     where = tmp_path / "guest"
     where.mkdir()
-    path = workload("inotify")
-    return machine.exec(path.read_bytes(), "inotify", [str(path), str(where), rounds],
-                        files=FileViewSpec(cwd=str(where), writable=(str(where),)))
+    return start_in(machine, "inotify", where, rounds)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

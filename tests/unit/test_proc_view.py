@@ -5,17 +5,15 @@ pipe, fdinfo's position, checks smaps against maps and that mounts and mountinfo
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.engines import ENGINES
-from support.machines import bounce, finish, local_mover
-from support.programs import NATIVE_TIMEOUT, workload
+from support.machines import bounce, finish, local_mover, start_in
+from support.programs import native_in
 
 from tender_ray.kernel.machine import Machine
-from tender_ray.resources.file_view import FileViewSpec
 
 MakeMachine = Callable[..., Machine]
 
@@ -23,17 +21,13 @@ MakeMachine = Callable[..., Machine]
 def _native(tmp_path: Path) -> tuple[int, bytes, bytes]:
     where = tmp_path / "native"
     where.mkdir()
-    done = subprocess.run([str(workload("proc_view")), str(where)], capture_output=True,
-                          stdin=subprocess.DEVNULL, env={}, timeout=NATIVE_TIMEOUT, check=False)
-    return done.returncode, done.stdout, done.stderr
+    return native_in("proc_view", where)
 
 
 def _exec(machine: Machine, tmp_path: Path) -> int:
     where = tmp_path / "guest"
     where.mkdir()
-    path = workload("proc_view")
-    return machine.exec(path.read_bytes(), "proc_view", [str(path), str(where)],
-                        files=FileViewSpec(cwd=str(where), writable=(str(where),)))
+    return start_in(machine, "proc_view", where)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
