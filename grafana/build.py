@@ -231,6 +231,23 @@ MIGRATIONS = dashboard(
              "sum by (machine, direction, result) "
              '(tender_machine_migrations_total{machine=~"$machine"})',
              "{{machine}} {{direction}} {{result}}"),
+        graph("Freeze time by migration mode", "s",
+              ("histogram_quantile(0.5, sum by (le, mode) "
+               "(rate(tender_migration_freeze_seconds_bucket[1m])))", "p50 {{mode}}"),
+              ("histogram_quantile(0.95, sum by (le, mode) "
+               "(rate(tender_migration_freeze_seconds_bucket[1m])))", "p95 {{mode}}"),
+              description="How long a moving process did not run (freeze to commit): "
+                          "stop-and-copy freezes for the whole copy, pre-copy only for the "
+                          "last round."),
+        bars("Migrations by mode and result", "short",
+             "sum by (mode, result) (tender_migrations_by_mode_total)", "{{mode}} {{result}}"),
+        bars("Bytes sent live and frozen, by mode", "bytes",
+             "sum by (mode, sent) (tender_migration_mode_bytes_total)", "{{mode}} {{sent}}",
+             description="Live: copied while the process ran (pre-copy rounds); frozen: "
+                         "while it was stopped."),
+        bars("Live rounds per migration, by mode", "short",
+             "sum by (mode) (tender_migration_rounds_total) / "
+             'sum by (mode) (tender_migrations_by_mode_total{result="ok"})', "{{mode}}"),
         graph("Phase time per second, by source machine", "s",
               ("sum by (machine, phase) "
                '(rate(tender_machine_migration_phase_seconds_total{machine=~"$machine"}[1m]))',

@@ -53,6 +53,12 @@ class TextNotHeldError(MigrationError):
     transforms again."""
 
 
+class ProcessTreeError(MigrationError):
+    """A process of a tree (with a parent or children on its machine) asked to move on its
+    own: its parent's wait, SIGCHLD and the pipes it shares stay on that machine, so it stays
+    there too and runs on, nothing lost."""
+
+
 class CordonedError(UsageError):
     """The machine is cordoned (draining for maintenance): it takes no new processes."""
 

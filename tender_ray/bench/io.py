@@ -19,7 +19,10 @@ distorts far less. `--calls` adds one call's cost (getppid, clock_gettime) nativ
 engine, and one stop's through ptrace against seccomp user notification:
 
     tender-ray bench io [--size 256] [--engines native,emulated] [--repeat 3] [--no-ray]
-                        [--calls 20000] [--only-calls] [--json out.json]
+                        [--calls 20000] [--only-calls] [--no-direct-files] [--json out.json]
+
+`--no-direct-files` makes the native engine mediate every call, as before it held read-only
+files as real host descriptors (engines/native/direct_files.py): the column to compare with.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tender_ray.bench.options import DEFAULT_ENGINES, usable_engines
 from tender_ray.config import Engine, HostFiles, MachineConfig
+from tender_ray.engines.native import direct_files
 from tender_ray.errors import ProcessStateError
 from tender_ray.kernel.machine import Machine
 from tender_ray.kernel.snapshots import ProcessInfo
@@ -402,7 +406,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tender_ray.be
                              "loops of N calls (0: skip)")
     parser.add_argument("--only-calls", action="store_true",
                         help="measure only the per-call costs")
+    parser.add_argument("--no-direct-files", action="store_true",
+                        help="the native engine mediates every call (no real descriptors)")
     ns = parser.parse_args(argv)
+    if ns.no_direct_files:
+        direct_files.ENABLED = False
     if ns.size < 1 or ns.repeat < 1:
         parser.error("--size and --repeat must be at least 1")
     if ns.calls < 0:

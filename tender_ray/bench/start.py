@@ -1,10 +1,10 @@
 """How fast `tender-ray exec` starts a program: `exec /bin/true` on an embedded Ray against a
 bare `ray.init` of the same venv (the same arguments exec gives it, then `ray.shutdown`),
 measured side by side in one run, rounds alternating which goes first; where exec's seconds
-go (its own `exec phases` log line: checks, Ray's start, the machines' start, the program,
-the shutdown; the rest is the interpreter and imports); and on a running cluster (`tender-ray
-up`, one machine) the same exec through the exec server's warm driver, without it, and the
-program natively, side by side.
+go (its own `exec phases` log line: checks, Ray's start, what exec still loaded once Ray ran,
+the machines' start, the program, the shutdown; the rest is the interpreter and the imports
+before Ray's start); and on a running cluster (`tender-ray up`, one machine) the same exec
+through the exec server's warm driver, without it, and the program natively, side by side.
 
     tender-ray bench start [--rounds 3] [--program /bin/true] [--json FILE] [--no-cluster]
                            [--no-embedded]
@@ -84,7 +84,7 @@ def measure(rounds: int, program: str, cluster: bool, embedded: bool = True
 
 def _embedded(rounds: int, program: str, env: dict[str, str]) -> dict[str, Any]:
     """exec on an embedded Ray against a bare ray.init, rounds alternating which goes first."""
-    from tender_ray.cluster.cluster import EMBEDDED_RAY_CONFIG
+    from tender_ray.cluster.embedded import EMBEDDED_RAY_CONFIG
 
     bare_argv = [sys.executable, "-c", BARE.format(config=repr(EMBEDDED_RAY_CONFIG))]
     bare: list[float] = []

@@ -7,12 +7,14 @@ how it ended (a signal's note, as a shell gives it)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,9 +171,7 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
 
     from pydantic import ValidationError
 
-    from tender_ray import logs
     from tender_ray.cli.execute import execute, resolve_program, stream_identity
-    from tender_ray.cluster.cluster import Cluster
 
     # Where exec's seconds go, logged at info (`bench start` reads it): each step's length.
     phases: dict[str, float] = {}
@@ -196,13 +196,6 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
         # the machines of an embedded Ray are known before it starts: say so at once
         raise UsageError(f"--machine {ns.machine}: no such machine in the cluster; the "
                          f"machines are {', '.join(names)}")
-    # The engine's self-check (a traced probe) runs while Ray starts; its notice comes after.
-    notices: list[str] = []
-    checking = threading.Thread(target=lambda: notices.append(
-        _engine_notice_text(ns.engine, exact=ns.exact is not None)), daemon=True)
-    checking.start()
-    step("check")
-
     out = sys.stdout.buffer
     err = sys.stderr.buffer
 
@@ -216,6 +209,12 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
             raise
 
     tmp = ""
+    # The engine's self-check (a traced probe) runs while Ray starts; its notice comes after.
+    notices: list[str] = []
+    checking = threading.Thread(target=lambda: notices.append(
+        _engine_notice_text(ns.engine, exact=ns.exact is not None)), daemon=True)
+    checking.start()
+    step("check")
     attached = _attach_up(ns.address)
     if attached is not None:
         cluster = attached
@@ -223,9 +222,10 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
         status.check_reachable(ns.address)
         where = "an embedded Ray" if ns.address is None else f"Ray at {ns.address}"
         with status.notice_if_slow(f"tender-ray: starting {where} ..."):
-            cluster = Cluster(ns.address, num_cpus=max(2, ns.machines),
-                              prefix="" if ns.address is None else f"exec-{os.getpid()}-")
-    step("ray")
+            cluster = _start_cluster(ns, step)
+    from tender_ray import logs  # loaded meanwhile
+
+    step("cluster" if "ray" in phases else "ray")  # an embedded Ray's start is marked apart
     signals.install()  # again: ray.init puts a SIGTERM handler of its own
     checking.join()
     if notices and notices[0]:
@@ -273,6 +273,47 @@ def _exec(ns: argparse.Namespace, signals: SignalForwarder, options: MigrationOp
     if short:
         _say(short)
     return result.exit_status
+
+
+def _load() -> None:
+    """Load what exec needs of its own once Ray runs (the Ray layer, the kernel's machine for
+    the machine actors' class, structlog): in a thread while Ray starts, whose processes
+    leave the driver waiting. A failure here is the main thread's to meet and report when it
+    imports the same."""
+    with contextlib.suppress(BaseException):
+        from tender_ray import logs
+        from tender_ray.cluster import cluster
+
+        logs.get("exec")
+        del cluster
+
+
+def _start_cluster(ns: argparse.Namespace, step: Callable[[str], None]) -> Cluster:
+    """The Cluster exec's program runs on: an embedded Ray it starts (`--address` not given)
+    or the Ray at `--address`, with exec's own modules loading while Ray starts. `step`
+    marks where the time went: `ray` (Ray's start), `loading` (what the loading still took
+    once Ray ran)."""
+    embedded = None
+    if ns.address is None:
+        from tender_ray.cluster.embedded import EmbeddedRay  # Ray only
+
+        loading = threading.Thread(target=_load, name="load", daemon=True)
+        loading.start()
+        embedded = EmbeddedRay.start(num_cpus=max(2, ns.machines))
+        step("ray")
+    try:
+        if embedded is not None:
+            loading.join()
+            step("loading")
+        from tender_ray.cluster.cluster import Cluster
+
+        return Cluster(ns.address, num_cpus=max(2, ns.machines),
+                       prefix="" if ns.address is None else f"exec-{os.getpid()}-",
+                       embedded=embedded)
+    except BaseException:
+        if embedded is not None:  # stopped before a Cluster owned it: none of it stays
+            embedded.abandon()
+        raise
 
 
 def memory_message(exit_status: int, exit_reason: str, machine: str,

@@ -206,6 +206,15 @@ def through_server(address: str, argv: Sequence[str],
         sock.close()
 
 
+def log_client_phases(phases: dict[str, float]) -> None:
+    """The client's `exec client phases` line, only at info or below: structlog would cost
+    every served exec's start a tenth of a second for a line nobody asked for."""
+    if os.environ.get("TENDER_LOG_LEVEL", "warning").lower() in ("debug", "info"):
+        from tender_ray import logs
+
+        logs.get("exec").info("exec client phases", **phases)
+
+
 def _say(line: str) -> None:
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)

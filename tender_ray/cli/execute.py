@@ -21,12 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tender_ray import logs
 from tender_ray.abi.linux import TCGETS, TIOCGWINSZ, Signal
-from tender_ray.cluster.cluster import Cluster, MachineHandle
-from tender_ray.cluster.supervisor import recover
 from tender_ray.errors import (
     BadProgramError,
     CordonedError,
@@ -34,15 +31,19 @@ from tender_ray.errors import (
     MachineStoppedError,
     NoReplyError,
     ProcessStateError,
+    ProcessTreeError,
     TenderError,
     UnknownProcessError,
     UsageError,
 )
-from tender_ray.kernel.snapshots import OutputChunk, ProcessInfo
-from tender_ray.migration.options import MigrationOptions
-from tender_ray.migration.record import MigrationRecord
 from tender_ray.resources.file_view import FileStat, FileViewSpec, StreamIdentity
 from tender_ray.resources.program import parse_program
+
+if TYPE_CHECKING:  # the Ray layer loads when a program starts, not to find the program
+    from tender_ray.cluster.cluster import Cluster, MachineHandle
+    from tender_ray.kernel.snapshots import OutputChunk, ProcessInfo
+    from tender_ray.migration.options import MigrationOptions
+    from tender_ray.migration.record import MigrationRecord
 
 OutputSink = Callable[[int, bytes], None]  # (fd, data); raises BrokenPipeError once closed
 
@@ -414,6 +415,9 @@ def _restarted(cluster: Cluster, dead: str, pid: int) -> MachineHandle:
     """The machine process `pid` runs on after its machine `dead` died: restarted from its
     last checkpoint (here, or by another restarter such as `up`'s restart watch), or found
     alive elsewhere; MachineError when it was lost."""
+    from tender_ray import logs
+    from tender_ray.cluster.supervisor import recover
+
     recovery = recover(cluster, dead, [pid])
     for r in recovery.restarted:
         logs.get("exec").warning("machine died; process restarted from its checkpoint",
@@ -584,11 +588,15 @@ def _follow(cluster: Cluster, where: MachineHandle, pid: int, names: list[str],
                 where = cluster.machine(target)
             except ProcessStateError:
                 pass  # it ended (or is ending) while we asked: nothing to move
+            except ProcessTreeError:
+                pass  # one process of a tree: it stays where its tree is, and runs on
             except UnknownProcessError:
                 where = cluster.locate(pid)  # someone else moved it first
             except MachineError as exc:
                 # The destination broke; the migration rolled back and the process goes on
                 # where it is. Say so (in the log, not in the program's output), keep going.
+                from tender_ray import logs
+
                 logs.get("exec").warning("migration failed", pid=pid, destination=target,
                                          error=str(exc))
             next_move = time.monotonic() + migrate_every

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from tender_ray.cli.names import process_label
 from tender_ray.cli.scenario.report import Report
+from tender_ray.metrics.modes import describe_mode, summarise_modes
 
 if TYPE_CHECKING:  # the view reads a run; it does not start one (that needs the Ray layer)
     from tender_ray.cli.scenario.run import ScenarioRun
@@ -71,6 +72,8 @@ def print_summary(report: Report, report_dir: Path | None) -> None:
         f"{report.migrations.count} migrations, "
         f"{report.migrations.bytes / (1 << 20):.1f} MiB moved" if ratio else
         "no process finished")
+    for m in summarise_modes(report.migrations.records).values():
+        console.print(f"  {describe_mode(m)}")
     names = report.process_names()
     for d in report.drains:
         left = ", ".join(process_label(pid, names) for pid in d.left)
@@ -86,6 +89,12 @@ def print_summary(report: Report, report_dir: Path | None) -> None:
     for r in report.restarts:
         console.print(f"restarted {r.name} on {r.machine} after {r.lost_machine} crashed, from "
                       f"checkpoint {r.checkpoint_seq} ({r.checkpoint_age_seconds:.1f} s old)")
+    ages = report.checkpoint_ages
+    if ages is not None and ages.max_seconds is not None:
+        worst = ages.per_process[0]
+        console.print(f"checkpoint age: at most {ages.max_seconds:.2f}s ({worst[0]}, whose "
+                      f"slowest checkpoint took {worst[3]:.2f}s; every {ages.every}s, the "
+                      f"promise is {2 * (ages.every or 0):.2f}s)")
     for q in report.queued:
         console.print(f"queued {q.name}: {q.reason}"
                       + (f" (waited {q.waited_seconds:.1f}s)" if q.waited_seconds else ""))

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tender_ray.balancing.policies import Policy
-from tender_ray.cli import status
+from tender_ray.cli import command_line, status
 from tender_ray.cli.names import describe_phases
 from tender_ray.cli.status import UnreachableError
 from tender_ray.config import MachineConfig
@@ -34,12 +33,13 @@ def _fail(message: str, code: int = status.USAGE) -> int:
 _unreachable = status.unreachable
 
 
-POLICIES = [p.value for p in Policy]
 # The benchmarks `tender-ray bench` runs: each module's own `main(argv, prog)`.
 BENCHMARKS = {"engine": "tender_ray.bench.engine", "migration": "tender_ray.bench.migration",
               "policy": "tender_ray.bench.policy", "chaos": "tender_ray.bench.chaos",
               "churn": "tender_ray.bench.churn", "io": "tender_ray.bench.io",
-              "vs-ray": "tender_ray.bench.vs_ray", "start": "tender_ray.bench.start"}
+              "vs-ray": "tender_ray.bench.vs_ray", "start": "tender_ray.bench.start",
+              "precopy": "tender_ray.bench.precopy",
+              "trees": "tender_ray.bench.trees"}
 
 
 def _setting(parser: argparse.ArgumentParser, flag: str, field: str, metavar: str = "",
@@ -84,7 +84,18 @@ def _migration_options(parser: argparse.ArgumentParser) -> None:
 
 def _options(ns: argparse.Namespace) -> MigrationOptions:
     return MigrationOptions(transfer=Transfer(ns.transfer), reuse=not ns.no_reuse,
-                            resources=Resources.ALL if ns.move_all else Resources.NEEDED)
+                            resources=Resources.ALL if ns.move_all else Resources.NEEDED,
+                            mode=getattr(ns, "migration_mode", MigrationOptions.mode))
+
+
+def _mode_option(parser: argparse.ArgumentParser, flag: str) -> None:
+    from tender_ray.cli.operate import parse_migration_mode
+
+    parser.add_argument(flag, dest="migration_mode", type=parse_migration_mode,
+                        default=MigrationOptions.mode, metavar="MODE",
+                        help="stop (stop-and-copy), precopy (copy while it runs, then freeze "
+                             "for the rest) or auto (by its size and dirty rate); default "
+                             "stop")
 
 
 def _metrics_options(parser: argparse.ArgumentParser, host: bool = False) -> None:
@@ -101,7 +112,10 @@ def _metrics_options(parser: argparse.ArgumentParser, host: bool = False) -> Non
                         help="serve no metrics")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `command` "exec", only exec's (the same top-level
+    options, exec's same options and messages), so that exec on a running cluster does not
+    import what only other commands' options need before it hands its program over."""
     parser = argparse.ArgumentParser(
         prog="tender-ray",
         description="Tender's process migration on Ray: x86-64 Linux programs (static or "
@@ -141,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "first that takes it)")
     p.add_argument("--stats", metavar="FILE", help="write run statistics as JSON to FILE")
     _migration_options(p)
+    _mode_option(p, "--migrate-mode")
     p.add_argument("--migrate-every", type=float, default=None, metavar="SECONDS",
                    help="while the program runs, migrate it round-robin to the next machine "
                         "at this interval")
@@ -166,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     args.required = False
     p.usage = (p.format_usage().removeprefix("usage: ").rstrip()
                .replace("PROGRAM ...", "PROGRAM [ARGS ...]"))
+    if command == "exec":
+        return parser
+    from tender_ray.balancing.policies import Policy
+
+    policies = command_line.policies()
     r = sub.add_parser(
         "run", help="run a load-balancing scenario (default: configs/laptop.yaml)",
         description="Run a scenario from configs/*.yaml: machines, arriving programs, a "
@@ -177,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", metavar="DIR", default=None,
                    help="report directory (default: reports/<scenario>-<time>)")
     r.add_argument("--address", default=None, metavar="ADDRESS", help=ADDRESS_HELP)
-    r.add_argument("--policy", default=None, choices=POLICIES,
+    r.add_argument("--policy", default=None, choices=policies,
                    help="override the scenario's balancer policy")
     r.add_argument("--compare", metavar="POLICIES", default=None,
                    help="run the scenario once per policy (comma-separated) and print one "
@@ -199,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--address", default=None, metavar="ADDRESS",
                    help="an existing Ray cluster to start the machines on instead of a Ray "
                         "head of our own on 127.0.0.1 (default: $RAY_ADDRESS)")
-    u.add_argument("--policy", default=Policy.NONE.value, choices=POLICIES,
+    u.add_argument("--policy", default=Policy.NONE.value, choices=policies,
                    help="balancer policy (default none: it only drains)")
     u.add_argument("--num-cpus", type=int, default=None, metavar="N",
                    help="CPUs of the Ray head started here (default: the host's)")
@@ -226,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("pid", type=int, metavar="PID", help="the process to move (see `ps`)")
     mg.add_argument("machine", metavar="MACHINE", help="the machine to move it to (m0, ...)")
     _migration_options(mg)
+    _mode_option(mg, "--mode")
     dr = sub.add_parser("drain", help="move every process off a machine, then keep it empty",
                         description="Cordon MACHINE (it takes no new processes) and have the "
                                     "balancer move every process off it; report each move, "
@@ -304,10 +325,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
     scenario, programs, problems = read.scenario, read.programs, read.problems
     if ns.compare:
         policies = [p.strip() for p in ns.compare.split(",") if p.strip()]
-        bad = [p for p in policies if p not in POLICIES]
+        known = command_line.policies()
+        bad = [p for p in policies if p not in known]
         if bad or not policies:
             raise UsageError(f"--compare: unknown policies {bad}; choose from "
-                             f"{', '.join(POLICIES)}")
+                             f"{', '.join(known)}")
         reports = []
         for i, policy in enumerate(policies):
             # A policy named again (to see the spread of its runs) gets its own directory.
@@ -332,7 +354,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
-    from tender_ray.balancing.policies import BalancerParams
+    from tender_ray.balancing.policies import BalancerParams, Policy
     from tender_ray.cli.operate import ClusterState, start_head, state_path, stop_head
     from tender_ray.cluster.cluster import Cluster
 
@@ -462,6 +484,9 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
     phases = describe_phases(record.phases)
     print(f"migrated {ns.pid} {record.source} → {record.destination} in "
           f"{1000 * record.seconds:.1f} ms, {record.pages} pages ({phases})")
+    rounds = f", {record.rounds} live rounds" if record.rounds else ""
+    print(f"mode {record.mode}: frozen {1000 * record.freeze_seconds:.1f} ms{rounds}, "
+          f"{record.bytes} bytes sent, {record.freeze_bytes} while frozen")
     return status.OK
 
 
@@ -537,24 +562,25 @@ def cmd_undrain(ns: argparse.Namespace) -> int:
     return status.OK
 
 
-def _configure_logs(ns: argparse.Namespace) -> None:
-    """structlog, configured once for this process; the actors configure themselves from the
-    same TENDER_LOG_* variables (which Ray workers inherit, see Cluster.__init__)."""
-    from tender_ray import logs
-
+def _configure_logs(ns: argparse.Namespace, here: bool = True) -> None:
+    """The TENDER_LOG_* variables the actors configure their logs from (Ray workers inherit
+    them, see Cluster.__init__), and, `here`, structlog for this process."""
     if ns.log_format:
         os.environ["TENDER_LOG_FORMAT"] = ns.log_format
     if ns.log_level:
         os.environ["TENDER_LOG_LEVEL"] = ns.log_level
-    logs.configure(ns.log_format, ns.log_level)
+    if here:
+        from tender_ray import logs
+
+        logs.configure(ns.log_format, ns.log_level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser("exec" if command_line.command_of(words) == "exec" else None)
     try:
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(words)
     except SystemExit as exc:
-        words = list(sys.argv[1:] if argv is None else argv)
         if exc.code == status.USAGE and "exec" in words and not any(
                 w in words[:words.index("exec")] for w in ("-h", "--help")):
             # exec's own misuse must not read as its program's status 2
@@ -566,21 +592,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(ns, "address", "") is None:
         # As Ray's own commands do: the flag first, then the environment.
         ns.address = os.environ.get("RAY_ADDRESS") or None
-    _configure_logs(ns)
+    _configure_logs(ns, here=False)  # a served exec loads structlog only for its own line
     if ns.command == "exec" and ns.address is not None:
         # A cluster of `up` keeps a warm driver: hand it the whole command (cli/exec_server.py).
-        from tender_ray import logs
-        from tender_ray.cli.exec_server import through_server
+        from tender_ray.cli.exec_server import log_client_phases, through_server
 
-        served = through_server(ns.address, list(sys.argv[1:] if argv is None else argv),
-                                lambda phases: logs.get("exec").info("exec client phases",
-                                                                     **phases))
+        served = through_server(ns.address, words, log_client_phases)
         if served is not None:
             if argv is None:  # the command itself: nothing of its own left to tear down
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(served)  # skips ~0.3 s of interpreter teardown on every exec
             return served
+    _configure_logs(ns)
     if getattr(ns, "address", None) == "auto":
         from tender_ray.cli.operate import resolve_auto
 

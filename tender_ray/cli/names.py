@@ -13,6 +13,7 @@ from collections.abc import Mapping
 # destination's create and transform calls carry its own phases; their round trips ("call")
 # are what the calls cost beyond that work.
 PHASE_NAMES: dict[str, str] = {
+    "precopy": "pre-copy (live rounds)",
     "freeze": "freeze",
     "create": "create",
     "create_call": "create call",

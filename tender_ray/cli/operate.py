@@ -25,6 +25,7 @@ from tender_ray.errors import UsageError
 
 if TYPE_CHECKING:  # loaded with Ray, only by the commands that reach a cluster
     from tender_ray.cluster.cluster import Cluster
+    from tender_ray.migration.options import MigrationMode
 
 
 def state_path() -> Path:
@@ -163,6 +164,19 @@ def resolve_auto() -> str:
     raise UnreachableError(f"--address auto: no cluster of `tender-ray up` ({state_path()} "
                            "does not exist) and RAY_ADDRESS is not set: start one with "
                            "`tender-ray up`, or give --address HOST:PORT")
+
+
+def parse_migration_mode(text: str) -> MigrationMode:
+    """`migrate --mode` and `exec --migrate-mode`: stop, precopy or auto (an argparse type:
+    anything else, postcopy included, is a usage error naming what is offered)."""
+    import argparse
+
+    from tender_ray.migration.options import migration_mode
+
+    try:
+        return migration_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 SIGNAL_COUNT = 64  # Linux's signals: 1-31, and the real-time ones up to 64

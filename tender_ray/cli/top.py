@@ -1,8 +1,9 @@
 """`tender-ray top`: a live terminal view of a running cluster.
 
 Machines (load, run queue, real-memory frames, state), the processes and where they run, and
-the last migrations with the time of each phase (by the paper's names: transform I, II, III)
-and, for one that failed, why; redrawn in place every `interval` seconds.
+the last migrations with how each moved (mode, freeze against total time, rounds, bytes), the
+time of each phase (by the paper's names: transform I, II, III) and, for one that failed,
+why; redrawn in place every `interval` seconds.
 `render` draws one frame from plain snapshots (no Ray, testable); `gather` asks the machines
 through their handles, and `run_top` loops the two.
 """
@@ -29,6 +30,7 @@ from tender_ray.cli.names import describe_phases, process_label
 from tender_ray.errors import TenderError
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.metrics.collector import frames_by_state
+from tender_ray.metrics.modes import describe_mode, describe_move, summarise_modes
 from tender_ray.migration.record import MigrationRecord
 from tender_ray.resources.real_memory import PAGE_SIZE
 
@@ -147,6 +149,8 @@ def _migrations_view(migrations: Sequence[MigrationRecord], limit: int, now: flo
     and pid (`programs`: pid -> program name, from the processes shown), its phases below it,
     and for one that failed, why."""
     lines: list[RenderableType] = [Text("recent migrations", style="bold")]
+    lines.extend(Text("  " + describe_mode(m), style="bold")
+                 for m in summarise_modes(migrations).values())
     recent = sorted(migrations, key=lambda r: r.started_at, reverse=True)[:limit]
     for r in recent:
         ago = max(0.0, now - r.started_at)
@@ -157,6 +161,8 @@ def _migrations_view(migrations: Sequence[MigrationRecord], limit: int, now: flo
             f"  {r.strategy}  {r.bytes / (1 << 20):.1f} MiB  {r.seconds * 1000:.1f} ms"))
         if not r.ok:
             lines.append(Text("    why: " + (r.error or "no reason recorded"), style="red"))
+        else:  # how it moved: its mode, the freeze against the whole, rounds and bytes
+            lines.append(Text("    " + describe_move(r)))
         lines.append(Text("    " + _phases(r), style="dim"))
     if not recent:
         lines.append(Text("none yet", style="dim"))

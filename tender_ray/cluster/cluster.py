@@ -5,8 +5,6 @@ all of them. What callers use to start, find and stop machines."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import tempfile
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,6 +17,12 @@ from tender_ray.balancing.policies import BalancerParams
 from tender_ray.balancing.state import BalancerState, DrainReport
 from tender_ray.cluster.balancer_actor import BALANCER_NAME, RemoteBalancer
 from tender_ray.cluster.drain_watch import DrainWatchHandle
+from tender_ray.cluster.embedded import (
+    NAMESPACE,
+    EmbeddedRay,
+    _start_embedded_ray,
+    embedded_kwargs,
+)
 from tender_ray.cluster.exporter_actor import EXPORTER_NAME, RemoteExporter
 from tender_ray.cluster.handles import (
     CALL_TIMEOUT,
@@ -44,54 +48,7 @@ from tender_ray.migration.options import MigrationOptions
 
 T = TypeVar("T")
 
-NAMESPACE = "tender_ray"
-# An embedded Ray runs on the machines' own processors, and nobody reads its dashboard: it
-# keeps neither Ray's own metrics nor its per-task event records (tender_ray exports its own).
-EMBEDDED_RAY_CONFIG: dict[str, Any] = {"enable_metrics_collection": False,
-                                       "task_events_report_interval_ms": 0}
 PID_STRIDE = 1_000_000  # machine k gives its processes pids k*stride+1000 ...
-
-
-# Ray waits a fixed 30 s for a new node's raylet to register and then gives up with a bare
-# Exception; on a host busy enough for that, the second start usually makes it in time.
-_RAY_START_ATTEMPTS = 2
-_RAY_START_TIMEOUT = "timed out during startup"
-
-
-def _ray_children() -> set[int]:
-    """The pids of this process's children that run Ray's programs (its head processes
-    are started as children; anything else this process started is left alone)."""
-    me, found = os.getpid(), set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                parent = int(f.read().rsplit(b")", 1)[1].split()[1])  # after the command
-            if parent != me:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"/ray/" in f.read():  # gcs_server, raylet, Ray's python services
-                    found.add(int(entry))
-    return found
-
-
-def _start_embedded_ray(kwargs: dict[str, Any]) -> None:
-    """Start the embedded Ray, once more if its node did not register in time. The failed
-    attempt's processes are not Ray's to stop any more (its node object was never made), so
-    the ones it started are ended here, by pid, before the next attempt."""
-    for attempt in range(1, _RAY_START_ATTEMPTS + 1):
-        before = _ray_children()
-        try:
-            ray.init(**kwargs)
-            return
-        except Exception as e:  # Ray raises a plain Exception for this one
-            if _RAY_START_TIMEOUT not in str(e) or attempt == _RAY_START_ATTEMPTS:
-                raise
-            ray.shutdown()
-            for pid in _ray_children() - before:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
 
 
 class Cluster:
@@ -100,26 +57,25 @@ class Cluster:
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  object_store_mib: int = 256, namespace: str = NAMESPACE,
                  shared_plate: str | None = None, prefix: str = "",
-                 watch_drains: bool = True) -> None:
+                 watch_drains: bool = True, embedded: EmbeddedRay | None = None) -> None:
+        """`embedded`: the embedded Ray the driver started already (`EmbeddedRay.start`), to
+        own instead of starting one here."""
         self.prefix = prefix  # actor names: prefix + machine name (runs side by side)
         self._owns_ray = False
         # Follow Ray's node drains even with no balancer (a drain watcher actor, once the Ray
         # cluster has more than one node). An embedded Ray never has: no watcher there.
         self._watch_drains = watch_drains and not (
             not ray.is_initialized() and address in (None, "local"))
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = dict(namespace=namespace, include_dashboard=False,
-                                          logging_level="ERROR", log_to_driver=False,
-                                          configure_logging=True)
+        if embedded is not None:
+            self._owns_ray = True
+            self._watch_drains = False
+        elif not ray.is_initialized():
             if address in (None, "local"):
-                # Loopback only: an embedded cluster never listens on other interfaces.
-                kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 2,
-                              object_store_memory=object_store_mib << 20,
-                              _node_ip_address="127.0.0.1",
-                              _system_config=EMBEDDED_RAY_CONFIG)
-                _start_embedded_ray(kwargs)
+                _start_embedded_ray(embedded_kwargs(num_cpus, object_store_mib, namespace))
             else:
-                kwargs.update(address=address)
+                kwargs: dict[str, Any] = dict(namespace=namespace, include_dashboard=False,
+                                              logging_level="ERROR", log_to_driver=False,
+                                              configure_logging=True, address=address)
                 ray.init(**kwargs)
             self._owns_ray = True
         self._machines: dict[str, MachineHandle] = {}

@@ -8,11 +8,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import ray
 
 from tender_ray import logs
 from tender_ray.abi.linux import Errno
-from tender_ray.cluster.handles import BalancerHandle, MachineHandle
+from tender_ray.cluster.handles import BalancerHandle, MachineHandle, resolve
 from tender_ray.cluster.transport import serve_offer, transport_for
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MachineError, MachineStoppedError, NoReplyError, UnknownMachineError
@@ -178,6 +180,12 @@ class MachineActor:
     def holds_text(self, program_digest: str, digest: str) -> bool:
         return self._machine.holds_text(program_digest, digest)
 
+    def precopy_pages(self, mid: str, vpns: npt.NDArray[np.int64], handles: tuple[Any, ...],
+                      options: MigrationOptions) -> int:
+        """One live round of a pre-copy arriving here: stage its pages."""
+        return self._machine.precopy_pages(mid, vpns, handles,
+                                           transport_for(options, self._shared))
+
     def record_migration(self, pid: int, record: MigrationRecord) -> None:
         self._machine.record_migration(pid, record)
 
@@ -242,6 +250,11 @@ class _ActorPeer:
 
     def holds_text(self, program_digest: str, digest: str) -> bool:
         return self.handle.holds_text(program_digest, digest, timeout=self.timeout)
+
+    def precopy(self, mid: str, vpns: npt.NDArray[np.int64], handles: tuple[Any, ...],
+                options: MigrationOptions) -> int:
+        ref = self.handle.actor.precopy_pages.remote(mid, vpns, handles, options)
+        return int(resolve(f"machine {self.name}", ref, options.timeout))
 
 
 class _RayHomeLink(HomeLink):

@@ -12,11 +12,21 @@ covers travels with the process when it migrates (`KernelState.output_commit`). 
 claims its checkpoint in the store first (`CheckpointStore.claim`), so a crashed process runs
 again once, however many restarters ask.
 
+The periodic checkpointer keeps a due time per process (its newest checkpoint's time plus the
+interval, early by what that checkpoint took: `due_after`). Two workers take the most overdue
+first, and only one of them takes processes whose checkpoints are slow, so small processes never
+wait behind large ones, and a process checkpointed late is not also late the next time. A
+process is covered from the moment it arrives: the checkpoint store is shared, so the source's
+newest checkpoint stays valid until the destination writes one; an arrival whose newest
+checkpoint is already an interval old (or that has none) is checkpointed as part of its arrival,
+before the migration that brought it is reported done.
+
 `Checkpointing` is a part of `Machine` (mixed in), like the two sides of a migration.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -50,6 +60,11 @@ from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, RunState
 
 CHECKPOINT_RECORDS_KEPT = 256  # recent checkpoint records a machine keeps for its metrics
+# Periodic checkpoints taken at once on a machine: worker 0 takes any process, the others only
+# those whose last checkpoint took under half the interval (or a slower one that ends before
+# the next of those is due), so however many large processes a machine holds, the small ones
+# do not wait behind them.
+CHECKPOINT_WORKERS = 2
 
 
 class CopyTransport:
@@ -80,6 +95,15 @@ def held_output(p: Process, checkpointing: bool) -> tuple[int, int]:
     return out, err
 
 
+def due_after(record: CheckpointRecord, every: float) -> float:
+    """When the process's next periodic checkpoint should begin: early by what its last one
+    took, so it is written by about `every` after the last one began (the age it reaches then
+    is `every`, not `every` plus the checkpoint's own time); but at least `every / 2` after
+    it, so a process whose checkpoints take longer than that is not checkpointed without end
+    (its age then reaches `every / 2` plus one checkpoint's time)."""
+    return record.taken_at + max(every - record.seconds, every / 2)
+
+
 class Checkpointing:
     """The calls that checkpoint this machine's processes and restart others'."""
 
@@ -89,14 +113,19 @@ class Checkpointing:
     plate: Plate
     scheduler: Scheduler
     checkpoint_store: CheckpointStore  # where this machine's checkpoints go
-    _checkpoint_lock: threading.Lock  # one checkpoint at a time on this machine
+    _checkpoint_lock: threading.Condition  # guards _checkpoint_busy
+    _checkpoint_busy: set[int]  # pids a checkpoint is being taken of (one at a time each)
     _checkpoint_bases: dict[int, tuple[int, PageHashes]]  # pid -> (seq, hashes); the lock
     _chain_starts: dict[int, int]  # lock; pid -> seq of the full checkpoint its chain began at
     checkpoint_records: deque[CheckpointRecord]  # lock; the last ones taken here
     checkpoint_totals: Counter[str]  # lock; "ok", "failed", "bytes", "restarts"...
     restart_records: deque[RestartRecord]  # lock; processes restarted here
-    _checkpointer: threading.Thread | None
+    _checkpoint_due: dict[int, float]  # lock; pid -> time.time() its next checkpoint is due
+    _checkpoint_claimed: set[int]  # lock; pids a periodic worker has taken
+    _checkpoint_cost: dict[int, float]  # lock; pid -> seconds its last checkpoint took
+    _checkpointers: list[threading.Thread]
     _checkpointer_stop: threading.Event
+    _checkpointer_wake: threading.Event  # an arrival may be due at once
 
     # Provided by the machine's migration sides (earlier in its bases, so these never run).
     def freeze(self, pid: int, timeout: float = 30.0) -> int:
@@ -129,19 +158,26 @@ class Checkpointing:
         spec = self.config.checkpoint
         where = spec.dir if spec is not None and spec.dir else self.plate.root / "checkpoints"
         self.checkpoint_store = PlateCheckpointStore(where)
-        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_lock = threading.Condition()
+        self._checkpoint_busy = set()
         self._checkpoint_bases = {}
         self._chain_starts = {}
         self.checkpoint_records = deque(maxlen=CHECKPOINT_RECORDS_KEPT)
         self.checkpoint_totals = Counter()
         self.restart_records = deque(maxlen=CHECKPOINT_RECORDS_KEPT)
-        self._checkpointer = None
+        self._checkpoint_due = {}
+        self._checkpoint_claimed = set()
+        self._checkpoint_cost = {}
+        self._checkpointers = []
         self._checkpointer_stop = threading.Event()
+        self._checkpointer_wake = threading.Event()
         if spec is not None and spec.every is not None:
-            self._checkpointer = threading.Thread(target=self._checkpoint_periodically,
-                                                  args=(spec.every,), daemon=True,
-                                                  name=f"{self.name}-checkpointer")
-            self._checkpointer.start()
+            for i in range(CHECKPOINT_WORKERS):
+                thread = threading.Thread(target=self._checkpoint_periodically,
+                                          args=(spec.every, i == 0), daemon=True,
+                                          name=f"{self.name}-checkpointer-{i}")
+                self._checkpointers.append(thread)
+                thread.start()
 
     @property
     def checkpointing(self) -> bool:
@@ -158,18 +194,59 @@ class Checkpointing:
         lands. From its first checkpoint on, the process's output is held until the next
         checkpoint (or its exit) covers it. CheckpointError when the store cannot be
         written; the previous checkpoint then stays the valid one."""
-        with self._checkpoint_lock:
-            try:
-                record = self._checkpoint(pid, timeout)
-            except TenderError:
-                with self.scheduler.lock:
-                    self.checkpoint_totals["failed"] += 1
-                raise
+        with self._checkpoint_lock:  # one checkpoint of a process at a time: its chain
+            while pid in self._checkpoint_busy:
+                self._checkpoint_lock.wait()
+            self._checkpoint_busy.add(pid)
+        try:
+            record = self._checkpoint(pid, timeout)
+        except TenderError:
+            with self.scheduler.lock:
+                self.checkpoint_totals["failed"] += 1
+            raise
+        finally:
+            with self._checkpoint_lock:
+                self._checkpoint_busy.discard(pid)
+                self._checkpoint_lock.notify_all()
+        spec = self.config.checkpoint
         with self.scheduler.lock:
             self.checkpoint_totals["ok"] += 1
             self.checkpoint_totals["bytes"] += record.bytes
             self.checkpoint_records.append(record)
+            self._checkpoint_cost[pid] = record.seconds
+            if spec is not None and spec.every is not None:
+                self._checkpoint_due[pid] = due_after(record, spec.every)
         return record
+
+    def checkpoint_arrival(self, pid: int) -> CheckpointRecord | None:
+        """Cover a process that has just arrived here (from its migration's commit); the
+        checkpoint written for it, or None when the one the store holds still covers it.
+
+        The store is shared, so the source's newest checkpoint stays the valid one until this
+        machine writes one: it is due an interval after it was taken. An arrival without one,
+        or whose newest is already an interval old, is checkpointed here and now, before its
+        migration is reported done, so a crash right after the arrival loses nothing and
+        restarts it from a checkpoint no older than the arrival."""
+        spec = self.config.checkpoint
+        if spec is None or spec.every is None:
+            return None
+        try:
+            taken_at = self.checkpoint_store.taken_at(pid)
+        except CheckpointError:  # a corrupt manifest: a new full chain replaces it
+            taken_at = None
+        if taken_at is not None and time.time() - taken_at < spec.every:
+            with self.scheduler.lock:
+                self._checkpoint_due[pid] = taken_at + spec.every
+            self._checkpointer_wake.set()
+            return None
+        try:
+            return self.checkpoint(pid)
+        except TenderError as exc:  # it ended or left already, or has threads
+            logs.get("checkpoint").info("arrival not checkpointed", pid=pid, error=str(exc))
+            with self.scheduler.lock:
+                self._checkpoint_due[pid] = time.time()  # the checkpointer tries again
+            self._checkpointer_wake.set()
+            return None
 
     def _checkpoint(self, pid: int, timeout: float) -> CheckpointRecord:
         start = time.perf_counter()
@@ -179,14 +256,22 @@ class Checkpointing:
             if p.state.migrating:
                 raise ProcessStateError(f"process {pid} is migrating; checkpoint it on the "
                                         "machine it lands on, once it has arrived")
+            if p.members:  # a restart makes one thread: the others' would be lost
+                raise ProcessStateError(
+                    f"process {pid} has {len(p.members) + 1} threads: a process with more "
+                    "than one thread cannot be checkpointed yet (it runs on where it is)")
         self.freeze(pid, timeout)
         try:
             image = self.export_image(pid, CopyTransport(), MigrationOptions())
         finally:
             self.thaw(pid)
+        if image.threads:  # it made a thread since the check above
+            raise ProcessStateError(
+                f"process {pid} has {len(image.threads)} threads: a process with more than "
+                "one thread cannot be checkpointed yet (it runs on where it is)")
         frozen = time.perf_counter() - start
-        blocks = [*image.text_blocks, *image.data_blocks]
-        pages = np.concatenate(blocks) if blocks else np.zeros((0, 4096), dtype=np.uint8)
+        # The copies the export made, hashed where they are (no whole extra copy).
+        pages = [*image.text_blocks, *image.data_blocks]
         store = self.checkpoint_store
         with self.scheduler.lock:
             base = self._checkpoint_bases.get(pid)
@@ -226,7 +311,8 @@ class Checkpointing:
                                    max(old[1], k.stderr_taken + len(k.stderr)))
         return CheckpointRecord(pid=pid, machine=self.name, seq=seq, taken_at=taken_at,
                                 frozen_seconds=frozen, seconds=time.perf_counter() - start,
-                                bytes=written, pages=len(pages), pages_written=len(delta.vpns),
+                                bytes=written, pages=sum(len(b) for b in pages),
+                                pages_written=len(delta.vpns),
                                 full=delta.full, store=store.where)
 
     def forget_checkpoint(self, pid: int) -> None:
@@ -234,6 +320,8 @@ class Checkpointing:
         with self.scheduler.lock:
             self._checkpoint_bases.pop(pid, None)
             self._chain_starts.pop(pid, None)
+            self._checkpoint_due.pop(pid, None)
+            self._checkpoint_cost.pop(pid, None)
         try:
             self.checkpoint_store.discard(pid)
         except OSError as exc:
@@ -253,6 +341,7 @@ class Checkpointing:
         (restarted there, and lost with it) is taken over. A restart that fails gives its
         claim back."""
         start = time.perf_counter()
+        began = time.time()
         store = store or self.checkpoint_store
         checkpoint = store.read(pid)
         if lost_at is not None and checkpoint.taken_at > lost_at:
@@ -290,7 +379,9 @@ class Checkpointing:
         record = RestartRecord(pid=pid, name=image.kernel.name, machine=self.name,
                                lost_machine=checkpoint.machine, seq=checkpoint.seq,
                                taken_at=checkpoint.taken_at,
-                               seconds=time.perf_counter() - start)
+                               seconds=time.perf_counter() - start,
+                               age_seconds=(lost_at if lost_at is not None else began)
+                               - checkpoint.taken_at)
         with self.scheduler.lock:
             self.checkpoint_totals["restarts"] += 1
             self.restart_records.append(record)
@@ -300,29 +391,68 @@ class Checkpointing:
         with self.scheduler.lock:
             return list(self.checkpoint_records)
 
-    def _checkpoint_periodically(self, every: float) -> None:
-        """Checkpoint every process here each `every` seconds (a thread of its own)."""
+    def _checkpoint_periodically(self, every: float, takes_large: bool) -> None:
+        """Checkpoint each process here once it is due (CHECKPOINT_WORKERS threads run this):
+        `due_after` its newest checkpoint, or `every` after its exec.
+        Each worker takes the most overdue process no other worker has, one at a time; one
+        whose last checkpoint took half the interval or more only if `takes_large`, or if it
+        would end before the next fast one is due, so large processes hold up one worker and
+        the others keep the small ones on time; and a late
+        checkpoint does not make the next one late: each process is due by its own newest
+        checkpoint, not by the end of a round."""
         log = logs.get("checkpoint")
-        while not self._checkpointer_stop.wait(every):
+        while not self._checkpointer_stop.is_set():
             if self.scheduler.stopped:
                 return
+            now = time.time()
             with self.scheduler.lock:
-                pids = [p.pid for p in self.scheduler.table.values()
+                here = {p.pid: p for p in self.scheduler.table.values()}
+                pids = {pid for pid, p in here.items()
                         if p.state not in (RunState.ZOMBIE, RunState.EXITING)
-                        and not p.state.migrating]
-            for pid in pids:
-                if self._checkpointer_stop.is_set():
-                    return
-                try:
-                    self.checkpoint(pid)
-                except TenderError as exc:  # it ended, left, or is migrating: next round
-                    log.info("checkpoint skipped", pid=pid, error=str(exc))
+                        and not p.state.migrating}
+                due = self._checkpoint_due
+                for gone in set(due) - set(here):
+                    del due[gone]  # ended or left: the machine it went to keeps its own
+                    self._checkpoint_cost.pop(gone, None)
+                for pid in pids - set(due):  # exec'd here: an interval after its exec
+                    created = here[pid].created_at
+                    due[pid] = (created if created > 0 else now) + every
+                free = pids - self._checkpoint_claimed
+                cost = self._checkpoint_cost
+                fast = {pid for pid in free if cost.get(pid, 0.0) < every / 2}
+                if not takes_large:
+                    # A slow one only when it ends before the next fast one is due.
+                    next_fast = min((due[pid] for pid in fast), default=math.inf)
+                    free = fast | {pid for pid in free - fast
+                                   if max(now, due[pid]) + cost[pid] <= next_fast}
+                ready = min(((due[pid], pid) for pid in free if due[pid] <= now),
+                            default=None)
+                upcoming = min((due[pid] for pid in free if due[pid] > now),
+                               default=now + every)
+                if ready is not None:
+                    self._checkpoint_claimed.add(ready[1])
+            if ready is None:
+                self._checkpointer_wake.wait(max(0.0, min(upcoming - time.time(), every)))
+                self._checkpointer_wake.clear()
+                continue
+            pid = ready[1]
+            try:
+                self.checkpoint(pid)
+            except TenderError as exc:  # it ended, left, or is migrating: later
+                log.info("checkpoint skipped", pid=pid, error=str(exc))
+                with self.scheduler.lock:
+                    if pid in self._checkpoint_due:
+                        self._checkpoint_due[pid] = time.time() + every
+            finally:
+                with self.scheduler.lock:
+                    self._checkpoint_claimed.discard(pid)
 
     def _stop_checkpointer(self) -> None:
         self._checkpointer_stop.set()
-        thread = self._checkpointer
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+        self._checkpointer_wake.set()
+        for thread in self._checkpointers:
+            if thread is not threading.current_thread():
+                thread.join(timeout=30)
 
 
-__all__ = ["Checkpointing", "CopyTransport", "held_output"]
+__all__ = ["Checkpointing", "CopyTransport", "due_after", "held_output"]

@@ -5,9 +5,12 @@ commit it into the table — or abort and give back whatever was made.
 Every call names its migration by id. What an arriving migration made is held under a lease
 that each call of its source renews; a source silent past the lease (it died, or lost its way)
 has it all released by the lease reaper, and the migration is then EXPIRED: it can never
-commit. Commit and abort are idempotent and exclusive (the first one to decide wins; the other
-answers with it), and the outcome of recent migrations is remembered, so a source that lost an
-answer asks again instead of guessing.
+commit. A pre-copy's live rounds stage page contents here (in frames of this machine, by
+virtual page) under the same lease; the final transform maps the staged frames that are still
+valid into the arriving process without another copy, and whatever it does not take is freed
+with the migration. Commit and abort are idempotent and exclusive (the first one to decide
+wins; the other answers with it), and the outcome of recent migrations is remembered, so a
+source that lost an answer asks again instead of guessing.
 
 `MigrationDestination` is a part of `Machine` (mixed in): it works on the machine state
 declared below, which `Machine.__init__` sets, under the machine's lock (`scheduler.lock`).
@@ -20,7 +23,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -32,14 +35,13 @@ from tender_ray.errors import (
     LeaseExpiredError,
     MigrationError,
     OutOfMemoryError,
-    TextNotHeldError,
 )
 from tender_ray.kernel import address_space as vm
-from tender_ray.kernel import tracking
+from tender_ray.kernel import shared_text, thread_group, tracking
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
-from tender_ray.migration.image import AreaImage, ProcessImage, text_digest
+from tender_ray.migration.image import AreaImage, ProcessImage
 from tender_ray.migration.options import MigrationOptions, Resources
 from tender_ray.migration.record import MigrationRecord, Outcome
 from tender_ray.migration.transports import Transport, get_blocks
@@ -47,10 +49,10 @@ from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process
 from tender_ray.resources.program import parse_program
-from tender_ray.resources.real_memory import PAGE_SIZE, RealMemory
-from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind
+from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
+from tender_ray.resources.virtual_region import NOT_PRESENT
 from tender_ray.resources.virtual_space import VirtualSpace
-from tender_ray.resources.virtual_user_space import PROT_WRITE, VirtualUserSpace
+from tender_ray.resources.virtual_user_space import VirtualUserSpace
 
 OUTCOMES_KEPT = 4096  # outcomes of finished migrations remembered, for sources that ask late
 
@@ -69,15 +71,50 @@ class IncomingMigration:
     # What this side knows of the migration, kept with the process at commit so it has a
     # record even if the source dies before sending its full one (which then replaces it).
     record: MigrationRecord | None = None
+    # Pre-copy: the frames holding the pages of its live rounds, by virtual page number,
+    # until the final transform maps them (or the migration ends without it: then freed).
+    staged: StagedPages = field(default_factory=lambda: StagedPages())
 
 
-@dataclass
-class _PinnedText:
-    """Text frames of a process here taken for an arriving one, before its regions map them
-    (then `mapped`: its regions let them go like any frames)."""
+class StagedPages:
+    """Frames holding a pre-copy's pages at the destination, by virtual page number (sorted
+    arrays: a round or the final transform looks up thousands of pages at once)."""
 
-    frames: npt.NDArray[np.int64]
-    mapped: bool = False
+    def __init__(self) -> None:
+        self.vpns = np.zeros(0, dtype=np.int64)
+        self.frames = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.vpns.size)
+
+    def find(self, vpns: npt.NDArray[np.int64]
+             ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+        """Which of `vpns` are staged, and the positions of those in the arrays."""
+        at = np.searchsorted(self.vpns, vpns)
+        found = at < self.vpns.size
+        found[found] = self.vpns[at[found]] == vpns[found]
+        return found, at[found]
+
+    def add(self, vpns: npt.NDArray[np.int64], frames: npt.NDArray[np.int64]) -> None:
+        """Stage pages not staged yet, in these frames."""
+        order = np.argsort(np.concatenate([self.vpns, vpns]), kind="stable")
+        self.vpns = np.concatenate([self.vpns, vpns])[order]
+        self.frames = np.concatenate([self.frames, frames])[order]
+
+    def take(self, vpns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The frames of `vpns` (all staged), no longer staged here."""
+        _, at = self.find(vpns)
+        frames = self.frames[at]
+        keep = np.ones(self.vpns.size, dtype=bool)
+        keep[at] = False
+        self.vpns, self.frames = self.vpns[keep], self.frames[keep]
+        return frames
+
+    def clear(self) -> npt.NDArray[np.int64]:
+        """Every staged frame, none staged any more."""
+        frames = self.frames
+        self.vpns = self.frames = np.zeros(0, dtype=np.int64)
+        return frames
 
 
 class MigrationDestination:
@@ -187,6 +224,7 @@ class MigrationDestination:
                 if release:
                     self._forget(m)
             if release:
+                self._free_staged(m)
                 self.release_incoming(m.process)
 
     def renew(self, mid: str) -> Outcome:
@@ -240,6 +278,7 @@ class MigrationDestination:
                         self.migration_totals["in_expired"] += 1
                         expired.append(m)
             for m in expired:
+                self._free_staged(m)
                 self.release_incoming(m.process)
 
     def transform(self, image: ProcessImage, transport: Transport,
@@ -262,7 +301,8 @@ class MigrationDestination:
                 raise MigrationError(f"migration {mid} brings process {m.pid}, not "
                                      f"{image.pid}")
             started_at = time.time()
-            phases = self._transform(m.process, image, transport, options)
+            phases = self._transform(m.process, image, transport, options, m.staged)
+            self._free_staged(m)  # staged pages the image did not take (written again, gone)
             with self.scheduler.lock:
                 doomed = m.doomed
                 m.record = MigrationRecord(
@@ -279,7 +319,8 @@ class MigrationDestination:
         return phases
 
     def _transform(self, p: Process, image: ProcessImage, transport: Transport,
-                   options: MigrationOptions) -> dict[str, float]:
+                   options: MigrationOptions,
+                   staged: StagedPages | None = None) -> dict[str, float]:
         phases: dict[str, float] = {}
         lacking = features.missing(image.kernel.cpu_features,
                                    features.engine_features(self.engine))
@@ -289,6 +330,7 @@ class MigrationDestination:
                 f"which {self.name}'s {self.engine} engine lacks; its code may use them "
                 "(glibc picks code by cpuid at start): move it to a machine whose engine "
                 "offers them")
+        thread_group.check_arrival(p, image, self.name, self.engine)
         if image.kernel.write_tracked and not getattr(p.context, "tracks_writes", False):
             raise MigrationError(
                 f"process {image.pid} has its writes tracked, which {self.name}'s "
@@ -298,7 +340,8 @@ class MigrationDestination:
         # sends the text and transforms again (TextNotHeldError), with nothing to undo here.
         pinned = self._pin_text(image) if image.text_shared else None
         try:
-            return self._transform_pinned(p, image, transport, options, phases, pinned)
+            return self._transform_pinned(p, image, transport, options, phases, pinned,
+                                          staged)
         except BaseException:
             if pinned is not None and not pinned.mapped:
                 self.memory.free(pinned.frames)  # this mapper lets go; the holder keeps them
@@ -306,7 +349,8 @@ class MigrationDestination:
 
     def _transform_pinned(self, p: Process, image: ProcessImage, transport: Transport,
                           options: MigrationOptions, phases: dict[str, float],
-                          pinned: _PinnedText | None) -> dict[str, float]:
+                          pinned: shared_text.PinnedText | None,
+                          staged: StagedPages | None = None) -> dict[str, float]:
         m = self.managers
         # (I) change the operating space.
         t = time.perf_counter()
@@ -334,7 +378,7 @@ class MigrationDestination:
             known = self.plate.program_name(image.program.digest)
             p.plate_name = known if self.plate.exists(known) else ""
         if pinned is not None:
-            self._share_text(p, image, pinned)
+            shared_text.share_text(p, image, pinned, self._add_image_area)
         else:
             self._build_areas(p, image.text_areas, blocks)
         created = [self._add_image_area(p, area) for area in image.other_areas]
@@ -342,7 +386,8 @@ class MigrationDestination:
         # (III) change the start position: data, BSS, heap, stack and mappings, registers.
         t = time.perf_counter()
         self.faults.check("transform_start")
-        self._fill_areas(p, created, image.other_areas, data_blocks)
+        self._fill_areas(p, created, image.other_areas, data_blocks,
+                         self._take_staged(image, staged))
         if next(data_blocks, None) is not None:
             raise MigrationError("page blocks do not match the areas: more pages than the "
                                  "areas hold")
@@ -361,13 +406,14 @@ class MigrationDestination:
         p.files, p.view = k.files.restore()  # host files reopen on their first call
         p.registers = image.registers
         self.syscalls.attach(p)
+        thread_group.arrive(p, image, self.syscalls)
         if k.write_tracked:
             tracking.arrive_tracked(p, self.name)
         phases["transform_start"] = time.perf_counter() - t
         self.faults.check("commit")
         return phases
 
-    # --- content-addressed text ---------------------------------------------------------
+    # --- content-addressed text (`kernel.shared_text`) -----------------------------------
 
     def holds_text(self, program_digest: str, digest: str) -> bool:
         """Whether a process here (running, frozen or arriving) maps text with this digest
@@ -376,66 +422,16 @@ class MigrationDestination:
             return self._text_holder(program_digest, digest) is not None
 
     def _text_holder(self, program_digest: str, digest: str
-                     ) -> tuple[list[AreaImage], npt.NDArray[np.int64]] | None:  # lock held
-        """The text areas and their present frames (in area order) of a process here whose
-        text has `digest`; None if there is none. Text that may be written is never shared."""
-        for q in (*self.scheduler.table.values(), *self.incoming.values()):
-            if q.program is None or q.program.digest != program_digest or (
-                    q.space is None or q.space is self.kernel_space):
-                continue
-            areas: list[AreaImage] = []
-            parts: list[npt.NDArray[np.int64]] = []
-            for us in q.space.user_spaces:  # in address order, as the source's
-                region = us.region
-                if region is None or region.kind is not RegionKind.TEXT:
-                    continue
-                frames = region.frame_array()
-                present = np.flatnonzero(frames != NOT_PRESENT)
-                areas.append(AreaImage("", region.kind, us.start, region.npages, us.perms,
-                                       tuple(present.tolist())))
-                parts.append(frames[present])
-            if not areas or any(a.perms & PROT_WRITE for a in areas):
-                continue
-            held = np.concatenate(parts)
-            if text_digest(program_digest, areas, self.memory.frames[held]) == digest:
-                return areas, held
-        return None
+                     ) -> shared_text.HeldText | None:  # lock held
+        return shared_text.text_holder(
+            (*self.scheduler.table.values(), *self.incoming.values()), self.kernel_space,
+            self.memory, program_digest, digest)
 
-    def _pin_text(self, image: ProcessImage) -> _PinnedText:
-        """The frames of a process here with the image's text, taken as one more mapper's
-        (`RealMemory.share`), so they stay whatever that process does meanwhile."""
+    def _pin_text(self, image: ProcessImage) -> shared_text.PinnedText:
         with self.scheduler.lock:  # no holder leaves the table (and frees) meanwhile
-            holder = self._text_holder(image.program.digest, image.text_digest)
-            if holder is None:
-                raise TextNotHeldError(
-                    f"{self.name} no longer holds the text of {image.program.name} (the "
-                    "process that had it ended)")
-            areas, frames = holder
-            if [(a.start, a.npages, a.present) for a in areas] != [
-                    (a.start, a.npages, a.present) for a in image.text_areas]:
-                raise TextNotHeldError(f"text areas of process {image.pid} do not match the "
-                                       f"text {self.name} holds")
-            self.memory.share(frames)
-        return _PinnedText(frames)
-
-    def _share_text(self, p: Process, image: ProcessImage, pinned: _PinnedText) -> None:
-        """Transform (II) without a copy: map the pinned frames of a process here with the
-        same text read-only into the arriving one; each frame is freed only when the last
-        process that maps it lets it go (`RealMemory.share`)."""
-        assert p.space is not None
-        frames = pinned.frames
-        pinned.mapped = True  # from here the arriving process's regions own this mapping
-        done = 0
-        for area in image.text_areas:
-            us = self._add_image_area(p, area)
-            assert us.region is not None
-            indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
-            mine = frames[done: done + indexes.size]
-            done += indexes.size
-            region_frames = np.full(area.npages, NOT_PRESENT, dtype=np.int64)
-            region_frames[indexes] = mine
-            us.region.frames = region_frames.tolist()
-            p.space.add_entries(us, indexes, mine)
+            return shared_text.pin_text(
+                self._text_holder(image.program.digest, image.text_digest), image,
+                self.memory, self.name)
 
     def _add_image_area(self, p: Process, area: AreaImage) -> VirtualUserSpace:
         us = vm.add_area(self.managers, p, area.kind, area.start, area.npages, area.perms)
@@ -449,17 +445,34 @@ class MigrationDestination:
 
     def _fill_areas(self, p: Process, user_spaces: list[VirtualUserSpace],
                     areas: tuple[AreaImage, ...],
-                    blocks: Iterator[npt.NDArray[np.uint8]]) -> None:
+                    blocks: Iterator[npt.NDArray[np.uint8]],
+                    staged: StagedPages | None = None) -> None:
         """Write page contents into fresh frames of each area and make them visible: frames
         taken for all at once (held ones first, no zeroing), then each block copied in as
-        it arrives (one copy per page), taking from `blocks` exactly the areas' pages."""
+        it arrives (one copy per page), taking from `blocks` exactly the areas' pages.
+        Pages in `staged` (pre-copied: virtual page → frame) take that frame as it is and
+        are not in `blocks`."""
         filled: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
                            npt.NDArray[np.int64]]] = []
+        ready: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
+                          npt.NDArray[np.int64]]] = []
         for us, area in zip(user_spaces, areas, strict=True):
             assert us.region is not None
             indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
+            if staged:
+                vpns = (area.start >> PAGE_SHIFT) + indexes
+                mask, _ = staged.find(vpns)
+                if mask.any():
+                    mine = staged.take(vpns[mask])
+                    region_frames = us.region.frame_array()
+                    region_frames[indexes[mask]] = mine
+                    us.region.frames = region_frames.tolist()
+                    ready.append((us, indexes[mask], mine))
+                    indexes = indexes[~mask]
             filled.append((us, indexes, us.region.populate_array(indexes, self.memory,
                                                                  zero=False)))
+        if staged:  # pre-copied pages no area holds now: nobody takes their frames
+            self.memory.free(staged.clear())
         frames = (np.concatenate([f for _, _, f in filled]) if filled
                   else np.zeros(0, dtype=np.int64))
         done = 0
@@ -473,8 +486,64 @@ class MigrationDestination:
         except ValueError as exc:
             raise MigrationError(f"page blocks do not match the areas: {exc}") from None
         assert p.space is not None
-        for us, indexes, got in filled:
+        for us, indexes, got in (*ready, *filled):
             p.space.add_entries(us, indexes, got)  # pasted before they had frames
+
+    # --- pre-copy: the live rounds ------------------------------------------------------
+
+    def precopy_pages(self, mid: str, vpns: npt.NDArray[np.int64], handles: tuple[object, ...],
+                      transport: Transport) -> int:
+        """One live round of pre-copy migration `mid`: stage the pages `vpns` (virtual page
+        numbers, in block order) from the blocks `handles` in frames here, replacing what an
+        earlier round staged for the same pages; the pages staged in all."""
+        self.faults.check("precopy")
+        with self._call(mid) as m:
+            staged = m.staged
+            found, at = staged.find(vpns)
+            known = np.full(vpns.size, NOT_PRESENT, dtype=np.int64)
+            known[found] = staged.frames[at]
+            fresh = ~found
+            count = int(fresh.sum())
+            if count:
+                if count > self.memory.free_frames:
+                    raise OutOfMemoryError(
+                        f"machine {self.name} has {self.memory.free_frames} free frames, "
+                        f"pre-copy of process {m.pid} needs {count} more; pick another "
+                        "machine or free memory")
+                known[fresh] = self.memory.allocate_array(count, zero=False)
+                staged.add(vpns[fresh], known[fresh])
+            done = 0
+            for block in get_blocks(transport, handles):
+                self.memory.scatter_at(known, done, block)
+                done += block.shape[0]
+            if done != vpns.size:
+                raise MigrationError(f"pre-copy round of process {m.pid}: {done} pages in "
+                                     f"the blocks for {vpns.size} pages")
+            return len(staged)
+
+    def _take_staged(self, image: ProcessImage,
+                     staged: StagedPages | None) -> StagedPages | None:
+        """The staged frames the image's pre-copied pages take (the rest stay to be freed);
+        MigrationError if one of them was never staged here."""
+        if image.precopied is None:
+            return None
+        wanted = image.precopied
+        have = staged if staged is not None else StagedPages()
+        found, _ = have.find(wanted)
+        if not found.all():
+            missing = wanted[~found]
+            raise MigrationError(
+                f"process {image.pid}: {missing.size} pre-copied pages (first at "
+                f"{int(missing[0]) << PAGE_SHIFT:#x}) were never staged on {self.name}")
+        order = np.argsort(wanted)
+        taken = StagedPages()
+        taken.vpns, taken.frames = wanted[order], have.take(wanted)[order]
+        return taken
+
+    def _free_staged(self, m: IncomingMigration) -> None:
+        """Free the frames of pages staged for migration `m` that no process took."""
+        if len(m.staged):
+            self.memory.free(m.staged.clear())
 
     def commit(self, mid: str) -> Outcome:
         """The destination confirms: the process joins the table and runs (or sleeps on).
@@ -525,11 +594,13 @@ class MigrationDestination:
                 m.doomed = Outcome.ABORTED
                 return Outcome.ABORTED
             self._forget(m)
+        self._free_staged(m)
         self.release_incoming(m.process)
         return Outcome.ABORTED
 
     def release_incoming(self, p: Process) -> None:
         """Give back an arriving process that will not join the table, and all it holds."""
+        thread_group.release(p, self.syscalls)
         if p.space is not None and p.space is not self.kernel_space:
             vm.release_address_space(self.managers, p)
         p.space = self.kernel_space

@@ -9,9 +9,7 @@ changes a process's state), the system calls (`syscalls/`, reaching the machine 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import itertools
 import os
 import tempfile
@@ -27,7 +25,7 @@ from tender_ray.config import FaultAction, FaultSpec, MachineConfig
 from tender_ray.engines import features
 from tender_ray.errors import CordonedError, ProcessStateError, UnknownProcessError, UsageError
 from tender_ray.kernel import address_space as vm
-from tender_ray.kernel import signals
+from tender_ray.kernel import job_control, process_tree, signals
 from tender_ray.kernel.checkpoint import Checkpointing, held_output
 from tender_ray.kernel.destination import MigrationDestination
 from tender_ray.kernel.host_tree import HostTree
@@ -37,6 +35,7 @@ from tender_ray.kernel.source import MigrationSource
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.kernel.syscalls import files as file_calls
 from tender_ray.kernel.syscalls import memory as memory_calls
+from tender_ray.kernel.thread_group import ThreadGroups
 from tender_ray.kernel.tracking import WriteTracking
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.resources.file_view import FileViewSpec
@@ -44,7 +43,7 @@ from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.open_file import OUTPUT_LIMIT
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, ProcessState, RunState
-from tender_ray.resources.program import Program, parse_program
+from tender_ray.resources.program import HeldPrograms, Program
 from tender_ray.resources.real_memory import RealMemory
 from tender_ray.resources.virtual_region import VirtualRegion
 from tender_ray.resources.virtual_space import BadAddress, SpaceKind, VirtualSpace
@@ -80,7 +79,8 @@ def choosing_features(program: Program, image: bytes, engine: str) -> frozenset[
     return frozenset()
 
 
-class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTracking):
+class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTracking,
+              ThreadGroups):
     """A Tender machine. Thread-safe; `stop()` ends it and fails every pending wait."""
 
     def __init__(self, config: MachineConfig | None = None, *, pid_base: int = 1000) -> None:
@@ -121,8 +121,9 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         self.scheduler = Scheduler(self.name, self.config.computations, quantum=self.quantum,
                                    exact=self.exact, growth=self.config.quantum_growth,
                                    finish=self._finish, before_run=self._before_run,
-                                   fault=self._fault)
+                                   fault=self._fault, finish_member=self.finish_member)
         self.computations = self.scheduler.computations
+        process_tree.watch(self)  # its blocked processes hear of every pipe change
         # The rest is guarded by the machine's lock (`scheduler.lock`).
         self._pids = itertools.count(pid_base)
         self._started = time.monotonic()
@@ -138,7 +139,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         self.migration_bytes = 0
         self.migration_phase_seconds = {}
         self.migration_records = deque(maxlen=64)
-        self._programs: dict[str, Program] = {}  # image digest -> parsed program, held
+        self._programs = HeldPrograms(PROGRAM_HOLD_LIMIT)  # for later execs of an image
         self.scheduler.start()
         self._init_checkpoints()  # and the periodic checkpointer, when the config asks
 
@@ -197,7 +198,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         if self.cordoned:
             raise CordonedError(f"machine {self.name} is cordoned (draining): start the "
                                 "program on another machine")
-        program = self._program(image, name)  # too big for memory: vm.load_program says so
+        program = self._programs.get(image, name)  # too big for memory: vm.load_program says so
         plate_name = self.plate.store_program(image, program.digest)
         args = [a.encode() if isinstance(a, str) else a for a in argv] or [name.encode()]
         env = [e.encode() if isinstance(e, str) else e for e in envp]
@@ -219,30 +220,19 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
                 vm.release_address_space(self.managers, p)
             self.processes.release(p)
             raise
+        p.name, p.plate_name, p.created_at = name, plate_name, time.time()
+        return self.add_process(p)
+
+    def add_process(self, p: Process) -> int:
+        """Give a loaded process a pid of its own and schedule it (exec, fork); its pid."""
         with self.scheduler.lock:
             p.pid = next(self._pids)
-            while p.pid in self.scheduler.table or p.pid in self.incoming:  # one that arrived
+            taken = self.ids_taken()  # pids and tids, of arrivals too
+            while p.pid in taken:
                 p.pid = next(self._pids)
-            p.name = name
-            p.plate_name = plate_name
-            p.created_at = time.time()
             self.scheduler.add(p)
         self.scheduler.changed()
         return p.pid
-
-    def _program(self, image: bytes, name: str) -> Program:
-        """The program resource of an image: parsed once per image, held for later execs
-        (the first exec of an image pays for reading its headers)."""
-        digest = hashlib.sha256(image).hexdigest()
-        with self.scheduler.lock:
-            held = self._programs.get(digest)
-        if held is None:
-            held = parse_program(image, name)
-            with self.scheduler.lock:
-                self._programs[digest] = held
-                while len(self._programs) > PROGRAM_HOLD_LIMIT:  # the oldest goes first
-                    del self._programs[next(iter(self._programs))]
-        return held if held.name == name else dataclasses.replace(held, name=name)
 
     def _finish(self, p: Process) -> None:
         """An ended process gives back its address space; the entry waits to be reaped.
@@ -251,6 +241,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         p.ended_at = time.time()
         self.syscall_totals.update(p.accounting.syscalls)
         self.unsupported_totals.update(p.accounting.unsupported)
+        process_tree.ended(self, p)  # the parent's zombie record, SIGCHLD
         vm.release_address_space(self.managers, p)
         p.files.close_all()  # host files and pipe ends go back with it
         p.space = self.kernel_space
@@ -267,6 +258,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         (a process nobody follows never waits). OSError EPIPE when the stream's reader has
         gone."""
         with self.scheduler.lock:
+            p = process_tree.output_owner(self.scheduler.table, p)  # a child: its root's
             reader = p.files.output()
             if fd in reader.closed:
                 raise OSError(int(Errno.EPIPE), f"the reader of stream {fd} has gone")
@@ -281,6 +273,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         with `output_room`: only this process's computation appends, and a take only adds
         room); OSError EPIPE when the stream's reader has gone."""
         with self.scheduler.lock:
+            p = process_tree.output_owner(self.scheduler.table, p)
             if fd in p.files.output().closed:
                 raise OSError(int(Errno.EPIPE), f"the reader of stream {fd} has gone")
             (p.stdout if fd == 1 else p.stderr).extend(data)
@@ -291,7 +284,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         owner's next take (`_take`) or the stream's close wakes it. Checked again under the
         lock, so a take that came meanwhile is not missed (then it does not wait)."""
         with self.scheduler.lock:
-            reader = p.files.output()
+            reader = process_tree.output_owner(self.scheduler.table, p).files.output()
             if fd in reader.closed or self.output_room(p, fd) >= need:
                 return
             reader.waiting = True
@@ -312,6 +305,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
 
     def arrived(self, p: Process) -> None:
         self.timer_changed(p)  # a waiting arrival with an armed timer is woken on time
+        self.checkpoint_arrival(p.pid)  # covered from the moment it is here
 
     def timer_changed(self, p: Process) -> None:
         """ITIMER_REAL was set: a process that waits meanwhile is woken by a host timer."""
@@ -341,14 +335,21 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
                 signals.queue(p, signals.SigInfo(signals.Signal.SIGALRM, signals.SI_KERNEL))
             for sig in signals.cpu_timers_due(state, p.accounting.cpu_seconds):
                 signals.queue(p, signals.SigInfo(sig, signals.SI_KERNEL))
+            if job_control.held(self.scheduler, p):
+                return  # stopped: it runs again after SIGCONT
             while True:
-                sig = state.deliverable()
+                sig = state.deliverable(signals.tid_of(p))
                 if not sig:
-                    state.wait = None  # it runs on: whatever it waited for is over
+                    if state.wait is not None and signals.waits(p, state.wait):
+                        state.wait = None  # it runs on: whatever it waited for is over
                     return
                 action = state.actions[sig - 1]
                 if sig == signals.Signal.SIGKILL or action.handler == signals.SIG_DFL:
                     state.pending.pop(sig)
+                    if sig in job_control.STOP_SIGNALS:  # one that was blocked till now
+                        job_control.stop(self.scheduler, p, sig)
+                        job_control.held(self.scheduler, p)
+                        return
                     if sig in signals.IGNORED_BY_DEFAULT:
                         continue
                     self.scheduler.exit(p, 128 + sig, signals.default_reason(sig))
@@ -387,7 +388,10 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         self.scheduler.sleep(p, seconds)
 
     def block_process(self, p: Process) -> None:
-        self.scheduler.block(p)
+        process_tree.block(self.scheduler, p)  # unless a pipe it may wait on just changed
+
+    def wake_process(self, p: Process) -> None:
+        self.scheduler.wake(p, members=False)  # (a futex wake: the one thread it chose)
 
     def set_fs_base(self, p: Process, value: int) -> None:
         p.context.set_fs_base(value)
@@ -483,7 +487,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         reader.followed = True
         if reader.waiting and (out or err):
             reader.waiting = False
-            self.scheduler.wake(p)
+            for writer in process_tree.output_writers(self.scheduler.table, p):
+                self.scheduler.wake(writer)
         return out, err
 
     def close_output(self, pid: int, fd: int) -> None:
@@ -579,7 +584,8 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
                 # Its default action ends it: at once, as SIGKILL, without waiting for a run.
                 scheduler.kill(p, 128 + signal, signals.default_reason(signal))
             elif signal:  # queued: its handler or its default action, before it runs on
-                self.raise_signal(p, signal, signals.SI_USER)
+                # (a stop signal stops it, SIGCONT continues it: `job_control.send`)
+                job_control.send(scheduler, p, signal, p.pid)
             return self._info(p)
 
     # --- the machine as a whole ----------------------------------------------------------

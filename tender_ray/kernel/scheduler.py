@@ -30,7 +30,7 @@ from tender_ray.errors import (
     UnknownProcessError,
 )
 from tender_ray.resources.computation import Computation, ComputationState
-from tender_ray.resources.process import Process, RunState
+from tender_ray.resources.process import Process, RunState, ThreadEntry
 
 _S = RunState
 # The legal moves. An entry leaves the table as ZOMBIE (reaped) or FROZEN (moved away), and
@@ -40,7 +40,8 @@ TRANSITIONS: Final[Mapping[RunState, frozenset[RunState]]] = {
                           _S.SLEEPING}),  # an arrival that was frozen asleep
     _S.RUNNABLE: frozenset({_S.RUNNING,  # a computation takes it
                             _S.FROZEN,  # frozen while it waited
-                            _S.ZOMBIE}),  # killed while it waited
+                            _S.ZOMBIE,  # killed while it waited
+                            _S.SLEEPING}),  # ended, its other threads not yet (as EXITING)
     _S.RUNNING: frozenset({_S.RUNNABLE,  # the quantum ended
                            _S.FALLING_ASLEEP,  # it called nanosleep & co.
                            _S.FREEZING,  # a migration wants it
@@ -49,7 +50,9 @@ TRANSITIONS: Final[Mapping[RunState, frozenset[RunState]]] = {
     _S.FREEZING: frozenset({_S.FROZEN,  # the quantum ended
                             _S.EXITING,  # it ended first
                             _S.RUNNING, _S.FALLING_ASLEEP}),  # the freeze gave up waiting
-    _S.EXITING: frozenset({_S.ZOMBIE}),  # the quantum ended: released
+    # The quantum ended: released; or, for a process whose other threads still run, waiting
+    # for the last of them to end (it holds the space they run in).
+    _S.EXITING: frozenset({_S.ZOMBIE, _S.SLEEPING}),
     _S.SLEEPING: frozenset({_S.RUNNABLE,  # woken on time
                             _S.FROZEN, _S.ZOMBIE}),
     _S.FROZEN: frozenset({_S.RUNNABLE, _S.SLEEPING,  # thawed: as it was
@@ -68,24 +71,41 @@ def _set_state(p: Process, new: RunState) -> None:
     p.state = new
 
 
+def _ends_with_members_done(p: Process) -> bool:
+    """Whether `p`, its last other thread just ended, waited for it to end."""
+    return p.state is RunState.SLEEPING and (p.exit_status is not None
+                                             or p.thread_exit is not None)
+
+
 def _asleep(wake_at: float, _seq: int, p: Process) -> bool:
     """Whether a sleepers' heap entry still stands (the process sleeps until then)."""
     return p.state is RunState.SLEEPING and p.wake_at == wake_at
 
 
+def _ends_with_members(p: Process) -> bool:
+    """Whether `p` has ended (or its first thread has) and waits for its other threads."""
+    return (not isinstance(p, ThreadEntry) and bool(p.members)
+            and (p.exit_status is not None or p.thread_exit is not None))
+
+
 class Scheduler:
-    """Runs a machine's processes on its computations. `finish` is called once for each
-    process that ends, with the lock held and no computation running it."""
+    """Runs a machine's threads on its computations: a process's first thread is its table
+    entry, its others are `ThreadEntry`s in no table but run the same way, so two threads of
+    one process run at once on two computations. `finish` is called once for each process
+    that ends (after its last thread), `finish_member` for each other thread that ends;
+    both with the lock held and no computation running it."""
 
     def __init__(self, name: str, computations: int, *, quantum: int, exact: bool, growth: int,
                  finish: Callable[[Process], None],
                  before_run: Callable[[Process], None] | None = None,
-                 fault: Callable[[Process, Stop], bool] | None = None) -> None:
+                 fault: Callable[[Process, Stop], bool] | None = None,
+                 finish_member: Callable[[ThreadEntry], None] | None = None) -> None:
         self.name = name
         self.quantum = quantum  # the base quantum: microseconds, or instructions when exact
         self.exact = exact
         self.growth = growth  # a busy process's slice grows up to this many base quanta
         self.finish = finish
+        self.finish_member = finish_member
         # Called by a process's computation just before each run, lock not held (the kernel
         # delivers signals there); register edits are applied before it.
         self.before_run = before_run
@@ -106,6 +126,7 @@ class Scheduler:
         self._sleepers: list[tuple[float, int, Process]] = []  # heap by wake time; lock
         self._seq = itertools.count()  # breaks ties between equal wake times
         self.computations = [Computation(i) for i in range(computations)]
+        self._held: dict[int, Process] = {}  # computation index -> the entry it runs; lock
         self.clock: threading.Thread | None = None
 
     def start(self) -> None:
@@ -145,7 +166,16 @@ class Scheduler:
         with self.cond:
             self.table[p.pid] = p
             self._resume(p)
+            for t in p.members.values():  # the threads it arrived with
+                self._resume(t)
             self._preempt_for(p)
+
+    def add_member(self, t: ThreadEntry) -> None:
+        """A new thread of a process already here runs (its process lists it in `members`)."""
+        with self.cond:
+            t.leader.members[t.tid] = t
+            self._make_runnable(t)
+            self._preempt_for(t)
 
     def remove(self, p: Process) -> None:
         """An ended (reaped) or frozen (moved away) process leaves the table."""
@@ -157,9 +187,30 @@ class Scheduler:
     # --- what a process, or the machine, does to a process ---------------------------------
 
     def exit(self, p: Process, status: int, reason: str) -> None:
-        """End the process (the first reason given wins). ZOMBIE means ended *and* released:
-        a process a computation holds is released by that computation once its CPU has
-        stopped, so nobody sees a zombie whose resources are still in use."""
+        """End the process (the first reason given wins) — every thread of it, whichever
+        thread `p` is. ZOMBIE means ended *and* released: a process a computation holds is
+        released by that computation once its CPU has stopped, so nobody sees a zombie whose
+        resources are still in use; a process ends after its last other thread."""
+        with self.cond:
+            if isinstance(p, ThreadEntry):
+                p = p.leader
+            for t in list(p.members.values()):
+                self._exit_one(t, status, reason)
+                if t.state.on_cpu:
+                    t.context.preempt()
+            self._exit_one(p, status, reason)
+
+    def exit_thread(self, p: Process, status: int, reason: str) -> None:
+        """End one thread (its exit call). The first thread of a process whose others run
+        on waits for them, and the process ends with its status after the last."""
+        with self.cond:
+            if not isinstance(p, ThreadEntry) and p.members:
+                p.thread_exit = status
+                self.block(p)
+                return
+            self._exit_one(p, status, reason)
+
+    def _exit_one(self, p: Process, status: int, reason: str) -> None:
         with self.cond:
             if p.exit_status is None:
                 p.exit_status = status
@@ -195,10 +246,20 @@ class Scheduler:
         signal). It sleeps like a sleeper, so it freezes and migrates like one."""
         self.sleep(p, math.inf)
 
-    def wake(self, p: Process) -> None:
+    def wake(self, p: Process, members: bool = True) -> None:
         """A sleeping or blocked process runs again now (its wait ended early). One that is
-        frozen asleep wakes as soon as it is thawed; one not asleep is left alone."""
+        frozen asleep wakes as soon as it is thawed; one not asleep is left alone, and so is
+        one that waits for its other threads to end. Input, room for output, a signal, a
+        pipe's change are the process's, not one thread's: its other threads blocked without
+        a deadline wake too (`members`), and each issues its call again, which waits again
+        if what it waits for is still not there."""
         with self.cond:
+            if members and not isinstance(p, ThreadEntry):
+                for t in list(p.members.values()):
+                    if t.wake_at == math.inf or t.sleep_left == math.inf:
+                        self.wake(t)
+            if _ends_with_members(p):
+                return
             if p.state is RunState.SLEEPING:
                 self._make_runnable(p, front=True)
             elif p.wake_at is not None:  # FALLING_ASLEEP, or FREEZING asleep
@@ -220,39 +281,79 @@ class Scheduler:
 
     def freeze(self, p: Process, timeout: float) -> None:
         """Stop the process at an instruction boundary for the migration asking, which owns it
-        from then on (until `thaw`, or it leaves the table). ProcessStateError when another
-        migration owns it, it has ended, or its computation did not let go within `timeout`."""
+        from then on (until `thaw`, or it leaves the table): every thread of it, each at an
+        instruction boundary or a system-call stop (a thread waiting in a call is described
+        by its registers, which issue the call again). ProcessStateError when another
+        migration owns it, it has ended, its engine cannot move its threads, or a thread did
+        not let go within `timeout` (then none stays frozen)."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            if p.state.migrating:
-                raise ProcessStateError(f"process {p.pid} is already migrating")
-            if p.state in (RunState.EXITING, RunState.ZOMBIE):
-                raise ProcessStateError(f"process {p.pid} has finished ({p.exit_reason})")
-            if p.state.on_cpu:
-                # Its computation stops it at an instruction boundary, ending the quantum
-                # early, and leaves it FROZEN; until then it may still sleep or end.
-                _set_state(p, RunState.FREEZING)
-                p.context.preempt()
-                while p.state.on_cpu and time.monotonic() < deadline:
-                    self.cond.wait(deadline - time.monotonic())
-                if p.state is RunState.FREEZING:
-                    asleep = p.wake_at is not None
-                    _set_state(p, RunState.FALLING_ASLEEP if asleep else RunState.RUNNING)
-                    raise ProcessStateError(f"process {p.pid} could not be frozen in {timeout} s")
-                if p.state is not RunState.FROZEN:
-                    raise ProcessStateError(f"process {p.pid} finished while freezing "
-                                            f"({p.exit_reason})")
-            elif p.state is RunState.RUNNABLE:
-                self._runq.remove(p)
-                _set_state(p, RunState.FROZEN)
-            elif p.state is RunState.SLEEPING:
-                self._freeze_asleep(p)
+            if p.members:
+                self._may_move_threads(p)
+            self._freeze_entry(p, p, deadline, timeout)
+            frozen: list[Process] = [p]
+            try:
+                # Rescanning: a thread still running may make another while its others stop.
+                while pending := [t for t in p.members.values() if t not in frozen]:
+                    for t in pending:
+                        self._freeze_entry(p, t, deadline, timeout)
+                        frozen.append(t)
+                self._may_move_threads(p)  # its first thread may have exited meanwhile
+            except BaseException:
+                for entry in frozen:
+                    if entry.state is RunState.FROZEN:
+                        self._resume(entry)
+                raise
+
+    @staticmethod
+    def _may_move_threads(p: Process) -> None:
+        """Refuse, by name, a move of a process with threads that cannot be made yet."""
+        if not p.members:
+            return
+        threads = f"process {p.pid} has {len(p.members) + 1} threads"
+        if not getattr(p.context, "moves_threads", False):
+            raise ProcessStateError(
+                f"{threads}: a process with more than one thread cannot move yet on the "
+                "native engine (it runs on where it is)")
+        if p.thread_exit is not None or p.exit_status is not None:
+            raise ProcessStateError(
+                f"{threads}: its first thread has ended and it waits for the others; a "
+                "process with more than one thread cannot move yet in that state (it runs "
+                "on where it is)")
+
+    def _freeze_entry(self, p: Process, e: Process, deadline: float, timeout: float) -> None:
+        """Freeze one run entry `e` of process `p` (its first thread or another); lock held."""
+        if e.state.migrating:
+            raise ProcessStateError(f"process {p.pid} is already migrating")
+        if e.state in (RunState.EXITING, RunState.ZOMBIE):
+            raise ProcessStateError(f"process {p.pid} has finished ({e.exit_reason})")
+        if e.state.on_cpu:
+            # Its computation stops it at an instruction boundary, ending the quantum
+            # early, and leaves it FROZEN; until then it may still sleep or end.
+            _set_state(e, RunState.FREEZING)
+            e.context.preempt()
+            while e.state.on_cpu and time.monotonic() < deadline:
+                self.cond.wait(deadline - time.monotonic())
+            if e.state is RunState.FREEZING:
+                asleep = e.wake_at is not None
+                _set_state(e, RunState.FALLING_ASLEEP if asleep else RunState.RUNNING)
+                raise ProcessStateError(f"process {p.pid} could not be frozen in {timeout} s")
+            if e.state is not RunState.FROZEN:
+                raise ProcessStateError(f"process {p.pid} finished while freezing "
+                                        f"({e.exit_reason})")
+        elif e.state is RunState.RUNNABLE:
+            self._runq.remove(e)
+            _set_state(e, RunState.FROZEN)
+        elif e.state is RunState.SLEEPING:
+            self._freeze_asleep(e)
 
     def thaw(self, p: Process) -> None:
-        """A frozen process goes on where it was; the migration lets go of it."""
+        """A frozen process goes on where it was, every thread of it; the migration lets go
+        of it."""
         with self.cond:
-            if p.state is RunState.FROZEN:
-                self._resume(p)
+            for entry in (p, *p.members.values()):
+                if entry.state is RunState.FROZEN:
+                    self._resume(entry)
 
     def halt(self) -> bool:
         """Stop the computations and the clock (the quanta running end first); False when
@@ -283,9 +384,44 @@ class Scheduler:
     # --- internal moves (lock held) ------------------------------------------------------
 
     def _end(self, p: Process) -> None:
+        if isinstance(p, ThreadEntry):
+            self._end_member(p)
+            return
+        if p.members:  # its threads hold its space: it ends after the last of them
+            for t in list(p.members.values()):  # (one made while it was ending, too)
+                self._exit_one(t, p.exit_status if p.exit_status is not None else 128 + 9,
+                               p.exit_reason)
+                if t.state.on_cpu:
+                    t.context.preempt()
+            if p.state is RunState.ZOMBIE:  # the last one's end ended it
+                return
+            if not p.members:  # they all ended at once: so does it
+                p.wake_at = None
+                _set_state(p, RunState.ZOMBIE)
+                self.finish(p)
+                self.cond.notify_all()
+                return
+            p.wake_at = math.inf  # (an earlier sleep's entry among the sleepers lapses)
+            if p.state is not RunState.SLEEPING:
+                self._fall_asleep(p)
+            return
         p.wake_at = None
         _set_state(p, RunState.ZOMBIE)
         self.finish(p)
+        self.cond.notify_all()
+
+    def _end_member(self, t: ThreadEntry) -> None:
+        t.wake_at = None
+        _set_state(t, RunState.ZOMBIE)
+        leader = t.leader
+        leader.members.pop(t.tid, None)
+        if self.finish_member is not None:
+            self.finish_member(t)
+        if not leader.members and _ends_with_members_done(leader):
+            if leader.exit_status is None:  # its first thread had called exit
+                leader.exit_status = leader.thread_exit
+                leader.exit_reason = ""
+            self._end(leader)
         self.cond.notify_all()
 
     def _make_runnable(self, p: Process, front: bool = False) -> None:
@@ -335,7 +471,7 @@ class Scheduler:
         now = time.monotonic()
         longest: tuple[float, Process | None] = (0.0, None)
         for comp in self.computations:
-            running = self.table.get(comp.pid) if comp.pid is not None else None
+            running = self._held.get(comp.index) if comp.pid is not None else None
             if running is not None and running.state.on_cpu and \
                     now - comp.run_started > longest[0]:
                 longest = (now - comp.run_started, running)
@@ -383,6 +519,7 @@ class Scheduler:
                     p = self._runq.popleft()
                     _set_state(p, RunState.RUNNING)
                     comp.pid, comp.state = p.pid, ComputationState.RUNNING
+                    self._held[comp.index] = p
                     comp.run_started = now
                     return p
                 # A blocked process sleeps until inf, which Condition.wait cannot take.
@@ -406,8 +543,9 @@ class Scheduler:
                 if self.before_run is not None:
                     self.before_run(p)
                     self.between_runs(p)
-                # A signal's default action may have ended it before it ran.
-                stop = Stop(StopKind.SYSCALL) if p.state is RunState.EXITING else cpu.run(quantum)
+                # A signal's default action may have ended (or stopped) it before it ran.
+                stop = Stop(StopKind.SYSCALL) if p.state in (
+                    RunState.EXITING, RunState.FALLING_ASLEEP) else cpu.run(quantum)
                 self.between_runs(p)  # before a freeze or a snapshot can read the registers
             except EngineError as exc:
                 stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")
@@ -418,6 +556,7 @@ class Scheduler:
                 comp.busy_seconds += wall
                 comp.quanta += 1
                 comp.pid, comp.state = None, ComputationState.IDLE
+                self._held.pop(comp.index, None)
                 p.accounting.cpu_seconds += cpu_time
                 p.accounting.quanta += 1
                 self._grow_slice(p, stop, quantum, wall)
@@ -440,6 +579,12 @@ class Scheduler:
 
     def _let_go(self, p: Process) -> None:
         """The quantum has ended: the process goes where its state says."""
+        if p.state is RunState.FALLING_ASLEEP and p.thread_exit is not None and \
+                not p.members and not isinstance(p, ThreadEntry):
+            # Its first thread called exit and the others ended meanwhile: it ends now.
+            _set_state(p, RunState.EXITING)
+            if p.exit_status is None:
+                p.exit_status = p.thread_exit
         if p.state is RunState.EXITING:
             self._end(p)
         elif p.state is RunState.FALLING_ASLEEP:

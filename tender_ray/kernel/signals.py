@@ -1,7 +1,7 @@
-"""The signals of one single-threaded process: its actions, blocked mask, pending set,
-alternate stack, interval timers — and, as Linux keeps them with a process's signals (its
-signal_struct), its resource limits and the prctl flags that go with them (`SignalState`,
-kernel-side, travelling in the image) — and delivery: the default action, or a
+"""The signals of one process (shared by its threads for now): its actions, blocked mask,
+pending set, alternate stack, interval timers — and, as Linux keeps them with a process's
+signals (its signal_struct), its resource limits and the prctl flags that go with them
+(`SignalState`, kernel-side, travelling in the image) — and delivery: the default action, or a
 Linux-compatible `rt_sigframe` pushed on the user stack and read back by `rt_sigreturn`.
 
 Delivery is engine-neutral: it is a register edit (`CpuState` → `CpuState`) that writes the
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tender_ray.abi.cpu_state import CpuState
 from tender_ray.abi.linux import Errno, Signal, signal_name
-from tender_ray.resources.process import Process
+from tender_ray.resources.process import Process, ThreadEntry
 
 NSIG = 64
 SIG_DFL, SIG_IGN = 0, 1
@@ -26,8 +26,10 @@ SA_NODEFER, SA_RESETHAND, SA_RESTORER = 0x40000000, 0x80000000, 0x04000000
 SS_ONSTACK, SS_DISABLE = 1, 2
 SI_USER, SI_KERNEL, SI_TKILL = 0, 0x80, -6
 UNBLOCKABLE = (1 << (Signal.SIGKILL - 1)) | (1 << (Signal.SIGSTOP - 1))
-# Default action "ignore" (SIGCONT/SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU: stopping is not modelled,
-# so they are ignored too — a stopped single process would only wait for SIGCONT).
+# Default action "ignore" — and, for queueing, SIGCONT and the stop signals: what they do by
+# default (stop a process, continue it) happens when they are sent (`job_control.send`),
+# and a stop signal kept pending while blocked stops the process when unblocked
+# (`Machine._before_run`).
 IGNORED_BY_DEFAULT = frozenset({Signal.SIGCHLD, Signal.SIGURG, Signal.SIGWINCH, Signal.SIGCONT,
                                 Signal.SIGSTOP, Signal.SIGTSTP, Signal.SIGTTIN, Signal.SIGTTOU})
 # The signals a faulting instruction raises; delivered before any other pending one, as
@@ -73,6 +75,7 @@ class SigInfo:
     pid: int = 0  # the sender (the process itself, or 0 from outside)
     addr: int = 0  # a fault's si_addr (then `pid` is not sent: they share the union)
     fault: bool = False  # raised by the faulting instruction
+    thread: int = 0  # tkill/tgkill's thread, which alone takes it (0: any thread of it)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Wait:
     until: float = 0.0  # sleep: time.time() it ends (for the time left written back)
     rem: int = 0  # sleep: where to write the time left (0: nowhere)
     nr: int = -1  # restart: the call's number
+    thread: int = 0  # the thread that waits (0: any; the threads share one wait record)
 
 
 @dataclass
@@ -134,13 +138,25 @@ class SignalState:
         handler = self.actions[sig - 1].handler
         return handler == SIG_IGN or (handler == SIG_DFL and sig in IGNORED_BY_DEFAULT)
 
-    def deliverable(self) -> int:
+    def deliverable(self, tid: int = 0) -> int:
         """The lowest pending signal not blocked (0: none), a fault's first, as Linux picks
-        it."""
-        ready = [s for s in self.pending if not self.blocked & bit(s)
-                 or s in (Signal.SIGKILL, Signal.SIGSTOP)]
+        it — of those thread `tid` may take (0: any thread), when one was sent to a thread.
+        (The threads share one mask, and one pending signal of each number.)"""
+        ready = [s for s in self.pending if (not self.blocked & bit(s)
+                                             or s in (Signal.SIGKILL, Signal.SIGSTOP))
+                 and (not tid or self.pending[s].thread in (0, tid))]
         faults = [s for s in ready if self.pending[s].fault]
         return min(faults or ready) if ready else 0
+
+
+def tid_of(p: Process) -> int:
+    """The thread id of a run entry: a thread's own, or the process's first (its pid)."""
+    return p.tid if isinstance(p, ThreadEntry) else p.pid
+
+
+def waits(p: Process, wait: Wait) -> bool:
+    """Whether `wait` is run entry `p`'s own (not another thread's of its process)."""
+    return not wait.thread or wait.thread == tid_of(p)
 
 
 def of(p: Process) -> SignalState:
@@ -295,10 +311,11 @@ def end_wait(p: Process, sig: int, s: CpuState) -> CpuState:
     Linux's does — a sleep -EINTR with the time left written; a call waiting by
     `restart_call` is re-issued after the handler with SA_RESTART, else answers -EINTR."""
     state = of(p)
-    wait, state.wait = state.wait, None
+    wait = state.wait
+    if wait is None or not waits(p, wait):
+        return s  # (another thread's wait: it goes on)
+    state.wait = None
     eintr = -Errno.EINTR & (2**64 - 1)
-    if wait is None:
-        return s
     if wait.kind == "restart":
         if state.actions[sig - 1].flags & SA_RESTART or s.reg("rax") != wait.nr:
             return s

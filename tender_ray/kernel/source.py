@@ -1,5 +1,7 @@
 """The source machine's side of a migration: freezing a process, exporting its image, deleting
-it once it lives elsewhere, and the same-machine move between virtual spaces.
+it once it lives elsewhere, and the same-machine move between virtual spaces. For a pre-copy,
+also the live rounds: its pages put into the transport while it runs, with its writes tracked
+so that each round knows which pages changed since the one before.
 
 `MigrationSource` is a part of `Machine` (mixed in): it works on the machine state declared
 below, which `Machine.__init__` sets, under the machine's lock (`scheduler.lock`).
@@ -7,38 +9,69 @@ below, which `Machine.__init__` sets, under the machine's lock (`scheduler.lock`
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tender_ray.config import MachineConfig
-from tender_ray.errors import MigrationError, ProcessStateError
+from tender_ray.errors import MigrationError, ProcessStateError, TenderError
 from tender_ray.kernel import address_space as vm
-from tender_ray.kernel import signals
+from tender_ray.kernel import process_tree, signals
 from tender_ray.kernel.scheduler import Scheduler
 from tender_ray.kernel.syscalls import SystemCalls
+from tender_ray.kernel.tracking import WriteTracking
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.migration.image import (
     BLOCK_PAGES,
     AreaImage,
     KernelState,
     ProcessImage,
+    ThreadImage,
     text_digest,
 )
 from tender_ray.migration.options import MigrationOptions, Resources
+from tender_ray.migration.precopy import PrecopyFacts
 from tender_ray.migration.record import MigrationRecord, log_migration
 from tender_ray.migration.transports import Transport, block_pages, put_blocks
+from tender_ray.resources.dirty_pages import WrittenPages
 from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.open_file import FilesImage
 from tender_ray.resources.plate import Plate
-from tender_ray.resources.process import Process, RunState
-from tender_ray.resources.real_memory import RealMemory
+from tender_ray.resources.process import Process, RunState, ThreadEntry
+from tender_ray.resources.real_memory import PAGE_SHIFT, RealMemory
+from tender_ray.resources.thread import FUTEX_BITSET_MATCH_ANY
 from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import PROT_WRITE
+
+
+def thread_images(p: Process) -> tuple[ThreadImage, ...]:
+    """The threads of frozen process `p` as they travel, its first one included; empty for
+    a process with one thread (lock held). A thread waiting in a futex travels with its
+    place there (the destination queues it again on the same word, woken or not)."""
+    if not p.members:
+        return ()
+    images = []
+    for entry in (p, *p.members.values()):
+        member = isinstance(entry, ThreadEntry)
+        tid = entry.tid if isinstance(entry, ThreadEntry) else p.pid
+        thread = p.threads.get(tid)
+        wait = thread.futex if thread is not None else None
+        images.append(ThreadImage(
+            tid=tid, registers=entry.context.save() if member else None,
+            clear_child_tid=thread.clear_child_tid if thread is not None else 0,
+            sleep_left=entry.sleep_left if member else None,
+            accounting=entry.accounting if member else None,
+            futex_at=None if wait is None else wait.key.offset,
+            futex_bitset=FUTEX_BITSET_MATCH_ANY if wait is None else wait.bitset,
+            futex_woken=wait is not None and wait.woken,
+            futex_call=0 if wait is None else wait.call))
+    return tuple(images)
 
 
 def _joined(parts: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
@@ -63,6 +96,7 @@ class MigrationSource:
     migration_phase_seconds: dict[str, float]  # lock; summed over the migrations driven here
     migration_records: deque[MigrationRecord]  # lock; the last ones driven here
     faults: FaultPlan  # where to fail on purpose (drills and tests)
+    engine: str  # the engine its processes run on
     # Frozen processes whose commit has gone out, by pid: the migration's id. Only that
     # migration's outcome may thaw (not committed) or delete (committed) them; lock.
     handed_over: dict[int, str]
@@ -75,6 +109,7 @@ class MigrationSource:
         with self.scheduler.lock:
             self.scheduler.check_running()
             p = self.scheduler.get(pid)
+            process_tree.check_movable(self.scheduler.table, p)  # a tree's member stays
             self.scheduler.freeze(p, timeout)
             assert p.space is not None
             return p.space.resident_pages()
@@ -118,24 +153,29 @@ class MigrationSource:
             return program.size if program is not None else 0
 
     def export_image(self, pid: int, transport: Transport, options: MigrationOptions,
-                     text_held: Callable[[str, str], bool] | None = None) -> ProcessImage:
+                     text_held: Callable[[str, str], bool] | None = None,
+                     precopied: npt.NDArray[np.int64] | None = None) -> ProcessImage:
         """The frozen process as a ProcessImage, its touched pages put into `transport`.
 
         `text_held(program digest, text digest)` asks the destination whether it already
         holds this text (another process of the program runs there): then no text page is
         put, and the destination maps the frames it has. Text that may be written (an area
-        with write permission) is never offered for sharing."""
+        with write permission) is never offered for sharing. `precopied`: virtual page
+        numbers the destination holds from a pre-copy's live rounds, unchanged since; those
+        of them still present in the other areas are not put (the image names them)."""
         with self.scheduler.lock:
             p = self.scheduler.get(pid)
             if p.state is not RunState.FROZEN:
                 raise ProcessStateError(f"process {pid} is not frozen")
             assert p.space is not None and p.program is not None
             registers = p.context.save()
+            threads = thread_images(p)
             fixed = {id(us): key for key, us in p.user_spaces.items()}
             text: list[AreaImage] = []
             other: list[AreaImage] = []
             text_parts: list[npt.NDArray[np.int64]] = []
             other_parts: list[npt.NDArray[np.int64]] = []
+            held_parts: list[npt.NDArray[np.int64]] = []
             for us in p.space.user_spaces:
                 region = us.region
                 assert region is not None
@@ -148,6 +188,11 @@ class MigrationSource:
                     text_parts.append(frames[present])
                 else:
                     other.append(area)
+                    if precopied is not None:
+                        vpns = (us.start >> PAGE_SHIFT) + present
+                        held = np.isin(vpns, precopied, assume_unique=True)
+                        held_parts.append(vpns[held])
+                        present = present[~held]
                     other_parts.append(frames[present])
             kernel = KernelState(
                 name=p.name, brk_start=p.brk_start, brk=p.brk, mmap_top=p.mmap_top,
@@ -190,7 +235,95 @@ class MigrationSource:
                             text_areas=tuple(text), other_areas=tuple(other),
                             text_blocks=text_blocks, data_blocks=data_blocks,
                             program_image=program_image, text_digest=digest,
-                            text_shared=shared)
+                            text_shared=shared,
+                            precopied=None if precopied is None else _joined(held_parts),
+                            threads=threads)
+
+    # --- pre-copy: the live rounds ------------------------------------------------------
+
+    def precopy_facts(self, pid: int) -> PrecopyFacts:
+        """What an "auto" migration decides by: the process's resident pages, this machine's
+        engine, and the dirty rate its last pre-copy measured (0: none yet)."""
+        with self.scheduler.lock:
+            p = self.scheduler.get(pid)
+            if p.state in (RunState.EXITING, RunState.ZOMBIE) or p.space is None:
+                raise ProcessStateError(f"process {pid} has finished ({p.exit_reason})")
+            measured = [m for m in p.migrations if m.copy_rate > 0]
+            last = measured[-1] if measured else None
+            return PrecopyFacts(p.space.resident_pages(), self.engine,
+                                last.dirty_rate if last else 0.0,
+                                last.copy_rate if last else 0.0)
+
+    def precopy_begin(self, pid: int) -> bool:
+        """Track process `pid`'s writes for a pre-copy. False (nothing done) if they are
+        tracked already for another purpose: then it moves by stop-and-copy."""
+        assert isinstance(self, WriteTracking)
+        if self.is_tracked(pid):
+            return False
+        self.start_tracking(pid)
+        return True
+
+    def precopy_round(self, pid: int, transport: Transport, most: int | None,
+                      fewest: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                                tuple[Any, ...] | None]:
+        """One live round while the process runs: the first (`most` None) puts every present
+        page of its non-text areas, a later one those written since the round before, if
+        there are more than `fewest` and at most `most` of them. Returns the pages gone
+        meanwhile, the pages written (virtual page numbers, in block order) and their
+        blocks' handles, None when they were not put.
+
+        The written set is taken and the pages' frames looked up in one step with the
+        process off its CPU; the copy then runs while it goes on. A page written during the
+        copy is in the next round's set (its copy here may be torn, and is sent again), as is
+        one whose frame changed hands (it is gone, or written, by the next take)."""
+        assert isinstance(self, WriteTracking)
+        first = most is None
+
+        def look(p: Process) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                      npt.NDArray[np.int64]]:
+            assert p.space is not None and p.space.dirty is not None
+            taken = None if first else p.space.dirty.take()
+            vpn_parts: list[npt.NDArray[np.int64]] = []
+            frame_parts: list[npt.NDArray[np.int64]] = []
+            for us in p.space.user_spaces:
+                region = us.region
+                if region is None or region.kind is RegionKind.TEXT:
+                    continue
+                frames = region.frame_array()
+                present = np.flatnonzero(frames != NOT_PRESENT)
+                vpns = (us.start >> PAGE_SHIFT) + present
+                if taken is not None:
+                    keep = np.isin(vpns, taken.pages, assume_unique=True)
+                    vpns, present = vpns[keep], present[keep]
+                vpn_parts.append(vpns)
+                frame_parts.append(frames[present])
+            gone = np.zeros(0, dtype=np.int64) if taken is None else taken.dropped
+            if taken is not None:  # written pages no longer present are gone as well
+                gone = np.union1d(gone, np.setdiff1d(taken.pages, _joined(vpn_parts)))
+            return gone, _joined(vpn_parts), _joined(frame_parts)
+
+        gone, vpns, frames = self._off_cpu(pid, look, 10.0)
+        if most is not None and not fewest < vpns.size <= most:
+            return gone, vpns, None
+        rows = block_pages(transport, BLOCK_PAGES)
+        views = 4096 if hasattr(transport, "put_many") else 64
+        handles = put_blocks(transport, self.memory.gather(frames, rows, views))
+        return gone, vpns, handles
+
+    def precopy_end(self, pid: int) -> WrittenPages:
+        """The frozen process's writes since the last live round, and its tracking ends
+        (it arrives untracked: the tracking was the pre-copy's)."""
+        assert isinstance(self, WriteTracking)
+        written = self.take_written(pid)
+        self.stop_tracking(pid)
+        return written
+
+    def precopy_cancel(self, pid: int) -> None:
+        """A pre-copy that did not finish: stop tracking the process's writes (nothing if it
+        has ended, or no longer is tracked)."""
+        assert isinstance(self, WriteTracking)
+        with contextlib.suppress(TenderError, KeyError):
+            self.stop_tracking(pid)
 
     def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None:
         """Step 3: delete the local copy of a process that now lives elsewhere (`moved_bytes`
@@ -200,6 +333,13 @@ class MigrationSource:
             self.scheduler.remove(p)
             self.handed_over.pop(pid, None)
             self.migration_bytes += moved_bytes
+            for thread in p.threads.values():  # their waits are issued again there
+                self.syscalls.futexes.cancel(thread)
+            for t in p.members.values():  # its threads went with it: their contexts go
+                if t.cpu is not None:
+                    t.cpu.close()
+                    t.cpu = None
+            p.members.clear()
         vm.release_address_space(self.managers, p, hold=reuse)
         p.space = self.kernel_space
         self.processes.release(p, hold=reuse)
@@ -242,6 +382,9 @@ class MigrationSource:
                 self.managers.spaces.release(old)
                 p.registers = p.context.save()
                 self.syscalls.attach(p)
+                for t in p.members.values():  # its threads share the new space
+                    t.registers = t.context.save()
+                    self.syscalls.attach(t)
         finally:
             self.thaw(pid)
         seconds = time.perf_counter() - start

@@ -119,6 +119,13 @@ class MigrationHistory:
         self.bytes: Counter[tuple[str, str, str]] = Counter()  # src, dst, strategy
         self.phases: dict[tuple[str, str], _Histogram] = {}  # phase, strategy
         self.durations: dict[tuple[str, str], _Histogram] = {}  # strategy, result
+        # By mode (stop, precopy): moves, their live rounds, the bytes sent while the process
+        # ran and while it was frozen, and the freeze against the whole move.
+        self.mode_count: Counter[tuple[str, str]] = Counter()  # mode, result
+        self.mode_rounds: Counter[str] = Counter()  # mode
+        self.mode_bytes: Counter[tuple[str, str]] = Counter()  # mode, "live" or "frozen"
+        self.freezes: dict[str, _Histogram] = {}  # mode
+        self.mode_durations: dict[str, _Histogram] = {}  # mode
         self.records = 0
 
     @staticmethod
@@ -157,6 +164,18 @@ class MigrationHistory:
         if hist is None:
             hist = self.durations[(strat, result)] = _Histogram(DURATION_BUCKETS)
         hist.observe(record.seconds)
+        mode = record.mode
+        self.mode_count[(mode, result)] += 1
+        if record.ok:  # a failed move's freeze and bytes are no move's cost
+            self.mode_rounds[mode] += record.rounds
+            live = sum(record.round_bytes)
+            self.mode_bytes[(mode, "live")] += live
+            self.mode_bytes[(mode, "frozen")] += record.bytes - live
+            for hists, seconds in ((self.freezes, record.freeze_seconds),
+                                   (self.mode_durations, record.seconds)):
+                if mode not in hists:
+                    hists[mode] = _Histogram(DURATION_BUCKETS)
+                hists[mode].observe(seconds)
 
 
 class CheckpointHistory:
@@ -394,6 +413,36 @@ class TenderCollector:
         for (strat, result), hist in sorted(history.durations.items()):
             duration.add_metric([strat, result], hist.buckets(), hist.total)
         yield from (count, nbytes, phases, duration)
+        yield from TenderCollector._mode_families(history)
+
+    @staticmethod
+    def _mode_families(history: MigrationHistory) -> Iterator[Metric]:
+        count = CounterMetricFamily("tender_migrations_by_mode", "Migrations between "
+                                    "machines by mode (stop, precopy) and result",
+                                    labels=["mode", "result"])
+        for (mode, result), n in sorted(history.mode_count.items()):
+            count.add_metric([mode, result], float(n))
+        rounds = CounterMetricFamily("tender_migration_rounds", "Live rounds of successful "
+                                     "migrations (copies made while the process ran)",
+                                     labels=["mode"])
+        for mode, n in sorted(history.mode_rounds.items()):
+            rounds.add_metric([mode], float(n))
+        nbytes = CounterMetricFamily("tender_migration_mode_bytes", "Bytes sent by successful "
+                                     "migrations while the process ran (live) and while it "
+                                     "was frozen", labels=["mode", "sent"])
+        for (mode, sent), n in sorted(history.mode_bytes.items()):
+            nbytes.add_metric([mode, sent], float(n))
+        freeze = HistogramMetricFamily("tender_migration_freeze_seconds", "How long the "
+                                       "process did not run in successful migrations, freeze "
+                                       "to commit", labels=["mode"])
+        for mode, hist in sorted(history.freezes.items()):
+            freeze.add_metric([mode], hist.buckets(), hist.total)
+        duration = HistogramMetricFamily("tender_migration_mode_duration_seconds", "Duration "
+                                         "of whole successful migrations by mode (the "
+                                         "freeze's total to set it against)", labels=["mode"])
+        for mode, hist in sorted(history.mode_durations.items()):
+            duration.add_metric([mode], hist.buckets(), hist.total)
+        yield from (count, rounds, nbytes, freeze, duration)
 
     @staticmethod
     def _checkpoint_families(machines: Mapping[str, _Machine],

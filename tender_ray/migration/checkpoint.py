@@ -76,6 +76,9 @@ class RestartRecord:
     seq: int
     taken_at: float  # the checkpoint's time: what ran after it was done again
     seconds: float  # reading the checkpoint and rebuilding the process
+    # How old the checkpoint was when its machine was found lost (or the restart began):
+    # the checkpoint age the interval promises to bound.
+    age_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,24 +121,43 @@ def page_hashes(vpns: Sequence[int], pages: npt.NDArray[np.uint8]) -> PageHashes
             for i, vpn in enumerate(vpns)}
 
 
-def make_delta(image: ProcessImage, pages: npt.NDArray[np.uint8], *, machine: str,
-               taken_at: float, seq: int, parent: int,
+def make_delta(image: ProcessImage, pages: npt.NDArray[np.uint8] | Sequence[npt.NDArray[np.uint8]],
+               *, machine: str, taken_at: float, seq: int, parent: int,
                previous: PageHashes | None) -> tuple[CheckpointDelta, PageHashes]:
-    """The delta of an image whose pages (text, then the others, in block order) are `pages`,
-    against the hashes of the checkpoint before (None: a full one); and the new hashes."""
+    """The delta of an image whose pages (text, then the others, in block order) are `pages`
+    (one array, or the blocks the export copied them into), against the hashes of the
+    checkpoint before (None: a full one); and the new hashes. The blocks are hashed where
+    they are and only the pages kept are copied, once: a large process's checkpoint makes no
+    whole extra copy of it."""
+    blocks = [pages] if isinstance(pages, np.ndarray) else list(pages)
     vpns = area_vpns((*image.text_areas, *image.other_areas))
-    if len(vpns) != len(pages):
-        raise ValueError(f"{len(pages)} pages for {len(vpns)} present pages of the image")
-    hashes = page_hashes(vpns, pages)
+    count = sum(len(b) for b in blocks)
+    if len(vpns) != count:
+        raise ValueError(f"{count} pages for {len(vpns)} present pages of the image")
+    hashes: PageHashes = {}
+    at = 0
+    for b in blocks:
+        hashes.update(page_hashes(vpns[at:at + len(b)], b))
+        at += len(b)
     if previous is None:
         keep = np.ones(len(vpns), dtype=bool)
         parent = -1
     else:
-        keep = np.array([previous.get(v) != h for v, h in hashes.items()], dtype=bool)
+        keep = np.fromiter((previous.get(v) != h for v, h in hashes.items()), dtype=bool,
+                           count=len(vpns))
+    if keep.all():
+        kept = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks) if blocks
+                else np.zeros((0, PAGE_SIZE), dtype=np.uint8))
+    else:
+        parts, at = [], 0
+        for b in blocks:
+            parts.append(b[keep[at:at + len(b)]])
+            at += len(b)
+        kept = np.concatenate(parts) if parts else np.zeros((0, PAGE_SIZE), dtype=np.uint8)
     bare = dataclasses.replace(image, text_blocks=(), data_blocks=(), program_image=None)
     delta = CheckpointDelta(seq=seq, parent=parent, taken_at=taken_at, machine=machine,
                             image=bare, vpns=np.asarray(vpns, dtype=np.int64)[keep],
-                            pages=np.ascontiguousarray(pages[keep]))
+                            pages=np.ascontiguousarray(kept))
     return delta, hashes
 
 
@@ -228,6 +250,7 @@ class CheckpointStore(Protocol):
     def write(self, pid: int, delta: CheckpointDelta) -> int: ...
     def read(self, pid: int) -> Checkpoint: ...
     def latest(self, pid: int) -> int | None: ...
+    def taken_at(self, pid: int) -> float | None: ...
     def discard(self, pid: int) -> None: ...
     def pids(self) -> list[int]: ...
     def claim(self, pid: int, seq: int, machine: str,
@@ -323,6 +346,12 @@ class _ChainStore:
         """The seq of the process's newest checkpoint here (None: it has none)."""
         manifest = self._manifest(pid)
         return None if manifest is None else int(manifest["chain"][-1]["seq"])
+
+    def taken_at(self, pid: int) -> float | None:
+        """When the process's newest checkpoint here was taken (time.time(); None: it has
+        none)."""
+        manifest = self._manifest(pid)
+        return None if manifest is None else float(manifest["taken_at"])
 
     def write(self, pid: int, delta: CheckpointDelta) -> int:
         """Add a delta to the process's chain; the bytes written. StaleBaseError when an

@@ -66,6 +66,26 @@ class KernelState:
 
 
 @dataclass(frozen=True)
+class ThreadImage:
+    """One thread of a process as it travels: its id (kept: glibc holds it in the thread's
+    TCB and in the owner words of the mutexes it holds), its registers (the canonical
+    format, XSAVE included), its clear-child-tid address, its own sleep and call counts, and
+    its place in a futex: the word it waits on (`futex_at`, its address: where a requeue
+    put it, which its registers may not name), the wake bits, whether a wake already chose
+    it (its re-issued call then answers 0) and the number of the call that waited."""
+
+    tid: int
+    registers: CpuState | None  # None for the first thread (`ProcessImage.registers`)
+    clear_child_tid: int = 0
+    sleep_left: float | None = None
+    accounting: Accounting | None = None  # None for the first thread (in `KernelState`)
+    futex_at: int | None = None
+    futex_bitset: int = 0xFFFF_FFFF
+    futex_woken: bool = False
+    futex_call: int = 0
+
+
+@dataclass(frozen=True)
 class ProcessImage:
     """Everything the destination needs, with page contents as transport handles."""
 
@@ -83,6 +103,11 @@ class ProcessImage:
     # it maps the frames it already has read-only into the process.
     text_digest: str = ""
     text_shared: bool = False
+    # Pre-copy: virtual page numbers of the other areas' present pages whose contents the
+    # destination already holds from the live rounds (sorted); they are not in `data_blocks`.
+    precopied: npt.NDArray[np.int64] | None = None
+    # Its threads, the first one included, when it has more than one (empty otherwise).
+    threads: tuple[ThreadImage, ...] = ()
 
     @property
     def text_pages_sent(self) -> int:
@@ -98,7 +123,8 @@ class ProcessImage:
     @property
     def pages_sent(self) -> int:
         """Pages whose contents travel (text pages do not when the text is reloaded)."""
-        return self.text_pages_sent + sum(len(a.present) for a in self.other_areas)
+        held = 0 if self.precopied is None else int(self.precopied.size)
+        return self.text_pages_sent + sum(len(a.present) for a in self.other_areas) - held
 
     @property
     def pages(self) -> int:

@@ -18,8 +18,10 @@ its copy only on a definite not-committed outcome. While the source exports and 
 the pages (a large process or a slow transport may take longer than a lease between two of
 its calls) it renews the lease three times a lease, so a slow source keeps its migration and
 only a silent one loses it. Only pages that were ever touched travel, batched into page
-blocks. `run_migration` knows the two machines only as the `Source` and
-`Peer` protocols, which the kernel's machine and the Ray layer's handles implement.
+blocks. A pre-copy (`precopy.py`) adds live rounds before the freeze, under the same lease
+(the destination stages their pages); the freeze then sends only what changed since.
+`run_migration` knows the two machines only as the `Source` and `Peer` protocols, which the
+kernel's machine and the Ray layer's handles implement.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
 
 from tender_ray.errors import (
     LeaseExpiredError,
@@ -41,10 +46,12 @@ from tender_ray.errors import (
     TenderError,
     TextNotHeldError,
 )
+from tender_ray.migration import precopy
 from tender_ray.migration.image import ProcessImage
-from tender_ray.migration.options import MigrationOptions, Resources
+from tender_ray.migration.options import MigrationMode, MigrationOptions, Resources
 from tender_ray.migration.record import MigrationRecord, Outcome
 from tender_ray.migration.transports import LocalTransport, Transport
+from tender_ray.resources.dirty_pages import WrittenPages
 from tender_ray.resources.real_memory import PAGE_SIZE
 
 
@@ -60,11 +67,20 @@ class Source(Protocol):
     def fault_point(self, phase: str) -> None: ...
     def program_size(self, pid: int) -> int: ...
     def export_image(self, pid: int, transport: Transport, options: MigrationOptions,
-                     text_held: Callable[[str, str], bool] | None = None
+                     text_held: Callable[[str, str], bool] | None = None,
+                     precopied: npt.NDArray[np.int64] | None = None
                      ) -> ProcessImage: ...
     def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None: ...
     def note_migration(self, record: MigrationRecord) -> None: ...
     def migration_lease(self) -> float: ...
+    # Pre-copy (`precopy.py`), asked for only by migrations in mode precopy or auto.
+    def precopy_facts(self, pid: int) -> precopy.PrecopyFacts: ...
+    def precopy_begin(self, pid: int) -> bool: ...
+    def precopy_round(self, pid: int, transport: Transport, most: int | None,
+                      fewest: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                                tuple[Any, ...] | None]: ...
+    def precopy_end(self, pid: int) -> WrittenPages: ...
+    def precopy_cancel(self, pid: int) -> None: ...
 
 
 class Destination(Protocol):
@@ -84,6 +100,8 @@ class Destination(Protocol):
     def renew(self, mid: str) -> Outcome: ...
     def record_migration(self, pid: int, record: MigrationRecord) -> None: ...
     def holds_text(self, program_digest: str, digest: str) -> bool: ...
+    def precopy_pages(self, mid: str, vpns: npt.NDArray[np.int64],
+                      handles: tuple[Any, ...], transport: Transport) -> int: ...
 
 
 class Peer(Protocol):
@@ -100,6 +118,8 @@ class Peer(Protocol):
     def renew(self, mid: str) -> Outcome: ...
     # Optional: `holds_text(program digest, text digest)`, whether the destination already
     # holds that text (content-addressed text); a peer without it is sent the text.
+    # Optional: `precopy(mid, vpns, handles, options)`, one live round of a pre-copy
+    # (`precopy.PrecopyPeer`); a peer without it takes every migration by stop-and-copy.
 
 
 T = TypeVar("T")
@@ -229,7 +249,11 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             resources=options.resources.value, seconds=seconds, bytes=nbytes, pages=pages,
             phases=phases, phase_starts=starts, result=result, error=error,
             started_at=started_at, migration_id=mid, text_pages=text_pages,
-            text_shared=text_shared)
+            text_shared=text_shared, mode=mode.value, rounds=live.rounds if live else 0,
+            round_bytes=tuple(live.round_bytes) if live else (),
+            freeze_bytes=freeze_bytes, freeze_seconds=freeze_seconds,
+            dirty_rate=live.dirty_rate if live else 0.0,
+            copy_rate=live.copy_rate if live else 0.0)
 
     def failed(exc: BaseException, where: str) -> None:
         exc.add_note(f"migration {mid}: process {pid} {where}")
@@ -238,34 +262,60 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
 
     phases: dict[str, float] = {}
     starts: dict[str, float] = {}  # seconds after `start`, as each phase begins
-    nbytes = pages = text_pages = 0
+    nbytes = pages = text_pages = freeze_bytes = 0
+    freeze_seconds = 0.0
     text_shared = False
     start = time.perf_counter()
-    starts["freeze"] = 0.0
-    frames = source.freeze(pid)
-    phases["freeze"] = time.perf_counter() - start
+    mode = _choose_mode(source, pid, peer, options)
+    live: precopy.LiveRounds | None = None
+    if mode is MigrationMode.PRECOPY:
+        live = _live_rounds(source, pid, peer, transport, mid, options, phases, starts,
+                            start, failed)
+        if live is None:  # its writes are tracked for another purpose: stop-and-copy
+            mode = MigrationMode.STOP
+        else:
+            nbytes = sum(live.round_bytes)
+    frozen_at = time.perf_counter() if live is not None else start  # stop: it begins so
+    starts["freeze"] = frozen_at - start
+    try:
+        frames = source.freeze(pid)
+    except BaseException as exc:
+        if live is not None:  # it ended (or would not stop): release what the rounds staged
+            source.precopy_cancel(pid)
+            with contextlib.suppress(TenderError, OSError):
+                peer.abort(mid)
+            failed(exc, f"was not frozen at {source.name}")
+        raise
+    phases["freeze"] = time.perf_counter() - frozen_at
     image: ProcessImage | None = None
     exporting: _Call[ProcessImage] | None = None
-    created = False
+    created = live is not None  # the live rounds' destination holds their pages
+    valid: npt.NDArray[np.int64] | None = None  # pre-copied pages unchanged since
     try:
         t = time.perf_counter()
-        source.fault_point("before_create")
-        created = True  # from here the destination may hold something: abort on failure
-        # The export overlaps the create call's round trip: the source puts the first page
-        # blocks while the destination makes its kernel process.
         # Content-addressed text: the export asks the destination (while the create call
         # runs) whether it already holds this text; if it does, no text page is put.
         held: Callable[[str, str], bool] | None = getattr(peer, "holds_text", None)
-        exporting = _Call(lambda: source.export_image(pid, transport, options, held)
-                          if held is not None else
-                          source.export_image(pid, transport, options))
-        phases["create"] = peer.create(mid, source.name, pid, frames, options.reuse)
-        source.fault_point("after_create")
-        phases["create_call"] = time.perf_counter() - t - phases["create"]
-        # The destination's create runs inside the call; where in it the source cannot see,
-        # so it is placed at the call's start and the call's round trip after it.
-        starts["create"] = t - start
-        starts["create_call"] = t - start + phases["create"]
+        if live is not None:
+            # Created before the live rounds: only what changed since the last one goes.
+            valid = live.at_freeze(source.precopy_end(pid))
+            exporting = _Call(lambda: source.export_image(pid, transport, options, held,
+                                                          valid))
+        else:
+            source.fault_point("before_create")
+            created = True  # from here the destination may hold something: abort on failure
+            # The export overlaps the create call's round trip: the source puts the first
+            # page blocks while the destination makes its kernel process.
+            exporting = _Call(lambda: source.export_image(pid, transport, options, held)
+                              if held is not None else
+                              source.export_image(pid, transport, options))
+            phases["create"] = peer.create(mid, source.name, pid, frames, options.reuse)
+            source.fault_point("after_create")
+            phases["create_call"] = time.perf_counter() - t - phases["create"]
+            # The destination's create runs inside the call; where in it the source cannot
+            # see, so it is placed at the call's start and the call's round trip after it.
+            starts["create"] = t - start
+            starts["create_call"] = t - start + phases["create"]
         starts["export"] = exporting.started - start
         # Export and transform may take longer than the lease between two calls of ours: the
         # lease is renewed while they run (the destination keeps it during its own calls).
@@ -274,8 +324,9 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             phases["export"] = exporting.seconds
             pages = image.pages_sent
             text_pages, text_shared = image.text_pages_sent, image.text_shared
-            nbytes = image.pages_sent * PAGE_SIZE + (
+            freeze_bytes = image.pages_sent * PAGE_SIZE + (
                 source.program_size(pid) if options.resources is Resources.ALL else 0)
+            nbytes += freeze_bytes
             t = time.perf_counter()
             source.fault_point("before_transform")
             try:
@@ -285,10 +336,11 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
                 # there): send the text after all, once.
                 stale, image, exporting = image, None, None
                 transport.discard(stale.handles)
-                image = source.export_image(pid, transport, options)
+                image = source.export_image(pid, transport, options, None, valid)
                 pages = image.pages_sent
                 text_pages, text_shared = image.text_pages_sent, image.text_shared
                 nbytes += text_pages * PAGE_SIZE  # the program's pages, sent this time
+                freeze_bytes += text_pages * PAGE_SIZE
                 transformed = peer.transform(mid, image, options)
         source.fault_point("after_transform")
         phases.update(transformed)
@@ -312,6 +364,8 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
         # has stopped reading its pages).
         if image is None and exporting is not None:
             image = exporting.finished()
+        if live is not None:
+            source.precopy_cancel(pid)  # still tracked if the freeze's take did not happen
         if created:
             with contextlib.suppress(TenderError, OSError):
                 peer.abort(mid)
@@ -334,6 +388,7 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             failed(unknown, f"is frozen on {source.name}, handed over to {peer.name}")
             raise
     phases["commit"] = time.perf_counter() - t
+    freeze_seconds = time.perf_counter() - frozen_at  # it runs at the destination from here
     if outcome is not Outcome.COMMITTED:  # definite: it will never run there
         source.thaw(pid, mid)
         transport.discard(image.handles)
@@ -375,6 +430,57 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
     return record
 
 
+def _choose_mode(source: Source, pid: int, peer: Peer,
+                 options: MigrationOptions) -> MigrationMode:
+    """STOP or PRECOPY for this migration: as asked, "auto" by what the source knows of the
+    process; a peer that cannot stage live rounds takes it by stop-and-copy."""
+    if options.mode is MigrationMode.STOP or getattr(peer, "precopy", None) is None:
+        return MigrationMode.STOP
+    facts = source.precopy_facts(pid) if options.mode is MigrationMode.AUTO else None
+    return precopy.choose_mode(options.mode, facts)
+
+
+def _live_rounds(source: Source, pid: int, peer: Peer, transport: Transport, mid: str,
+                 options: MigrationOptions, phases: dict[str, float],
+                 starts: dict[str, float], start: float,
+                 failed: Callable[[BaseException, str], None]) -> precopy.LiveRounds | None:
+    """A pre-copy's create and live rounds, the process running at the source throughout;
+    None (nothing done) if its writes are tracked for another purpose. On a failure the
+    tracking stops, the destination is told to abort (its lease frees what it staged if it
+    does not answer), the failed record is kept and the error raised: the process has not
+    stopped running at its source."""
+    started = False
+    created = False
+    try:
+        if not source.precopy_begin(pid):
+            return None
+        started = True
+        t = time.perf_counter()
+        source.fault_point("before_create")
+        created = True
+        frames = source.precopy_facts(pid).resident_pages
+        phases["create"] = peer.create(mid, source.name, pid, frames, options.reuse)
+        source.fault_point("after_create")
+        phases["create_call"] = time.perf_counter() - t - phases["create"]
+        starts["create"] = t - start
+        starts["create_call"] = t - start + phases["create"]
+        t = time.perf_counter()
+        starts["precopy"] = t - start
+        rounds_peer = cast(precopy.PrecopyPeer, peer)  # it has `precopy` (_choose_mode)
+        with renewing(peer, mid, source.migration_lease() / RENEWS_PER_LEASE):
+            live = precopy.live_rounds(source, pid, rounds_peer, transport, mid, options)
+        phases["precopy"] = time.perf_counter() - t
+        return live
+    except BaseException as exc:
+        if started:
+            source.precopy_cancel(pid)
+        if created:
+            with contextlib.suppress(TenderError, OSError):
+                peer.abort(mid)
+        failed(exc, f"runs on at {source.name}")
+        raise
+
+
 class LocalPeer:
     """A destination machine in the same process: migrations without Ray (tests, tools)."""
 
@@ -404,6 +510,10 @@ class LocalPeer:
 
     def holds_text(self, program_digest: str, digest: str) -> bool:
         return self.machine.holds_text(program_digest, digest)
+
+    def precopy(self, mid: str, vpns: npt.NDArray[np.int64], handles: tuple[Any, ...],
+                options: MigrationOptions) -> int:
+        return self.machine.precopy_pages(mid, vpns, handles, self.transport)
 
 
 def migrate_local(source: Source, pid: int, destination: Destination,

@@ -21,10 +21,11 @@ class Outcome(str, enum.Enum):
 # The paper's phases: the destination's own work (create, transform I-III) and the source's
 # delete.
 PHASES = ("create", "transform_space", "transform_program", "transform_start", "delete")
-# Also timed, around the paper's phases: stopping the process, putting its pages into the
-# transport, the round trips of the create and transform calls (the phases themselves are the
-# destination's own work), and the destination's confirmation.
-EXTRA_PHASES = ("freeze", "create_call", "export", "transform_call", "commit")
+# Also timed, around the paper's phases: a pre-copy's live rounds (the process still running),
+# stopping the process, putting its pages into the transport, the round trips of the create
+# and transform calls (the phases themselves are the destination's own work), and the
+# destination's confirmation.
+EXTRA_PHASES = ("precopy", "freeze", "create_call", "export", "transform_call", "commit")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,20 @@ class MigrationRecord:
     # same text and mapped its frames (`text_shared`), or reloaded it from the plate.
     text_pages: int = 0
     text_shared: bool = False
+    # How it moved: "stop" (stop-and-copy) or "precopy" (asked for, or chosen by "auto").
+    mode: str = "stop"
+    # Pre-copy: the live rounds (copies made while the process ran at the source; the first
+    # holds every page) and the bytes each sent; then the bytes sent while it was frozen.
+    rounds: int = 0
+    round_bytes: tuple[int, ...] = ()
+    freeze_bytes: int = 0
+    # The time the process did not run: from the freeze to the destination's commit (a
+    # stop-and-copy move's whole transfer; a pre-copy's last round, registers and commit).
+    freeze_seconds: float = 0.0
+    # Bytes per second the process wrote during its last live round (0: not measured), which
+    # an "auto" move of the same process reads.
+    dirty_rate: float = 0.0
+    copy_rate: float = 0.0  # bytes per second its first live round copied at (0: none)
 
     @property
     def ok(self) -> bool:
@@ -84,7 +99,10 @@ class MigrationRecord:
             "transfer": self.transfer, "reuse": self.reuse,
             "resources": self.resources, "result": self.result, "error": self.error,
             "started_at": self.started_at, "text_bytes": self.text_bytes,
-            "text_shared": self.text_shared}
+            "text_shared": self.text_shared, "mode": self.mode, "rounds": self.rounds,
+            "round_bytes": list(self.round_bytes), "freeze_bytes": self.freeze_bytes,
+            "freeze_seconds": self.freeze_seconds, "dirty_rate": self.dirty_rate,
+            "copy_rate": self.copy_rate}
         if self.reason:
             out["reason"] = self.reason
         if self.migration_id:
@@ -105,4 +123,6 @@ def log_migration(record: MigrationRecord) -> None:
         log.info("migration phase", phase=phase, seconds=round(seconds, 6))
     done = log.info if record.ok else log.warning
     done("migration " + record.result, seconds=round(record.seconds, 6), bytes=record.bytes,
-         pages=record.pages, **({"error": record.error} if record.error else {}))
+         pages=record.pages, mode=record.mode, rounds=record.rounds,
+         freeze_seconds=round(record.freeze_seconds, 6),
+         **({"error": record.error} if record.error else {}))

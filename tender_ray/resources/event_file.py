@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,18 @@ CLOCK_REALTIME = 0
 
 def _error(errno: Errno, what: str) -> OSError:
     return OSError(int(errno), what)
+
+
+# Told of every change of an eventfd's counter by the kernel whose threads share one
+# (kernel/process_tree.py wakes those that wait on it, as for a pipe): one thread of a
+# process writes the counter another waits on in read, poll or epoll. None: nobody waits.
+counter_changed: Callable[[], None] | None = None
+
+
+def _counter_changed() -> None:
+    hook = counter_changed
+    if hook is not None:
+        hook()
 
 
 class EventFd(OpenFile):
@@ -42,6 +55,7 @@ class EventFd(OpenFile):
             return None
         taken = 1 if self.semaphore else self.count
         self.count -= taken
+        _counter_changed()  # (room for a writer that waits)
         return struct.pack("<Q", taken)
 
     def write(self, data: bytes) -> int | None:
@@ -53,6 +67,8 @@ class EventFd(OpenFile):
         if self.count + value > EVENTFD_MAX:
             return None  # it would overflow: wait for a read
         self.count += value
+        if value:
+            _counter_changed()
         return 8
 
     def readiness(self) -> int:

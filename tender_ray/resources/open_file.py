@@ -12,17 +12,20 @@ Errors are `OSError` with a Linux errno; a read or write that must wait answers 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tender_ray.abi.linux import Errno
-from tender_ray.resources.file_view import FileService, FileView, StreamIdentity
+from tender_ray.resources.file_view import MAX_BLOCK, FileService, FileView, StreamIdentity
 
 STDIN_LIMIT = 1 << 20  # bytes the standard input may hold; the feeder waits for less
 OUTPUT_LIMIT = 1 << 20  # untaken output a stream may hold; a writer waits for less
 PIPE_CAPACITY = 1 << 16  # as Linux's default pipe
+PIPE_BUF = 4096  # a pipe write up to this size is atomic
 PIPE_MAX_SIZE = 1 << 20  # /proc/sys/fs/pipe-max-size: F_SETPIPE_SZ's limit
 # Readiness (poll/epoll event bits, as Linux numbers them).
 POLLIN, POLLOUT, POLLERR, POLLHUP = 0x1, 0x4, 0x8, 0x10
@@ -102,16 +105,62 @@ class HostFile(OpenFile):
         super().__init__(flags)
         self.guest_path = guest_path  # what the guest opened, for /proc-like answers
         self.host_path = host_path  # reopened from this at a destination
-        self.offset = 0
+        self._offset = 0
         self.handle: int | None = handle  # the service's, dropped on pickling
         self.service: FileService | None = service
         self.lost: int | None = None  # errno of a failed reopen or write-behind: calls answer it
+
+    # A host descriptor on the open file description a native guest holds directly (the
+    # native engine's direct_files): while there is one, the description's offset is the
+    # kernel's, read and moved through it. Never pickled.
+    direct_fd: int | None = None
+    # (size, mtime_ns) of a file that was direct when its image was taken: the destination
+    # checks the file it reopens against it. Class-level for images made before it existed.
+    direct_check: tuple[int, int] | None = None
+    changed: str | None = None  # why the reopened file is refused (it changed on the way)
+
+    @property
+    def offset(self) -> int:
+        if self.direct_fd is not None:
+            self._offset = os.lseek(self.direct_fd, 0, os.SEEK_CUR)
+        return self._offset
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self._offset = value
+        if self.direct_fd is not None:
+            os.lseek(self.direct_fd, value, os.SEEK_SET)
+
+    def go_direct(self, fd: int) -> None:
+        """From now on the description is the one `fd` (the machine's) is open on."""
+        self.direct_fd = fd
+
+    def leave_direct(self) -> None:
+        """The host process that held the description is gone: keep its offset, drop it."""
+        if self.direct_fd is not None:
+            offset = self.offset
+            fd, self.direct_fd = self.direct_fd, None
+            self._offset = offset
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["handle"] = None
         state["service"] = None
+        if self.direct_fd is not None:
+            state["_offset"] = self.offset
+            del state["direct_fd"]
+            if self.service is not None and self.handle is not None:
+                with contextlib.suppress(OSError):
+                    st = self.service.fstat(self.handle)
+                    state["direct_check"] = (st.size, st.mtime_ns)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "offset" in state:  # an image made before offsets could be the kernel's
+            state["_offset"] = state.pop("offset")
+        self.__dict__.update(state)
 
     def flush(self) -> None:
         if self.service is not None and self.handle is not None and self.lost is None:
@@ -129,6 +178,19 @@ class HostFile(OpenFile):
             self.handle = service.open(self.host_path, flags | os.O_NOFOLLOW, 0)
         except OSError as e:
             self.lost = e.errno or int(Errno.EIO)
+            return
+        if self.direct_check is not None:
+            # It was read straight from the kernel: the file reopened must be the one it read.
+            try:
+                st = service.fstat(self.handle)
+                now: tuple[int, int] | None = (st.size, st.mtime_ns)
+            except OSError:
+                now = None
+            if now != self.direct_check:
+                self.changed = (f"{self.guest_path} changed while the process moved (size, "
+                                f"mtime {self.direct_check} then, {now} now)")
+                self.lost = int(Errno.ESTALE)
+            self.direct_check = None  # checked: the next move checks the file as it is then
 
     def identity(self) -> tuple[int, int] | None:
         try:
@@ -140,7 +202,8 @@ class HostFile(OpenFile):
 
     def _live(self) -> tuple[FileService, int]:
         if self.lost is not None:
-            raise _error(Errno(self.lost), f"{self.guest_path} vanished since it was opened")
+            raise _error(Errno(self.lost), self.changed
+                         or f"{self.guest_path} vanished since it was opened")
         if self.service is None or self.handle is None:
             raise _error(Errno.EIO, f"{self.guest_path} is not attached to a file service")
         return self.service, self.handle
@@ -148,6 +211,11 @@ class HostFile(OpenFile):
     def read(self, length: int) -> bytes | None:
         if not self.readable:
             raise _error(Errno.EBADF, f"{self.guest_path} is not open for reading")
+        if self.direct_fd is not None:  # one read on the shared description: atomic
+            self._live()
+            data = os.read(self.direct_fd, min(length, MAX_BLOCK))
+            self._offset += len(data)
+            return data
         data = self.pread(length, self.offset)
         self.offset += len(data)
         return data
@@ -189,6 +257,10 @@ class HostFile(OpenFile):
         if self.service is not None and self.handle is not None:
             self.service.close(self.handle)
         self.handle = None
+        if self.direct_fd is not None:
+            fd, self.direct_fd = self.direct_fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Directory(OpenFile):
@@ -214,7 +286,8 @@ class Directory(OpenFile):
 
 @dataclass
 class PipeBuffer:
-    """The bounded buffer between a pipe's ends; the counts say which ends are still open."""
+    """The bounded buffer between a pipe's ends; the counts say which ends are still open.
+    Each change is told to `pipe_changed` (processes at both ends may wait on it)."""
 
     data: bytearray = field(default_factory=bytearray)
     readers: int = 0
@@ -227,13 +300,28 @@ class PipeBuffer:
         if room <= 0:
             return None
         self.data.extend(data[:room])
+        _changed(self)
         return min(room, len(data))
 
     def take(self, length: int) -> bytes:
         """Up to `length` bytes from the front."""
         data = bytes(self.data[:length])
         del self.data[:length]
+        if data:
+            _changed(self)
         return data
+
+
+# Told of every change of a pipe (data put or taken, an end closed) by the kernel whose
+# processes share pipes (kernel/process_tree.py wakes those that wait); None: nobody waits
+# on another process.
+pipe_changed: Callable[[PipeBuffer], None] | None = None
+
+
+def _changed(pipe: PipeBuffer) -> None:
+    hook = pipe_changed
+    if hook is not None:
+        hook(pipe)
 
 
 class PipeEnd(OpenFile):
@@ -263,7 +351,14 @@ class PipeEnd(OpenFile):
         if self.pipe.readers == 0:
             # The kernel's write call raises SIGPIPE on this error (kernel/syscalls/files.py).
             raise _error(Errno.EPIPE, "every read end of the pipe is closed")
-        return self.pipe.put(data)
+        # As Linux's: a write of at most PIPE_BUF bytes is all or nothing, and a blocking one
+        # waits until all of it fits (a pipe's capacity at most), so a program that ignores
+        # the count it returns stays right; a non-blocking larger one takes what fits.
+        pipe = self.pipe
+        atomic = len(data) <= PIPE_BUF or not self.flags & os.O_NONBLOCK
+        if pipe.capacity - len(pipe.data) < min(len(data) if atomic else 1, pipe.capacity):
+            return None
+        return pipe.put(data)
 
     def readiness(self) -> int:
         if self.write_end:
@@ -276,6 +371,7 @@ class PipeEnd(OpenFile):
             self.pipe.writers -= 1
         else:
             self.pipe.readers -= 1
+        _changed(self.pipe)
 
 
 class SocketEnd(OpenFile):

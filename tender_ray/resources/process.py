@@ -17,6 +17,7 @@ from tender_ray.abi.cpu_state import CpuState, RegisterEdit
 from tender_ray.resources.file_view import FileView
 from tender_ray.resources.open_file import standard_files
 from tender_ray.resources.program import Program
+from tender_ray.resources.thread import Thread
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
 
@@ -130,6 +131,16 @@ class Process:
         # exec from the engine it started on; a destination lacking one is refused.
         self.cpu_features: frozenset[str] = frozenset()
         self.tid_address = 0
+        # Its threads' records by tid (resources/thread.py), the first one's made on first
+        # use: its computation's while it runs. A wait in a futex is issued again at a
+        # destination, so nothing here has to travel.
+        self.threads: dict[int, Thread] = {}
+        # The run entries of its other threads (`ThreadEntry`), by tid: empty for a process
+        # with one thread. Under the lock.
+        self.members: dict[int, ThreadEntry] = {}
+        # Set when its first thread called exit while others ran: it waits, and ends with
+        # this status when the last of them ends (under the lock).
+        self.thread_exit: int | None = None
         self.accounting = Accounting()  # cpu_seconds and quanta under the lock
         # Under the lock.
         self.stdout = bytearray()  # output not yet collected by the owner
@@ -151,6 +162,9 @@ class Process:
         # its computation's while it runs, the migration's while FROZEN.
         self.signals: Any = None
         self.view: FileView | None = None  # None: the host tree from the machine's cwd
+        # Its place in a process tree (kernel/process_tree.py's TreeNode: parent, children's
+        # zombie records): None for a process exec started that has made no child.
+        self.tree: Any = None
 
     @property
     def context(self) -> Engine:
@@ -161,7 +175,17 @@ class Process:
     @property
     def shown_state(self) -> ProcessState:
         """The state as snapshots show it: a process that asked to sleep is "sleeping" from
-        then on, even while its computation still holds it."""
+        then on, even while its computation still holds it. A process with several threads
+        is running while any of them runs (runnable while any waits for a computation)."""
+        own = self._own_shown_state()
+        if self.members and own in (ProcessState.SLEEPING, ProcessState.RUNNABLE):
+            states = {t._own_shown_state() for t in self.members.values()} | {own}
+            for shown in (ProcessState.RUNNING, ProcessState.RUNNABLE):
+                if shown in states:
+                    return shown
+        return own
+
+    def _own_shown_state(self) -> ProcessState:
         if self.state.on_cpu and self.wake_at is not None:
             return ProcessState.SLEEPING
         return self.state.shown
@@ -171,3 +195,47 @@ class Process:
         cpu = self.cpu
         self.__init__()  # type: ignore[misc]
         self.cpu = cpu  # the engine context is the expensive part: keep it with the entry
+
+
+class ThreadEntry(Process):
+    """The run entry of a thread after a process's first: what the scheduler runs, alone
+    of its own — its state, registers, engine context, sleep, quantum, exit and the counts of
+    its calls — while everything else (the pid, the virtual space, the files, the signal
+    state, the output, whatever a process gains later) is its process's, read and written
+    through this entry. It is in no process table: `leader` is the process, which lists it
+    in `members`."""
+
+    leader: Process
+    tid: int
+    thread: Thread
+    OWN = frozenset({"state", "wake_at", "sleep_left", "quantum", "registers",
+                     "register_edits", "cpu", "exit_status", "exit_reason", "accounting",
+                     "leader", "tid", "thread"})
+
+    def __init__(self, leader: Process, thread: Thread) -> None:
+        # (Process.__init__ is not run: the shared fields are the leader's.)
+        object.__setattr__(self, "leader", leader)
+        self.tid = thread.tid
+        self.thread = thread
+        self.state = RunState.KERNEL
+        self.wake_at = None
+        self.sleep_left = None
+        self.quantum = 0
+        self.registers = None
+        self.register_edits = []
+        self.cpu = None
+        self.exit_status = None
+        self.exit_reason = ""
+        self.accounting = Accounting()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "leader"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ThreadEntry.OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.leader, name, value)
+
+    def reset(self) -> None:
+        raise TypeError("a thread's entry is not pooled")

@@ -10,9 +10,11 @@ the program; a static-PIE relocates itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
+import threading
 from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
@@ -137,3 +139,27 @@ def parse_program(image: bytes, name: str, base: int | None = None) -> Program:
         base=bias,
         interpreter=interpreter,
     )
+
+
+class HeldPrograms:
+    """The program resources a machine holds for later execs of the same image, parsed once
+    per image (the first exec pays for reading its headers); the oldest goes first past
+    `limit`. Thread-safe."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held: dict[str, Program] = {}  # image digest -> parsed program; _lock
+
+    def get(self, image: bytes, name: str) -> Program:
+        """The program of `image`, named `name` (BadProgramError if it is not one)."""
+        digest = hashlib.sha256(image).hexdigest()
+        with self._lock:
+            held = self._held.get(digest)
+        if held is None:
+            held = parse_program(image, name)
+            with self._lock:
+                self._held[digest] = held
+                while len(self._held) > self.limit:
+                    del self._held[next(iter(self._held))]
+        return held if held.name == name else dataclasses.replace(held, name=name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,9 @@ def run_exec(tmp_path: Path, *options: str, program: str, args: tuple[str, ...] 
 
 # --- programs run as if native ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("program", "status"), [("hello", 0), ("exitcode", 42), ("segv", 139)])
+# (segv, killed by a signal, is test_cli_signals' default case: here only in the slow run)
+@pytest.mark.parametrize(("program", "status"), [
+    ("hello", 0), ("exitcode", 42), pytest.param("segv", 139, marks=pytest.mark.slow)])
 def test_exec_matches_native(tmp_path: Path, program: str, status: int) -> None:
     result, stats = run_exec(tmp_path, program=program)
     expected = native(program)
@@ -74,24 +77,30 @@ def test_exec_migrating(tmp_path: Path, engine: str, program: str, args: tuple[s
     assert stats["exit_status"] == 0 and stats["final_machine"] in machines
 
 
-@pytest.mark.parametrize(("flag", "field", "value"), [
-    ("--transfer=plate", "transfer", "plate"),
-    ("--no-reuse", "reuse", False),
-    ("--move-all", "resources", "all"),
-])
-def test_exec_migration_strategies(tmp_path: Path, flag: str, field: str, value: object
-                                   ) -> None:
+STRATEGY_FLAGS = {"--transfer=plate": ("transfer", "plate"), "--no-reuse": ("reuse", False),
+                  "--move-all": ("resources", "all")}
+
+
+# Every flag at once in the default run (each reaches every migration: one Ray start, not
+# three); each alone, as a user would give it, in the slow run.
+@pytest.mark.parametrize("flags", [
+    tuple(STRATEGY_FLAGS),
+    *(pytest.param((flag,), marks=pytest.mark.slow) for flag in STRATEGY_FLAGS),
+], ids=lambda flags: "+".join(flags))
+def test_exec_migration_strategies(tmp_path: Path, flags: tuple[str, ...]) -> None:
     # 8 MiB touched (the pages each strategy moves), then 80 rounds of 10 ms sleep: at least
     # 0.8 s of running however fast the host is (a sieve's time shrinks with CPU speed; on a
     # fast host one ended after a single move), so ~11 moves at 0.05 s where 2 are asked for;
     # ~1.1 s a run, ~8 s with every CPU busy (where an 8000000 sieve took ~27 s)
     args = ("8", "80", "10")
-    result, stats = run_exec(tmp_path, "--machines", "2", "--migrate-every", "0.05", flag,
+    result, stats = run_exec(tmp_path, "--machines", "2", "--migrate-every", "0.05", *flags,
                              "--engine", "emulated", program="memhold", args=args)
     assert (result.returncode, result.stdout, result.stderr) == native("memhold", *args), \
         result.stderr
     assert len(stats["migrations"]) >= 2
-    assert all(m[field] == value and m["result"] == "ok" for m in stats["migrations"])
+    asked = [STRATEGY_FLAGS[flag] for flag in flags]
+    assert all(m["result"] == "ok" and all(m[field] == value for field, value in asked)
+               for m in stats["migrations"]), stats["migrations"]
 
 
 # --- programs that cannot run: refused before Ray starts ----------------------------------------
@@ -118,8 +127,17 @@ def test_not_an_elf(tmp_path: Path) -> None:
 
 
 def test_dynamic_elf_is_not_refused() -> None:
-    result = tender_ray("exec", "/bin/true")
+    """exec checks its program before it starts or joins a Ray: pointed at an address where
+    nothing answers (a port held bound, never listening), a dynamically linked program gets
+    past the checks to the cluster's absence. (Dynamic programs run to their end as natively
+    in test_cli_streams.)"""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{held.getsockname()[1]}"
+        result = tender_ray("exec", "--address", address, "/bin/true")
     assert b"dynamically linked" not in result.stderr and b"ET_EXEC" not in result.stderr
+    assert result.returncode == 125 and result.stderr.startswith(
+        f"tender-ray: error: no Ray cluster at '{address}'".encode()), result.stderr
 
 
 def test_help() -> None:

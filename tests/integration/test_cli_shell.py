@@ -11,11 +11,8 @@ Each test waits for what it checks (a line the program prints, exec's exit), nev
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -27,6 +24,7 @@ from typing import Any
 import pytest
 from support.processes import group_members
 from support.programs import ROOT, run_native, workload
+from support.terminal import Terminal as PtyTerminal
 
 from tender_ray.cli import status
 
@@ -34,62 +32,12 @@ CLI_TIMEOUT = 240.0
 EXEC = [sys.executable, "-m", "tender_ray", "exec"]
 
 
-class Terminal:
-    """`tender-ray exec ...` on a pty of its own, as from an interactive shell: exec leads
-    its own session and process group, the pty is its controlling terminal, and ^C typed
-    there is SIGINT to that group (the terminal driver's doing, not the test's)."""
+class Terminal(PtyTerminal):
+    """`tender-ray exec ...` on a pty of its own, as from an interactive shell."""
 
     def __init__(self, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: becomes exec
-            os.chdir(ROOT)
-            os.execve(sys.executable, [*EXEC, *args], env)
-        self.seen = b""
-        self.status: int | None = None
-
-    def wait_for(self, text: bytes, deadline: float = CLI_TIMEOUT) -> None:
-        """Read the terminal until `text` appears (or exec ends, which fails)."""
-        end = time.monotonic() + deadline
-        while text not in self.seen:
-            assert time.monotonic() < end, f"no {text!r} in {self.seen!r}"
-            if not self._read(end):
-                raise AssertionError(f"exec ended before {text!r}: {self.seen!r}")
-
-    def _read(self, end: float) -> bool:
-        ready, _, _ = select.select([self.fd], [], [], max(0.0, end - time.monotonic()))
-        if not ready:
-            return True
-        try:
-            data = os.read(self.fd, 4096)
-        except OSError:  # EIO: every writer of the terminal has gone
-            return False
-        self.seen += data
-        return bool(data)
-
-    def type(self, keys: bytes) -> None:
-        os.write(self.fd, keys)
-
-    def finish(self) -> int:
-        """Everything exec wrote to the end, and its exit status (as a shell shows it)."""
-        end = time.monotonic() + CLI_TIMEOUT
-        while self._read(end):
-            assert time.monotonic() < end, self.seen
-        _, wait_status = os.waitpid(self.pid, 0)
-        os.close(self.fd)
-        self.status = os.waitstatus_to_exitcode(wait_status)
-        if self.status < 0:
-            self.status = 128 - self.status
-        return self.status
-
-    def kill(self) -> None:
-        if self.status is None:
-            with_group = [p for p in group_members(self.pid) if p != self.pid]
-            for pid in [self.pid, *with_group]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            os.close(self.fd)
+        super().__init__([*EXEC, *args], env, ROOT)
 
 
 @pytest.fixture
@@ -161,26 +109,6 @@ def test_sigterm_reaches_the_program_handler() -> None:
         proc.wait()
 
 
-def test_a_closed_pipe_ends_the_program_with_sigpipe() -> None:
-    """`exec compute_sleep 20000 | head -3`: the reader goes after three lines; the program's
-    next write raises SIGPIPE, as natively: 141, nothing on stderr."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([*EXEC, os.fspath(workload("compute_sleep")), "20000"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert all(line.startswith(b"round ") for line in lines), (lines, proc.stderr.read())
-        proc.stdout.close()  # what `head -3` does once it has its lines
-        err = proc.stderr.read()
-        assert proc.wait(CLI_TIMEOUT) == status.SIGNAL_BASE + signal.SIGPIPE, err
-        assert err == b"", err
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def _closed_after_one_byte(command: list[str], **popen: Any) -> tuple[int, bytes]:
     """`COMMAND | head -c 1`: its status and its stderr."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -194,6 +122,19 @@ def _closed_after_one_byte(command: list[str], **popen: Any) -> tuple[int, bytes
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_closed_pipe_ends_the_program_with_sigpipe() -> None:
+    """`exec outflood closed default | head -c 1`: the reader goes after one byte; the
+    program's next write raises SIGPIPE, as natively: 141, and nothing on stderr but what the
+    program itself says there (its "ready", as natively). (A program that writes at once: one
+    whose output a pipe buffers, as compute_sleep's, would make the test wait for its rounds.)"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    argv = [os.fspath(workload("outflood")), "closed", "default"]
+    got = _closed_after_one_byte([*EXEC, *argv], cwd=ROOT, env=env)
+    killed, err = _closed_after_one_byte(argv, env={})  # Popen's -N: killed by signal N
+    assert (killed, err) == (-signal.SIGPIPE, b"outflood: ready\n")
+    assert got == (status.SIGNAL_BASE + signal.SIGPIPE, err), got  # as a shell shows it
 
 
 def test_a_program_ignoring_sigpipe_gets_epipe_as_natively() -> None:

@@ -1,9 +1,10 @@
 """`tender-ray exec` on the cluster of `tender-ray up` through its exec server's warm driver,
 with a real Ray: the program's output and status as natively, the next exec through the next
 warm driver, its standard input the client's, Ctrl-C and SIGTERM passed on to the program,
-`| head` ending it with SIGPIPE (141), a stale socket falling back to exec's usual path with
-one line, and `down` ending the server. Which path an exec took is read from the server's log
-(one "took a client" line per exec it served).
+Ctrl-C typed on a real terminal (a pty) killing the program (130, and the note) and, typed
+twice, stopping exec and its program on the cluster, `| head` ending it with SIGPIPE (141), a
+stale socket falling back to exec's usual path with one line, and `down` ending the server.
+Which path an exec took is read from the server's log (one "took a client" line per exec it served).
 
 Each test waits for what it checks (a line the program prints, exec's exit), never for time.
 The module's `up` (state under tmp) is brought down at the end, and only the Ray head and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 from support.processes import alive, group_members
 from support.programs import ROOT, run_native, workload
+from support.terminal import Terminal
 
 from tender_ray.cli import status
 from tender_ray.cli.exec_server import _is_server, stop_server
@@ -32,6 +35,8 @@ pytestmark = pytest.mark.slow
 
 CLI_TIMEOUT = 300.0
 TAKEN = "took a client"
+CAUGHT = b"caught SIGINT\r\n"
+STOPPED = b"interrupted twice"
 
 
 class Up:
@@ -145,6 +150,69 @@ def test_ctrl_c_kills_a_program_that_does_not_catch_it(up: Up) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def _on_a_terminal(up: Up, *args: str) -> Terminal:
+    """`tender-ray exec --address auto ...` typed at an interactive shell: ^C typed on its
+    terminal is SIGINT to the client's process group, which the client passes on."""
+    return Terminal([sys.executable, "-m", "tender_ray", "exec", "--address", "auto", *args],
+                    up.env, ROOT)
+
+
+@pytest.fixture
+def terminals() -> Iterator[list[Terminal]]:
+    opened: list[Terminal] = []
+    yield opened
+    for t in opened:
+        t.kill()
+
+
+def test_ctrl_c_on_a_terminal_kills_the_program(up: Up, terminals: list[Terminal]) -> None:
+    before = up.served()
+    t = _on_a_terminal(up, os.fspath(workload("sigterm")), "wait")  # SIGINT's default: death
+    terminals.append(t)
+    t.wait_for(b"ready\r\n")
+    t.type(b"\x03")
+    assert t.finish() == status.SIGNAL_BASE + signal.SIGINT, t.seen
+    text = t.seen.decode()
+    assert re.search(r"\^Ctender-ray: process \d+ killed by SIGINT\r\n", text), text
+    assert "Traceback" not in text
+    assert up.served() == before + 1  # the warm driver ran it
+
+
+def test_ctrl_c_twice_on_a_terminal_stops_exec_and_its_program(
+        up: Up, terminals: list[Terminal]) -> None:
+    before = up.served()
+    t = _on_a_terminal(up, os.fspath(workload("ctrlc")), "handle")  # catches SIGINT, goes on
+    terminals.append(t)
+    t.wait_for(b"ready\r\n")
+    t.type(b"\x03")
+    t.wait_for(b"caught SIGINT\r\n")  # the first Ctrl-C is the program's
+    # Pressed again at once: the second within exec's 2 s stops exec, and its program with
+    # it. (On a host so busy that more than 2 s went by, the program catches it too, and it
+    # is pressed again as soon as that shows.)
+    while STOPPED not in t.seen:
+        caught = t.seen.count(CAUGHT)
+
+        def answered(seen: bytes, caught: int = caught) -> bool:
+            return STOPPED in seen or seen.count(CAUGHT) > caught
+
+        t.type(b"\x03")
+        t.wait_until(answered, "the program's or exec's answer to Ctrl-C")
+    assert t.finish() == status.INTERRUPTED, t.seen
+    text = t.seen.decode()
+    stopped = re.search(r"\^Ctender-ray: interrupted twice: stopped process (\d+) and what "
+                        r"exec started\r\n", text)
+    assert stopped, text
+    assert "Traceback" not in text
+    assert up.served() == before + 1
+    # Cleanly: the program is gone from the cluster, and the next exec is served as usual.
+    listed = tender(up.env, "ps")
+    assert listed.returncode == 0, listed.stderr
+    assert stopped[1] not in listed.stdout.decode().split(), listed.stdout
+    r = tender(up.env, "exec", "--address", "auto", os.fspath(workload("hello")))
+    assert (r.returncode, r.stdout) == run_native(workload("hello"))[:2], r.stderr
+    assert up.served() == before + 2
 
 
 def test_a_closed_pipe_ends_the_program_with_sigpipe(up: Up) -> None:

@@ -62,6 +62,9 @@ COVERED: dict[str, tuple[str, str]] = {
     "tender-ray top": ("tests/unit/test_top.py", "top"),
     "tender-ray bench io": ("tests/unit/test_bench_io.py", "io_benchmark"),
     "tender-ray bench vs-ray": ("tests/integration/test_vs_ray.py", "tender_ray.bench.vs_ray"),
+    "tender-ray bench precopy": ("tests/integration/test_precopy_cluster.py",
+                                 "precopy_benchmark"),
+    "tender-ray bench trees": ("tests/unit/test_bench_trees.py", "trees_benchmark"),
     "prometheus": ("tests/integration/test_dashboards.py", "--config.file"),
     # Grafana itself is not run; its dashboards are checked against their builder and
     # every panel's query against a real Prometheus.

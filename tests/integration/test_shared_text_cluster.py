@@ -13,6 +13,7 @@ from support.programs import native_standby
 
 from tender_ray.cluster import Cluster
 from tender_ray.config import MachineConfig
+from tender_ray.migration.options import MigrationMode, MigrationOptions
 
 ARGS = ("1", "spin")
 
@@ -34,6 +35,25 @@ def test_move_to_a_machine_running_the_program_sends_no_text(cluster: Cluster) -
     assert finish_standby(b, there, there_taken)[:3] == native_standby(*ARGS)
     back = b.migrate(mover, "a")  # a no longer runs it: the text travels
     assert not back.text_shared and back.text_bytes > 0
+    assert finish_standby(a, mover, mover_taken)[:3] == native_standby(*ARGS)
+    assert_clean(a)
+    assert_clean(b)
+
+
+def test_precopy_to_a_machine_running_the_program_sends_no_text(cluster: Cluster) -> None:
+    """Pre-copy between actors: the live rounds and the freeze carry no text page there (0
+    text bytes in the record); back where the program does not run, the text travels."""
+    precopy = MigrationOptions(mode=MigrationMode.PRECOPY)
+    a, b = cluster.machine("a"), cluster.machine("b")
+    there, there_taken = start_standby(b, *ARGS)
+    mover, mover_taken = start_standby(a, *ARGS)
+    record = a.migrate(mover, "b", precopy)
+    assert record.ok and record.mode == "precopy" and record.rounds >= 1
+    assert record.text_shared and record.text_bytes == 0
+    assert record.bytes == sum(record.round_bytes) + record.freeze_bytes
+    assert finish_standby(b, there, there_taken)[:3] == native_standby(*ARGS)
+    back = b.migrate(mover, "a", precopy)
+    assert back.ok and not back.text_shared and back.text_bytes > 0
     assert finish_standby(a, mover, mover_taken)[:3] == native_standby(*ARGS)
     assert_clean(a)
     assert_clean(b)

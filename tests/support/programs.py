@@ -21,6 +21,9 @@ from tender_ray import config
 # `standby` (workloads/src/standby.c) says this once it can be told to finish (SIGUSR1), and
 # runs until it is told: a process a test can move knowing it is still there.
 STANDBY_READY = b"standby: ready\n"
+# `writeset` (workloads/src/writeset.c) says this likewise: it rewrites part of its heap until
+# it is told to finish.
+WRITESET_READY = b"writeset: ready\n"
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/support/ -> tests/ -> root
 NATIVE_TIMEOUT = 60.0  # seconds a program may run on the host
@@ -81,3 +84,17 @@ def native_standby(*args: str) -> tuple[int, bytes, bytes]:
         out, err = proc.communicate(timeout=NATIVE_TIMEOUT)
     status = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     return status, first + out, err
+
+
+@functools.cache
+def native_writeset(*args: str) -> tuple[int, bytes, bytes]:
+    """(status, stdout, stderr) of `writeset` run on the host and told to finish (SIGUSR1) as
+    soon as it says it is ready (cached)."""
+    with subprocess.Popen([os.fspath(workload("writeset")), *args], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first == WRITESET_READY, f"writeset {args} said {first!r}, not that it is ready"
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=NATIVE_TIMEOUT)
+    return proc.returncode, first + out, err

@@ -76,7 +76,9 @@ def test_asyncio_through_migrations(make_machine: MakeMachine, engine: str) -> N
     machines = [make_machine(name=f"m{i}", quantum_us=1000, engine=engine, memory_mib=256)
                 for i in range(3)]
     pid = machines[0].exec(PYTHON.read_bytes(), "python3", [str(PYTHON), "-c", PROGRAM])
-    at, records = bounce(machines, pid, move=local_mover(), pause=0.01)
+    # A move every 30 ms: tens of them through its run. (Every 10 ms it barely ran between
+    # moves: hundreds of them, 10-20 s.)
+    at, records = bounce(machines, pid, move=local_mover(), pause=0.03)
     status, out, err, info = finish(machines[at], pid, timeout=300)
     assert records, "it ended before it moved"
     assert (status, out) == (0, native.stdout), (err, info.exit_reason)

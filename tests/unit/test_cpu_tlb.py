@@ -107,3 +107,29 @@ def test_tlb_growth_pauses_keep_read_modify_write_exact(quantum: int) -> None:
     assert after["grow_stops"] > before["grow_stops"]
     assert grown >= pages  # the TLB reached the working set
     assert after["fills"] - before["fills"] < 4 * pages  # not a miss per access
+
+
+def test_a_new_space_runs_its_own_code_from_a_frame_this_cpu_ran_before() -> None:
+    """An exec (or any new binding) may put other code in a frame, at the same address, that
+    this CPU already translated: the machine wrote it, not QEMU, so only the binding can tell
+    QEMU its translations are gone. Without that the old code runs."""
+    memory = RealMemory(4 << PAGE_SHIFT)
+    cpu = Cpu(memory)
+
+    def run(imm: int) -> CpuState:
+        # mov $imm,%ebx; mov $60,%eax; syscall — in frame 0 at CODE, in a space of its own
+        code = bytes.fromhex("bb" + imm.to_bytes(4, "little").hex() + "b83c000000" "0f05")
+        memory.frames[0, : len(code)] = list(code)
+        space = VirtualSpace(memory)
+        space.table[CODE >> PAGE_SHIFT] = 0 << PAGE_SHIFT | 5
+        cpu.bind(space, lambda _nr, _args: SyscallOutcome(0, stop=True))
+        cpu.load(CpuState.initial(CODE, DATA))
+        stop = cpu.run(200_000)
+        assert stop.kind is StopKind.SYSCALL
+        return cpu.save()
+
+    try:
+        assert run(1).reg("rbx") == 1
+        assert run(2).reg("rbx") == 2
+    finally:
+        cpu.close()

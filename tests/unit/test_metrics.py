@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -140,6 +141,46 @@ def test_migration_families_and_histograms(
     duration = collected["tender_migration_duration_seconds"]
     assert value(duration, "tender_migration_duration_seconds_count", strategy="dsm",
                  result="failed") == 1
+
+
+def test_migrations_by_mode_freeze_rounds_and_bytes() -> None:
+    """Per mode: moves by result, live rounds, bytes sent live and frozen, and the freeze and
+    whole-move histograms, so a panel sets the freeze against the total; failed moves are
+    counted only."""
+    now = time.time()
+    stop = dataclasses.replace(record(1, "a", "b", now - 3, seconds=0.5), freeze_seconds=0.4,
+                               bytes=4 * 4096, freeze_bytes=4 * 4096)
+    pre = dataclasses.replace(record(2, "a", "b", now - 2, seconds=0.8), mode="precopy",
+                              rounds=3, round_bytes=(40960, 8192, 4096), freeze_bytes=4096,
+                              bytes=57344, freeze_seconds=0.003)
+    lost = dataclasses.replace(record(3, "a", "b", now - 1, result="failed"), mode="precopy",
+                               rounds=1, round_bytes=(4096,), bytes=4096, freeze_seconds=0.2)
+    c = TenderCollector()
+    c.update({"a": stats("a")}, migrations={"a": [stop, pre, lost]})
+    got = scrape(c)
+    count = got["tender_migrations_by_mode_total"]
+    assert value(count, mode="stop", result="ok") == 1
+    assert value(count, mode="precopy", result="ok") == 1
+    assert value(count, mode="precopy", result="failed") == 1
+    assert value(got["tender_migration_rounds_total"], mode="precopy") == 3
+    assert value(got["tender_migration_rounds_total"], mode="stop") == 0
+    sent = got["tender_migration_mode_bytes_total"]
+    assert value(sent, mode="precopy", sent="live") == 53248
+    assert value(sent, mode="precopy", sent="frozen") == 4096
+    assert value(sent, mode="stop", sent="live") == 0
+    assert value(sent, mode="stop", sent="frozen") == 4 * 4096
+    freeze = got["tender_migration_freeze_seconds"]
+    assert value(freeze, "tender_migration_freeze_seconds_count", mode="precopy") == 1
+    assert value(freeze, "tender_migration_freeze_seconds_sum",
+                 mode="precopy") == pytest.approx(0.003)
+    assert value(freeze, "tender_migration_freeze_seconds_sum",
+                 mode="stop") == pytest.approx(0.4)
+    whole = got["tender_migration_mode_duration_seconds"]
+    assert value(whole, "tender_migration_mode_duration_seconds_sum",
+                 mode="precopy") == pytest.approx(0.8)
+    # The same window again adds nothing: each record once.
+    c.update({"a": stats("a")}, migrations={"a": [stop, pre, lost]})
+    assert value(scrape(c)["tender_migration_rounds_total"], mode="precopy") == 3
 
 
 def test_balancer_families(collected: dict[str, list[tuple[str, dict[str, str], float]]]

@@ -535,7 +535,7 @@ def test_record_phases_and_bytes(pair: tuple[Machine, Machine]) -> None:
     resident = a.info(pid).resident_pages
     record = migrate_local(a, pid, b)
     assert set(PHASES) <= set(record.phases), record.phases
-    assert set(EXTRA_PHASES) <= set(record.phases), record.phases
+    assert set(EXTRA_PHASES) - {"precopy"} <= set(record.phases), record.phases  # stop mode
     assert all(v >= 0 for v in record.phases.values())
     assert record.pages >= resident > 512
     assert record.bytes == record.pages * PAGE_SIZE

@@ -3,6 +3,7 @@ both figures written from hand-made events and records."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -15,11 +16,13 @@ from tender_ray.cli.scenario.plot import (
     Mark,
     ProcessEvent,
     arrow_heights,
+    freeze_span,
     lane_counts,
     phase_shares,
     plot_load,
     plot_timeline,
     segments,
+    timeline_note,
     timeline_rows,
 )
 from tender_ray.migration.record import MigrationRecord, Outcome
@@ -246,3 +249,38 @@ def test_run_migration_records_phase_starts() -> None:
         r.phase_starts["transform_space"] + 0.001)
     assert r.phase_starts["transform_call"] == pytest.approx(
         r.phase_starts["transform_space"] + 0.006)
+
+
+def precopied(pid: int, at: float) -> MigrationRecord:
+    """A pre-copy move: 40 ms of live rounds while the process ran (two rounds), then the
+    freeze, whose span runs from the freeze phase's start to the commit."""
+    r = record(pid, "m0", "m1", at)
+    live = {"precopy": 0.040}
+    starts = {"precopy": r.phase_starts["freeze"]}
+    starts.update({k: v + 0.040 for k, v in r.phase_starts.items()})
+    return dataclasses.replace(
+        r, mode="precopy", rounds=2, round_bytes=(8 << 20, 1 << 20), freeze_bytes=1 << 18,
+        bytes=(9 << 20) + (1 << 18), phases={**live, **r.phases}, phase_starts=starts,
+        seconds=r.seconds + 0.040, freeze_seconds=0.0123)
+
+
+def test_timeline_shows_mode_freeze_rounds_and_bytes(tmp_path: Path) -> None:
+    """Beside each bar: the mode, the freeze against the whole move, rounds and bytes; under
+    it the span the process did not run, from its freeze."""
+    pre = precopied(2, 1.5)
+    assert timeline_note(pre, T0) == (
+        "precopy · froze 12.3 of 63.5 ms · 2 rounds\n"
+        "9.2 MiB (9.0 live, 0.2 frozen) · threshold · at 1.5s")
+    assert freeze_span(pre) == (pytest.approx(0.040), 0.0123)
+    stopped = dataclasses.replace(record(1, "m0", "m1", 1.0, reason=""), freeze_seconds=0.017,
+                                  bytes=1 << 20)
+    assert timeline_note(stopped, T0) == "stop · froze 17.0 of 23.5 ms\n1.0 MiB · at 1.0s"
+    assert freeze_span(stopped) == (0.0, 0.017)
+    assert freeze_span(record(1, "m0", "m1", 1.0)) is None  # failed before a freeze: none
+    # The live rounds come first on the bar, before the freeze.
+    segs = segments(pre)
+    live = next(s for s in segs if s.phase == "precopy")
+    freeze = next(s for s in segs if s.phase == "freeze")
+    assert live.start == 0.0 and freeze.start == pytest.approx(live.seconds)
+    plot_timeline([stopped, pre], tmp_path / "timeline.png", "modes", T0)
+    assert (tmp_path / "timeline.png").read_bytes()[:8] == PNG

@@ -14,8 +14,8 @@ from support.programs import workload
 from tender_ray.abi.cpu_state import CpuState, StopKind, SyscallOutcome
 from tender_ray.engines.emulated.cpu import Cpu
 from tender_ray.engines.native import self_check
-from tender_ray.kernel import machine as machine_mod
 from tender_ray.kernel.machine import Machine
+from tender_ray.resources import program as program_mod
 from tender_ray.resources.real_memory import PAGE_SHIFT, RealMemory
 from tender_ray.resources.virtual_space import VirtualSpace
 
@@ -249,13 +249,13 @@ def test_an_image_is_parsed_once_and_each_process_keeps_its_name(
         make_machine: MakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
     m = make_machine(engine="emulated", quantum_us=1000)
     parsed: list[str] = []
-    real = machine_mod.parse_program
+    real = program_mod.parse_program
 
     def counting(image: bytes, name: str) -> object:
         parsed.append(name)
         return real(image, name)
 
-    monkeypatch.setattr(machine_mod, "parse_program", counting)
+    monkeypatch.setattr(program_mod, "parse_program", counting)
     image = workload("hello").read_bytes()
     pids = [m.exec(image, f"hello-{i}", ["hello"]) for i in range(3)]
     assert parsed == ["hello-0"]

@@ -18,7 +18,7 @@ from support.programs import native_standby
 
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel.machine import Machine
-from tender_ray.migration.options import MigrationOptions
+from tender_ray.migration.options import MigrationMode, MigrationOptions
 from tender_ray.migration.protocol import LocalPeer, migrate_local, run_migration
 from tender_ray.migration.transports import LocalTransport
 from tender_ray.resources.real_memory import PAGE_SIZE, RealMemory
@@ -71,6 +71,42 @@ def test_move_to_a_machine_running_the_program_sends_no_text(
     back = migrate_local(b, mover, a)
     assert not back.text_shared and back.text_pages == len(shared)
     assert back.text_bytes == len(shared) * PAGE_SIZE
+    assert finish_standby(a, mover, mover_taken)[:3] == native_standby(*SPIN)
+    assert_clean(a)
+    assert_clean(b)
+
+
+def _resident(machine: Machine, pid: int) -> int:
+    with machine.scheduler.lock:
+        p = machine.scheduler.get(pid)
+        assert p.space is not None
+        return sum(1 for us in p.space.user_spaces if us.region is not None
+                   for f in us.region.frames if f >= 0)
+
+
+def test_precopy_to_a_machine_running_the_program_sends_no_text(
+        two: tuple[Machine, Machine]) -> None:
+    """Pre-copy too: no live round carries a text page (the first holds every other page) and
+    the freeze sends none, the record says 0 text bytes; back to a machine without the
+    program the text travels once, in the freeze. Both print what they print natively."""
+    a, b = two
+    precopy = MigrationOptions(mode=MigrationMode.PRECOPY)
+    there, there_taken = start_standby(b, *SPIN)
+    mover, mover_taken = start_standby(a, *SPIN)
+    record = migrate_local(a, mover, b, precopy)
+    assert record.ok and record.mode == "precopy" and record.rounds >= 1
+    assert record.text_shared and record.text_pages == 0 and record.text_bytes == 0
+    shared = _text_frames(b, mover)
+    assert shared and shared == _text_frames(b, there)
+    # What was sent is what the rounds and the freeze sent, and the first round (every page
+    # present then) holds none of the text: at most the pages that are not text.
+    assert record.bytes == sum(record.round_bytes) + record.freeze_bytes
+    assert record.round_bytes[0] <= (_resident(b, mover) - len(shared)) * PAGE_SIZE
+    assert finish_standby(b, there, there_taken)[:3] == native_standby(*SPIN)
+    back = migrate_local(b, mover, a, precopy)
+    assert back.ok and back.mode == "precopy" and not back.text_shared
+    assert back.text_bytes == len(shared) * PAGE_SIZE
+    assert back.freeze_bytes >= back.text_bytes  # the text goes frozen, never in a round
     assert finish_standby(a, mover, mover_taken)[:3] == native_standby(*SPIN)
     assert_clean(a)
     assert_clean(b)

@@ -1,8 +1,8 @@
 """The signals real programs meet besides their own (kernel/signals.py, kernel/syscalls/):
 SIGPIPE from a write to a pipe nobody reads, a CPU fault handed to the
 program's handler with si_addr, a sleep cut short by a handler (-EINTR and the time left),
-and threads refused by name, while new processes are -ENOSYS. Each guest's output is the
-native run's on both engines."""
+and threads, which run, while new processes are -ENOSYS. Each guest's output is the native
+run's on both engines."""
 
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from tender_ray.kernel.machine import Machine
 from tender_ray.resources.process import Process
 
 ENGINES = ["emulated", "native"]
-THREAD_REASON = ("clone with CLONE_THREAD (a thread) is not supported yet: tender_ray runs "
-                 "single-threaded processes; run the program with one thread (its -j1 or "
-                 "--threads=1 option, say) or natively")
 
 
 def _run(machine: Machine, name: str, *args: str) -> tuple[int, bytes, bytes, str]:
@@ -137,37 +134,34 @@ def test_a_handled_signal_cuts_a_sleep_short(engine: str,
 
 # --- threads and new processes ----------------------------------------------------------------
 
+# (More of threads in tests/unit/test_threads.py.)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_thread_ends_the_process_with_a_named_reason(
-        engine: str, make_machine: Callable[..., Machine]) -> None:
+def test_a_thread_runs_as_natively(engine: str, make_machine: Callable[..., Machine]) -> None:
     machine = make_machine(quantum_us=1000, engine=engine)
     assert native("threads", "create") == (0, b"creating a thread\njoined: 42\n", b"")
     status, out, err, info = finish(machine, start(machine, "threads", "create"))
-    assert (status, out, err) == (128 + Signal.SIGSYS, b"creating a thread\n", b"")
-    assert info.exit_reason == THREAD_REASON
-    assert info.unsupported == {"clone (a thread)": 1}
+    assert (status, out, err) == native("threads", "create"), info.exit_reason
+    assert info.unsupported == {}
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_debian_program_that_starts_a_thread_is_told_why(
+def test_a_debian_program_that_starts_a_thread_runs_as_natively(
         engine: str, make_machine: Callable[..., Machine]) -> None:
     # glibc's pthread_create tries clone3 first; xz -T2 starts a worker for its first block.
     need("/usr/bin/xz", "/etc/hostname")
     machine = make_machine(quantum_us=1000, engine=engine)
     args = ["-T2", "-c", "/etc/hostname"]
-    assert run_native("/usr/bin/xz", args)[0] == 0
-    status, out, _, info = run_on_machine(machine, "/usr/bin/xz", args)
-    assert (status, out) == (128 + Signal.SIGSYS, b""), info.exit_reason
-    assert info.exit_reason == THREAD_REASON.replace("clone ", "clone3 ", 1)
+    status, out, err, info = run_on_machine(machine, "/usr/bin/xz", args)
+    assert (status, out, err) == run_native("/usr/bin/xz", args), info.exit_reason
+    assert info.syscalls["clone3"] == 1
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_a_new_process_is_enosys_and_the_program_goes_on(
+def test_posix_spawn_makes_a_process_and_the_program_goes_on(
         engine: str, make_machine: Callable[..., Machine]) -> None:
     machine = make_machine(quantum_us=1000, engine=engine)
-    # musl's posix_spawn clones with CLONE_VM|CLONE_VFORK: a process, not a thread.
+    # musl's posix_spawn clones with CLONE_VM|CLONE_VFORK: a process (its own pid), not a thread.
     status, out, _, info = finish(machine, start(machine, "threads", "spawn"))
-    assert (status, out) == (0, b"posix_spawn: error 38 (Function not implemented)\n"
-                                b"still running\n"), info.exit_reason
-    assert info.unsupported == {"clone": 1}
-    assert native("threads", "spawn")[1] == b"posix_spawn: child exited 0\nstill running\n"
+    assert (status, out) == (0, native("threads", "spawn")[1]), info.exit_reason
+    assert out == b"posix_spawn: child exited 0\nstill running\n"
+    assert info.unsupported == {}

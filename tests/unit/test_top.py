@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Generic, TypeVar
 
@@ -65,6 +66,28 @@ def test_migration_phases_by_the_papers_names() -> None:
     assert ("phases: freeze 1.00 ms · create call 4.00 ms · transform I (space) 0.50 ms · "
             "transform II (program) 2.00 ms · transform III (start) 3.00 ms") in text
     assert "transform_" not in text and "pid 7  a → b" in text  # no process listed: its pid
+
+
+def test_migrations_by_mode_and_how_each_moved() -> None:
+    """Each mode's moves summed (freeze against total, rounds, bytes sent live), and under each
+    move its mode, freeze, rounds and bytes; a failed move is counted, not summed."""
+    now = time.time()
+    mib = 1 << 20
+    stop = dataclasses.replace(record(7, "a", "b", now - 3, seconds=0.5), freeze_seconds=0.4,
+                               bytes=8 * mib, freeze_bytes=8 * mib)
+    pre = dataclasses.replace(record(8, "a", "b", now - 2, seconds=0.8), mode="precopy",
+                              rounds=2, round_bytes=(8 * mib, mib), freeze_bytes=mib // 2,
+                              bytes=9 * mib + mib // 2, freeze_seconds=0.01)
+    lost = dataclasses.replace(record(9, "a", "b", now - 1, result="failed",
+                                      error="machine b is gone"), freeze_seconds=0.3)
+    text = draw(render({}, [], [stop, pre, lost], now=now))
+    assert ("stop: 1 moved (1 failed) · froze 400.0 of 500.0 ms (80%), longest freeze "
+            "400.0 ms · 0 rounds · 8.0 MiB (0.0 live)") in text
+    assert ("precopy: 1 moved · froze 10.0 of 800.0 ms (1%), longest freeze 10.0 ms · "
+            "2 rounds · 9.5 MiB (9.0 live)") in text
+    assert "precopy · froze 10.0 of 800.0 ms · 2 rounds · 9.5 MiB (9.0 live, 0.5 frozen)" in text
+    assert "stop · froze 400.0 of 500.0 ms · 8.0 MiB" in text
+    assert "why: machine b is gone" in text and "froze 300.0" not in text
 
 
 def test_render_without_anything() -> None:

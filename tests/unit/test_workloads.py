@@ -29,7 +29,7 @@ ARGS: dict[str, list[str]] = {
     # It runs until told to finish (support.machines.finish_standby): here its usage error.
     "standby": ["1", "idle"],
 }
-# Native output legitimately differs: socket() and fork() succeed on the host.
+# Native output legitimately differs: socket() succeeds on the host.
 NATIVE_DIFFERS = {"unsupported"}
 ENV = {"TENDER_TEST": "workloads suite"}
 

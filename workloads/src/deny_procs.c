@@ -1,9 +1,11 @@
 /* A Tender process must not make host processes or signal others: denied before the kernel
  * sees it (run under Tender only; natively some would succeed).
  * deny_procs VICTIM_PID [SLEEP_MS]: tries fork, clone, clone3, kill, tkill, tgkill, ptrace
- * and pidfd signals on VICTIM_PID, setsid and execve (last, as natively it replaces the
- * program), then sleeps SLEEP_MS (default 300) so the caller can look at the host, and prints
- * "done". Without VICTIM_PID it tries nothing: it prints a usage line and exits 2. */
+ * and pidfd signals on VICTIM_PID and setsid (fork and clone make Tender processes, not
+ * host ones), then sleeps SLEEP_MS (default 300) so the caller
+ * can look at the host, prints "done" and execs `/bin/sh -c 'exit 7'` (under Tender the
+ * machine replaces the program; the host process stays what it was). Without VICTIM_PID it
+ * tries nothing: it prints a usage line and exits 2. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -54,11 +56,12 @@ int main(int argc, char **argv)
     errno = 0;
     show("pidfd_send_signal", syscall(SYS_pidfd_send_signal, fd >= 0 ? fd : 3, SIGTERM, 0, 0));
     errno = 0; show("setsid", syscall(SYS_setsid));
-    char *sh_argv[] = {"/bin/sh", "-c", "exit 7", 0};
-    char *sh_envp[] = {0};
-    errno = 0; show("execve(/bin/sh)", syscall(SYS_execve, "/bin/sh", sh_argv, sh_envp));
     struct timespec t = {sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
     nanosleep(&t, 0);
     printf("done\n");
+    fflush(stdout);
+    char *sh_argv[] = {"/bin/sh", "-c", "exit 7", 0};
+    char *sh_envp[] = {0};
+    errno = 0; show("execve(/bin/sh)", syscall(SYS_execve, "/bin/sh", sh_argv, sh_envp));
     return 0;
 }

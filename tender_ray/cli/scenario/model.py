@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any, ClassVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails, PydanticUndefined
 
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.cli.scenario.yaml_marks import Position, load_marked, position
 from tender_ray.config import CheckpointSpec, Engine, MachineConfig, workloads_dir
 from tender_ray.errors import BadProgramError, ConfigError
-from tender_ray.migration.options import MigrationOptions, Resources, Transfer
+from tender_ray.migration.options import (
+    MigrationMode,
+    MigrationOptions,
+    Resources,
+    Transfer,
+    migration_mode,
+)
 from tender_ray.resources.program import parse_program
 
 
@@ -139,10 +145,17 @@ class MigrationSpec(BaseModel):
     transfer: Transfer = MigrationOptions.transfer
     reuse: bool = MigrationOptions.reuse
     resources: Resources = MigrationOptions.resources
+    mode: MigrationMode = MigrationOptions.mode  # stop, precopy or auto
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _known_mode(cls, value: object) -> object:
+        # One clear line for a mode not offered (postcopy: not available yet).
+        return migration_mode(value) if isinstance(value, str) else value
 
     def options(self) -> MigrationOptions:
         return MigrationOptions(transfer=self.transfer, reuse=self.reuse,
-                                resources=self.resources)
+                                resources=self.resources, mode=self.mode)
 
 
 class EventAction(str, enum.Enum):

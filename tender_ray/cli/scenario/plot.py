@@ -6,7 +6,9 @@ from its source's lane to its destination's, drains shaded on the drained machin
 other events (undrain, stop, add) marked where they happened.
 
 timeline.png: one bar per migration split into its phases (`segments`), in milliseconds from
-that migration's own start, so that where a migration's time goes reads off at a glance.
+that migration's own start, so that where a migration's time goes reads off at a glance; under
+it a black bar for the time the process did not run (`freeze_span`), and beside it how it moved
+(`timeline_note`: mode, freeze against total, rounds, bytes).
 
 Both name things as the summary and report.json do: processes by their report names
 (`sieve#0`), phases by the paper's names (`cli.names`).
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tender_ray.cli.names import phase_name, process_label
+from tender_ray.metrics.modes import move_parts
 from tender_ray.migration.record import MigrationRecord
 
 if TYPE_CHECKING:
@@ -271,7 +274,10 @@ _PHASE_STYLE: dict[str, tuple[str, str]] = {
     "delete": (phase_name("delete"), "#8c6d31"),
     "create_call": (_ROUND_TRIPS, "#bdbdbd"),
     "transform_call": (_ROUND_TRIPS, "#bdbdbd"),
+    # A pre-copy's live rounds: the process still runs at its source.
+    "precopy": ("live rounds (pre-copy)", "#fdd0a2"),
 }
+_FREEZE_MARK = ("frozen (freeze to commit)", "#000000")
 _OTHER_STYLE = ("other", "#636363")
 SLOWEST = 40  # at most this many rows in timeline.png: the slowest migrations
 
@@ -316,6 +322,24 @@ def phase_shares(migrations: Iterable[MigrationRecord]) -> dict[str, float]:
     return {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+def freeze_span(record: MigrationRecord) -> tuple[float, float] | None:
+    """When the process stood still during the move, (start, seconds) after the migration's
+    start: from its freeze phase for `freeze_seconds`; None if the record has no freeze."""
+    if record.freeze_seconds <= 0:
+        return None
+    return record.phase_starts.get("freeze", 0.0), record.freeze_seconds
+
+
+def timeline_note(record: MigrationRecord, t0: float) -> str:
+    """The words beside a migration's bar, in two lines: how it moved (mode, freeze against
+    total, rounds), then what it sent, why the balancer moved it and when it began."""
+    timing, size = move_parts(record)
+    if record.reason:
+        size.append(record.reason)
+    size.append(f"at {record.started_at - t0:.1f}s")
+    return " · ".join(timing) + "\n" + " · ".join(size)  # two lines: the bars keep room
+
+
 def timeline_rows(migrations: Sequence[MigrationRecord], names: Mapping[int, str] | None = None,
                   slowest: int = SLOWEST) -> list[tuple[MigrationRecord, str]]:
     """The rows of timeline.png: the `slowest` slowest migrations (all if fewer), in the order
@@ -340,7 +364,7 @@ def plot_timeline(migrations: Sequence[MigrationRecord], path: Path, title: str,
     shown = [r for r, _ in labelled]
     rows = max(1, len(shown))
     # Fixed inches for the labels, the axis and the legend below it, whatever the rows.
-    height = 1.8 + 0.3 * rows
+    height = 1.8 + 0.36 * rows  # two lines of notes a row
     fig, ax = plt.subplots(figsize=(11, height), dpi=110)
     fig.subplots_adjust(left=1.35 / 11, right=0.98, top=1 - 0.6 / height,
                         bottom=0.95 / height)
@@ -353,13 +377,16 @@ def plot_timeline(migrations: Sequence[MigrationRecord], path: Path, title: str,
             ax.barh(row, seg.seconds * 1000, left=seg.start * 1000, height=0.7, color=colour,
                     edgecolor="white", lw=0.4,
                     hatch="//" if seg.phase.endswith("_call") else None)
-        why = f" · {r.reason}" if r.reason else ""
-        ax.text(r.seconds * 1000 + longest * 0.01, row,
-                f"{r.seconds * 1000:.1f} ms{why} · at {r.started_at - t0:.1f}s",
-                va="center", fontsize=7.5, color="#444444")
+        span = freeze_span(r)
+        if span is not None:  # a bar under the phases: the time the process did not run
+            used.setdefault(*_FREEZE_MARK)
+            ax.barh(row + 0.42, span[1] * 1000, left=span[0] * 1000, height=0.12,
+                    color=_FREEZE_MARK[1])
+        ax.text(r.seconds * 1000 + longest * 0.01, row, timeline_note(r, t0),
+                va="center", fontsize=7, linespacing=1.1, color="#444444")
     ax.set_yticks(range(len(shown)), [label for _, label in labelled], fontsize=8)
-    ax.set_ylim(rows - 0.5, -0.5)  # the first to begin on top
-    ax.set_xlim(0, longest * 1.22)
+    ax.set_ylim(rows - 0.4, -0.5)  # the first to begin on top
+    ax.set_xlim(0, longest * 1.6)  # room for the notes
     ax.set_xlabel("milliseconds since the migration began")
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
@@ -376,7 +403,7 @@ def plot_timeline(migrations: Sequence[MigrationRecord], path: Path, title: str,
     fig.legend(handles=[Patch(facecolor=c, label=lbl,
                               hatch="//" if lbl == _ROUND_TRIPS else None)
                         for lbl, c in used.items()],
-               loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=max(1, len(used)),
+               loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=max(1, min(len(used), 6)),
                handlelength=1.5, columnspacing=1.2,
                fontsize=8, frameon=False)
     fig.savefig(path)

@@ -7,6 +7,7 @@ whose field names and shape these classes keep."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,8 @@ from typing import Any
 from tender_ray.balancing.policies import Policy
 from tender_ray.balancing.state import DrainReport
 from tender_ray.cli.scenario.model import EventAction
+from tender_ray.metrics.modes import summarise_modes
+from tender_ray.migration.checkpoint import CheckpointRecord
 from tender_ray.migration.record import MigrationRecord
 
 
@@ -78,8 +81,10 @@ class MigrationSummary:
             if names and m.pid in names:
                 record["process"] = names[m.pid]
             records.append(record)
-        return {"count": self.count, "bytes": self.bytes, "records": records,
-                "failures": list(self.failures)}
+        # Per mode (stop, precopy): freeze against total time, rounds and bytes, summed.
+        by_mode = {mode: m.as_dict() for mode, m in summarise_modes(self.records).items()}
+        return {"count": self.count, "bytes": self.bytes, "by_mode": by_mode,
+                "records": records, "failures": list(self.failures)}
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,53 @@ class RestartedProcess:
 
 
 @dataclass(frozen=True)
+class CheckpointAges:
+    """How old each process's newest checkpoint grew while it ran, against the interval: the
+    age just before each next checkpoint was written (from the one before it was taken, on
+    whichever machine, to the next one being durable), and at each restart the age when its
+    machine was found lost. p50 and max per process, and its slowest checkpoint (what bounds
+    its age: the next one is durable only once written); `max_seconds` over all of them, the
+    figure `every: S` promises to keep at most 2·S."""
+
+    every: float | None
+    max_seconds: float | None  # None: no process had two checkpoints, nor a restart
+    # (name, p50, max, slowest checkpoint's seconds), the oldest max first
+    per_process: tuple[tuple[str, float, float, float], ...]
+
+    @staticmethod
+    def of(records: Iterable[CheckpointRecord], restarts: Iterable[RestartedProcess],
+           names: Mapping[int, str], every: float | None) -> CheckpointAges:
+        taken: dict[int, dict[tuple[str, int, float], CheckpointRecord]] = {}
+        for r in records:  # a record may be seen in several polls: once each
+            taken.setdefault(r.pid, {})[(r.machine, r.seq, r.taken_at)] = r
+        ages: dict[int, list[float]] = {}
+        slowest = {pid: max(r.seconds for r in by_key.values()) for pid, by_key in taken.items()}
+        for pid, by_key in taken.items():
+            chain = sorted(by_key.values(), key=lambda r: r.taken_at)
+            ages[pid] = [b.taken_at + b.seconds - a.taken_at
+                         for a, b in itertools.pairwise(chain)]
+        for x in restarts:
+            ages.setdefault(x.pid, []).append(x.checkpoint_age_seconds)
+        rows = sorted(((names.get(pid, str(pid)), _median(v), max(v), slowest.get(pid, 0.0))
+                       for pid, v in ages.items() if v), key=lambda row: -row[2])
+        return CheckpointAges(every, rows[0][2] if rows else None, tuple(rows))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"every": self.every, "max_seconds": self.max_seconds,
+                "max_over_every": (self.max_seconds / self.every
+                                   if self.max_seconds is not None and self.every else None),
+                "per_process": [{"process": n, "p50_seconds": p50, "max_seconds": top,
+                                 "slowest_checkpoint_seconds": cost}
+                                for n, p50, top, cost in self.per_process]}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@dataclass(frozen=True)
 class FailedEvent:
     at: float
     action: EventAction
@@ -219,6 +271,7 @@ class Report:
     processes: tuple[ProcessReport, ...]
     restarts: tuple[RestartedProcess, ...] = ()
     node_drains: tuple[DrainSummary, ...] = ()  # of Ray nodes, by the balancer or the watcher
+    checkpoint_ages: CheckpointAges | None = None  # None: the scenario checkpoints nothing
 
     def process_names(self) -> dict[int, str]:
         """Each process's report name (`sieve#0`) by pid: what the summary, the figures and
@@ -252,6 +305,8 @@ class Report:
             "node_drains": [d.as_dict() for d in self.node_drains],
             "lost": [_plain(x) for x in self.lost],
             "restarts": [_plain(x) for x in self.restarts],
+            "checkpoint_ages": (self.checkpoint_ages.as_dict()
+                                if self.checkpoint_ages is not None else None),
             "events_failed": [_plain(e) for e in self.events_failed],
             "problems": list(self.problems),
             "events_not_fired": [_plain(e) for e in self.events_not_fired],

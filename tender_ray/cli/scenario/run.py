@@ -36,6 +36,7 @@ from tender_ray.cli.scenario.plot import (
     plot_timeline,
 )
 from tender_ray.cli.scenario.report import (
+    CheckpointAges,
     DrainSummary,
     FailedEvent,
     LostProcess,
@@ -61,6 +62,7 @@ from tender_ray.errors import (
     UsageError,
 )
 from tender_ray.kernel.snapshots import PollResult, ProcessInfo
+from tender_ray.migration.checkpoint import CheckpointRecord
 from tender_ray.migration.record import MigrationRecord
 from tender_ray.resources.file_view import FileViewSpec
 from tender_ray.resources.real_memory import PAGE_SIZE
@@ -179,6 +181,8 @@ class ScenarioRun:
         self.drains: list[DrainSummary] = []
         self.lost: list[LostProcess] = []
         self.restarts: list[RestartedProcess] = []  # processes of crashed machines
+        # Checkpoints as the polls saw them, each once: for the report's checkpoint ages.
+        self.checkpoints: dict[tuple[int, str, int, float], CheckpointRecord] = {}
         self.events_failed: list[FailedEvent] = []
         # Memory promised to processes started since the last poll, by machine.
         self.promised_since_poll: dict[str, int] = {}
@@ -339,6 +343,8 @@ class ScenarioRun:
             if isinstance(result, BaseException):
                 continue
             self.last_poll[name] = result
+            for c in result.statistics.checkpoint_records:
+                self.checkpoints[(c.pid, c.machine, c.seq, c.taken_at)] = c
             for info in result.processes:
                 t = self.tracked.get(info.pid)
                 if t is not None:
@@ -409,10 +415,10 @@ class ScenarioRun:
             t = self.tracked[r.pid]
             t.where = r.machine
             self.restarts.append(RestartedProcess(r.pid, t.arrival.name, name, r.machine,
-                                                  r.seq, time.time() - r.taken_at, at))
+                                                  r.seq, r.age_seconds, at))
             self.losses.append(ProcessEvent(at, "move", r.pid, name, r.machine))
             self.on_event(f"{t.arrival.name} restarted on {r.machine} from checkpoint "
-                          f"{r.seq} ({time.time() - r.taken_at:.1f} s old)")
+                          f"{r.seq} ({r.age_seconds:.1f} s old)")
         for x in recovery.lost:
             t = self.tracked[x.pid]
             t.lost = True
@@ -483,6 +489,13 @@ class ScenarioRun:
                                 r.source, r.destination) for r in migrations if r.ok]
         return events
 
+    def _checkpoint_ages(self) -> CheckpointAges | None:
+        spec = self.scenario.checkpoint
+        if spec is None:
+            return None
+        names = {pid: t.arrival.name for pid, t in self.tracked.items()}
+        return CheckpointAges.of(self.checkpoints.values(), self.restarts, names, spec.every)
+
     def build_report(self, migrations: list[MigrationRecord], failures: list[str],
                      node_cpus: dict[str, float]) -> Report:
         """The report of the run so far: every process against its native run, with the
@@ -540,6 +553,7 @@ class ScenarioRun:
             migrations=MigrationSummary(len(migrations), sum(m.bytes for m in migrations),
                                         tuple(migrations), tuple(failures)),
             drains=tuple(self.drains), lost=tuple(self.lost), restarts=tuple(self.restarts),
+            checkpoint_ages=self._checkpoint_ages(),
             events_failed=tuple(self.events_failed), problems=tuple(self.problems),
             events_not_fired=tuple(PendingEvent(e.at, e.action, e.machine)
                                    for e in self.events),

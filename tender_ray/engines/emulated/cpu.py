@@ -217,6 +217,20 @@ class Cpu:
         self._add_hook(ucc.UC_HOOK_INSN, self._callbacks[1], x86.UC_X86_INS_SYSCALL)
         self._add_hook(ucc.UC_HOOK_INTR, self._callbacks[2])
         self._closed = False
+        # The threads of one process take turns on their CPUs (one lock for them all): the
+        # next to run sees the page table the last one changed, and an atomic instruction
+        # is atomic between them.
+        self._turns = threading.Lock()
+
+    # A process's threads move as one unit: each context's registers are its thread's
+    # alone (the space is the process's), so a destination makes one context per thread.
+    moves_threads = True
+
+    def spawn_thread(self) -> Cpu:
+        """A CPU context of its own for a new thread of the bound process."""
+        twin = Cpu(self.memory, exact=self.exact)
+        twin._turns = self._turns
+        return twin
 
     def _add_hook(self, kind: int, fn: object, *extra: int) -> None:
         handle = ctypes.c_size_t()
@@ -240,6 +254,12 @@ class Cpu:
         self.space = space
         self.handler = handler
         self._space_generation = -1  # flush on the next run
+        # QEMU finds translated code by virtual and physical address, and the frames behind a
+        # new space (an exec's program, a space rebuilt here) may be ones this CPU ran other
+        # code from: their contents were written by the machine, not through QEMU, so it
+        # cannot know. Binding is rare (a start, an arrival, an exec), so all code goes.
+        ctl: Any = self._uc
+        ctl.ctl_flush_tb()
 
     def reset(self) -> None:
         """Forget the process (the CPU is being held for another): no stale TLB or code."""
@@ -362,6 +382,10 @@ class Cpu:
 
     def run(self, quantum: int) -> Stop:
         """Run one quantum: microseconds, or instructions when `exact`. Why it stopped."""
+        with self._turns:
+            return self._run(quantum)
+
+    def _run(self, quantum: int) -> Stop:
         space = self.space
         if space is None or self.handler is None:
             raise EngineError("CPU has no process bound")

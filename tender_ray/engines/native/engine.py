@@ -8,7 +8,8 @@ for the emulated CPU and the kernel never runs a guest's call: the tracer skips 
 -1) and writes the machine's result into rax. That is the sandbox: no files, sockets, children,
 exec or signals to others, because nothing reaches the host kernel. (One exception, checked: a
 munmap the machine has done on a valid range is let through, as it is exactly the host change
-needed.)
+needed. The other: reads, seeks and fstat on read-only regular files the guest holds as real
+host descriptors, which the filters let go straight to the kernel, see `direct_files`.)
 
 Memory stays the machine's: the guest maps the machine's real-memory file where its virtual
 space has present pages (`mappings`). A guest started on a native machine has a vDSO of
@@ -49,11 +50,11 @@ from tender_ray.abi.linux import (
     Signal,
 )
 from tender_ray.engines.base import Replay
-from tender_ray.engines.native import vdso
+from tender_ray.engines.native import host_threads, vdso
+from tender_ray.engines.native.direct_files import DirectFiles, settle_syscall
 from tender_ray.engines.native.libc import (
     PTRACE_EVENT_SECCOMP,
     PTRACE_SINGLESTEP,
-    host_cpu_seconds,
     ptrace,
 )
 from tender_ray.engines.native.mappings import HostMappings
@@ -114,6 +115,7 @@ class NativeCpu:
     # suppressed (`HostMappings.write_fault`). A take (the interval's `epoch` moves) makes
     # the next run resynchronise every mapping, read-only again.
     tracks_writes = True
+    spawn_thread = host_threads.spawn  # a context for a new thread of the guest
 
     def __init__(self, memory: RealMemory, *, replay: Replay | None = None) -> None:
         self.memory = memory
@@ -138,6 +140,9 @@ class NativeCpu:
         # (`vdso_steps`: instructions stepped to bring a stopped guest out of the host's vDSO)
         self.stats = {"syscalls": 0, "faults": 0, "injected": 0, "quanta": 0, "vdso_steps": 0}
         self._mappings = HostMappings(self._tracer, self.stats)
+        # Read-only host files the guest holds as real descriptors (`direct_files`); the
+        # kernel points `direct.table` at the bound process's descriptor table.
+        self.direct = DirectFiles(self._tracer, self.stats)
         # Host CPU time the guest used: in the last run, and in all runs (the computation's
         # own thread only waits, so its CPU time does not show what the process cost).
         self.last_run_cpu_seconds = 0.0
@@ -155,6 +160,7 @@ class NativeCpu:
         self.handler = handler
         self._full_sync = True
         self._lost = None
+        self.direct.unbind()
         # Repeated faults on one page count only within one process (the next one on this
         # context touches the same stack pages once each).
         self._last_fault, self._fault_repeats = -1, 0
@@ -252,7 +258,7 @@ class NativeCpu:
         if was_running and space is not None:
             vdso.clear(space)  # stopped: its clock calls are system calls until it runs here
         if was_running and host is not None:
-            used = max(0.0, host_cpu_seconds(host.pid) - self._cpu_mark) if host.alive else 0.0
+            used = max(0.0, host_threads.cpu_seconds(host) - self._cpu_mark) if host.alive else 0.0
             self.last_run_cpu_seconds = used
             self.cpu_seconds += used
 
@@ -268,7 +274,7 @@ class NativeCpu:
         """Kill the host process (tracer thread)."""
         host, self._host = self._host, None
         if host is not None:
-            self._tracer.kill(host)
+            host_threads.discard(self._tracer, host)
 
     def _t_renew(self) -> None:
         self.tracer_discard()
@@ -291,12 +297,17 @@ class NativeCpu:
         if self._lost is not None:
             return self._lost
         host = self._host
+        if (status := host_threads.lost(host)) is not None:
+            return self._t_lost(status)
         if host is None or not host.alive:
             self.tracer_discard()
             self._t_prepare()
             host = self._host
             assert host is not None
         try:
+            if self._pending is None and self.space is not None and host_threads.alone(host) \
+                    and self.direct.wants_rehost(host, self.space):
+                host = self._t_rehost(host)
             if self._pending is not None:
                 state_to_host(self._pending, host.regs, host.fp, host.fp_size)
                 host.regs_dirty = host.fp_dirty = True
@@ -308,11 +319,13 @@ class NativeCpu:
                 self._full_sync = True  # tracking began, ended, or a new interval
             if self._full_sync:
                 self._t_sync_all()
-            kernel_timer = quantum >= KERNEL_TIMER_MIN_US
+            assert self.space is not None
+            self.direct.before_run(host, self.space, self._t_sync_range)
+            kernel_timer = quantum >= KERNEL_TIMER_MIN_US and not host_threads.thread_quanta(host)
             if host.itimer_us != (quantum if kernel_timer else 0):
                 self._t_set_itimer(quantum if kernel_timer else 0)
             self._t_time_page()
-            self._cpu_mark = host_cpu_seconds(host.pid)
+            self._cpu_mark = host_threads.cpu_seconds(host)
             self.last_run_cpu_seconds = 0.0
             with self._run_lock:
                 self._run_id += 1
@@ -335,6 +348,24 @@ class NativeCpu:
         if not kernel_timer:
             self._tracer.timer.arm(self, run_id, time.monotonic() + quantum / 1e6)
         return PENDING
+
+    def _t_sync_range(self, lo: int, hi: int) -> None:
+        """Make the host mappings of pages [lo, hi) match the virtual space."""
+        assert self._host is not None and self.space is not None
+        self._mappings.sync(self._host, self.space, lo, hi)
+
+    def _t_rehost(self, host: Host) -> Host:
+        """A fresh host process for the stopped guest: filters only narrow (`direct_files`)."""
+        if not host.fp_dirty:
+            host.get_fp()
+        self._pending = state_from_host(host.regs, bytes(host.fp[:host.fp_size]))
+        self.tracer_discard()
+        self._t_prepare()
+        self._full_sync = True
+        self._mappings.forget_window()
+        self.direct.rehosted()
+        assert self._host is not None
+        return self._host
 
     def _t_sync_all(self) -> None:
         """Make every host mapping match the virtual space."""
@@ -444,7 +475,7 @@ class NativeCpu:
             sig = os.WSTOPSIG(status) if status >> 16 == 0 else 0
             if sig in _FAULT_NAMES and sig not in (Signal.SIGTRAP, Signal.SIGSYS):
                 return  # it faults there (a bad pointer, say): as natively, it stops there
-            if sig == Signal.SIGPROF and host.itimer_us:
+            if sig == Signal.SIGPROF and (host.itimer_us or host_threads.thread_quanta(host)):
                 host.prof_seen = True
             elif sig and sig not in (Signal.SIGTRAP, QUANTUM_SIGNAL, *HARMLESS_SIGNALS):
                 host.outside_signals.append(sig)
@@ -500,6 +531,8 @@ class NativeCpu:
             stop = False
         elif self.space is not space or space.generation != generation:
             self._t_sync_all()  # not expected: make everything match to be safe
+        if self.space is not None and self.direct.after_call(host, self.space, nr, args):
+            stop = True  # the next run begins in a host process that lets its reads pass
         if stop:
             self._t_snapshot()
             return Stop(StopKind.SYSCALL)
@@ -531,6 +564,8 @@ class NativeCpu:
         host = self._host
         assert host is not None
         host.get_regs()
+        if settle_syscall(host.regs):  # a call the kernel ran itself (`direct_files`)
+            host.regs_dirty = True
         code, address, sender = host.siginfo()
         if sig == Signal.SIGPROF and code == SI_KERNEL:  # the kernel's quantum timer
             if not host.itimer_us:

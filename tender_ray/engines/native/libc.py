@@ -23,6 +23,7 @@ PTRACE_GETREGSET, PTRACE_SETREGSET = 0x4204, 0x4205
 NT_X86_XSTATE = 0x202  # the regset of the whole XSAVE area (standard format)
 XSTATE_MAX = 1 << 14  # bytes: more than any x86-64 XSAVE area Linux exposes (AMX included)
 PTRACE_O_TRACESECCOMP, PTRACE_O_EXITKILL = 0x80, 0x100000
+PTRACE_O_TRACECLONE = 0x08  # a thread the guest's host process makes is traced from birth
 PTRACE_EVENT_SECCOMP = 7
 # waitpid options: every child, traced or not (__WALL), and not those of other threads.
 WALL, WNOTHREAD = 0x40000000, 0x20000000
@@ -90,5 +91,13 @@ def host_cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a host process has used so far; 0 once it is gone."""
     try:
         return time.clock_gettime(((~pid) << 3) | 2)  # its process CPU-time clock
+    except OSError:
+        return 0.0
+
+
+def host_thread_cpu_seconds(tid: int) -> float:
+    """CPU time (user + system) one host thread has used so far; 0 once it is gone."""
+    try:
+        return time.clock_gettime(((~tid) << 3) | 4 | 2)  # its thread CPU-time clock
     except OSError:
         return 0.0

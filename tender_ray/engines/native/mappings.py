@@ -1,11 +1,11 @@
 """Keeping a guest's host mappings what its virtual space says: after the machine served a
 memory call, at a full resynchronisation, and when a touched page must come in.
 
-Real memory is a shared memory file passed to every guest as fd 3; a present page is mapped
-from it at its frame's offset. Host mappings change only through system calls injected at the
-trampoline page, which is moved if the process maps over it. A page that is not present stays
-unmapped, and its SIGSEGV brings in a window of pages (a whole small area, or a window that
-grows with sequential touches), since one fault costs a few ptrace stops.
+Real memory is a shared memory file passed to every guest as `MEMORY_FD` (100); a present
+page is mapped from it at its frame's offset. Host mappings change only through system calls
+injected at the trampoline page, which is moved if the process maps over it. A page that is
+not present stays unmapped, and its SIGSEGV brings in a window of pages (a whole small area,
+or a window that grows with sequential touches), since one fault costs a few ptrace stops.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tender_ray.abi.linux import (
     SYS_MUNMAP,
     Errno,
 )
+from tender_ray.engines.native import host_threads
 from tender_ray.engines.native.host_map import desired_runs, subtract
 from tender_ray.engines.native.registers import signed
 from tender_ray.engines.native.tracer import (
@@ -173,8 +174,10 @@ class HostMappings:
                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0)
         if res != page:
             raise EngineError(f"cannot map a new trampoline page at {page:#x}")
-        host.poke(page, int.from_bytes(TRAMPOLINE_CODE, "little"))
+        for at in range(0, len(TRAMPOLINE_CODE), 8):
+            host.poke(page + at, int.from_bytes(TRAMPOLINE_CODE[at:at + 8], "little"))
         host.trampoline = page
+        host_threads.share_trampoline(host)
         self._tracer.inject(host, SYS_MUNMAP, old, PAGE_SIZE)
 
     def bring_in(self, host: Host, space: VirtualSpace, us: VirtualUserSpace,

@@ -57,9 +57,10 @@ from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
 
 STUB: Final = Path(__file__).resolve().parent / "_stub" / "tender-stub"
 STUB_ENTRY: Final = 0x1000B0  # _start of the stub (see _stub/Makefile: text at 0x100000)
-TRAMPOLINE: Final = STUB_ENTRY + 2  # `syscall; jmp trampoline`
-TRAMPOLINE_CODE: Final = bytes.fromhex("0f05ebfc0f0b9090")
-MEMORY_FD: Final = 3  # the machine's real memory inside every guest
+TRAMPOLINE: Final = STUB_ENTRY + 2  # `syscall; mov %rax,%rbx; mov $39,%eax; jmp trampoline`
+TRAMPOLINE_CODE: Final = bytes.fromhex("0f05" "4889c3" "b827000000" "ebf4" "0f0b9090")
+SYS_GETPID: Final = 39  # the trampoline's round after a call: its entry stop holds the result
+MEMORY_FD: Final = 100  # the machine's real memory inside every guest (above direct_files.LIMIT)
 TASK_SIZE: Final = 0x7FFF_FFFF_F000  # top of user space (4-level paging)
 VPN_LIMIT: Final = TASK_SIZE >> PAGE_SHIFT
 
@@ -125,6 +126,9 @@ class Host:
         # Where the host's vDSO text lies in this process (`vdso.HOST_VDSO_BASE` and up), 0
         # when it has none there or a guest mapping may have replaced it.
         self.vdso_text = 0
+        # A guest's other threads are host threads of this process (`host_threads`).
+        self.leader: Host | None = None  # a thread's: the first thread's Host
+        self.threads: list[Host] = []  # the first thread's: the others' Hosts
 
     def mark_dead(self, status: int) -> None:
         self.alive = False
@@ -452,7 +456,7 @@ class Tracer:
         extra = -1
         if not doorbell:
             source = self.memory_fd
-            if source == MEMORY_FD:  # dup2(3, 3) would keep close-on-exec set
+            if source == MEMORY_FD:  # dup2(N, N) would keep close-on-exec set
                 source = extra = os.dup(self.memory_fd)
             actions.append((os.POSIX_SPAWN_DUP2, source, MEMORY_FD))
         argv = [b"tender-stub", b"doorbell"] if doorbell else [b"tender-stub"]
@@ -500,7 +504,8 @@ class Tracer:
         return status
 
     def kill(self, host: Host) -> None:
-        """End a host process and reap it."""
+        """End a host process and reap it (its other threads first: the first thread's end
+        is not reported while they are unreaped)."""
         self.owners.pop(host.pid, None)
         self.running.pop(host.pid, None)
         if not host.alive:
@@ -508,6 +513,8 @@ class Tracer:
         if not host.send(Signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(host.pid, Signal.SIGKILL)  # not reaped yet, so the pid is still ours
+        for thread in host.threads:
+            self.reap_lost(thread)
         try:
             while True:
                 _, status = os.waitpid(host.pid, WALL)
@@ -543,12 +550,20 @@ class Tracer:
                 host.cont()
                 self._wait_entry(host)  # the injected call's own entry: let it run
                 host.cont()
-            self._wait_entry(host)  # the trampoline's next round: the result is its number
-            host.at_seccomp = True
-            ptrace(PTRACE_GETREGS, pid, 0, ctypes.addressof(r))
-            if r.rip != host.trampoline + 2:
-                raise EngineError(f"injected system call {nr} came back at {r.rip:#x}")
-            return signed(r.orig_rax)
+            while True:  # the trampoline's next round, a getpid: the result is in rbx
+                self._wait_entry(host)
+                host.at_seccomp = True
+                ptrace(PTRACE_GETREGS, pid, 0, ctypes.addressof(r))
+                if r.rip != host.trampoline + 2:
+                    raise EngineError(f"injected system call {nr} came back at {r.rip:#x}")
+                if r.orig_rax == SYS_GETPID:
+                    return signed(r.rbx)
+                if r.orig_rax != nr:
+                    raise EngineError(f"injected system call {nr} came back as call "
+                                      f"{signed(r.orig_rax)}")
+                # A signal came (-ERESTARTNOINTR and the like): the kernel issues the same
+                # call again from the trampoline, and it runs to its end this time.
+                host.cont()
         except OSError as exc:
             if exc.errno == errno.ESRCH:  # the host's errno: the process is gone
                 status = self.reap_lost(host)
@@ -566,8 +581,8 @@ class Tracer:
                 return
             # (A quantum signal met here is checked for by the engine before it resumes.)
             sig = os.WSTOPSIG(status) if status >> 16 == 0 else 0
-            if sig == Signal.SIGPROF and host.itimer_us:
-                host.prof_seen = True
+            if sig == Signal.SIGPROF and (host.itimer_us or host.leader or host.threads):
+                host.prof_seen = True  # (the timer is the whole host process's)
             elif sig and sig != QUANTUM_SIGNAL and sig not in HARMLESS_SIGNALS:
                 host.outside_signals.append(sig)
             host.cont()

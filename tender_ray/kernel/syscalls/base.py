@@ -19,7 +19,7 @@ from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import signals
 from tender_ray.resources.file_view import FileView, FileViewSpec, Resolved
 from tender_ray.resources.open_file import Directory, OpenFile
-from tender_ray.resources.process import Process
+from tender_ray.resources.process import Process, ThreadEntry
 
 if TYPE_CHECKING:
     from tender_ray.kernel.syscalls.dispatch import SystemCalls
@@ -46,6 +46,10 @@ class Services(Protocol):
     def exit_process(self, p: Process, status: int, reason: str) -> None: ...
     def sleep_process(self, p: Process, seconds: float) -> None: ...
     def block_process(self, p: Process) -> None: ...
+    def wake_process(self, p: Process) -> None: ...
+    def new_thread_id(self) -> int: ...
+    def start_thread(self, t: ThreadEntry) -> None: ...
+    def exit_thread(self, p: Process, status: int) -> None: ...
     def raise_signal(self, p: Process, sig: int, code: int = 0x80) -> None: ...
     def timer_changed(self, p: Process) -> None: ...
     def get_fs_base(self, p: Process) -> int: ...
@@ -57,7 +61,8 @@ def restart_call(p: Process, nr: int) -> SyscallOutcome:
     (rip back over the 2-byte `syscall`, rax its number), as Linux restarts a call cut off by
     -ERESTARTSYS. The registers then say everything, so a waiting process migrates as is."""
     p.register_edits.append(lambda s: s.with_regs(rip=s.rip - 2, rax=nr))
-    signals.of(p).wait = signals.Wait("restart", nr=nr)  # a signal may end the wait: EINTR
+    # A signal may end the wait (EINTR).
+    signals.of(p).wait = signals.Wait("restart", nr=nr, thread=signals.tid_of(p))
     return SyscallOutcome(None, stop=True)
 
 
@@ -75,15 +80,29 @@ def wait_until_ready(sc: SystemCalls, p: Process, nr: int,
 def timed_wait_left(p: Process, timeout: float | None) -> float | None:
     """Seconds left of a timed wait of `timeout` seconds (None: no limit) that begins with this
     call — or began with the same call before it was issued again after an early wake (no
-    other call between), so waking early never lengthens the wait."""
-    made = sum(p.accounting.syscalls.values())
-    began = p.files.timed_wait
+    other call of its thread between), so waking early never lengthens the wait."""
+    made = sum(p.accounting.syscalls.values())  # (the calls of run entry `p`'s thread)
+    began = p.thread.timed_wait if isinstance(p, ThreadEntry) else p.files.timed_wait
     if began is not None and began[0] == made - 1:
         deadline: float | None = began[1]
     else:
         deadline = None if timeout is None else _time.time() + timeout
-    p.files.timed_wait = None if deadline is None else (made, deadline)
+    _keep_timed_wait(p, None if deadline is None else (made, deadline))
     return None if deadline is None else max(0.0, deadline - _time.time())
+
+
+def end_timed_wait(p: Process) -> None:
+    """Run entry `p`'s timed wait is over (its call answers)."""
+    _keep_timed_wait(p, None)
+
+
+def _keep_timed_wait(p: Process, record: tuple[int, float] | None) -> None:
+    # A thread after the first keeps its own; the first keeps it in its descriptor table,
+    # where it travels in the image.
+    if isinstance(p, ThreadEntry):
+        p.thread.timed_wait = record
+    else:
+        p.files.timed_wait = record
 
 
 def err(e: Errno) -> SyscallOutcome:

@@ -16,6 +16,7 @@ from tender_ray.kernel.syscalls import locks
 from tender_ray.kernel.syscalls.base import (
     O_CLOEXEC,
     Handler,
+    end_timed_wait,
     errno_call,
     file_of,
     signed32,
@@ -341,13 +342,13 @@ def _epoll_wait(sc: SystemCalls, p: Process, a: SyscallArgs, nr: int) -> Syscall
         return SyscallOutcome(-Errno.EINVAL)
     ready = ep.ready(p.files, most)
     if ready:
-        p.files.timed_wait = None
+        end_timed_wait(p)
         assert p.space is not None
         p.space.write(a[1], b"".join(_EPOLL_EVENT.pack(e, d) for e, d in ready))
         return SyscallOutcome(len(ready))
     left = timed_wait_left(p, _timeout_ms(a[3]))
     if left == 0:
-        p.files.timed_wait = None
+        end_timed_wait(p)
         return SyscallOutcome(0)
     timer = ep.wake_after()
     return wait_until_ready(sc, p, nr, min(t for t in (left, timer) if t is not None)
@@ -388,7 +389,7 @@ def _poll(sc: SystemCalls, p: Process, fds: int, n: int, timeout: float | None,
     count = sum(1 for r in answers if r)
     left = None if count else timed_wait_left(p, timeout)
     if count or left == 0:
-        p.files.timed_wait = None
+        end_timed_wait(p)
         p.space.write(fds, b"".join(struct.pack("<ihh", fd, events, r & 0xFFFF)
                                     for (fd, events, _), r in zip(entries, answers,
                                                                   strict=True)))
@@ -449,7 +450,7 @@ def _select(sc: SystemCalls, p: Process, a: SyscallArgs, timeout: float | None,
     count = sum(bin(r).count("1") for r in ready)
     left = None if count else timed_wait_left(p, timeout)
     if count or left == 0:
-        p.files.timed_wait = None
+        end_timed_wait(p)
         for addr, bits in zip(a[1:4], ready, strict=True):
             if addr and size:
                 p.space.write(addr, bits.to_bytes(size, "little"))

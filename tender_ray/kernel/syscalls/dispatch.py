@@ -10,6 +10,7 @@ import weakref
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno, syscall_name
+from tender_ray.kernel.futex import FutexTable
 from tender_ray.kernel.host_tree import HostTree
 from tender_ray.kernel.syscalls.base import Handler, Services
 from tender_ray.kernel.syscalls.table import handlers
@@ -31,6 +32,7 @@ class SystemCalls:
         # (kernel/syscalls/locks.py); a table a process left behind drops out by itself.
         self.lock_holders: weakref.WeakValueDictionary[int, FdTable] = (
             weakref.WeakValueDictionary())
+        self.futexes = FutexTable()  # this machine's futex waiters (kernel/futex.py)
 
     @property
     def file_service(self) -> FileService:
@@ -43,6 +45,9 @@ class SystemCalls:
         assert p.space is not None and p.registers is not None
         dispatch = self.dispatch
         cpu.bind(p.space, lambda nr, args: dispatch(p, nr, args))
+        direct = getattr(cpu, "direct", None)  # a native CPU: its direct descriptors follow
+        if direct is not None:  # the process's table
+            direct.table = lambda: p.files
         cpu.load(p.registers)
         if getattr(p.files, "locks", None):  # it arrived holding locks: they hold here too
             self.lock_holders[p.pid] = p.files

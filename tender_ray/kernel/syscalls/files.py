@@ -46,6 +46,7 @@ from tender_ray.resources.file_view import (
 from tender_ray.resources.image_file import F_SEAL_SEAL, MAX_IMAGE_FILE, FileBody, ImageFile
 from tender_ray.resources.open_file import (
     OUTPUT_LIMIT,
+    PIPE_BUF,
     Device,
     Directory,
     HostFile,
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 FAMILY = "files"
 
 MAX_IO = 1 << 20  # one read or write moves at most 1 MiB (the file service's block)
-PIPE_BUF = 4096  # a pipe write up to this size is atomic
 O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB = 1, 2, 4
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 1, 2, 0x10

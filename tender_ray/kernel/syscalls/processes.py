@@ -1,18 +1,31 @@
-"""The process system calls: its id and parent, ending, making another process or a thread
-(clone: refused, see below), yielding, its resource limits (kept and carried in the image)
-and its own attributes (prctl)."""
+"""The process system calls: its id and parent, ending, making another process (fork, vfork,
+clone; kernel/process_tree.py) and waiting for it, its group and session, replacing its
+program (execve; kernel/exec_transform.py), yielding, its resource limits (kept and carried
+in the image) and its own attributes (prctl)."""
 
 from __future__ import annotations
 
 import os
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tender_ray.abi import linux
-from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
+from tender_ray.abi.cpu_state import CpuState, SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
-from tender_ray.kernel import signals
-from tender_ray.kernel.syscalls.base import ENDED, Handler
+from tender_ray.errors import TenderError
+from tender_ray.kernel import address_space as vm
+from tender_ray.kernel import exec_transform, job_control, process_tree, signals
+from tender_ray.kernel.syscalls.base import (
+    AT_EMPTY_PATH,
+    AT_SYMLINK_NOFOLLOW,
+    ENDED,
+    Handler,
+    dir_base,
+    errno_call,
+    read_path,
+    signed32,
+    view_of,
+)
 from tender_ray.resources.open_file import MAX_FDS
 from tender_ray.resources.process import Process
 
@@ -34,7 +47,7 @@ def getpid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 
 def getppid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return SyscallOutcome(1)
+    return SyscallOutcome(process_tree.ppid(p))  # 1 for a process exec started, or orphaned
 
 
 def exit_(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
@@ -46,41 +59,136 @@ def sched_yield(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return SyscallOutcome(0, stop=True)
 
 
-# A Tender process is one thread, and it makes no other process. A new process is -ENOSYS,
-# as any call not served: the program sees fork, vfork or posix_spawn fail and says so (a
-# shell: "can't fork"), and the report counts it. A thread ends the process with a reason
-# naming the call: a program that cannot have its thread has no useful way on (glibc's
-# pthread_create would answer EAGAIN, which programs retry or ignore), and waiting for a
-# thread that never runs would hang in a futex. The status is SIGSYS's, as for a call a
-# seccomp filter refuses.
+# A new process (fork, vfork, clone without CLONE_VM) is a Tender process of its own on this
+# machine (kernel/process_tree.py). A thread is threads.py's (clone comes there first); what
+# reaches here with CLONE_THREAD or a bare CLONE_VM is a thread this engine cannot make, or a
+# child sharing the memory without being a thread (LinuxThreads made them so). It ends the
+# process with a reason naming the call: a program that cannot have its thread has no useful
+# way on, and waiting for a thread that never runs would hang in a futex. The status is
+# SIGSYS's, as for a call a seccomp filter refuses.
 
-def _clone(sc: SystemCalls, p: Process, call: str, flags: int) -> SyscallOutcome:
+def _clone(sc: SystemCalls, p: Process, call: str, flags: int, stack: int = 0,
+           parent_tid: int = 0, child_tid: int = 0, tls: int = 0) -> SyscallOutcome:
     if flags & _CLONE_THREAD or (flags & _CLONE_VM and not flags & _CLONE_VFORK):
         # CLONE_VM without CLONE_VFORK shares the memory with a child that runs at the
         # same time: a thread, even without CLONE_THREAD (LinuxThreads made them so).
         what = "CLONE_THREAD" if flags & _CLONE_THREAD else "CLONE_VM"
         p.accounting.unsupported[f"{call} (a thread)"] += 1
         sc.services.exit_process(p, 128 + linux.Signal.SIGSYS,
-                                 f"{call} with {what} (a thread) is not supported yet: "
-                                 "tender_ray runs single-threaded processes; run the program "
-                                 "with one thread (its -j1 or --threads=1 option, say) or "
-                                 "natively")
+                                 f"{call} with {what} (a thread) is not supported on this "
+                                 "engine or with these flags: run the program with one "
+                                 "thread (its -j1 or --threads=1 option, say) or natively")
         return ENDED
-    # fork-like, or vfork-like (posix_spawn): no new process
-    p.accounting.unsupported[call] += 1
-    return SyscallOutcome(-Errno.ENOSYS)
+    # fork-like, or vfork-like (posix_spawn, CPython's subprocess): a child on a copy
+    return process_tree.fork(sc, p, flags, stack, parent_tid, child_tid, tls)
 
 
 def clone(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _clone(sc, p, "clone", a[0])
+    return _clone(sc, p, "clone", a[0], a[1], a[2], a[3], a[4])
 
 
 def clone3(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[1] < _CLONE_ARGS_SIZE_VER0:
         return SyscallOutcome(-Errno.EINVAL)  # as Linux checks the size first
     assert p.space is not None
-    (flags,) = struct.unpack("<Q", p.space.read(a[0], 8))  # clone_args.flags
-    return _clone(sc, p, "clone3", flags)
+    # struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+    # tls; the exit signal has a field of its own (not in the flags' low byte)
+    flags, _, child_tid, parent_tid, exit_signal, stack, size, tls = struct.unpack(
+        "<8Q", p.space.read(a[0], 64))
+    if flags & 0xFF:
+        return SyscallOutcome(-Errno.EINVAL)
+    return _clone(sc, p, "clone3", flags | (exit_signal & 0xFF), stack + size if stack else 0,
+                  parent_tid, child_tid, tls)
+
+
+def fork(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return process_tree.fork(sc, p, linux.Signal.SIGCHLD, 0, 0, 0, 0)
+
+
+def vfork(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return process_tree.fork(sc, p, process_tree.CLONE_VM | process_tree.CLONE_VFORK
+                             | linux.Signal.SIGCHLD, 0, 0, 0, 0)
+
+
+def wait4(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return process_tree.wait4(sc, p, signed32(a[0]), a[1], a[2] & 0xFFFFFFFF, a[3], 61)
+
+
+def waitid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return process_tree.waitid(sc, p, a[0] & 0xFFFFFFFF, signed32(a[1]), a[2],
+                               a[3] & 0xFFFFFFFF, a[4], 247)
+
+
+def getpgid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return job_control.getpgid(sc, p, signed32(a[0]))
+
+
+def getpgrp(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return job_control.getpgid(sc, p, 0)
+
+
+def getsid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return job_control.getsid(sc, p, signed32(a[0]))
+
+
+def setpgid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return job_control.setpgid(sc, p, signed32(a[0]), signed32(a[1]))
+
+
+def setsid(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return job_control.setsid(sc, p)
+
+
+# --- execve: a transform in place (kernel/exec_transform.py) ------------------------------
+
+def _execve(sc: SystemCalls, p: Process, path: str, argv_addr: int, envp_addr: int
+            ) -> SyscallOutcome:
+    if getattr(p, "members", None):
+        # Linux ends the other threads first; here they would still run on the old space.
+        p.accounting.unsupported["execve (several threads)"] += 1
+        sc.services.exit_process(p, 128 + linux.Signal.SIGSYS,
+                                 "execve in a process with several threads is not supported "
+                                 "yet: exec from a single-threaded process (fork first)")
+        return ENDED
+    argv = exec_transform.read_vector(p, argv_addr)
+    envp = exec_transform.read_vector(p, envp_addr)
+    new = exec_transform.prepare(view_of(sc, p), path, argv, envp)
+    loader = new.interpreter[0] if new.interpreter is not None else None
+    if vm.frames_needed(new.program, new.argv, new.envp, loader) > sc.managers.memory.nframes:
+        return SyscallOutcome(-Errno.ENOMEM)
+    services = cast(exec_transform.ProgramLoader, sc.services)  # the machine loads it
+
+    def transform(state: CpuState) -> CpuState:
+        try:
+            return exec_transform.commit(sc, services, p, new)
+        except TenderError as exc:  # past the point of no return: the process ends
+            sc.services.exit_process(p, 128 + linux.Signal.SIGKILL,
+                                  f"execve of {path} failed after the old program was gone: "
+                                  f"{exc}")
+            return state
+
+    p.register_edits.append(transform)
+    return SyscallOutcome(None, stop=True)
+
+
+@errno_call
+def execve(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    return _execve(sc, p, read_path(p, a[0]), a[1], a[2])
+
+
+@errno_call
+def execveat(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    flags = a[4]
+    if flags & ~(AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW):
+        return SyscallOutcome(-Errno.EINVAL)
+    path = read_path(p, a[1])
+    if not path and flags & AT_EMPTY_PATH:
+        return SyscallOutcome(-Errno.ENOSYS)  # executing an open descriptor is not offered
+    if not path.startswith("/"):
+        base = dir_base(p, a[0]) if signed32(a[0]) != -100 else None
+        if base is not None:
+            path = base.rstrip("/") + "/" + path
+    return _execve(sc, p, path, a[2], a[3])
 
 
 # --- resource limits ------------------------------------------------------------------------
@@ -131,11 +239,12 @@ def setrlimit(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 def getrusage(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     """RUSAGE_SELF and _THREAD: its CPU time (as user time) and its largest resident size;
-    RUSAGE_CHILDREN: none (it has no children)."""
+    RUSAGE_CHILDREN: the CPU time of the children it waited for."""
     who = a[0] & 0xFFFFFFFF
     if who not in (0, 1, 0xFFFFFFFF):
         return SyscallOutcome(-Errno.EINVAL)
-    us = 0 if who == 0xFFFFFFFF else round(p.accounting.cpu_seconds * 1e6)
+    seconds = process_tree.children_cpu(p) if who == 0xFFFFFFFF else p.accounting.cpu_seconds
+    us = round(seconds * 1e6)
     resident = 0
     if who != 0xFFFFFFFF and p.space is not None:
         resident = sum(u.region.resident() for u in p.space.user_spaces
@@ -233,5 +342,7 @@ HANDLERS: dict[str, Handler] = {
     "getpid": getpid, "getppid": getppid, "exit": exit_, "exit_group": exit_,
     "clone": clone, "clone3": clone3, "sched_yield": sched_yield,
     "prlimit64": prlimit64, "getrlimit": getrlimit, "setrlimit": setrlimit, "prctl": prctl,
-    "getrusage": getrusage,
+    "getrusage": getrusage, "execve": execve, "execveat": execveat, "fork": fork,
+    "vfork": vfork, "wait4": wait4, "waitid": waitid, "getpgid": getpgid, "getpgrp": getpgrp,
+    "getsid": getsid, "setpgid": setpgid, "setsid": setsid,
 }

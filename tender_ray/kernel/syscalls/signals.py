@@ -1,6 +1,8 @@
-"""The signal system calls of a single-threaded process: actions, masks, the alternate stack,
-signals to itself (also through a pidfd of itself), waiting for a signal (pause/rt_sigsuspend),
-rt_sigreturn, and signalfd — pending signals read as records. The state they keep is
+"""The signal system calls of a process (its threads share one mask and alternate stack for
+now: docs/process_trees.md): actions, masks, the alternate stack, kill of itself, of a
+process of its tree or of a process group (`job_control.kill`: stops and continues too),
+tkill/tgkill, a pidfd of itself, waiting for a signal (pause/rt_sigsuspend), rt_sigreturn,
+and signalfd — pending signals read as records. The state they keep is
 `kernel.signals.SignalState`; delivery happens between runs (`Machine._before_run`); the
 timers that raise signals are time.py's.
 """
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tender_ray.abi.cpu_state import SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
-from tender_ray.kernel import signals
+from tender_ray.kernel import job_control, signals
 from tender_ray.kernel.signals import NSIG, SigAction, Wait, bit
 from tender_ray.kernel.syscalls.base import ENDED, O_CLOEXEC, Handler, err, file_of, signed32
 from tender_ray.resources.open_file import POLLIN, OpenFile
@@ -78,7 +80,7 @@ def rt_sigprocmask(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcom
     if old:
         p.space.write(old, struct.pack("<Q", before))
     # A signal this unblocked is delivered before the next instruction: stop to do it.
-    return SyscallOutcome(0, stop=bool(state.deliverable()))
+    return SyscallOutcome(0, stop=bool(state.deliverable(signals.tid_of(p))))
 
 
 def rt_sigpending(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
@@ -118,36 +120,38 @@ def _signal_self(sc: SystemCalls, p: Process, target: int, sig: int,
                  code: int) -> SyscallOutcome:
     if target != p.pid:
         return err(Errno.ESRCH)  # a Tender process can signal only itself
-    if sig == 0:
-        return SyscallOutcome(0)
-    if not _valid(sig):
+    if not 0 <= sig <= NSIG:
         return err(Errno.EINVAL)
-    sc.services.raise_signal(p, sig, code)
-    return SyscallOutcome(0, stop=True)  # delivered as the call returns
+    return job_control.kill(sc, p, p.pid, sig, code)  # delivered as the call returns
 
 
 def kill(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    target = a[0] if a[0] < 2**63 else a[0] - 2**64
-    # 0 (its group) and -1 (everyone it may signal) are, for a lone process, itself.
-    return _signal_self(sc, p, p.pid if target in (0, -1) else target, a[1], signals.SI_USER)
+    """kill(pid, sig): itself, a process of its tree, its group (0), a group (-pgid, as
+    killpg), or every process of its tree but itself (-1) — `job_control.kill`."""
+    return job_control.kill(sc, p, signed32(a[0]), signed32(a[1]))
+
+
+def _thread_kill(sc: SystemCalls, p: Process, tgid: int, tid: int, sig: int
+                 ) -> SyscallOutcome:
+    """A signal to thread `tid` (of process `tgid`; 0: any): one of its own threads, or one
+    of another process of its tree, which alone takes it (`job_control.kill_thread`)."""
+    return job_control.kill_thread(sc, p, tgid, tid, sig)
 
 
 def tkill(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    return _signal_self(sc, p, a[0], a[1], signals.SI_TKILL)
+    return _thread_kill(sc, p, 0, signed32(a[0]), signed32(a[1]))
 
 
 def tgkill(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    if a[0] != p.pid:
-        return err(Errno.ESRCH)
-    return _signal_self(sc, p, a[1], a[2], signals.SI_TKILL)
+    return _thread_kill(sc, p, signed32(a[0]), signed32(a[1]), signed32(a[2]))
 
 
 # --- waiting for a signal, and coming back from a handler -------------------------------------
 
 def _wait_for_signal(sc: SystemCalls, p: Process) -> SyscallOutcome:
     state = signals.of(p)
-    if not state.deliverable():
-        state.wait = Wait("pause")
+    if not state.deliverable(signals.tid_of(p)):
+        state.wait = Wait("pause", thread=signals.tid_of(p))
         sc.services.block_process(p)
     # -EINTR is the answer once a handler has run (rt_sigreturn gives back this rax).
     return SyscallOutcome(-Errno.EINTR, stop=True)

@@ -52,14 +52,16 @@ NO_IPC = "no System V or POSIX IPC between processes"
 ADMIN = "system administration: not a guest's to do"
 GONE = "not in Linux either (reserved or removed)"
 IDS = "ids never change: the process runs as the machine's user"
-NO_CHILD = "a process makes no other process (process trees are not built yet)"
+GROUPS = ("process groups and sessions of a tree on one machine (a process exec started "
+          "leads its own); kill of a group is not offered yet")
 NO_OTHER = "no other process is visible"
 NO_NUMA = "one memory node: no NUMA policy"
 NO_WAIT = "not yet: poll, ppoll and epoll are served"
 EPOLL_LT = ("EPOLLET reports what an entry became ready for since it last looked, and "
             "input again when more is held than then (what arrived and was read between two "
             "looks is not seen)")
-ONLY_SELF = "a process can signal only itself"
+TO_A_THREAD = ("a thread of itself or of another process of its tree, which alone takes "
+               "it; the threads share one mask")
 NO_SCHED = "no scheduling policies or priorities"
 OWNERS = "owners never change: the same owner is accepted, another answers EPERM"
 CPU_SPLIT = "all its CPU time counts as user time"
@@ -120,6 +122,13 @@ def no(family: str, name: str, note: str) -> Entry:
     return Entry(name, family, Status.NOT, note, None)
 
 
+def with_threads(name: str, note: str) -> Entry:
+    """A processes call whose thread form threads.py serves, passing the others on."""
+    return Entry(name, PROCESSES, Status.PARTIAL, note, threads.PROCESS_CALLS[name])
+
+
+THREAD_CLONE = ("a thread (CLONE_THREAD with CLONE_VM and CLONE_SIGHAND, as libc's "
+                "pthread_create makes it); a new process is made as fork makes it")
 f, fs, ft, de, mem, sig = files, file_stat, file_tree, descriptors_events, memory, signals
 pr, th, tm, idn, tr, so = processes, threads, time, identity, transfers, sockets
 wa = watches
@@ -188,14 +197,21 @@ TABLE: dict[int, Entry] = {
     53: partial(so, "socketpair", PAIRS),
     54: partial(so, "setsockopt", PAIRS),
     55: partial(so, "getsockopt", PAIRS),
-    56: partial(pr, "clone", "a thread ends the process (SIGSYS); a new process answers "
-                "ENOSYS"),
-    57: no(PROCESSES, "fork", NO_CHILD),
-    58: no(PROCESSES, "vfork", NO_CHILD),
-    59: no(PROCESSES, "execve", "replacing the program is not offered yet"),
-    60: full(pr, "exit"),
-    61: no(PROCESSES, "wait4", NO_CHILD),
-    62: partial(sig, "kill", ONLY_SELF),
+    56: with_threads("clone", THREAD_CLONE),
+    57: full(pr, "fork", "a Tender process of its own on the parent's machine, its space "
+             "copied"),
+    58: partial(pr, "vfork", "the child runs on a copy of the space, the parent waiting "
+                "until it execs or ends; what it wrote is copied back when it ends without "
+                "exec (posix_spawn's exec error), not when it execs"),
+    59: full(pr, "execve", "a transform in place: new program and space, same pid; "
+             "`#!` scripts and the dynamic loader through the process's file view"),
+    60: with_threads("exit", "one thread of several ends alone (its clear-child-tid word "
+                     "zeroed and woken); the last one ends the process"),
+    61: partial(pr, "wait4", "exited, killed, stopped (WUNTRACED) and continued (WCONTINUED) "
+                "children, any, one, or of a process group; the children of its machine"),
+    62: partial(sig, "kill", "itself, a process of its tree, a process group (-pgid, killpg) "
+                "or its own (0), -1 its tree; the stop signals stop and SIGCONT continues; "
+                "ESRCH for a process outside its tree"),
     63: full(idn, "uname", "a machine called tender"),
     64: no(IPC, "semget", NO_IPC),
     65: no(IPC, "semop", NO_IPC),
@@ -245,10 +261,11 @@ TABLE: dict[int, Entry] = {
     106: no(IDENTITY, "setgid", IDS),
     107: full(idn, "geteuid"),
     108: full(idn, "getegid"),
-    109: no(PROCESSES, "setpgid", "no process groups yet"),
-    110: partial(pr, "getppid", "always 1: the parent is outside the cluster"),
-    111: no(PROCESSES, "getpgrp", "no process groups yet"),
-    112: no(PROCESSES, "setsid", "no sessions yet"),
+    109: partial(pr, "setpgid", GROUPS),
+    110: full(pr, "getppid", "1 for a process exec started (its parent is outside the "
+                "machines) and for an orphan"),
+    111: partial(pr, "getpgrp", GROUPS),
+    112: partial(pr, "setsid", GROUPS),
     113: no(IDENTITY, "setreuid", IDS),
     114: no(IDENTITY, "setregid", IDS),
     115: partial(idn, "getgroups", "no supplementary groups"),
@@ -257,10 +274,10 @@ TABLE: dict[int, Entry] = {
     118: full(idn, "getresuid"),
     119: no(IDENTITY, "setresgid", IDS),
     120: full(idn, "getresgid"),
-    121: no(PROCESSES, "getpgid", "no process groups yet"),
+    121: partial(pr, "getpgid", GROUPS),
     122: no(IDENTITY, "setfsuid", IDS),
     123: no(IDENTITY, "setfsgid", IDS),
-    124: no(PROCESSES, "getsid", "no sessions yet"),
+    124: partial(pr, "getsid", GROUPS),
     125: no(IDENTITY, "capget", "no capabilities"),
     126: no(IDENTITY, "capset", "no capabilities"),
     127: full(sig, "rt_sigpending"),
@@ -337,10 +354,11 @@ TABLE: dict[int, Entry] = {
     197: no(FILES, "removexattr", NO_XATTR),
     198: no(FILES, "lremovexattr", NO_XATTR),
     199: no(FILES, "fremovexattr", NO_XATTR),
-    200: partial(sig, "tkill", ONLY_SELF),
+    200: partial(sig, "tkill", TO_A_THREAD),
     201: full(tm, "time"),
-    202: partial(th, "futex", "one thread: a wake wakes none; a wait ends by its timeout or a "
-                "signal"),
+    202: partial(th, "futex", "the machine's table: wait, wake, requeue, cmp_requeue, wake_op "
+                 "and the bitset forms, private or not, with timeouts; no priority "
+                 "inheritance"),
     203: no(PROCESSES, "sched_setaffinity", NO_SCHED),
     204: no(PROCESSES, "sched_getaffinity", NO_SCHED),
     205: no(THREADS, "set_thread_area", "32-bit TLS: x86-64 programs use arch_prctl"),
@@ -372,7 +390,7 @@ TABLE: dict[int, Entry] = {
     231: full(pr, "exit_group"),
     232: partial(de, "epoll_wait", EPOLL_LT),
     233: partial(de, "epoll_ctl", "an epoll set inside another answers EINVAL"),
-    234: partial(sig, "tgkill", ONLY_SELF),
+    234: partial(sig, "tgkill", TO_A_THREAD),
     235: full(ft, "utimes"),
     236: no(SYSTEM, "vserver", GONE),
     237: no(MEMORY, "mbind", NO_NUMA),
@@ -385,7 +403,8 @@ TABLE: dict[int, Entry] = {
     244: no(IPC, "mq_notify", NO_IPC),
     245: no(IPC, "mq_getsetattr", NO_IPC),
     246: no(SYSTEM, "kexec_load", ADMIN),
-    247: no(PROCESSES, "waitid", NO_CHILD),
+    247: partial(pr, "waitid", "exited (WEXITED), stopped (WSTOPPED) and continued "
+                 "(WCONTINUED) children, P_ALL, P_PID, P_PGID; the children of its machine"),
     248: no(SYSTEM, "add_key", "no key rings"),
     249: no(SYSTEM, "request_key", "no key rings"),
     250: no(SYSTEM, "keyctl", "no key rings"),
@@ -464,7 +483,8 @@ TABLE: dict[int, Entry] = {
                 "MAP_SHARED mapping answers ENODEV"),
     320: no(SYSTEM, "kexec_file_load", ADMIN),
     321: no(SYSTEM, "bpf", ADMIN),
-    322: no(PROCESSES, "execveat", "replacing the program is not offered yet"),
+    322: partial(pr, "execveat", "as execve; AT_EMPTY_PATH (running an open descriptor) "
+                 "answers ENOSYS"),
     323: no(MEMORY, "userfaultfd", YET),
     324: partial(mem, "membarrier", "one thread: every command is done at once, "
                 "registration not required"),
@@ -489,8 +509,7 @@ TABLE: dict[int, Entry] = {
     432: no(SYSTEM, "fsmount", ADMIN),
     433: no(SYSTEM, "fspick", ADMIN),
     434: partial(sig, "pidfd_open", PIDFD),
-    435: partial(pr, "clone3", "a thread ends the process (SIGSYS); a new process answers "
-                 "ENOSYS"),
+    435: with_threads("clone3", THREAD_CLONE),
     436: full(de, "close_range"),
     437: no(FILES, "openat2", YET),
     438: no(PROCESSES, "pidfd_getfd", NO_OTHER),

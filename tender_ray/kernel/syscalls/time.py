@@ -85,8 +85,8 @@ def _sleep(sc: SystemCalls, p: Process, req: int, absolute_clock: int | None,
         if now is None:
             return SyscallOutcome(-Errno.EINVAL)
         seconds = max(0.0, seconds - now / 1e9)
-    signals.of(p).wait = signals.Wait("sleep", until=time.time() + seconds,
-                                      rem=rem)  # a signal ends it with -EINTR
+    signals.of(p).wait = signals.Wait("sleep", until=time.time() + seconds, rem=rem,
+                                      thread=signals.tid_of(p))  # a signal: -EINTR
     sc.services.sleep_process(p, seconds)
     return SyscallOutcome(0, stop=True)
 

@@ -5,7 +5,7 @@
  * to the tracer (SECCOMP_RET_TRACE) and kills the process on any other system call ABI (int
  * 0x80, x32 aside), and stops again at an int3: ready. From then on it never runs its own
  * code again: the tracer uses the trampoline below to inject system calls (unmap the stub,
- * map the process's memory from the machine's shared memory file on fd 3), sets the
+ * map the process's memory from the machine's shared memory file on fd 100), sets the
  * process's registers and lets it run. A guest that jumps to the trampoline only makes
  * ordinary system calls: they stop at the tracer like all others.
  *
@@ -14,6 +14,12 @@
  *
  * Freestanding x86-64, no libc: as stub.S && ld (see Makefile). Its single page of text is
  * the trampoline page the tracer keeps in every guest.
+ *
+ * The filter lets a few data-plane calls on descriptors 0..63 (read, pread64, lseek, fstat,
+ * fadvise64) go straight to the kernel: the stub keeps no descriptor there (the machine's
+ * memory file is fd 100), so such a call answers EBADF until the tracer has put a real file
+ * at that number (direct_files.py). Before a guest runs, the tracer stacks a second filter
+ * that narrows this to the descriptors and buffers it has made safe.
  */
     .set SYS_pause, 34
     .set SYS_getpid, 39
@@ -31,11 +37,16 @@
     .globl _start
 _start:
     jmp main
-    /* The trampoline, at _start + 2: the tracer sets a call's registers, the call runs, and
-     * the next round stops at its entry (every call does, by the filter), where the tracer
-     * reads the result (the call number register holds it) and sets the next call. */
+    /* The trampoline, at _start + 2: the tracer sets a call's registers, the call runs, its
+     * result is kept in rbx and the next round is a getpid, which every filter stops at
+     * its entry: there the tracer reads the result and sets the next call. (The result
+     * itself is not used as the next call's number: some numbers never stop — the filter
+     * lets a few data-plane calls through, and the kernel lets uretprobe and uprobe, 335
+     * and 336, pass every filter — so a result equal to one would run as a call.) */
 trampoline:
     syscall
+    mov %rax, %rbx
+    mov $SYS_getpid, %eax
     jmp trampoline
 
 main:
@@ -48,8 +59,13 @@ main:
     mov $101, %edi
     test %rax, %rax
     jnz fail
-    mov $SYS_close_range, %eax      /* close_range(4, ~0U, 0): keep only stdio and fd 3 */
-    mov $4, %edi
+    mov $SYS_close_range, %eax      /* close_range(0, 99, 0), close_range(101, ~0U, 0): */
+    xor %edi, %edi                  /* keep only the memory file (fd 100) */
+    mov $99, %esi
+    xor %edx, %edx
+    syscall
+    mov $SYS_close_range, %eax
+    mov $101, %edi
     mov $-1, %esi
     xor %edx, %edx
     syscall
@@ -94,19 +110,49 @@ fail:                               /* exit_group(status): 101 ptrace, 102 prctl
 
     .balign 8
 program:                            /* struct sock_fprog */
-    .short 4
+    .short 14
     .short 0, 0, 0
     .quad filter
-filter:                             /* struct sock_filter[4] */
-    .short 0x20                     /* BPF_LD | BPF_W | BPF_ABS: seccomp_data.arch */
+filter:                             /* struct sock_filter[14] */
+    .short 0x20                     /* 0: A = seccomp_data.arch */
     .byte 0, 0
     .long 4
-    .short 0x15                     /* BPF_JMP | BPF_JEQ | BPF_K */
+    .short 0x15                     /* 1: A == AUDIT_ARCH_X86_64 ? 3 : 2 */
     .byte 1, 0
-    .long 0xc000003e                /* AUDIT_ARCH_X86_64 */
-    .short 0x06                     /* BPF_RET | BPF_K */
+    .long 0xc000003e
+    .short 0x06                     /* 2: SECCOMP_RET_KILL_PROCESS */
     .byte 0, 0
-    .long 0x80000000                /* SECCOMP_RET_KILL_PROCESS */
-    .short 0x06
+    .long 0x80000000
+    .short 0x20                     /* 3: A = seccomp_data.nr */
     .byte 0, 0
-    .long 0x7ff00000                /* SECCOMP_RET_TRACE */
+    .long 0
+    .short 0x15                     /* 4: read -> 10 */
+    .byte 5, 0
+    .long 0
+    .short 0x15                     /* 5: pread64 -> 10 */
+    .byte 4, 0
+    .long 17
+    .short 0x15                     /* 6: lseek -> 10 */
+    .byte 3, 0
+    .long 8
+    .short 0x15                     /* 7: fstat -> 10 */
+    .byte 2, 0
+    .long 5
+    .short 0x15                     /* 8: fadvise64 -> 10 */
+    .byte 1, 0
+    .long 221
+    .short 0x06                     /* 9: SECCOMP_RET_TRACE */
+    .byte 0, 0
+    .long 0x7ff00000
+    .short 0x20                     /* 10: A = low word of the descriptor argument */
+    .byte 0, 0
+    .long 16
+    .short 0x35                     /* 11: A >= 64 ? 13 : 12 */
+    .byte 1, 0
+    .long 64
+    .short 0x06                     /* 12: SECCOMP_RET_ALLOW */
+    .byte 0, 0
+    .long 0x7fff0000
+    .short 0x06                     /* 13: SECCOMP_RET_TRACE */
+    .byte 0, 0
+    .long 0x7ff00000
