@@ -26,7 +26,7 @@ from tender_ray.abi.linux import Errno
 from tender_ray.errors import BadProgramError
 from tender_ray.kernel import address_space as vm
 from tender_ray.kernel import process_tree, signals
-from tender_ray.resources.file_view import FileStat, FileView, Resolved
+from tender_ray.resources.file_view import FileStat, FileView, read_whole
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process
 from tender_ray.resources.program import Program, parse_program
@@ -123,20 +123,6 @@ def read_vector(p: Process, addr: int) -> list[bytes]:
         out.append(read_string(p, pointer))
 
 
-def _read_whole(view: FileView, r: Resolved, path: str) -> bytes:
-    assert r.host is not None
-    service = view.service
-    handle = service.open(r.host, os.O_RDONLY, 0)
-    try:
-        parts, offset = [], 0
-        while part := service.pread(handle, 1 << 20, offset):
-            parts.append(part)
-            offset += len(part)
-        return b"".join(parts)
-    finally:
-        service.close(handle)
-
-
 def _executable(st: FileStat) -> bool:
     """Whether the caller may execute the file (root: when anyone may)."""
     uid, gid = os.getuid(), os.getgid()
@@ -163,7 +149,8 @@ def open_program(view: FileView, path: str, *, check_exec: bool = True
         raise _fail(Errno.EACCES, f"{path} is not a regular file")
     if check_exec and not _executable(st):
         raise _fail(Errno.EACCES, f"{path} is not executable")
-    return r.guest, _read_whole(view, r, path)
+    assert r.host is not None
+    return r.guest, read_whole(view.service, r.host)
 
 
 def shebang(image: bytes) -> tuple[str, bytes | None] | None:

@@ -120,6 +120,19 @@ _DT = {stat_mod.S_IFDIR: 4, stat_mod.S_IFREG: 8, stat_mod.S_IFLNK: 10, stat_mod.
        stat_mod.S_IFCHR: 2, stat_mod.S_IFBLK: 6, stat_mod.S_IFSOCK: 12}
 
 
+def read_whole(service: FileService, host_path: str, flags: int = os.O_RDONLY) -> bytes:
+    """A whole file read through `service` (a program and its loader, read to be loaded)."""
+    handle = service.open(host_path, flags, 0)
+    try:
+        parts, offset = [], 0
+        while part := service.pread(handle, 1 << 20, offset):
+            parts.append(part)
+            offset += len(part)
+        return b"".join(parts)
+    finally:
+        service.close(handle)
+
+
 class LocalFileService:
     """The file service over this host: real host fds, held by handle id."""
 

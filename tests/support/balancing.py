@@ -1,6 +1,7 @@
 """Fakes of what the balancing loop talks to, for its tests without Ray: a `FakeClock` whose
 time passes only when the loop waits or sleeps, the `Reply` of a fake remote call, and a
-`FakeMachine` whose processes migrations move in memory between the machines of one `world`.
+`FakeMachine` whose processes migrations move in memory between the machines of one `world`,
+and a `LocalClient` that lets the loop drive real in-process machines.
 
 `FRAMES` is the real memory of a fake machine (16 MiB); a machine made with fewer
 `free_frames` has that much room left.
@@ -12,7 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from support.machines import local_mover
 from tender_ray.errors import MachineStoppedError
+from tender_ray.kernel.machine import Machine
 from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.record import MigrationRecord
@@ -145,3 +148,28 @@ class FakeMachine:
         return MigrationRecord(pid=pid, source=self.name, destination=destination,
                                transfer="dsm", reuse=True, resources="needed", seconds=0.01,
                                bytes=pages * 4096, pages=pages, started_at=started)
+
+
+class LocalClient:
+    """A balancer's client of a real in-process machine (the `MachineClient` protocol);
+    its migrations are `local_mover`'s."""
+
+    def __init__(self, machine: Machine, world: dict[str, Machine]) -> None:
+        self.machine, self.world = machine, world
+
+    @property
+    def name(self) -> str:
+        return self.machine.name
+
+    def load_async(self) -> Reply[tuple[MachineStatistics, list[ProcessInfo]]]:
+        return Reply(self.machine.load())
+
+    def migrate(self, pid: int, destination: str, options: MigrationOptions | None = None,
+                timeout: float | None = None) -> MigrationRecord:
+        return local_mover(options)(self.machine, pid, self.world[destination])
+
+    def cordon(self, timeout: float | None = None) -> None:
+        self.machine.cordon()
+
+    def list_processes(self, timeout: float | None = None) -> list[ProcessInfo]:
+        return self.machine.list_processes()

@@ -346,3 +346,23 @@ class SlowTransport:
 
     def discard(self, handles: tuple[Any, ...]) -> None:
         pass
+
+
+def merge_chunks(chunks: dict[int, bytes]) -> bytes:
+    """One stream from output chunks by offset, overlaps written once (as the scenario
+    runner and exec merge them)."""
+    out = bytearray()
+    for offset, data in sorted(chunks.items()):
+        if offset + len(data) > len(out):
+            out += data[len(out) - offset:]
+    return bytes(out)
+
+
+def drain_output(m: Machine, chunks: dict[int, bytes], pid: int) -> bool:
+    """Poll `m` once, keeping process `pid`'s stdout chunks; whether it ended (and was
+    reaped)."""
+    result = m.poll()
+    for c in result.output:
+        if c.pid == pid and c.fd == 1:
+            chunks[c.offset] = c.data
+    return any(i.pid == pid for i in result.ended)

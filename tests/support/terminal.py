@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import re
 import select
 import signal
 import time
 from collections.abc import Callable, Sequence
 
 from support.processes import group_members
+from tender_ray.cli import status
 
 PATIENCE = 240.0  # seconds a line may take to come on a very busy host
 
@@ -78,3 +80,14 @@ class Terminal:
             os.waitpid(self.pid, 0)
             os.close(self.fd)
             self.status = -1
+
+
+def assert_ctrl_c_kills(t: Terminal) -> None:
+    """^C typed at `t` once its program is ready: exec exits 128+SIGINT with its one-line
+    note (after the terminal's echo of ^C; a library's exit handler may reset attributes
+    after it), and no traceback."""
+    t.type(b"\x03")
+    assert t.finish() == status.SIGNAL_BASE + signal.SIGINT, t.seen
+    text = t.seen.decode()
+    assert re.search(r"\^Ctender-ray: process \d+ killed by SIGINT\r\n", text), text
+    assert "Traceback" not in text

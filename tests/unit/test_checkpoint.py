@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.machines import start, wait_state, wait_until
+from support.machines import drain_output, merge_chunks, start, wait_state, wait_until
 from support.programs import native
 
 from tender_ray.config import CheckpointSpec, MachineConfig
@@ -24,24 +24,6 @@ def _machine(name: str, store: Path, every: float | None = None, pid_base: int =
     spec = CheckpointSpec(every=every, dir=str(store))
     return Machine(MachineConfig(name=name, memory_mib=64, checkpoint=spec,
                                  quantum_us=5_000), pid_base=pid_base)
-
-
-def _merge(chunks: dict[int, bytes]) -> bytes:
-    """One stream from chunks by offset, overlaps written once (as the scenario runner)."""
-    out = bytearray()
-    for offset, data in sorted(chunks.items()):
-        if offset + len(data) > len(out):
-            out += data[len(out) - offset:]
-    return bytes(out)
-
-
-def _drain(m: Machine, chunks: dict[int, bytes], pid: int) -> bool:
-    """Poll once, keeping pid's stdout chunks; whether it ended (and was reaped)."""
-    result = m.poll()
-    for c in result.output:
-        if c.pid == pid and c.fd == 1:
-            chunks[c.offset] = c.data
-    return any(i.pid == pid for i in result.ended)
 
 
 def _writes(m: Machine, pid: int) -> int:
@@ -177,15 +159,15 @@ def test_restart_elsewhere_gives_the_native_output(tmp_path: Path) -> None:
         pid = start(a, "compute_sleep", rounds)
         wait_until(lambda: len(a.recent_checkpoints()) >= 3, timeout=30,
                    what="three periodic checkpoints")
-        _drain(a, chunks, pid)
+        drain_output(a, chunks, pid)
         a.stop()  # the machine is lost, its process with it (the store survives)
         record = b.restart(pid, PlateCheckpointStore(tmp_path))
         assert record.machine == "b" and record.lost_machine == "a" and record.seq >= 2
         deadline = time.monotonic() + 60
-        while not _drain(b, chunks, pid):
+        while not drain_output(b, chunks, pid):
             assert time.monotonic() < deadline, "the restarted process did not end"
             time.sleep(0.05)
-        assert _merge(chunks) == native("compute_sleep", rounds)[1]
+        assert merge_chunks(chunks) == native("compute_sleep", rounds)[1]
         assert b.statistics().checkpoints["restarts"] == 1
     finally:
         a.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from support.machines import start, wait_until
+from support.machines import drain_output, merge_chunks, start, wait_until
 from support.programs import native
 
 from tender_ray.cli.scenario.report import CheckpointAges, RestartedProcess
@@ -32,33 +32,15 @@ def _machine(name: str, store: Path, every: float | None, pid_base: int) -> Mach
                    pid_base=pid_base)
 
 
-def _merge(chunks: dict[int, bytes]) -> bytes:
-    """One stream from chunks by offset, overlaps written once (as the scenario runner)."""
-    out = bytearray()
-    for offset, data in sorted(chunks.items()):
-        if offset + len(data) > len(out):
-            out += data[len(out) - offset:]
-    return bytes(out)
-
-
-def _drain(m: Machine, chunks: dict[int, bytes], pid: int) -> bool:
-    """Poll once, keeping pid's stdout chunks; whether it ended (and was reaped)."""
-    result = m.poll()
-    for c in result.output:
-        if c.pid == pid and c.fd == 1:
-            chunks[c.offset] = c.data
-    return any(i.pid == pid for i in result.ended)
-
-
 def _said_something(m: Machine, pid: int, chunks: dict[int, bytes]) -> None:
-    wait_until(lambda: _drain(m, chunks, pid) or bool(chunks), what="a first line")
+    wait_until(lambda: drain_output(m, chunks, pid) or bool(chunks), what="a first line")
 
 
 def _restart_to_end(c: Machine, pid: int, store: PlateCheckpointStore,
                     chunks: dict[int, bytes]) -> None:
     c.restart(pid, store)
     deadline = time.monotonic() + 60
-    while not _drain(c, chunks, pid):
+    while not drain_output(c, chunks, pid):
         assert time.monotonic() < deadline, "the restarted process did not end"
         time.sleep(0.05)
 
@@ -80,11 +62,11 @@ def test_an_arrival_without_a_checkpoint_is_checkpointed_as_it_arrives(tmp_path:
         assert written.pid == pid and written.machine == "b" and written.full
         assert written.taken_at >= record.started_at
         assert store.taken_at(pid) == written.taken_at
-        _drain(b, chunks, pid)
+        drain_output(b, chunks, pid)
         b.stop()  # lost right after the arrival: the arrival's checkpoint covers it
         _restart_to_end(c, pid, store, chunks)
         assert c.restart_records[0].seq == written.seq
-        assert _merge(chunks) == native("compute_sleep", ROUNDS)[1]
+        assert merge_chunks(chunks) == native("compute_sleep", ROUNDS)[1]
     finally:
         for m in (a, b, c):
             m.stop()
@@ -105,12 +87,12 @@ def test_an_arrival_keeps_its_young_source_checkpoint(tmp_path: Path) -> None:
         migrate_local(a, pid, b)
         assert b.recent_checkpoints() == []
         assert store.latest(pid) == taken.seq and store.taken_at(pid) == taken.taken_at
-        _drain(b, chunks, pid)
+        drain_output(b, chunks, pid)
         b.stop()
         _restart_to_end(c, pid, store, chunks)
         assert c.restart_records[0].seq == taken.seq
         assert c.restart_records[0].lost_machine == "a"  # where the checkpoint was taken
-        assert _merge(chunks) == native("compute_sleep", ROUNDS)[1]
+        assert merge_chunks(chunks) == native("compute_sleep", ROUNDS)[1]
     finally:
         for m in (a, b, c):
             m.stop()

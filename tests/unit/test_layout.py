@@ -71,3 +71,11 @@ def test_views_and_policies_load_no_engine(module: str) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, f"importing {module} loads {result.stdout}{result.stderr}"
+
+
+def test_test_modules_have_names_of_their_own() -> None:
+    """pytest imports test modules by basename (the suites have no __init__.py), so one name in
+    both tests/unit and tests/integration stops the whole run at collection."""
+    tests = PACKAGE.parent / "tests"
+    names = [p.name for d in ("unit", "integration") for p in (tests / d).glob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.balancing import Reply
+from support.balancing import LocalClient
 from support.engines import ENGINES, NATIVE_OK, NATIVE_WHY
 from support.machines import finish, frames_free, local_mover, start, wait_until
 from support.programs import NATIVE_TIMEOUT, native, need
@@ -22,9 +22,7 @@ from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.errors import ProcessTreeError
 from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.migration.options import MigrationOptions
-from tender_ray.migration.record import MigrationRecord
 from tender_ray.resources.file_view import FileViewSpec
 
 MakeMachine = Callable[..., Machine]
@@ -91,30 +89,6 @@ def test_a_process_of_a_tree_is_refused_a_move_by_name(make_machine: MakeMachine
     here.kill(child, signal.SIGTERM)
     status, out, _, info = finish(here, pid)
     assert (status, out) == (0, b"143\n"), info.exit_reason
-
-
-class LocalClient:
-    """A balancer's client of an in-process machine (the `MachineClient` protocol)."""
-
-    def __init__(self, machine: Machine, world: dict[str, Machine]) -> None:
-        self.machine, self.world = machine, world
-
-    @property
-    def name(self) -> str:
-        return self.machine.name
-
-    def load_async(self) -> Reply[tuple[MachineStatistics, list[ProcessInfo]]]:
-        return Reply(self.machine.load())
-
-    def migrate(self, pid: int, destination: str, options: MigrationOptions | None = None,
-                timeout: float | None = None) -> MigrationRecord:
-        return local_mover(options)(self.machine, pid, self.world[destination])
-
-    def cordon(self, timeout: float | None = None) -> None:
-        self.machine.cordon()
-
-    def list_processes(self, timeout: float | None = None) -> list[ProcessInfo]:
-        return self.machine.list_processes()
 
 
 @pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY)

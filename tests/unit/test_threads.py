@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.balancing import Reply
+from support.balancing import LocalClient
 from support.engines import NATIVE_OK, NATIVE_WHY
 from support.machines import assert_clean, finish, local_mover, run_on_machine, start, wait_until
 from support.programs import native, need, run_native
@@ -28,9 +28,7 @@ from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.errors import ProcessStateError
 from tender_ray.kernel.machine import Machine
-from tender_ray.kernel.snapshots import MachineStatistics, ProcessInfo
 from tender_ray.migration.options import MigrationOptions
-from tender_ray.migration.record import MigrationRecord
 
 MakeMachine = Callable[..., Machine]
 native_only = pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY)
@@ -101,30 +99,6 @@ def test_two_threads_of_one_process_hold_two_computations_at_once(
     status, out, _, info = finish(machine, pid)
     assert (status, out) == (128 + 9, b"ready\n"), info.exit_reason
     assert_clean(machine)
-
-
-class LocalClient:
-    """A balancer's client of an in-process machine (the `MachineClient` protocol)."""
-
-    def __init__(self, machine: Machine, world: dict[str, Machine]) -> None:
-        self.machine, self.world = machine, world
-
-    @property
-    def name(self) -> str:
-        return self.machine.name
-
-    def load_async(self) -> Reply[tuple[MachineStatistics, list[ProcessInfo]]]:
-        return Reply(self.machine.load())
-
-    def migrate(self, pid: int, destination: str, options: MigrationOptions | None = None,
-                timeout: float | None = None) -> MigrationRecord:
-        return local_mover(options)(self.machine, pid, self.world[destination])
-
-    def cordon(self, timeout: float | None = None) -> None:
-        self.machine.cordon()
-
-    def list_processes(self, timeout: float | None = None) -> list[ProcessInfo]:
-        return self.machine.list_processes()
 
 
 @native_only

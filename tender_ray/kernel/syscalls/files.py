@@ -42,6 +42,7 @@ from tender_ray.resources.file_view import (
     FileView,
     FileViewSpec,
     Resolved,
+    read_whole,
 )
 from tender_ray.resources.image_file import F_SEAL_SEAL, MAX_IMAGE_FILE, FileBody, ImageFile
 from tender_ray.resources.open_file import (
@@ -516,16 +517,7 @@ def read_in_view(sc: SystemCalls, files: FileViewSpec | None, path: str) -> byte
     resolved = view.resolve(path)
     if resolved.host is None:
         raise OSError(int(Errno.EACCES), f"{path} is not a file of the view")
-    service = sc.file_service
-    handle = service.open(resolved.host, os.O_RDONLY | os.O_NOFOLLOW, 0)
-    try:
-        parts, offset = [], 0
-        while part := service.pread(handle, 1 << 20, offset):
-            parts.append(part)
-            offset += len(part)
-        return b"".join(parts)
-    finally:
-        service.close(handle)
+    return read_whole(sc.file_service, resolved.host, os.O_RDONLY | os.O_NOFOLLOW)
 
 
 def feed_stdin(p: Process, data: bytes, eof: bool) -> int:
