@@ -456,21 +456,26 @@ class MigrationDestination:
                            npt.NDArray[np.int64]]] = []
         ready: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
                           npt.NDArray[np.int64]]] = []
-        for us, area in zip(user_spaces, areas, strict=True):
-            assert us.region is not None
-            indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
+        try:
+            for us, area in zip(user_spaces, areas, strict=True):
+                assert us.region is not None
+                indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
+                if staged:
+                    vpns = (area.start >> PAGE_SHIFT) + indexes
+                    mask, _ = staged.find(vpns)
+                    if mask.any():
+                        mine = staged.take(vpns[mask])
+                        region_frames = us.region.frame_array()
+                        region_frames[indexes[mask]] = mine
+                        us.region.frames = region_frames.tolist()
+                        ready.append((us, indexes[mask], mine))
+                        indexes = indexes[~mask]
+                filled.append((us, indexes, us.region.populate_array(indexes, self.memory,
+                                                                     zero=False)))
+        except BaseException:  # (out of memory, say): the pages no area took yet go back
             if staged:
-                vpns = (area.start >> PAGE_SHIFT) + indexes
-                mask, _ = staged.find(vpns)
-                if mask.any():
-                    mine = staged.take(vpns[mask])
-                    region_frames = us.region.frame_array()
-                    region_frames[indexes[mask]] = mine
-                    us.region.frames = region_frames.tolist()
-                    ready.append((us, indexes[mask], mine))
-                    indexes = indexes[~mask]
-            filled.append((us, indexes, us.region.populate_array(indexes, self.memory,
-                                                                 zero=False)))
+                self.memory.free(staged.clear())
+            raise
         if staged:  # pre-copied pages no area holds now: nobody takes their frames
             self.memory.free(staged.clear())
         frames = (np.concatenate([f for _, _, f in filled]) if filled

@@ -229,6 +229,7 @@ def commit(sc: SystemCalls, loader: ProgramLoader, p: Process, new: NewProgram) 
     close_on_exec(p)
     reset_signals(p)
     p.tid_address = 0  # exec forgets the clear-child-tid address, as Linux's mm_release
+    p.threads.clear()  # (its one thread's record with it: made again on first use)
     p.name = new.comm[:15]
     if p.view is not None:
         p.view.exe = new.exe

@@ -239,7 +239,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         The scheduler calls it once per process, lock held, no computation running it."""
         assert p.state is RunState.ZOMBIE
         p.ended_at = time.time()
-        self.syscall_totals.update(p.accounting.syscalls)
+        self.syscall_totals.update(p.accounting.all_syscalls())
         self.unsupported_totals.update(p.accounting.unsupported)
         process_tree.ended(self, p)  # the parent's zombie record, SIGCHLD
         vm.release_address_space(self.managers, p)
@@ -409,7 +409,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
             cpu_seconds=p.accounting.cpu_seconds, run_seconds=end - p.created_at,
             resident_pages=p.space.resident_pages() if p.space is not self.kernel_space
             and p.space is not None else 0,
-            syscalls=_counter(p.accounting.syscalls),
+            syscalls=_counter(p.accounting.all_syscalls()),
             unsupported=_counter(p.accounting.unsupported),
             migrations=tuple(p.migrations), created_at=p.created_at)
 

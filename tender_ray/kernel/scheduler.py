@@ -194,6 +194,8 @@ class Scheduler:
         with self.cond:
             if isinstance(p, ThreadEntry):
                 p = p.leader
+            if p.exit_status is None:  # (set first: its last other thread's end must not
+                p.exit_status, p.exit_reason = status, reason  # end it as its exit call did)
             for t in list(p.members.values()):
                 self._exit_one(t, status, reason)
                 if t.state.on_cpu:

@@ -256,8 +256,14 @@ class MigrationSource:
 
     def precopy_begin(self, pid: int) -> bool:
         """Track process `pid`'s writes for a pre-copy. False (nothing done) if they are
-        tracked already for another purpose: then it moves by stop-and-copy."""
+        tracked already for another purpose, or it has threads: then it moves by
+        stop-and-copy. ProcessTreeError for a process of a tree (before any page is sent)."""
         assert isinstance(self, WriteTracking)
+        with self.scheduler.lock:
+            p = self.scheduler.get(pid)
+            process_tree.check_movable(self.scheduler.table, p)
+            if p.members:  # (see `_single_threaded`)
+                return False
         if self.is_tracked(pid):
             return False
         self.start_tracking(pid)
@@ -282,6 +288,7 @@ class MigrationSource:
         def look(p: Process) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
                                       npt.NDArray[np.int64]]:
             assert p.space is not None and p.space.dirty is not None
+            _single_threaded(p)
             taken = None if first else p.space.dirty.take()
             vpn_parts: list[npt.NDArray[np.int64]] = []
             frame_parts: list[npt.NDArray[np.int64]] = []
@@ -314,6 +321,8 @@ class MigrationSource:
         """The frozen process's writes since the last live round, and its tracking ends
         (it arrives untracked: the tracking was the pre-copy's)."""
         assert isinstance(self, WriteTracking)
+        with self.scheduler.lock:
+            _single_threaded(self.scheduler.get(pid))
         written = self.take_written(pid)
         self.stop_tracking(pid)
         return written
@@ -396,3 +405,13 @@ class MigrationSource:
             self.migration_totals["local_ok"] += 1
             self.scheduler.get(pid).migrations.append(record)
         return record
+
+
+def _single_threaded(p: Process) -> None:
+    """A pre-copy's rounds take a process's written pages off its one CPU: a second thread
+    running meanwhile on another CPU could go on writing through translations that predate
+    the take, unseen. A process that started a thread during its pre-copy is not moved
+    (MigrationError: it runs on here; asked again, it moves by stop-and-copy)."""
+    if p.members:
+        raise MigrationError(f"process {p.pid} started a thread during its pre-copy; it runs "
+                             "on here, and moves by stop-and-copy when asked again")

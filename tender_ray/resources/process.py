@@ -86,6 +86,15 @@ class Accounting:
     quanta: int = 0
     syscalls: Counter[str] = field(default_factory=Counter)
     unsupported: Counter[str] = field(default_factory=Counter)
+    # The calls of its threads that have ended, kept apart: the sum of `syscalls` numbers
+    # this run entry's own calls, which a re-issued wait is recognised by (`restart_call`).
+    ended_threads: Counter[str] = field(default_factory=Counter)
+
+    def all_syscalls(self) -> Counter[str]:
+        """Every call it made, its ended threads' included (what reports count). (An image
+        written before `ended_threads` existed has none.)"""
+        ended: Counter[str] | None = self.__dict__.get("ended_threads")
+        return self.syscalls + ended if ended is not None else Counter(self.syscalls)
 
 
 class Process:

@@ -78,8 +78,9 @@ def test_a_machine_killed_right_after_an_arrival_loses_nothing(cluster: Cluster)
     assert recovery.lost == () and recovery.elsewhere == ()
     [restart] = recovery.restarted
     assert restart.pid == pid and restart.machine in ("k0", "k2")
-    arrived = moved.started_at + moved.seconds
-    assert restart.taken_at > arrived - EVERY, (restart, moved)  # covered its arrival
+    # covered from its arrival: a checkpoint younger than an interval when the move began
+    # (the source's, kept) or one taken at the commit
+    assert restart.taken_at > moved.started_at - EVERY, (restart, moved)
     assert 0 <= restart.age_seconds <= 2 * EVERY, restart
     _follow(cluster, tracked, {pid})
     assert tracked[pid].output(1) == native("compute_sleep", *args)[1]

@@ -48,14 +48,15 @@ def test_each_thread_keeps_its_own_timed_wait() -> None:
     p.accounting.syscalls["epoll_pwait"] = 5
     t.accounting.syscalls["futex"] = 6  # its next call follows the first thread's last
     long = timed_wait_left(p, 3600.0)
-    assert long is not None and long > 60
+    assert long is not None and long > 60 and p.files.timed_wait is not None
+    deadline = p.files.timed_wait[1]
     short = timed_wait_left(t, 0.0)  # a wait of its own, not the first thread's deadline
     assert short == 0.0
     assert t.thread.timed_wait is not None and t.thread.timed_wait[0] == 6
     p.accounting.syscalls["epoll_pwait"] += 1  # issued again after an early wake
     again = timed_wait_left(p, 3600.0)
-    assert again is not None and again <= long  # its deadline, not a new one
-    assert p.files.timed_wait is not None and p.files.timed_wait[0] == 6  # in the image
+    assert again is not None and again <= long
+    assert p.files.timed_wait == (6, deadline)  # its deadline, not a new one; in the image
     end_timed_wait(t)
     assert t.thread.timed_wait is None and p.files.timed_wait is not None
     end_timed_wait(p)

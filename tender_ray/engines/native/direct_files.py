@@ -26,9 +26,10 @@ Why it is built this way (seccomp facts, Linux 6.x):
   the host. A read whose buffer lies outside it stops at the tracer and the machine serves it;
   its buffer becomes the next window, and since a filter cannot widen, the guest then moves
   into a fresh host process at its next run (a few milliseconds, at most REHOSTS times per
-  process). When a memory call, copy-on-write or write tracking takes any page of the window
-  away, a stacked filter withdraws the window. readv's buffers are in memory: it stays
-  mediated.
+  program a process runs: an exec starts the count again). When a memory call, copy-on-write
+  or write tracking takes any page of the window away, a stacked filter withdraws the window.
+  readv's buffers are in memory: it stays mediated. A guest of several host threads has no
+  direct files: its first clone retires them (`DirectFiles.retire`).
 * Installing: the machine opens the file by its host path (no symlink as the last part) and
   checks it is the very inode its view opened (a renamed directory or a swapped symlink makes
   it another file: it stays mediated through the view's handle); the guest opens
@@ -50,7 +51,6 @@ and `readv` are not direct yet.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -71,7 +71,7 @@ from tender_ray.resources.virtual_user_space import PROT_WRITE
 
 ENABLED = True  # False: every call stays mediated (a stacked filter lets nothing pass)
 LIMIT: Final = 64  # descriptors 0..LIMIT-1 can be direct (the stub's filter says so)
-REHOSTS: Final = 8  # fresh host processes a process may be given to widen its buffer window
+REHOSTS: Final = 8  # fresh host processes a program may be given to widen its buffer window
 WINDOW_BYTES: Final = 16 << 20  # the most of one area a buffer window covers (made present)
 REGAIN_BYTES: Final = 1 << 20  # a file this large at a dropped number is worth a fresh host
 HINT_BYTES: Final = 4096  # a mediated read at least this long on a direct fd moves the window
@@ -248,18 +248,41 @@ class DirectFiles:
         self._hint: int | None = None  # a buffer a mediated read on a direct fd used
         self._regain = False  # a large eligible file sits at a number the filters dropped
         self.rehosts = 0
+        # A guest of several host threads has no direct files: its first thread's filters
+        # let nothing pass from its first clone on (`retire`), and the other threads' contexts
+        # never stack or install (`of_a_thread`): several tables of direct numbers for one
+        # host descriptor table would disagree, and each thread's filters would pile up.
+        self.retired = False
+        self.of_a_thread = False
 
     def unbind(self) -> None:
         self.table = None
         self._hint = None
         self._regain = False
         self.rehosts = 0
+        self.retired = False  # (a new process on this context: a new host process)
+
+    def retire(self, host: Host) -> None:
+        """The guest is about to have a second host thread (tracer thread, `host` stopped):
+        from now on every data-plane call is mediated, for every thread (the filter is
+        stacked on the whole host process, and a new thread inherits it)."""
+        if self.of_a_thread or self.retired:
+            return
+        self.retired = True
+        if self._host is host:
+            self._stack(host, 0, None)  # also closes the direct numbers in the host
+            self._hint = None
+            self._regain = False
+
+    @property
+    def _off(self) -> bool:
+        return self.retired or self.of_a_thread
 
     def wants_rehost(self, host: Host, space: VirtualSpace) -> bool:
         """A fresh host process would let this process's reads pass (see the docstring);
         never for a guest of several host threads (a fresh process would lose them)."""
         group = _group(host)
-        return (group is self._host and ENABLED and self.rehosts < REHOSTS
+        return (not self._off and group is self._host and ENABLED and self.rehosts < REHOSTS
                 and group is host and not getattr(group, "threads", None)
                 and ((self._hint is not None and bool(self._direct)) or self._regain)
                 and space.dirty is None)
@@ -281,6 +304,8 @@ class DirectFiles:
                    sync: Callable[[int, int], None]) -> None:
         """At the start of a run: a new host process gets its narrowing filter (with a buffer
         window where a mediated read showed one); then the descriptors are brought in line."""
+        if self._off:
+            return
         if _group(host) is not self._host:
             self._host = _group(host)
             self._direct = {}
@@ -307,7 +332,7 @@ class DirectFiles:
         """After the machine served a call: bring the descriptors in line. True: a read on
         a direct descriptor stopped here (its buffer was outside the window) and a fresh
         host process would let the next ones pass, so the run should end now."""
-        if _group(host) is not self._host:
+        if self._off or _group(host) is not self._host:
             return False
         if (nr in (SYS_READ, SYS_PREAD64) and (args[0] & 0xFFFFFFFF) in self._direct
                 and args[2] >= HINT_BYTES):
@@ -319,7 +344,7 @@ class DirectFiles:
         """Make the host's descriptors below LIMIT the direct ones of the guest's table, and
         narrow the filter where a number now holds a mediated file or the window lost a
         page. `host` is the stopped thread that makes the injected calls."""
-        if _group(host) is not self._host:
+        if self._off or _group(host) is not self._host:
             return
         table = self.table() if self.table is not None else None
         entries = table.entries if table is not None else {}
@@ -497,8 +522,3 @@ def _poke_bytes(host: Host, address: int, data: bytes) -> None:
     data = data + bytes(-len(data) % 8)
     for i in range(0, len(data), 8):
         host.poke(address + i, int.from_bytes(data[i:i + 8], "little"))
-
-
-def close_link(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)

@@ -50,8 +50,10 @@ def spawn(cpu: NativeCpu) -> NativeCpu:
         raise EngineError("native CPU has no running guest to make a thread in")
     if threading.current_thread() is not tracer.thread:
         raise EngineError("a host thread can only be made at a system call stop")
+    cpu.direct.retire(host)  # no direct files for a guest of several threads
     thread = _clone(tracer, host)
     context = type(cpu)(cpu.memory, replay=cpu._replay)
+    context.direct.of_a_thread = True
     # Its host is there before the stub it asked the tracer for is made (this thread makes
     # it, after this call), so none is.
     context._host = thread

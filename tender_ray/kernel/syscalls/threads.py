@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -169,7 +170,9 @@ def thread_ended(sc: SystemCalls, t: ThreadEntry) -> None:
     leader = t.leader
     leader.threads.pop(t.tid, None)
     sc.futexes.cancel(t.thread)
-    leader.accounting.syscalls.update(t.accounting.syscalls)
+    if not hasattr(leader.accounting, "ended_threads"):  # (an older image's)
+        leader.accounting.ended_threads = Counter()
+    leader.accounting.ended_threads.update(t.accounting.all_syscalls())
     leader.accounting.unsupported.update(t.accounting.unsupported)
     leader.accounting.cpu_seconds += t.accounting.cpu_seconds
     if leader.exit_status is None:
