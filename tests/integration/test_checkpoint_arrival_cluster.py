@@ -5,17 +5,16 @@ the native run, nothing lost; and the crash scenario with moves onto the machine
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
-from support.clusters import own_cluster, run_scenario_to_end
+from support.clusters import exec_workload, follow_output, own_cluster, run_scenario_to_end
 from support.machines import wait_until
-from support.programs import ROOT, native, workload
+from support.programs import ROOT, native
 
 from tender_ray.cli.scenario.model import read_scenario
 from tender_ray.cli.scenario.run import Tracked
-from tender_ray.cluster import Cluster, MachineHandle
+from tender_ray.cluster import Cluster
 from tender_ray.cluster.supervisor import crash, recover
 from tender_ray.config import CheckpointSpec, MachineConfig
 
@@ -34,25 +33,6 @@ def _config(name: str) -> MachineConfig:
                          checkpoint=CheckpointSpec(every=EVERY))
 
 
-def _exec(h: MachineHandle, program: str, *args: str) -> int:
-    return h.exec(workload(program).read_bytes(), program, [program, *args])
-
-
-def _follow(cluster: Cluster, tracked: dict[int, Tracked], until_ended: set[int]) -> None:
-    """Poll every machine, keeping output chunks by offset, until `until_ended` have ended."""
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while until_ended:
-        assert time.monotonic() < deadline, f"{until_ended} did not end"
-        for result in cluster.poll_all().values():
-            if isinstance(result, BaseException):
-                continue
-            for chunk in result.output:
-                if chunk.pid in tracked:
-                    tracked[chunk.pid].chunks[chunk.fd][chunk.offset] = chunk.data
-            until_ended -= {i.pid for i in result.ended}
-        time.sleep(0.05)
-
-
 def test_a_machine_killed_right_after_an_arrival_loses_nothing(cluster: Cluster) -> None:
     """The destination's actor is killed as soon as the arrival is on record there.
 
@@ -66,7 +46,7 @@ def test_a_machine_killed_right_after_an_arrival_loses_nothing(cluster: Cluster)
     b = cluster.add_machine(_config("k1"))
     cluster.add_machine(_config("k2"))
     args = ("150",)
-    pid = _exec(a, "compute_sleep", *args)
+    pid = exec_workload(a, "compute_sleep", *args)
     tracked = {pid: Tracked(arrival=None, where="k0")}  # type: ignore[arg-type]
     moved = a.migrate(pid, "k1", timeout=RUN_TIMEOUT)
     assert moved.result == "ok", moved
@@ -82,7 +62,7 @@ def test_a_machine_killed_right_after_an_arrival_loses_nothing(cluster: Cluster)
     # (the source's, kept) or one taken at the commit
     assert restart.taken_at > moved.started_at - EVERY, (restart, moved)
     assert 0 <= restart.age_seconds <= 2 * EVERY, restart
-    _follow(cluster, tracked, {pid})
+    follow_output(cluster, tracked, {pid})
     assert tracked[pid].output(1) == native("compute_sleep", *args)[1]
     for name in ("k0", "k2"):
         cluster.stop_machine(name)

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.clusters import own_cluster, run_scenario_to_end
+from support.clusters import exec_workload, follow_output, own_cluster, run_scenario_to_end
 from support.machines import frames_free, wait_until
 from support.programs import ROOT, native, workload
 
 from tender_ray.cli.execute import ExecResult, execute
 from tender_ray.cli.scenario.model import read_scenario
 from tender_ray.cli.scenario.run import Tracked
-from tender_ray.cluster import Cluster, MachineHandle
+from tender_ray.cluster import Cluster
 from tender_ray.cluster.supervisor import crash, recover
 from tender_ray.config import CheckpointSpec, MachineConfig
 
@@ -38,31 +38,12 @@ def _config(name: str, every: float | None) -> MachineConfig:
                          checkpoint=CheckpointSpec(every=every) if every else None)
 
 
-def _exec(h: MachineHandle, program: str, *args: str) -> int:
-    return h.exec(workload(program).read_bytes(), program, [program, *args])
-
-
-def _follow(cluster: Cluster, tracked: dict[int, Tracked], until_ended: set[int]) -> None:
-    """Poll every machine, keeping output chunks by offset, until `until_ended` have ended."""
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while until_ended:
-        assert time.monotonic() < deadline, f"{until_ended} did not end"
-        for result in cluster.poll_all().values():
-            if isinstance(result, BaseException):
-                continue
-            for chunk in result.output:
-                if chunk.pid in tracked:
-                    tracked[chunk.pid].chunks[chunk.fd][chunk.offset] = chunk.data
-            until_ended -= {i.pid for i in result.ended}
-        time.sleep(0.05)
-
-
 def test_a_crashed_machines_processes_restart_elsewhere_with_native_output(
         cluster: Cluster) -> None:
     a = cluster.add_machine(_config("c0", every=0.3))
     cluster.add_machine(_config("c1", every=0.3))
     workloads = {"compute_sleep": ("150",), "memhold": ("8", "200", "10")}
-    pids = {_exec(a, name, *args): (name, args) for name, args in workloads.items()}
+    pids = {exec_workload(a, name, *args): (name, args) for name, args in workloads.items()}
     tracked = {pid: Tracked(arrival=None, where="c0") for pid in pids}  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
     while not set(pids) <= set(a.checkpointed()):  # each has a checkpoint
@@ -76,7 +57,7 @@ def test_a_crashed_machines_processes_restart_elsewhere_with_native_output(
     assert {r.pid for r in recovery.restarted} == set(pids)
     assert all(r.machine == "c1" and r.lost_machine == "c0" for r in recovery.restarted)
     assert "c0" not in cluster.machines
-    _follow(cluster, tracked, set(pids))
+    follow_output(cluster, tracked, set(pids))
     for pid, (name, args) in pids.items():
         assert tracked[pid].output(1) == native(name, *args)[1], name
     # The machine they restarted on gives back every frame once they have ended.
@@ -91,9 +72,9 @@ def test_without_a_usable_checkpoint_a_process_is_lost_with_the_reason(
         cluster: Cluster) -> None:
     a = cluster.add_machine(_config("d0", every=None))  # checkpoints only when asked
     b = cluster.add_machine(_config("d1", every=None))
-    never = _exec(a, "compute_sleep", "400")
-    corrupt = _exec(a, "compute_sleep", "400")
-    other = _exec(b, "compute_sleep", "20")  # on the machine that lives: undisturbed
+    never = exec_workload(a, "compute_sleep", "400")
+    corrupt = exec_workload(a, "compute_sleep", "400")
+    other = exec_workload(b, "compute_sleep", "20")  # on the machine that lives: undisturbed
     record = a.checkpoint(corrupt)
     delta = Path(record.store) / str(corrupt) / f"{record.seq}.delta"
     raw = bytearray(delta.read_bytes())
@@ -106,7 +87,7 @@ def test_without_a_usable_checkpoint_a_process_is_lost_with_the_reason(
     assert reasons[never] == "no checkpoint"
     assert "checksum" in reasons[corrupt]
     tracked = {other: Tracked(arrival=None, where="d1")}  # type: ignore[arg-type]
-    _follow(cluster, tracked, {other})
+    follow_output(cluster, tracked, {other})
     assert tracked[other].output(1) == native("compute_sleep", "20")[1]
     assert [p.pid for p in b.list_processes()] == []  # nothing was made for the lost ones
     cluster.stop_machine("d1")

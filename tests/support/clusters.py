@@ -19,7 +19,10 @@ from tender_ray.config import MachineConfig
 if TYPE_CHECKING:
     from tender_ray.cli.scenario.model import ScenarioFile
     from tender_ray.cli.scenario.report import Report
-    from tender_ray.cluster import Cluster
+    from tender_ray.cli.scenario.run import Tracked
+    from tender_ray.cluster import Cluster, MachineHandle
+
+FOLLOW_TIMEOUT = 120.0  # seconds `follow_output` waits for the processes to end
 
 
 @contextlib.contextmanager
@@ -65,3 +68,25 @@ def run_scenario_to_end(read: ScenarioFile, timeout: float, *, policy: str | Non
         run.cluster.shutdown()
         raise
     return run.finish(report_dir).report, events
+
+
+def exec_workload(h: MachineHandle, program: str, *args: str) -> int:
+    """Start workload `program` on machine `h`; its pid."""
+    from support.programs import workload
+
+    return h.exec(workload(program).read_bytes(), program, [program, *args])
+
+
+def follow_output(cluster: Cluster, tracked: dict[int, Tracked], until_ended: set[int]) -> None:
+    """Poll every machine, keeping output chunks by offset, until `until_ended` have ended."""
+    deadline = time.monotonic() + FOLLOW_TIMEOUT
+    while until_ended:
+        assert time.monotonic() < deadline, f"{until_ended} did not end"
+        for result in cluster.poll_all().values():
+            if isinstance(result, BaseException):
+                continue
+            for chunk in result.output:
+                if chunk.pid in tracked:
+                    tracked[chunk.pid].chunks[chunk.fd][chunk.offset] = chunk.data
+            until_ended -= {i.pid for i in result.ended}
+        time.sleep(0.05)
