@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pytest
 import ray
 import yaml
 from support.clusters import run_scenario_to_end
-from support.programs import run_native, workload
+from support.programs import native_standby, run_native, workload
 
 from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
@@ -30,10 +31,10 @@ from tender_ray.cli.execute import execute
 from tender_ray.cli.live import print_compare, print_summary
 from tender_ray.cli.scenario.model import load_scenario, read_scenario
 from tender_ray.cli.scenario.report import ProcessReport, Report
-from tender_ray.cli.scenario.run import ScenarioRun, Tracked, native_run, run_live
+from tender_ray.cli.scenario.run import ScenarioRun, Tracked, run_live
 from tender_ray.cluster import NAMESPACE, Cluster, MachineHandle
 from tender_ray.config import MachineConfig
-from tender_ray.errors import BadProgramError, ConfigError
+from tender_ray.errors import BadProgramError, ConfigError, TenderError
 from tender_ray.migration.options import MigrationOptions
 from tender_ray.migration.record import MigrationRecord
 
@@ -319,6 +320,9 @@ def test_a_program_that_cannot_run_does_not_stop_the_scenario(tmp_path: Path) ->
 # --- the balancer actor with real machine actors --------------------------------------------
 
 def test_balancer_actor_spreads_processes_over_machine_actors() -> None:
+    """Four computing processes on one of two machine actors: the threshold balancer moves
+    some to the other. They run until told (standby spin), so the test waits for the spread
+    itself, not for the processes to last long enough on this host."""
     cluster = Cluster(prefix="balancer-test-")
     try:
         for name in ("a", "b"):
@@ -326,16 +330,17 @@ def test_balancer_actor_spreads_processes_over_machine_actors() -> None:
         cluster.start_balancer(BalancerParams(policy=Policy.THRESHOLD, margin=0.5,
                                               max_moves=2, cooldown=1.0),
                                MigrationOptions(), interval=0.2)
-        path = workload("sieve")
-        args = ["12000000"]
-        pids = [cluster.machine("a").exec(path.read_bytes(), "sieve", ["sieve", *args])
+        path = workload("standby")
+        args = ["1", "spin"]
+        pids = [cluster.machine("a").exec(path.read_bytes(), "standby", ["standby", *args])
                 for _ in range(4)]
         chunks: dict[int, dict[int, bytes]] = {pid: {} for pid in pids}
         ended: dict[int, Any] = {}
         spread_seen: set[str] = set()
+        told: set[int] = set()
         deadline = time.monotonic() + RUN_TIMEOUT
         while len(ended) < len(pids):
-            assert time.monotonic() < deadline, f"not all ended: {sorted(ended)}"
+            assert time.monotonic() < deadline, f"spread over {spread_seen}, ended {sorted(ended)}"
             for name, result in cluster.poll_all().items():
                 assert not isinstance(result, BaseException), result
                 if any(p.pid in chunks for p in result.processes):
@@ -345,14 +350,18 @@ def test_balancer_actor_spreads_processes_over_machine_actors() -> None:
                         chunks[c.pid][c.offset] = c.data
                 for info in result.ended:
                     ended[info.pid] = info
+            if spread_seen == {"a", "b"}:  # spread: each is told to finish, where it is now
+                for pid in set(pids) - told:
+                    with contextlib.suppress(TenderError):  # (moving just then: next round)
+                        cluster.locate(pid).kill(pid, signal.SIGUSR1)
+                        told.add(pid)
             time.sleep(0.1)
         state = cluster.balancer_state()
-        assert spread_seen == {"a", "b"}, spread_seen
         assert state.migrations, state.failures
         assert state.rounds > 0 and state.decisions >= len(state.migrations)
         assert all(r.reason == "threshold" and r.source != r.destination
                    for r in state.migrations)
-        native_out = native_run(path, args)
+        native_out = native_standby(*args)[1]
         for pid in pids:
             out = b"".join(d for _, d in sorted(chunks[pid].items()))
             assert (ended[pid].exit_status, out) == (0, native_out)
