@@ -274,15 +274,17 @@ class DirectFiles:
             self._hint = None
             self._regain = False
 
-    @property
-    def _off(self) -> bool:
-        return self.retired or self.of_a_thread
+    def _off(self, host: Host) -> bool:
+        """Whether direct files are off for the guest `host` runs (it has, or had, threads:
+        a context bound again keeps them off while its host process has threads)."""
+        return (self.retired or self.of_a_thread or host.leader is not None
+                or bool(host.threads))
 
     def wants_rehost(self, host: Host, space: VirtualSpace) -> bool:
         """A fresh host process would let this process's reads pass (see the docstring);
         never for a guest of several host threads (a fresh process would lose them)."""
         group = _group(host)
-        return (not self._off and group is self._host and ENABLED and self.rehosts < REHOSTS
+        return (not self._off(host) and group is self._host and ENABLED and self.rehosts < REHOSTS
                 and group is host and not getattr(group, "threads", None)
                 and ((self._hint is not None and bool(self._direct)) or self._regain)
                 and space.dirty is None)
@@ -304,7 +306,13 @@ class DirectFiles:
                    sync: Callable[[int, int], None]) -> None:
         """At the start of a run: a new host process gets its narrowing filter (with a buffer
         window where a mediated read showed one); then the descriptors are brought in line."""
-        if self._off:
+        if self._off(host):
+            if not self.of_a_thread and host.leader is None and host is not self._host:
+                # a fresh host process for a guest whose files stay mediated: the stub's
+                # wide filter must not let its reads reach the (empty) host descriptors
+                self._host, self._direct, self._filters = host, {}, 0
+                self._allowed, self._window = (1 << LIMIT) - 1, None
+                self._stack(host, 0, None)
             return
         if _group(host) is not self._host:
             self._host = _group(host)
@@ -332,7 +340,7 @@ class DirectFiles:
         """After the machine served a call: bring the descriptors in line. True: a read on
         a direct descriptor stopped here (its buffer was outside the window) and a fresh
         host process would let the next ones pass, so the run should end now."""
-        if self._off or _group(host) is not self._host:
+        if self._off(host) or _group(host) is not self._host:
             return False
         if (nr in (SYS_READ, SYS_PREAD64) and (args[0] & 0xFFFFFFFF) in self._direct
                 and args[2] >= HINT_BYTES):
@@ -344,7 +352,7 @@ class DirectFiles:
         """Make the host's descriptors below LIMIT the direct ones of the guest's table, and
         narrow the filter where a number now holds a mediated file or the window lost a
         page. `host` is the stopped thread that makes the injected calls."""
-        if self._off or _group(host) is not self._host:
+        if self._off(host) or _group(host) is not self._host:
             return
         table = self.table() if self.table is not None else None
         entries = table.entries if table is not None else {}
