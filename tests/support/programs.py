@@ -71,30 +71,29 @@ def native(name: str, *args: str) -> tuple[int, bytes, bytes]:
     return run_native(workload(name), args, {})
 
 
+def _native_told(name: str, ready: bytes, args: tuple[str, ...]) -> tuple[int, bytes, bytes]:
+    """(returncode, stdout, stderr) of workload `name` run on the host and told to finish
+    (SIGUSR1) as soon as it prints its `ready` line."""
+    with subprocess.Popen([os.fspath(workload(name)), *args], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first == ready, f"{name} {args} said {first!r}, not that it is ready"
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=NATIVE_TIMEOUT)
+    return proc.returncode, first + out, err
+
+
 @functools.cache
 def native_standby(*args: str) -> tuple[int, bytes, bytes]:
     """(status, stdout, stderr) of `standby` run on the host and told to finish (SIGUSR1)
     as soon as it says it is ready, as the tests tell it on a machine (cached)."""
-    with subprocess.Popen([os.fspath(workload("standby")), *args], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}) as proc:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first == STANDBY_READY, f"standby {args} said {first!r}, not that it is ready"
-        proc.send_signal(signal.SIGUSR1)
-        out, err = proc.communicate(timeout=NATIVE_TIMEOUT)
-    status = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-    return status, first + out, err
+    code, out, err = _native_told("standby", STANDBY_READY, args)
+    return (code if code >= 0 else 128 - code), out, err
 
 
 @functools.cache
 def native_writeset(*args: str) -> tuple[int, bytes, bytes]:
     """(status, stdout, stderr) of `writeset` run on the host and told to finish (SIGUSR1) as
     soon as it says it is ready (cached)."""
-    with subprocess.Popen([os.fspath(workload("writeset")), *args], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={}) as proc:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first == WRITESET_READY, f"writeset {args} said {first!r}, not that it is ready"
-        proc.send_signal(signal.SIGUSR1)
-        out, err = proc.communicate(timeout=NATIVE_TIMEOUT)
-    return proc.returncode, first + out, err
+    return _native_told("writeset", WRITESET_READY, args)
