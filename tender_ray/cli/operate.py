@@ -90,8 +90,11 @@ def start_head(num_cpus: int, object_store_mib: int) -> tuple[str, int]:
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
             # Head and drivers must agree on authentication; drivers here run without a
-            # token unless the user set RAY_AUTH_MODE, so the head does the same.
-            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+            # token unless the user set RAY_AUTH_MODE, so the head does the same. On
+            # SIGTERM (`down`) a head drains itself for up to Ray's 30 s first; `down` has
+            # stopped the machines already, so there is nothing to drain: it stops at once.
+            env={"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **os.environ,
+                 "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ from tender_ray.cluster.embedded import (
     EmbeddedRay,
     _start_embedded_ray,
     embedded_kwargs,
+    stop_embedded_ray,
 )
 from tender_ray.cluster.exporter_actor import EXPORTER_NAME, RemoteExporter
 from tender_ray.cluster.handles import (
@@ -412,7 +413,7 @@ class Cluster:
         for name in list(self._machines):
             self.stop_machine(name)
         if self._owns_ray:
-            ray.shutdown()
+            stop_embedded_ray()
             self._owns_ray = False
         if self._shared_tmp is not None:
             self._shared_tmp.cleanup()

@@ -51,7 +51,11 @@ def _environment() -> dict[str, str]:
     # token unless the user set RAY_AUTH_MODE, so the nodes do the same.
     # A raylet waits this long for its node's agents to say their ports; with Ray's default
     # it gave up after about 8 s on a busy host (their Python start-up is slow) and died.
-    return {"RAY_agent_register_timeout_ms": "25000", **os.environ,
+    # On SIGTERM a `ray start --block` node first drains itself for up to Ray's 30 s
+    # (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S); a node stopped here has nothing left to drain
+    # (and a killed one must not be drained), so it stops at once.
+    return {"RAY_agent_register_timeout_ms": "25000",
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", **os.environ,
             "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
 
 

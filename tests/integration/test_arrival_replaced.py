@@ -19,6 +19,7 @@ from support.clusters import run_scenario_to_end
 from tender_ray.cli.scenario.model import read_scenario
 from tender_ray.cli.scenario.report import ProcessReport, Report
 from tender_ray.cluster import NAMESPACE
+from tender_ray.cluster.embedded import stop_embedded_ray
 
 RUN_TIMEOUT = 120.0
 
@@ -34,7 +35,7 @@ def local_ray() -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        stop_embedded_ray()
 
 
 def _run(tmp_path: Path, data: dict[str, Any]) -> tuple[Report, list[str]]:

@@ -33,6 +33,7 @@ from tender_ray.cli.scenario.model import load_scenario, read_scenario
 from tender_ray.cli.scenario.report import ProcessReport, Report
 from tender_ray.cli.scenario.run import ScenarioRun, Tracked, run_live
 from tender_ray.cluster import NAMESPACE, Cluster, MachineHandle
+from tender_ray.cluster.embedded import stop_embedded_ray
 from tender_ray.config import MachineConfig
 from tender_ray.errors import BadProgramError, ConfigError, TenderError
 from tender_ray.migration.options import MigrationOptions
@@ -64,7 +65,7 @@ def local_ray() -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        stop_embedded_ray()
 
 
 def write(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import ray
 
-from tender_ray.cluster import cluster
+from tender_ray.cluster import cluster, embedded
 
 TIMEOUT = Exception("The current node timed out during startup. This could happen because "
                     "some of the raylet failed to startup or the GCS has become overloaded.")
@@ -68,3 +68,28 @@ def test_other_failures_and_a_second_timeout_are_raised(
         cluster._start_embedded_ray({})
     assert raised.value is errors[-1]
     assert len(calls) == len(errors)
+
+
+def _child_named(tmp_path: Path, relative: str) -> subprocess.Popen[bytes]:
+    """A child whose command line is the Ray program at `relative` under a `ray/` tree."""
+    program = tmp_path / "ray" / relative
+    program.parent.mkdir(parents=True, exist_ok=True)
+    program.symlink_to("/bin/sleep")
+    return subprocess.Popen([os.fspath(program), "600"])
+
+
+def test_the_autoscaler_monitor_is_ended_first_and_the_rest_left_to_ray(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monitor = _child_named(tmp_path, "autoscaler/_private/monitor.py")
+    log_monitor = _child_named(tmp_path, "_private/log_monitor.py")
+    seen: list[int | None] = []
+    # Ray's shutdown comes after the monitor is gone (and is what reaps it).
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.append(monitor.wait(timeout=60)))
+    try:
+        embedded.stop_embedded_ray()
+        assert seen == [-9]
+        assert log_monitor.poll() is None  # Ray's own to stop
+    finally:
+        for p in (monitor, log_monitor):
+            p.kill()
+            p.wait()
