@@ -63,7 +63,8 @@ endef
 # (perl is asked for by its cpan: /usr/bin/perl alone is the essential perl-base).
 $(SYSTEM_TEST_STAMP):
 	$(call system_packages,prometheus:prometheus busybox:busybox-static gzip:gzip xz:xz-utils bc:bc /usr/bin/python3:python3 /usr/bin/sha256sum:coreutils \
-		/usr/bin/cpan:perl sqlite3:sqlite3 jq:jq bzip2:bzip2 /usr/bin/node:nodejs)
+		/usr/bin/cpan:perl sqlite3:sqlite3 jq:jq bzip2:bzip2 /usr/bin/node:nodejs \
+		gojq:gojq)
 
 # musl-gcc rebuilds workloads/ (the binaries are committed: running does not need it).
 $(SYSTEM_WORKLOADS_STAMP):

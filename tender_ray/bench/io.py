@@ -19,10 +19,13 @@ distorts far less. `--calls` adds one call's cost (getppid, clock_gettime) nativ
 engine, and one stop's through ptrace against seccomp user notification:
 
     tender-ray bench io [--size 256] [--engines native,emulated] [--repeat 3] [--no-ray]
-                        [--calls 20000] [--only-calls] [--no-direct-files] [--json out.json]
+                        [--calls 20000] [--only-calls] [--no-direct-files] [--no-output-pipes]
+                        [--json out.json]
 
 `--no-direct-files` makes the native engine mediate every call, as before it held read-only
-files as real host descriptors (engines/native/direct_files.py): the column to compare with.
+files as real host descriptors (engines/native/direct_files.py): the column to compare with;
+`--no-output-pipes` mediates only the writes to standard output and error, as before they
+were host pipes (engines/native/output_pipes.py).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tender_ray.bench.options import DEFAULT_ENGINES, usable_engines
 from tender_ray.config import Engine, HostFiles, MachineConfig
-from tender_ray.engines.native import direct_files
+from tender_ray.engines.native import direct_files, output_pipes
 from tender_ray.errors import ProcessStateError
 from tender_ray.kernel.machine import Machine
 from tender_ray.kernel.snapshots import ProcessInfo
@@ -408,9 +411,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tender_ray.be
                         help="measure only the per-call costs")
     parser.add_argument("--no-direct-files", action="store_true",
                         help="the native engine mediates every call (no real descriptors)")
+    parser.add_argument("--no-output-pipes", action="store_true",
+                        help="the native engine mediates every write to stdout and stderr "
+                             "(reads of files may still be direct)")
     ns = parser.parse_args(argv)
     if ns.no_direct_files:
         direct_files.ENABLED = False
+    if ns.no_output_pipes:
+        output_pipes.ENABLED = False
     if ns.size < 1 or ns.repeat < 1:
         parser.error("--size and --repeat must be at least 1")
     if ns.calls < 0:

@@ -42,6 +42,9 @@ TARGETS = {"precopy_freeze_ratio": "<= 0.1 at 256 MiB",
            "precopy_bytes_ratio": "<= 1.5 for the writing working set"}
 WRITE_SHARE = 8  # the writing working set: 1/8 of the heap
 READY = b"writeset: ready\n"
+# The phases of a migration that fall in its freeze (from the freeze to the commit).
+FREEZE_PHASES = ("freeze", "export", "transform_space", "transform_program", "transform_start",
+                 "transform_call", "commit")
 MODES = {"stop": MigrationOptions(mode=MigrationMode.STOP),
          "precopy": MigrationOptions(mode=MigrationMode.PRECOPY)}
 
@@ -152,6 +155,13 @@ def print_precopy_table(result: dict[str, Any]) -> None:
                       f"{p['dirty_rate_mb_s']:.0f}")
     console = Console(width=200)
     console.print(table)
+    for r in result["rows"]:  # what the pre-copy freeze was spent on, largest first
+        p = r["precopy"]
+        spent = sorted(((p["phases"].get(k, 0.0), k) for k in FREEZE_PHASES), reverse=True)
+        console.print(f"{r['mib']} MiB, writing {r['write_mib']}: pre-copy freeze "
+                      f"{1000 * p['freeze_seconds']:.1f} ms, "
+                      + ", ".join(f"{k} {1000 * v:.1f}" for v, k in spent[:4])
+                      + f" ms; {p['freeze_bytes'] / (1 << 20):.2f} MiB sent frozen")
     console.print("targets: " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()))
 
 

@@ -6,9 +6,10 @@ Every call names its migration by id. What an arriving migration made is held un
 that each call of its source renews; a source silent past the lease (it died, or lost its way)
 has it all released by the lease reaper, and the migration is then EXPIRED: it can never
 commit. A pre-copy's live rounds stage page contents here (in frames of this machine, by
-virtual page) under the same lease; the final transform maps the staged frames that are still
-valid into the arriving process without another copy, and whatever it does not take is freed
-with the migration. Commit and abort are idempotent and exclusive (the first one to decide
+virtual page) under the same lease; its live image has the arriving space built around them
+while the process still runs, and the freeze's transform only patches that space and commits
+in the same call (`kernel.staged_space`); whatever the process does not take is freed with the
+migration. Commit and abort are idempotent and exclusive (the first one to decide
 wins; the other answers with it), and the outcome of recent migrations is remembered, so a
 source that lost an answer asks again instead of guessing.
 
@@ -37,8 +38,9 @@ from tender_ray.errors import (
     OutOfMemoryError,
 )
 from tender_ray.kernel import address_space as vm
-from tender_ray.kernel import shared_text, thread_group, tracking
+from tender_ray.kernel import shared_text, staged_space, thread_group, tracking
 from tender_ray.kernel.scheduler import Scheduler
+from tender_ray.kernel.staged_space import StagedPages
 from tender_ray.kernel.syscalls import SystemCalls
 from tender_ray.migration.faults import FaultPlan
 from tender_ray.migration.image import AreaImage, ProcessImage
@@ -49,7 +51,7 @@ from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process
 from tender_ray.resources.program import parse_program
-from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE, RealMemory
+from tender_ray.resources.real_memory import PAGE_SIZE, RealMemory
 from tender_ray.resources.virtual_region import NOT_PRESENT
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import VirtualUserSpace
@@ -74,47 +76,6 @@ class IncomingMigration:
     # Pre-copy: the frames holding the pages of its live rounds, by virtual page number,
     # until the final transform maps them (or the migration ends without it: then freed).
     staged: StagedPages = field(default_factory=lambda: StagedPages())
-
-
-class StagedPages:
-    """Frames holding a pre-copy's pages at the destination, by virtual page number (sorted
-    arrays: a round or the final transform looks up thousands of pages at once)."""
-
-    def __init__(self) -> None:
-        self.vpns = np.zeros(0, dtype=np.int64)
-        self.frames = np.zeros(0, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return int(self.vpns.size)
-
-    def find(self, vpns: npt.NDArray[np.int64]
-             ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-        """Which of `vpns` are staged, and the positions of those in the arrays."""
-        at = np.searchsorted(self.vpns, vpns)
-        found = at < self.vpns.size
-        found[found] = self.vpns[at[found]] == vpns[found]
-        return found, at[found]
-
-    def add(self, vpns: npt.NDArray[np.int64], frames: npt.NDArray[np.int64]) -> None:
-        """Stage pages not staged yet, in these frames."""
-        order = np.argsort(np.concatenate([self.vpns, vpns]), kind="stable")
-        self.vpns = np.concatenate([self.vpns, vpns])[order]
-        self.frames = np.concatenate([self.frames, frames])[order]
-
-    def take(self, vpns: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """The frames of `vpns` (all staged), no longer staged here."""
-        _, at = self.find(vpns)
-        frames = self.frames[at]
-        keep = np.ones(self.vpns.size, dtype=bool)
-        keep[at] = False
-        self.vpns, self.frames = self.vpns[keep], self.frames[keep]
-        return frames
-
-    def clear(self) -> npt.NDArray[np.int64]:
-        """Every staged frame, none staged any more."""
-        frames = self.frames
-        self.vpns = self.frames = np.zeros(0, dtype=np.int64)
-        return frames
 
 
 class MigrationDestination:
@@ -300,6 +261,9 @@ class MigrationDestination:
             if m.pid != image.pid:
                 raise MigrationError(f"migration {mid} brings process {m.pid}, not "
                                      f"{image.pid}")
+            if image.precopy is not None and image.precopy.live:
+                return staged_space.prepare(self.managers, m.process, image, options,
+                                            m.staged, self._add_image_area)
             started_at = time.time()
             phases = self._transform(m.process, image, transport, options, m.staged)
             self._free_staged(m)  # staged pages the image did not take (written again, gone)
@@ -316,6 +280,14 @@ class MigrationDestination:
             raise MigrationError(f"migration {mid} was {doomed.value} on {self.name} while "
                                  "it transformed; the process stays at its source")
         self.faults.check("after_transform")
+        if image.precopy is not None and image.precopy.commit:
+            # A pre-copy's freeze: the commit comes in the same call (one round trip).
+            t = time.perf_counter()
+            outcome = self.commit(mid)
+            if outcome is not Outcome.COMMITTED:
+                raise MigrationError(f"migration {mid} was {outcome.value} on {self.name} "
+                                     "before its commit; the process stays at its source")
+            phases["commit"] = time.perf_counter() - t
         return phases
 
     def _transform(self, p: Process, image: ProcessImage, transport: Transport,
@@ -352,10 +324,19 @@ class MigrationDestination:
                           pinned: shared_text.PinnedText | None,
                           staged: StagedPages | None = None) -> dict[str, float]:
         m = self.managers
-        # (I) change the operating space.
+        # (I) change the operating space (a pre-copy's was built while it ran: it is
+        # brought to the image's layout).
         t = time.perf_counter()
         self.faults.check("transform_space")
-        p.space = m.spaces.acquire(reuse=options.reuse)
+        patch = image.precopy
+        if patch is None:
+            p.space = m.spaces.acquire(reuse=options.reuse)
+        else:
+            if staged is None or not staged.prepared:
+                raise MigrationError(f"process {image.pid}: the freeze's image of a pre-copy "
+                                     f"came before its live image on {self.name}")
+            staged_space.drop_stale(self.memory, p, patch.stale, staged)
+            kept = staged_space.keep_prepared(m, p, image.other_areas, staged)
         phases["transform_space"] = time.perf_counter() - t
         # (II) change the program: text copied memory-to-memory (or reloaded from the plate
         # when every resource moves), the other regions only created.
@@ -381,13 +362,22 @@ class MigrationDestination:
             shared_text.share_text(p, image, pinned, self._add_image_area)
         else:
             self._build_areas(p, image.text_areas, blocks)
-        created = [self._add_image_area(p, area) for area in image.other_areas]
+        if patch is None:
+            created = [self._add_image_area(p, area) for area in image.other_areas]
+        else:
+            assert staged is not None
+            created = [kept.get(i) or staged_space.place_staged(
+                p, self._add_image_area(p, area), staged)
+                for i, area in enumerate(image.other_areas)]
         phases["transform_program"] = time.perf_counter() - t
         # (III) change the start position: data, BSS, heap, stack and mappings, registers.
         t = time.perf_counter()
         self.faults.check("transform_start")
-        self._fill_areas(p, created, image.other_areas, data_blocks,
-                         self._take_staged(image, staged))
+        if patch is None:
+            self._fill_areas(p, created, image.other_areas, data_blocks)
+        else:
+            staged_space.patch_areas(self.memory, p, created, image.other_areas, data_blocks,
+                                     self._copy_in)
         if next(data_blocks, None) is not None:
             raise MigrationError("page blocks do not match the areas: more pages than the "
                                  "areas hold")
@@ -445,39 +435,27 @@ class MigrationDestination:
 
     def _fill_areas(self, p: Process, user_spaces: list[VirtualUserSpace],
                     areas: tuple[AreaImage, ...],
-                    blocks: Iterator[npt.NDArray[np.uint8]],
-                    staged: StagedPages | None = None) -> None:
+                    blocks: Iterator[npt.NDArray[np.uint8]]) -> None:
         """Write page contents into fresh frames of each area and make them visible: frames
         taken for all at once (held ones first, no zeroing), then each block copied in as
-        it arrives (one copy per page), taking from `blocks` exactly the areas' pages.
-        Pages in `staged` (pre-copied: virtual page → frame) take that frame as it is and
-        are not in `blocks`."""
+        it arrives (one copy per page), taking from `blocks` exactly the areas' pages."""
         filled: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
                            npt.NDArray[np.int64]]] = []
-        ready: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
-                          npt.NDArray[np.int64]]] = []
-        try:
-            for us, area in zip(user_spaces, areas, strict=True):
-                assert us.region is not None
-                indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
-                if staged:
-                    vpns = (area.start >> PAGE_SHIFT) + indexes
-                    mask, _ = staged.find(vpns)
-                    if mask.any():
-                        mine = staged.take(vpns[mask])
-                        region_frames = us.region.frame_array()
-                        region_frames[indexes[mask]] = mine
-                        us.region.frames = region_frames.tolist()
-                        ready.append((us, indexes[mask], mine))
-                        indexes = indexes[~mask]
-                filled.append((us, indexes, us.region.populate_array(indexes, self.memory,
-                                                                     zero=False)))
-        except BaseException:  # (out of memory, say): the pages no area took yet go back
-            if staged:
-                self.memory.free(staged.clear())
-            raise
-        if staged:  # pre-copied pages no area holds now: nobody takes their frames
-            self.memory.free(staged.clear())
+        for us, area in zip(user_spaces, areas, strict=True):
+            assert us.region is not None
+            indexes = np.fromiter(area.present, dtype=np.int64, count=len(area.present))
+            filled.append((us, indexes, us.region.populate_array(indexes, self.memory,
+                                                                 zero=False)))
+        self._copy_in(blocks, filled)
+        assert p.space is not None
+        for us, indexes, got in filled:
+            p.space.add_entries(us, indexes, got)  # pasted before they had frames
+
+    def _copy_in(self, blocks: Iterator[npt.NDArray[np.uint8]],
+                 filled: list[tuple[VirtualUserSpace, npt.NDArray[np.int64],
+                                    npt.NDArray[np.int64]]]) -> None:
+        """Copy the blocks into the frames of `filled` (user space, page indexes, frames),
+        in order, taking exactly their pages from `blocks`."""
         frames = (np.concatenate([f for _, _, f in filled]) if filled
                   else np.zeros(0, dtype=np.int64))
         done = 0
@@ -490,9 +468,6 @@ class MigrationDestination:
                 done += block.shape[0]
         except ValueError as exc:
             raise MigrationError(f"page blocks do not match the areas: {exc}") from None
-        assert p.space is not None
-        for us, indexes, got in (*ready, *filled):
-            p.space.add_entries(us, indexes, got)  # pasted before they had frames
 
     # --- pre-copy: the live rounds ------------------------------------------------------
 
@@ -525,25 +500,6 @@ class MigrationDestination:
                 raise MigrationError(f"pre-copy round of process {m.pid}: {done} pages in "
                                      f"the blocks for {vpns.size} pages")
             return len(staged)
-
-    def _take_staged(self, image: ProcessImage,
-                     staged: StagedPages | None) -> StagedPages | None:
-        """The staged frames the image's pre-copied pages take (the rest stay to be freed);
-        MigrationError if one of them was never staged here."""
-        if image.precopied is None:
-            return None
-        wanted = image.precopied
-        have = staged if staged is not None else StagedPages()
-        found, _ = have.find(wanted)
-        if not found.all():
-            missing = wanted[~found]
-            raise MigrationError(
-                f"process {image.pid}: {missing.size} pre-copied pages (first at "
-                f"{int(missing[0]) << PAGE_SHIFT:#x}) were never staged on {self.name}")
-        order = np.argsort(wanted)
-        taken = StagedPages()
-        taken.vpns, taken.frames = wanted[order], have.take(wanted)[order]
-        return taken
 
     def _free_staged(self, m: IncomingMigration) -> None:
         """Free the frames of pages staged for migration `m` that no process took."""

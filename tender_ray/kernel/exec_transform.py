@@ -215,6 +215,7 @@ def reset_signals(p: Process) -> None:
     state.altstack = (0, signals.SS_DISABLE, 0)
     state.saved_mask = None
     state.wait = None
+    signals.threads_of(state).clear()  # the other threads are gone
 
 
 def close_on_exec(p: Process) -> None:

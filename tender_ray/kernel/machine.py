@@ -259,6 +259,12 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         gone."""
         with self.scheduler.lock:
             p = process_tree.output_owner(self.scheduler.table, p)  # a child: its root's
+            process_tree.drain_output(p)  # what it wrote straight to a host pipe counts
+            return self.stream_room(p, fd)
+
+    def stream_room(self, p: Process, fd: int) -> int:
+        """`output_room` of the owner `p` as it stands (caller holds the lock)."""
+        with self.scheduler.lock:
             reader = p.files.output()
             if fd in reader.closed:
                 raise OSError(int(Errno.EPIPE), f"the reader of stream {fd} has gone")
@@ -274,6 +280,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         room); OSError EPIPE when the stream's reader has gone."""
         with self.scheduler.lock:
             p = process_tree.output_owner(self.scheduler.table, p)
+            process_tree.drain_output(p)  # its host pipes' bytes were written first
             if fd in p.files.output().closed:
                 raise OSError(int(Errno.EPIPE), f"the reader of stream {fd} has gone")
             (p.stdout if fd == 1 else p.stderr).extend(data)
@@ -289,6 +296,9 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
                 return
             reader.waiting = True
             self.scheduler.block(p)
+
+    def stream_sink(self, p: Process) -> process_tree.StreamSink | None:  # `output_pipes`
+        return process_tree.StreamSink.of(self.scheduler.lock, p, self.stream_room)
 
     def exit_process(self, p: Process, status: int, reason: str) -> None:
         self.scheduler.exit(p, status, reason)
@@ -345,7 +355,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
                     return
                 action = state.actions[sig - 1]
                 if sig == signals.Signal.SIGKILL or action.handler == signals.SIG_DFL:
-                    state.pending.pop(sig)
+                    state.take(sig, signals.tid_of(p))
                     if sig in job_control.STOP_SIGNALS:  # one that was blocked till now
                         job_control.stop(self.scheduler, p, sig)
                         job_control.held(self.scheduler, p)
@@ -355,7 +365,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
                     self.scheduler.exit(p, 128 + sig, signals.default_reason(sig))
                     return
                 if action.handler == signals.SIG_IGN:
-                    state.pending.pop(sig)
+                    state.take(sig, signals.tid_of(p))
                     continue
                 break
 
@@ -476,6 +486,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
     def _take(self, p: Process) -> tuple[bytes, bytes]:
         """Take what the owner may have now; from the first take on, the process's outputs
         are bounded (`output_room`), and a writer waiting for room wakes."""
+        process_tree.drain_output(p)  # what it wrote to host pipes first; they flow again
         held_out, held_err = held_output(p, self.checkpointing)
         out = bytes(p.stdout[:len(p.stdout) - held_out])
         err = bytes(p.stderr[:len(p.stderr) - held_err])

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -170,6 +171,40 @@ def output_writers(table: dict[int, Process], owner: Process) -> list[Process]:
                      and output_owner(table, q) is owner)]
 
 
+def drain_output(owner: Process) -> None:
+    """Bring into `owner`'s streams what it wrote straight to host pipes (a native CPU's
+    `output_pipes`), before anything that orders against them (caller holds the lock)."""
+    direct = getattr(getattr(owner, "context", None), "direct", None)
+    if direct is not None:
+        direct.drain_outputs()
+
+
+class StreamSink:
+    """A process's own standard streams as its native CPU's output pipes reach them: only a
+    process that is no other's child in a tree has one (a child's output goes to its root's
+    streams, mediated, after the root's pipes are drained)."""
+
+    def __init__(self, lock: threading.RLock, p: Process,
+                 room: Callable[[Process, int], int]) -> None:
+        self.lock, self._p, self._room = lock, p, room
+
+    @staticmethod
+    def of(lock: threading.RLock, p: Process,
+           room: Callable[[Process, int], int]) -> StreamSink | None:
+        tree = getattr(p, "tree", None)
+        own = not isinstance(tree, TreeNode) or tree.root in (0, p.pid)
+        return StreamSink(lock, p, room) if own else None
+
+    def room(self, stream: int) -> int:
+        try:
+            return self._room(self._p, stream)
+        except OSError:  # (EPIPE) its reader has gone
+            return -1
+
+    def append(self, stream: int, data: bytes) -> None:
+        (self._p.stdout if stream == 1 else self._p.stderr).extend(data)
+
+
 # --- waking the waiters of pipes between processes ----------------------------------------
 
 _machines: weakref.WeakSet[Machinery] = weakref.WeakSet()  # machines with a tree
@@ -313,10 +348,12 @@ def fork(sc: SystemCalls, p: Process, flags: int, stack: int, parent_tid: int,
     child.files = _copy_files(p.files)
     child.view = copy.copy(p.view)
     mine = signals.of(p)
+    caller = signals.own(p)  # the child's one thread has the calling thread's mask and stack
     child.signals = dataclasses.replace(
         mine, actions=list(mine.actions), pending={}, timer_at=None, timer_left=None,
         cpu_timers={}, limits=dict(mine.limits), prctl_values=dict(mine.prctl_values),
-        wait=None, saved_mask=None)
+        wait=None, saved_mask=None, blocked=caller.blocked, altstack=caller.altstack,
+        threads={})
     parent_node = node(p)
     child.tree = TreeNode(ppid=p.pid, root=parent_node.root or p.pid,
                           pgid=parent_node.pgid or p.pid, sid=parent_node.sid or p.pid,

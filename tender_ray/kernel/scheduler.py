@@ -123,6 +123,9 @@ class Scheduler:
         self.on_change: Callable[[], None] | None = None
         self.stopped = False  # lock; once set, never cleared
         self._runq: deque[Process] = deque()  # RUNNABLE processes in turn order; lock
+        # When each process in `_runq` was queued, by id (monotonic; lock): a woken sleeper
+        # does not go before one that has waited a base quantum already.
+        self._queued_at: dict[int, float] = {}
         self._sleepers: list[tuple[float, int, Process]] = []  # heap by wake time; lock
         self._seq = itertools.count()  # breaks ties between equal wake times
         self.computations = [Computation(i) for i in range(computations)]
@@ -225,6 +228,7 @@ class Scheduler:
                 return
             if p.state is RunState.RUNNABLE:
                 self._runq.remove(p)
+                self._queued_at.pop(id(p), None)
             self._end(p)
 
     def kill(self, p: Process, status: int, reason: str) -> None:
@@ -315,8 +319,8 @@ class Scheduler:
         threads = f"process {p.pid} has {len(p.members) + 1} threads"
         if not getattr(p.context, "moves_threads", False):
             raise ProcessStateError(
-                f"{threads}: a process with more than one thread cannot move yet on the "
-                "native engine (it runs on where it is)")
+                f"{threads}: its engine cannot move a process with more than one thread "
+                "(it runs on where it is)")
         if p.thread_exit is not None or p.exit_status is not None:
             raise ProcessStateError(
                 f"{threads}: its first thread has ended and it waits for the others; a "
@@ -345,6 +349,7 @@ class Scheduler:
                                         f"({e.exit_reason})")
         elif e.state is RunState.RUNNABLE:
             self._runq.remove(e)
+            self._queued_at.pop(id(e), None)
             _set_state(e, RunState.FROZEN)
         elif e.state is RunState.SLEEPING:
             self._freeze_asleep(e)
@@ -380,6 +385,7 @@ class Scheduler:
                 self.exit(p, 128 + 9, reason)
             self.table.clear()
             self._runq.clear()
+            self._queued_at.clear()
             self._sleepers.clear()
             return entries
 
@@ -429,10 +435,18 @@ class Scheduler:
     def _make_runnable(self, p: Process, front: bool = False) -> None:
         p.wake_at = None
         _set_state(p, RunState.RUNNABLE)
-        if front:  # a process that slept: it used little processor, it runs next
+        now = time.monotonic()
+        # A process that slept used little processor: it runs next — unless the head has
+        # waited a base quantum already. Else a thread that sleeps a few microseconds at a
+        # time and wakes on a free computation (Go's stop-the-world waits so for the thread
+        # it preempts) would go first forever, and the thread it waits for never run.
+        head = self._runq[0] if self._runq else None
+        if front and not (head is not None and not self.exact and now - self._queued_at.get(
+                id(head), now) >= self.quantum / 1e6):
             self._runq.appendleft(p)
         else:
             self._runq.append(p)
+        self._queued_at[id(p)] = now
         self.cond.notify_all()
 
     def _fall_asleep(self, p: Process) -> None:
@@ -519,6 +533,7 @@ class Scheduler:
                         self._make_runnable(entry[2], front=True)
                 if self._runq:
                     p = self._runq.popleft()
+                    self._queued_at.pop(id(p), None)
                     _set_state(p, RunState.RUNNING)
                     comp.pid, comp.state = p.pid, ComputationState.RUNNING
                     self._held[comp.index] = p
@@ -549,6 +564,7 @@ class Scheduler:
                 stop = Stop(StopKind.SYSCALL) if p.state in (
                     RunState.EXITING, RunState.FALLING_ASLEEP) else cpu.run(quantum)
                 self.between_runs(p)  # before a freeze or a snapshot can read the registers
+                stop = self._run_on(p, stop, quantum, wall)
             except EngineError as exc:
                 stop = Stop(StopKind.FAULT, 0, 0, f"engine failure: {exc}")
             # The computation's own CPU time, plus what a guest host process used (native).
@@ -568,6 +584,28 @@ class Scheduler:
                               f"{stop.detail} at {stop.address:#x}" if stop.address
                               else stop.detail)
                 self._let_go(p)
+
+    def _run_on(self, p: Process, stop: Stop, quantum: int, began: float) -> Stop:
+        """A stop only for a register edit (`Process.runs_on`: rt_sigreturn) does not end
+        the quantum: the process runs on for what is left of it, once a pending signal has
+        had its chance. Not in exact quanta, which count instructions per run."""
+        while p.runs_on and stop.kind is StopKind.SYSCALL and not self.exact \
+                and p.state is RunState.RUNNING:
+            p.runs_on = False
+            left = quantum - int((time.monotonic() - began) * 1e6)
+            if left <= 0:
+                break
+            if self.before_run is not None:
+                self.before_run(p)
+                self.between_runs(p)
+                if p.state is not RunState.RUNNING:  # a signal ended or stopped it
+                    return Stop(StopKind.SYSCALL)
+            with self.cond:  # the run before: a guest host process's CPU time (native)
+                p.accounting.cpu_seconds += p.context.last_run_cpu_seconds
+            stop = p.context.run(left)
+            self.between_runs(p)
+        p.runs_on = False
+        return stop
 
     def _grow_slice(self, p: Process, stop: Stop, quantum: int, wall: float) -> None:
         """A process that used its whole slice gets one twice as long next time, up to

@@ -1,5 +1,7 @@
-"""The signals of one process (shared by its threads for now): its actions, blocked mask,
-pending set, alternate stack, interval timers — and, as Linux keeps them with a process's
+"""The signals of one process: its actions, pending set and interval timers, shared by its
+threads; each thread's own blocked mask, alternate stack and signals sent to it alone
+(`ThreadSignals`; the first thread's are the process's record's own fields) — and, as Linux
+keeps them with a process's
 signals (its signal_struct), its resource limits and the prctl flags that go with them
 (`SignalState`, kernel-side, travelling in the image) — and delivery: the default action, or a
 Linux-compatible `rt_sigframe` pushed on the user stack and read back by `rt_sigreturn`.
@@ -91,6 +93,22 @@ class Wait:
 
 
 @dataclass
+class ThreadSignals:
+    """What a thread after the first has of its own signals, as Linux keeps them per task:
+    its blocked mask (a new thread starts with its creator's), its alternate stack (none at
+    first), rt_sigsuspend's saved mask, and the signals tkill/tgkill sent to it alone (one of
+    each number). Its process's `SignalState` holds it, so it travels in the image."""
+
+    blocked: int = 0
+    altstack: tuple[int, int, int] = (0, SS_DISABLE, 0)
+    saved_mask: int | None = None
+    pending: dict[int, SigInfo] = field(default_factory=dict)
+
+    def copy(self) -> ThreadSignals:
+        return dataclasses.replace(self, pending=dict(self.pending))
+
+
+@dataclass
 class SignalState:
     """A process's signal state (its computation or the machine's lock guards it; the
     kernel fills and reads it, and it travels in the image as it is)."""
@@ -117,6 +135,10 @@ class SignalState:
     dumpable: int = 1
     no_new_privs: bool = False
     prctl_values: dict[int, int] = field(default_factory=dict)
+    # The threads after the first, by tid: their own masks, alternate stacks and signals.
+    # (The first thread's are `blocked`, `altstack`, `saved_mask` and the signals in
+    # `pending` sent to its tid.)
+    threads: dict[int, ThreadSignals] = field(default_factory=dict)
 
     def for_image(self) -> SignalState:
         """A copy to travel: the timer as the time left."""
@@ -124,7 +146,8 @@ class SignalState:
         return dataclasses.replace(self, actions=list(self.actions), pending=dict(self.pending),
                                    timer_at=None, timer_left=left,
                                    cpu_timers=dict(self.cpu_timers), limits=dict(self.limits),
-                                   prctl_values=dict(self.prctl_values))
+                                   prctl_values=dict(self.prctl_values),
+                                   threads=_copied(self))
 
     def arrived(self) -> SignalState:
         """The state as it goes on at the destination: the time left as a deadline here."""
@@ -132,21 +155,82 @@ class SignalState:
         return dataclasses.replace(self, actions=list(self.actions), pending=dict(self.pending),
                                    timer_at=at, timer_left=None,
                                    cpu_timers=dict(self.cpu_timers), limits=dict(self.limits),
-                                   prctl_values=dict(self.prctl_values))
+                                   prctl_values=dict(self.prctl_values),
+                                   threads=_copied(self))
 
     def ignored(self, sig: int) -> bool:
         handler = self.actions[sig - 1].handler
         return handler == SIG_IGN or (handler == SIG_DFL and sig in IGNORED_BY_DEFAULT)
 
     def deliverable(self, tid: int = 0) -> int:
-        """The lowest pending signal not blocked (0: none), a fault's first, as Linux picks
-        it — of those thread `tid` may take (0: any thread), when one was sent to a thread.
-        (The threads share one mask, and one pending signal of each number.)"""
-        ready = [s for s in self.pending if (not self.blocked & bit(s)
-                                             or s in (Signal.SIGKILL, Signal.SIGSTOP))
-                 and (not tid or self.pending[s].thread in (0, tid))]
-        faults = [s for s in ready if self.pending[s].fault]
-        return min(faults or ready) if ready else 0
+        """The lowest pending signal thread `tid` may take now (0: none), a fault's first, as
+        Linux picks it: its own signals and the process's, that its mask does not block.
+        `tid` 0: whether any thread may take one (the lowest such)."""
+        if not tid:  # the first thread (0: its own and the process's), or another
+            return min((s for s in map(self._ready, (0, *threads_of(self))) if s), default=0)
+        return self._ready(tid)
+
+    def _ready(self, tid: int) -> int:
+        mine = threads_of(self).get(tid)
+        blocked = self.blocked if mine is None else mine.blocked
+        # `tid` 0 stands for the first thread when its tid is not known here: the signals
+        # sent to the process, or to a thread that has no record of its own (the first).
+        ready = [(s, info) for s, info in self.pending.items()
+                 if info.thread in (0, tid) or (not tid and info.thread not in threads_of(self))]
+        if mine is not None:
+            ready += mine.pending.items()
+        ready = [(s, info) for s, info in ready
+                 if not blocked & bit(s) or s in (Signal.SIGKILL, Signal.SIGSTOP)]
+        faults = [s for s, info in ready if info.fault]
+        return min(faults or [s for s, _ in ready]) if ready else 0
+
+    def take(self, sig: int, tid: int) -> SigInfo:
+        """Dequeue pending `sig` for thread `tid`: one sent to it alone first, as Linux does."""
+        mine = threads_of(self).get(tid)
+        if mine is not None and sig in mine.pending:
+            return mine.pending.pop(sig)
+        return self.pending.pop(sig)
+
+    def pending_for(self, tid: int) -> int:
+        """The set (bits) of signals pending for thread `tid`: its own and the process's."""
+        mine = threads_of(self).get(tid)
+        return sum(bit(s) for s in (*self.pending, *(mine.pending if mine else ())))
+
+
+def threads_of(state: SignalState) -> dict[int, ThreadSignals]:
+    """The per-thread records of `state` (an image from before they existed has none)."""
+    threads: dict[int, ThreadSignals] | None = state.__dict__.get("threads")
+    if threads is None:
+        threads = state.threads = {}
+    return threads
+
+
+def _copied(state: SignalState) -> dict[int, ThreadSignals]:
+    return {tid: t.copy() for tid, t in threads_of(state).items()}
+
+
+def own(p: Process) -> SignalState | ThreadSignals:
+    """The signal record of the thread run entry `p` runs: its mask, alternate stack,
+    saved mask and the signals sent to it alone (the process's record for its first
+    thread)."""
+    state = of(p)
+    if not isinstance(p, ThreadEntry):
+        return state
+    threads = threads_of(state)
+    mine = threads.get(p.tid)
+    if mine is None:  # (a thread made before threads had their own: the process's mask)
+        mine = threads[p.tid] = ThreadSignals(blocked=state.blocked)
+    return mine
+
+
+def thread_born(creator: Process, tid: int) -> None:
+    """A new thread `tid`: its creator's mask, no alternate stack, nothing pending."""
+    threads_of(of(creator))[tid] = ThreadSignals(blocked=own(creator).blocked)
+
+
+def thread_gone(p: Process, tid: int) -> None:
+    """Thread `tid` ended: its own record and the signals sent to it alone go."""
+    threads_of(of(p)).pop(tid, None)
 
 
 def tid_of(p: Process) -> int:
@@ -174,8 +258,9 @@ def queue(p: Process, info: SigInfo) -> bool:
     state = of(p)
     if state.ignored(info.signo) and info.signo != Signal.SIGKILL:
         return False
-    state.pending.setdefault(info.signo, info)
-    return state.deliverable() != 0
+    mine = threads_of(state).get(info.thread) if info.thread else None
+    (state.pending if mine is None else mine.pending).setdefault(info.signo, info)
+    return state.deliverable(info.thread) != 0
 
 
 def default_reason(sig: int) -> str:
@@ -189,9 +274,13 @@ def take_fault(p: Process, sig: int, code: int, addr: int) -> bool:
     action): the caller ends the process."""
     state = of(p)
     handler = state.actions[sig - 1].handler
-    if sig not in FAULT_SIGNALS or handler in (SIG_DFL, SIG_IGN) or state.blocked & bit(sig):
+    if sig not in FAULT_SIGNALS or handler in (SIG_DFL, SIG_IGN) or own(p).blocked & bit(sig):
         return False
-    state.pending[sig] = SigInfo(sig, code, addr=addr, fault=True)
+    # The faulting thread's alone: its handler runs at the instruction that faulted.
+    tid = tid_of(p)
+    mine = threads_of(state).get(tid) if isinstance(p, ThreadEntry) else None
+    (state.pending if mine is None else mine.pending)[sig] = SigInfo(
+        sig, code, addr=addr, fault=True, thread=tid)
     return True
 
 
@@ -249,19 +338,20 @@ def push_frame(p: Process, sig: int, s: CpuState) -> CpuState:
     """Deliver `sig` to its handler: push the rt_sigframe and point the CPU at the handler
     (the register edit a delivery is). Raises BadAddress when the stack cannot take it."""
     state = of(p)
+    mine = own(p)
     action = state.actions[sig - 1]
-    info = state.pending.pop(sig)
+    info = state.take(sig, tid_of(p))
     space = p.space
     assert space is not None
     rsp = s.reg("rsp")
-    ss_sp, ss_flags, ss_size = state.altstack
+    ss_sp, ss_flags, ss_size = mine.altstack
     on_alt = ss_flags != SS_DISABLE and ss_sp < rsp <= ss_sp + ss_size
     sp = rsp - RED_ZONE
     if action.flags & SA_ONSTACK and ss_flags != SS_DISABLE and not on_alt:
         sp = ss_sp + ss_size
     fpstate = (sp - FXSAVE_SIZE) & ~63
     frame = ((fpstate - FRAME_SIZE) & ~15) - 8  # rsp+8 16-byte aligned at handler entry
-    mask = state.blocked if state.saved_mask is None else state.saved_mask
+    mask = mine.blocked if mine.saved_mask is None else mine.saved_mask
     regs = {n: s.reg(n) for n in SIGCONTEXT_REGS[:16]} | {"rip": s.rip, "eflags": s.rflags}
     cr2 = info.addr if info.fault and sig == Signal.SIGSEGV else 0  # the page fault's address
     mcontext = struct.pack("<18QHHHHQQQQQ", *(regs[n] for n in SIGCONTEXT_REGS), USER_CS, 0, 0,
@@ -276,9 +366,9 @@ def push_frame(p: Process, sig: int, s: CpuState) -> CpuState:
     siginfo = siginfo.ljust(128, b"\0")
     space.write(fpstate, _fxsave(s))
     space.write(frame, struct.pack("<Q", action.restorer) + ucontext + siginfo)
-    state.blocked |= action.mask | (0 if action.flags & SA_NODEFER else bit(sig))
-    state.blocked &= ~UNBLOCKABLE
-    state.saved_mask = None
+    mine.blocked |= action.mask | (0 if action.flags & SA_NODEFER else bit(sig))
+    mine.blocked &= ~UNBLOCKABLE
+    mine.saved_mask = None
     if action.flags & SA_RESETHAND:
         state.actions[sig - 1] = SigAction()
     # The handler starts with the direction flag and the trap flag clear, as on Linux.
@@ -289,7 +379,6 @@ def push_frame(p: Process, sig: int, s: CpuState) -> CpuState:
 def read_frame(p: Process, s: CpuState) -> CpuState:
     """rt_sigreturn: the registers, FP state and mask the frame at rsp - 8 saved (the
     handler's `ret` popped the return address)."""
-    state = of(p)
     space = p.space
     assert space is not None
     frame = s.reg("rsp") - 8
@@ -298,7 +387,7 @@ def read_frame(p: Process, s: CpuState) -> CpuState:
     regs = dict(zip(SIGCONTEXT_REGS, words, strict=True))
     fpstate = struct.unpack_from("<Q", mc, 184)[0]
     mask = struct.unpack("<Q", space.read(frame + UC_OFFSET + SIGMASK, 8))[0]
-    state.blocked = mask & ~UNBLOCKABLE
+    own(p).blocked = mask & ~UNBLOCKABLE
     rflags = (s.rflags & ~EFLAGS_USER) | (regs.pop("eflags") & EFLAGS_USER)
     restored = s.with_regs(rflags=rflags, **regs)
     if fpstate:
@@ -332,5 +421,6 @@ def end_wait(p: Process, sig: int, s: CpuState) -> CpuState:
     return s.with_regs(rax=eintr)
 
 
-__all__ = ["SigAction", "SigInfo", "SignalState", "Wait", "end_wait", "of", "push_frame",
-           "queue", "read_frame", "take_fault"]
+__all__ = ["SigAction", "SigInfo", "SignalState", "ThreadSignals", "Wait", "end_wait", "of",
+           "own", "push_frame", "queue", "read_frame", "take_fault", "thread_born",
+           "thread_gone"]

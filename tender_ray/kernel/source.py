@@ -10,6 +10,7 @@ below, which `Machine.__init__` sets, under the machine's lock (`scheduler.lock`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tender_ray.abi.cpu_state import CpuState
 from tender_ray.config import MachineConfig
 from tender_ray.errors import MigrationError, ProcessStateError, TenderError
 from tender_ray.kernel import address_space as vm
@@ -30,12 +32,13 @@ from tender_ray.migration.image import (
     BLOCK_PAGES,
     AreaImage,
     KernelState,
+    PrecopyPart,
     ProcessImage,
     ThreadImage,
     text_digest,
 )
 from tender_ray.migration.options import MigrationOptions, Resources
-from tender_ray.migration.precopy import PrecopyFacts
+from tender_ray.migration.precopy import FreezeSet, PrecopyFacts
 from tender_ray.migration.record import MigrationRecord, log_migration
 from tender_ray.migration.transports import Transport, block_pages, put_blocks
 from tender_ray.resources.dirty_pages import WrittenPages
@@ -43,9 +46,10 @@ from tender_ray.resources.manager import ResourceManager
 from tender_ray.resources.open_file import FilesImage
 from tender_ray.resources.plate import Plate
 from tender_ray.resources.process import Process, RunState, ThreadEntry
+from tender_ray.resources.program import Program
 from tender_ray.resources.real_memory import PAGE_SHIFT, RealMemory
 from tender_ray.resources.thread import FUTEX_BITSET_MATCH_ANY
-from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind
+from tender_ray.resources.virtual_region import NOT_PRESENT, RegionKind, VirtualRegion
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import PROT_WRITE
 
@@ -76,6 +80,46 @@ def thread_images(p: Process) -> tuple[ThreadImage, ...]:
 
 def _joined(parts: list[npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _kernel_state(p: Process) -> KernelState:
+    """Process `p`'s kernel-side state as it travels (lock held)."""
+    assert p.space is not None
+    return KernelState(
+        name=p.name, brk_start=p.brk_start, brk=p.brk, mmap_top=p.mmap_top,
+        tid_address=p.tid_address, sleep_left=p.sleep_left, stdout=bytes(p.stdout),
+        stderr=bytes(p.stderr), stdout_taken=p.stdout_taken,
+        stderr_taken=p.stderr_taken, accounting=p.accounting, created_at=p.created_at,
+        migrations=tuple(p.migrations), files=FilesImage.of(p.files, p.view),
+        cpu_features=p.cpu_features, signals=signals.of(p).for_image(),
+        output_commit=p.output_commit, write_tracked=p.space.dirty is not None)
+
+
+def _text_identity(program: Program, text: list[AreaImage], frames: npt.NDArray[np.int64],
+                   memory: RealMemory) -> str:
+    """The digest of text that may be shared (`migration.image.text_digest`), or "" for none
+    or text that may be written."""
+    if not text or not frames.size or any(a.perms & PROT_WRITE for a in text):
+        return ""
+    # Hashing the text (a few MiB at most) costs far less than sending it.
+    return text_digest(program.digest, text, memory.frames[frames])
+
+
+def _present_of(region: VirtualRegion, vpns: npt.NDArray[np.int64], base: int
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Which of the sorted pages `vpns` the region at page `base` holds: their indexes in it
+    and their frames. A few are looked up one by one; a large share by one pass over the
+    region's frame list."""
+    lo, hi = np.searchsorted(vpns, (base, base + region.npages))
+    indexes = vpns[lo:hi] - base
+    if indexes.size * 8 > region.npages:
+        frames = region.frame_array()[indexes]
+    else:
+        listed = region.frames
+        frames = np.fromiter((listed[i] for i in indexes.tolist()), dtype=np.int64,
+                             count=indexes.size)
+    held = frames != NOT_PRESENT
+    return indexes[held], frames[held]
 
 
 class MigrationSource:
@@ -154,15 +198,16 @@ class MigrationSource:
 
     def export_image(self, pid: int, transport: Transport, options: MigrationOptions,
                      text_held: Callable[[str, str], bool] | None = None,
-                     precopied: npt.NDArray[np.int64] | None = None) -> ProcessImage:
+                     patch: FreezeSet | None = None) -> ProcessImage:
         """The frozen process as a ProcessImage, its touched pages put into `transport`.
 
         `text_held(program digest, text digest)` asks the destination whether it already
         holds this text (another process of the program runs there): then no text page is
         put, and the destination maps the frames it has. Text that may be written (an area
-        with write permission) is never offered for sharing. `precopied`: virtual page
-        numbers the destination holds from a pre-copy's live rounds, unchanged since; those
-        of them still present in the other areas are not put (the image names them)."""
+        with write permission) is never offered for sharing. `patch`: the freeze of a
+        pre-copy, whose destination holds the other areas' pages from the live rounds: only
+        the pages of `patch.send` still present are put, looked up one by one rather than
+        walking every page (the image patches the space the destination built)."""
         with self.scheduler.lock:
             p = self.scheduler.get(pid)
             if p.state is not RunState.FROZEN:
@@ -175,33 +220,27 @@ class MigrationSource:
             other: list[AreaImage] = []
             text_parts: list[npt.NDArray[np.int64]] = []
             other_parts: list[npt.NDArray[np.int64]] = []
-            held_parts: list[npt.NDArray[np.int64]] = []
+            sent_parts: list[npt.NDArray[np.int64]] = []
             for us in p.space.user_spaces:
                 region = us.region
                 assert region is not None
-                frames = region.frame_array()
-                present = np.flatnonzero(frames != NOT_PRESENT)
+                if patch is not None and region.kind is not RegionKind.TEXT:
+                    base = us.start >> PAGE_SHIFT
+                    present, frames = _present_of(region, patch.send, base)
+                    sent_parts.append(base + present)
+                else:
+                    frames = region.frame_array()
+                    present = np.flatnonzero(frames != NOT_PRESENT)
+                    frames = frames[present]
                 area = AreaImage(fixed.get(id(us), ""), region.kind, us.start, region.npages,
                                  us.perms, tuple(present.tolist()))
                 if region.kind is RegionKind.TEXT:
                     text.append(area)
-                    text_parts.append(frames[present])
+                    text_parts.append(frames)
                 else:
                     other.append(area)
-                    if precopied is not None:
-                        vpns = (us.start >> PAGE_SHIFT) + present
-                        held = np.isin(vpns, precopied, assume_unique=True)
-                        held_parts.append(vpns[held])
-                        present = present[~held]
-                    other_parts.append(frames[present])
-            kernel = KernelState(
-                name=p.name, brk_start=p.brk_start, brk=p.brk, mmap_top=p.mmap_top,
-                tid_address=p.tid_address, sleep_left=p.sleep_left, stdout=bytes(p.stdout),
-                stderr=bytes(p.stderr), stdout_taken=p.stdout_taken,
-                stderr_taken=p.stderr_taken, accounting=p.accounting, created_at=p.created_at,
-                migrations=tuple(p.migrations), files=FilesImage.of(p.files, p.view),
-                cpu_features=p.cpu_features, signals=signals.of(p).for_image(),
-                output_commit=p.output_commit, write_tracked=p.space.dirty is not None)
+                    other_parts.append(frames)
+            kernel = _kernel_state(p)
             program = p.program
             plate_name = p.plate_name
             memory = self.memory
@@ -213,12 +252,12 @@ class MigrationSource:
         # Runs of frames go as views of real memory (the transport's put is their one copy);
         # a transport that puts many blocks at once takes many small views as well.
         with_text = options.resources is Resources.NEEDED
-        digest, shared = "", False
+        shared = False
         text_frames = _joined(text_parts)
-        if with_text and text_held is not None and text and text_frames.size and not any(
-                a.perms & PROT_WRITE for a in text):
-            # Hashing the text (a few MiB at most) costs far less than sending it.
-            digest = text_digest(program.digest, text, memory.frames[text_frames])
+        digest = _text_identity(program, text, text_frames, memory) if (
+            with_text and text_held is not None) else ""
+        if digest:
+            assert text_held is not None
             shared = text_held(program.digest, digest)
             with_text = not shared
         rows = block_pages(transport, BLOCK_PAGES)
@@ -235,11 +274,53 @@ class MigrationSource:
                             text_areas=tuple(text), other_areas=tuple(other),
                             text_blocks=text_blocks, data_blocks=data_blocks,
                             program_image=program_image, text_digest=digest,
-                            text_shared=shared,
-                            precopied=None if precopied is None else _joined(held_parts),
+                            text_shared=shared, precopy=None if patch is None else PrecopyPart(
+                                # Pages to send that no area holds now are gone as well.
+                                False, stale=np.setdiff1d(np.union1d(patch.stale, patch.send),
+                                                          _joined(sent_parts))),
                             threads=threads)
 
     # --- pre-copy: the live rounds ------------------------------------------------------
+
+    def precopy_layout(self, pid: int) -> ProcessImage:
+        """The live image of a pre-copy (`PrecopyPart.live`): where the running process's
+        other areas lie, for the destination to build its space from the staged pages while
+        it runs on, and its text's digest if it may be shared (see `export_image`). Taken
+        with the process off its CPU; no page is put."""
+        assert isinstance(self, WriteTracking)
+
+        def look(p: Process) -> tuple[ProcessImage, list[AreaImage],
+                                      npt.NDArray[np.int64]]:
+            assert p.space is not None and p.program is not None
+            fixed = {id(us): key for key, us in p.user_spaces.items()}
+            areas: list[AreaImage] = []
+            text: list[AreaImage] = []
+            text_parts: list[npt.NDArray[np.int64]] = []
+            for us in p.space.user_spaces:
+                region = us.region
+                assert region is not None
+                if region.kind is RegionKind.TEXT:
+                    frames = region.frame_array()
+                    present = np.flatnonzero(frames != NOT_PRESENT)
+                    text.append(AreaImage("", region.kind, us.start, region.npages, us.perms,
+                                          tuple(present.tolist())))
+                    text_parts.append(frames[present])
+                else:
+                    areas.append(AreaImage(fixed.get(id(us), ""), region.kind, us.start,
+                                           region.npages, us.perms, ()))
+            # Registers and kernel state as they stand; the freeze's image brings the ones
+            # it goes on with.
+            return ProcessImage(pid=pid, program=p.program,
+                                registers=p.registers or CpuState.initial(0, 0),
+                                kernel=_kernel_state(p), text_areas=(),
+                                other_areas=tuple(areas), text_blocks=(), data_blocks=(),
+                                precopy=PrecopyPart(True)), text, _joined(text_parts)
+
+        image, text, frames = self._off_cpu(pid, look, 10.0)
+        # The text's digest (read-only text does not change while it runs): the source asks
+        # the destination whether it holds it before the freeze rather than during it.
+        return dataclasses.replace(
+            image, text_digest=_text_identity(image.program, text, frames, self.memory))
 
     def precopy_facts(self, pid: int) -> PrecopyFacts:
         """What an "auto" migration decides by: the process's resident pages, this machine's

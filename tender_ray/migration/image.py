@@ -86,6 +86,26 @@ class ThreadImage:
 
 
 @dataclass(frozen=True)
+class PrecopyPart:
+    """How a pre-copy's image relates to the pages its live rounds staged at the destination.
+
+    A live image (`live`) goes after the live rounds, while the process still runs: it brings
+    only the layout of the other areas (no page, and registers and kernel state that are not
+    used), and the destination builds the arriving space from the staged pages — regions,
+    frame lists and translations — so the freeze does not. The freeze's image then patches
+    that space: its other areas' `present` name only the pages in `data_blocks` (written
+    since, or not sent yet), and `stale` the staged pages whose copy is no longer valid (gone
+    since they were sent); every other staged page inside an area is the process's page."""
+
+    live: bool
+    # The freeze's image: the destination commits once it is transformed, in the same call
+    # (its source handed the process over before sending it).
+    commit: bool = False
+    stale: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted virtual page numbers
+
+
+@dataclass(frozen=True)
 class ProcessImage:
     """Everything the destination needs, with page contents as transport handles."""
 
@@ -103,9 +123,8 @@ class ProcessImage:
     # it maps the frames it already has read-only into the process.
     text_digest: str = ""
     text_shared: bool = False
-    # Pre-copy: virtual page numbers of the other areas' present pages whose contents the
-    # destination already holds from the live rounds (sorted); they are not in `data_blocks`.
-    precopied: npt.NDArray[np.int64] | None = None
+    # Pre-copy (`migration.precopy`); None for stop-and-copy.
+    precopy: PrecopyPart | None = None
     # Its threads, the first one included, when it has more than one (empty otherwise).
     threads: tuple[ThreadImage, ...] = ()
 
@@ -123,8 +142,7 @@ class ProcessImage:
     @property
     def pages_sent(self) -> int:
         """Pages whose contents travel (text pages do not when the text is reloaded)."""
-        held = 0 if self.precopied is None else int(self.precopied.size)
-        return self.text_pages_sent + sum(len(a.present) for a in self.other_areas) - held
+        return self.text_pages_sent + sum(len(a.present) for a in self.other_areas)
 
     @property
     def pages(self) -> int:

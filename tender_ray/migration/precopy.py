@@ -1,11 +1,14 @@
 """Pre-copy migration: the paper's step III made iterative. While the process runs at its
 source, its writes are tracked and its pages go to the destination in live rounds, the first
 with every page, each later one with the pages written since the one before, until the
-written set is small, stops shrinking, or the rounds run out; then it is frozen and only the
-rest (and its registers) travel, so the time it does not run is that last part, not the
-whole copy. The lease, the commit-once protocol and the source's resumption on failure are
-the stop-and-copy ones (`protocol.run_migration`): until the commit the process runs at (or
-is resumed at) its source, and the destination frees what the rounds staged.
+written set is small, stops shrinking, or the rounds run out. Then, still running, its areas'
+layout goes in a live image, from which the destination builds the arriving space around the
+staged pages; then it is frozen and only the rest (and its registers) travel, in one call
+that patches that space and commits, so the time it does not run is that last part, not the
+whole copy nor a walk of every page. The lease, the commit-once protocol and the source's
+resumption on failure are the stop-and-copy ones (`protocol.run_migration`): until the commit
+the process runs at (or is resumed at) its source, and the destination frees what the rounds
+staged and the space it built.
 
 "auto" picks the mode per process from what is known of it: a small one moves by
 stop-and-copy (its freeze is short anyway), as does one on an engine whose write tracking
@@ -76,31 +79,53 @@ class PrecopyPeer(Protocol):
                 handles: tuple[Any, ...], options: MigrationOptions) -> int: ...
 
 
+@dataclass(frozen=True)
+class FreezeSet:
+    """What the freeze's image must say about the pages, as the live rounds left them."""
+
+    send: npt.NDArray[np.int64]  # pages to send if present (written since, or not sent yet)
+    stale: npt.NDArray[np.int64]  # pages the destination staged that are gone since
+
+
 @dataclass
 class LiveRounds:
-    """What the live rounds of one pre-copy did, and which pages the destination holds."""
+    """What the live rounds of one pre-copy did, and what the destination's copy lacks."""
 
     round_bytes: list[int] = field(default_factory=list)
-    # Virtual pages the destination holds as they are at the source now (sorted).
-    held: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Pages staged at the destination and gone since (unmapped, discarded), not sent again:
+    # their staged copy must not be mapped (sorted virtual page numbers).
+    stale: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Pages written that a round took but did not send (the set was small or did not
+    # shrink): they go with the freeze.
+    pending: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     dirty_rate: float = 0.0  # bytes/s written during the last round (4 KiB a page)
     copy_rate: float = 0.0  # bytes/s of the first round (every page)
     seconds: float = 0.0
+    # Content-addressed text the destination was asked about before the freeze: (program
+    # digest, text digest) -> whether it holds that text.
+    text_known: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     @property
     def rounds(self) -> int:
         return len(self.round_bytes)
 
-    def forget(self, pages: npt.NDArray[np.int64]) -> None:
-        """Pages written or gone since they were sent: the destination's copy is stale."""
-        if pages.size and self.held.size:
-            self.held = np.setdiff1d(self.held, pages, assume_unique=True)
+    def gone(self, pages: npt.NDArray[np.int64]) -> None:
+        """Pages no longer present at the source: a copy staged earlier is stale."""
+        if pages.size:
+            self.stale = np.union1d(self.stale, pages)
 
-    def at_freeze(self, written: WrittenPages) -> npt.NDArray[np.int64]:
-        """The pages the destination holds unchanged once the frozen process's last writes
-        (`written`) are known: the image leaves them out."""
-        self.forget(np.union1d(written.pages, written.dropped))
-        return self.held
+    def sent(self, pages: npt.NDArray[np.int64]) -> None:
+        """Pages a round staged as they are now: their staged copy is valid again."""
+        if pages.size and self.stale.size:
+            self.stale = np.setdiff1d(self.stale, pages, assume_unique=True)
+
+    def at_freeze(self, written: WrittenPages) -> FreezeSet:
+        """The pages the freeze's image sends (if still present) and those it names stale,
+        once the frozen process's last writes (`written`) are known. A page that became
+        present zero-filled after the first round and was never written is in neither: the
+        destination leaves it not present, which reads as the same zeros."""
+        return FreezeSet(np.union1d(self.pending, written.pages),
+                         np.union1d(self.stale, written.dropped))
 
 
 def live_rounds(source: PrecopySource, pid: int, peer: PrecopyPeer, transport: Transport,
@@ -121,15 +146,16 @@ def live_rounds(source: PrecopySource, pid: int, peer: PrecopyPeer, transport: T
             pid, transport, None if first else int(previous * SHRINK), SMALL_PAGES)
         if not first:
             live.dirty_rate = vpns.size * PAGE_SIZE / max(t - last_take, 1e-6)
-            live.forget(np.union1d(gone, vpns))
+        live.gone(gone)
         if handles is None:  # small, or not shrinking: they go with the freeze instead
+            live.pending = vpns
             break
         last_take = t
         try:
             peer.precopy(mid, vpns, handles, options)
         finally:
             transport.discard(handles)
-        live.held = np.union1d(live.held, vpns)
+        live.sent(vpns)
         live.round_bytes.append(int(vpns.size) * PAGE_SIZE)
         if first:
             live.copy_rate = vpns.size * PAGE_SIZE / max(time.perf_counter() - t, 1e-6)

@@ -19,7 +19,9 @@ the pages (a large process or a slow transport may take longer than a lease betw
 its calls) it renews the lease three times a lease, so a slow source keeps its migration and
 only a silent one loses it. Only pages that were ever touched travel, batched into page
 blocks. A pre-copy (`precopy.py`) adds live rounds before the freeze, under the same lease
-(the destination stages their pages); the freeze then sends only what changed since.
+(the destination stages their pages and builds the arriving space from them); the freeze then
+sends only what changed since, and its transform call carries the commit (the process is
+handed over before it goes out; a lost or failed answer is settled as a commit's is).
 `run_migration` knows the two machines only as the `Source` and `Peer` protocols, which the
 kernel's machine and the Ray layer's handles implement.
 """
@@ -27,6 +29,7 @@ kernel's machine and the Ray layer's handles implement.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import threading
 import time
@@ -68,7 +71,7 @@ class Source(Protocol):
     def program_size(self, pid: int) -> int: ...
     def export_image(self, pid: int, transport: Transport, options: MigrationOptions,
                      text_held: Callable[[str, str], bool] | None = None,
-                     precopied: npt.NDArray[np.int64] | None = None
+                     patch: precopy.FreezeSet | None = None
                      ) -> ProcessImage: ...
     def delete_migrated(self, pid: int, moved_bytes: int, reuse: bool) -> None: ...
     def note_migration(self, record: MigrationRecord) -> None: ...
@@ -79,6 +82,7 @@ class Source(Protocol):
     def precopy_round(self, pid: int, transport: Transport, most: int | None,
                       fewest: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
                                                 tuple[Any, ...] | None]: ...
+    def precopy_layout(self, pid: int) -> ProcessImage: ...
     def precopy_end(self, pid: int) -> WrittenPages: ...
     def precopy_cancel(self, pid: int) -> None: ...
 
@@ -198,14 +202,18 @@ class _Call(Generic[T]):
     """A call run on a thread of its own while the caller goes on: `result` waits for it
     and returns its value or raises its error."""
 
-    def __init__(self, call: Callable[[], T]) -> None:
+    def __init__(self, call: Callable[[], T], at_once: bool = False) -> None:
         self._call = call
         self._value: T | None = None
         self._error: BaseException | None = None
         self.started = time.perf_counter()
         self.seconds = 0.0  # how long the call took, once it has
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if at_once:  # nothing to overlap it with: run here, now
+            self._run()
+        else:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -215,7 +223,8 @@ class _Call(Generic[T]):
         self.seconds = time.perf_counter() - self.started
 
     def result(self) -> T:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise self._error
         assert self._value is not None
@@ -223,7 +232,8 @@ class _Call(Generic[T]):
 
     def finished(self) -> T | None:
         """Its value once it has ended, or None if it failed."""
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         return self._value
 
 
@@ -290,17 +300,55 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
     image: ProcessImage | None = None
     exporting: _Call[ProcessImage] | None = None
     created = live is not None  # the live rounds' destination holds their pages
-    valid: npt.NDArray[np.int64] | None = None  # pre-copied pages unchanged since
+    patch: precopy.FreezeSet | None = None  # what the freeze adds to the live rounds
+    transformed: dict[str, float] = {}
+
+    def transform() -> None:
+        """The transform call (with the commit in it for a pre-copy: one round trip while
+        frozen), and once more with the text if the text it would share has gone."""
+        nonlocal image, transformed, pages, text_pages, text_shared, nbytes, freeze_bytes
+        assert image is not None
+        try:
+            transformed = peer.transform(mid, image, options)
+        except TextNotHeldError:
+            # The process whose text it would share ended meanwhile (nothing was made
+            # there): send the text after all, once.
+            stale, image = image, None
+            transport.discard(stale.handles)
+            image = _committing(source.export_image(pid, transport, options, None, patch))
+            pages = image.pages_sent
+            text_pages, text_shared = image.text_pages_sent, image.text_shared
+            nbytes += text_pages * PAGE_SIZE  # the program's pages, sent this time
+            freeze_bytes += text_pages * PAGE_SIZE
+            transformed = peer.transform(mid, image, options)
+
+    def transformed_at(t: float) -> None:
+        """Phases and starts of the transform call made at `t`."""
+        phases.update(transformed)
+        # What the transform call cost beyond the destination's own work: the round trip.
+        phases["transform_call"] = time.perf_counter() - t - sum(transformed.values())
+        # Transform I-III run on the destination inside the call, one after another: each
+        # starts at the call's start plus the destination phases before it (in the order the
+        # destination reports them, I, II, III, the commit); the round trip follows them.
+        offset = t - start
+        for name, seconds in transformed.items():
+            starts[name] = offset
+            offset += seconds
+        starts["transform_call"] = offset
+
     try:
         t = time.perf_counter()
         # Content-addressed text: the export asks the destination (while the create call
         # runs) whether it already holds this text; if it does, no text page is put.
         held: Callable[[str, str], bool] | None = getattr(peer, "holds_text", None)
+        if live is not None and held is not None and live.text_known:
+            held = _known_first(live.text_known, held)
         if live is not None:
-            # Created before the live rounds: only what changed since the last one goes.
-            valid = live.at_freeze(source.precopy_end(pid))
-            exporting = _Call(lambda: source.export_image(pid, transport, options, held,
-                                                          valid))
+            # Created (and its space built) before the freeze: only what changed since the
+            # last live round goes. Nothing to overlap the export with: it runs here.
+            patch = live.at_freeze(source.precopy_end(pid))
+            exporting = _Call(lambda: _committing(
+                source.export_image(pid, transport, options, held, patch)), at_once=True)
         else:
             source.fault_point("before_create")
             created = True  # from here the destination may hold something: abort on failure
@@ -329,31 +377,12 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
             nbytes += freeze_bytes
             t = time.perf_counter()
             source.fault_point("before_transform")
-            try:
-                transformed = peer.transform(mid, image, options)
-            except TextNotHeldError:
-                # The process whose text it would share ended meanwhile (nothing was made
-                # there): send the text after all, once.
-                stale, image, exporting = image, None, None
-                transport.discard(stale.handles)
-                image = source.export_image(pid, transport, options, None, valid)
-                pages = image.pages_sent
-                text_pages, text_shared = image.text_pages_sent, image.text_shared
-                nbytes += text_pages * PAGE_SIZE  # the program's pages, sent this time
-                freeze_bytes += text_pages * PAGE_SIZE
-                transformed = peer.transform(mid, image, options)
-        source.fault_point("after_transform")
-        phases.update(transformed)
-        # What the transform call cost beyond the destination's own work: the round trip.
-        phases["transform_call"] = time.perf_counter() - t - sum(transformed.values())
-        # Transform I-III run on the destination inside the call, one after another: each
-        # starts at the call's start plus the destination phases before it (in the order the
-        # destination reports them, I, II, III); the round trip follows them.
-        offset = t - start
-        for name, seconds in transformed.items():
-            starts[name] = offset
-            offset += seconds
-        starts["transform_call"] = offset
+            if live is None:
+                exporting = None  # (a second export's image is this one's to discard)
+                transform()
+        if live is None:
+            source.fault_point("after_transform")
+            transformed_at(t)
         # Before the commit goes out, the copy here can no longer be resumed by anyone but
         # this migration's outcome: it runs at the destination only once it cannot run here.
         source.hand_over(pid, mid)
@@ -377,21 +406,32 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
     t = time.perf_counter()
     starts["commit"] = t - start
     error: BaseException | None = None
+    # A pre-copy's commit goes out with its transform: whatever that call raises, the
+    # outcome is asked for, as for a commit whose answer was lost.
+    answered: type[BaseException] | tuple[type[BaseException], ...] = (
+        Exception if live is not None else (TenderError, OSError))
     try:
-        outcome: Outcome | None = peer.commit(mid)
-    except (TenderError, OSError) as exc:  # the answer was lost, late or an error
+        if live is not None:
+            transform()
+            transformed_at(t)
+            phases["commit"] = transformed.get("commit", 0.0)
+            outcome: Outcome | None = Outcome.COMMITTED  # it raises otherwise
+        else:
+            outcome = peer.commit(mid)
+    except answered as exc:  # the answer was lost, late or an error
         error = exc
         try:
             outcome = settle(peer, mid, settle_seconds)
         except OutcomeUnknownError as unknown:
-            transport.discard(image.handles)
+            _discard(transport, image)
             failed(unknown, f"is frozen on {source.name}, handed over to {peer.name}")
             raise
-    phases["commit"] = time.perf_counter() - t
+    if live is None or "commit" not in transformed:
+        phases["commit"] = time.perf_counter() - t
     freeze_seconds = time.perf_counter() - frozen_at  # it runs at the destination from here
     if outcome is not Outcome.COMMITTED:  # definite: it will never run there
         source.thaw(pid, mid)
-        transport.discard(image.handles)
+        _discard(transport, image)
         where = f"runs on at {source.name}"
         if outcome is Outcome.EXPIRED:
             error = LeaseExpiredError(
@@ -409,13 +449,15 @@ def run_migration(source: Source, pid: int, peer: Peer, transport: Transport,
     starts["delete"] = t - start
     late: BaseException | None = None  # a fault here does not undo the move
     try:
+        if live is not None:  # (its transform went out with the commit)
+            source.fault_point("after_transform")
         source.fault_point("after_commit")
         source.fault_point("before_delete")
     except BaseException as exc:
         late = exc
     source.delete_migrated(pid, nbytes, options.reuse)
     phases["delete"] = time.perf_counter() - t
-    transport.discard(image.handles)
+    _discard(transport, image)
     if late is None:
         try:
             source.fault_point("after_delete")
@@ -469,6 +511,17 @@ def _live_rounds(source: Source, pid: int, peer: Peer, transport: Transport, mid
         rounds_peer = cast(precopy.PrecopyPeer, peer)  # it has `precopy` (_choose_mode)
         with renewing(peer, mid, source.migration_lease() / RENEWS_PER_LEASE):
             live = precopy.live_rounds(source, pid, rounds_peer, transport, mid, options)
+            # Transform (III) made iterative: the destination builds the arriving space
+            # from the staged pages while the process still runs here, so the freeze only
+            # patches it with what was written since.
+            layout = source.precopy_layout(pid)
+            peer.transform(mid, layout, options)
+            # Content-addressed text asked about now, not while it is frozen (a holder that
+            # ends meanwhile makes the transform send the text after all).
+            ask: Callable[[str, str], bool] | None = getattr(peer, "holds_text", None)
+            if layout.text_digest and ask is not None:
+                key = (layout.program.digest, layout.text_digest)
+                live.text_known[key] = bool(ask(*key))
         phases["precopy"] = time.perf_counter() - t
         return live
     except BaseException as exc:
@@ -479,6 +532,29 @@ def _live_rounds(source: Source, pid: int, peer: Peer, transport: Transport, mid
                 peer.abort(mid)
         failed(exc, f"runs on at {source.name}")
         raise
+
+
+def _discard(transport: Transport, image: ProcessImage | None) -> None:
+    """Let go of the blocks of the image sent last (none if a second export failed)."""
+    if image is not None:
+        transport.discard(image.handles)
+
+
+def _committing(image: ProcessImage) -> ProcessImage:
+    """A pre-copy's freeze image, marked to be committed by its transform call (the source
+    hands the process over before that call goes out)."""
+    if image.precopy is None:
+        return image
+    return dataclasses.replace(image, precopy=dataclasses.replace(image.precopy, commit=True))
+
+
+def _known_first(known: dict[tuple[str, str], bool],
+                 ask: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
+    """`ask`, answered from `known` where it holds the answer."""
+    def held(program_digest: str, digest: str) -> bool:
+        answer = known.get((program_digest, digest))
+        return ask(program_digest, digest) if answer is None else answer
+    return held
 
 
 class LocalPeer:

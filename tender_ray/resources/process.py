@@ -128,6 +128,9 @@ class Process:
         # re-issued, a signal frame): its computation applies them as soon as the CPU has
         # stopped, before anyone else sees the registers (`Scheduler.between_runs`).
         self.register_edits: list[RegisterEdit] = []
+        # Its last stop was only for such an edit (rt_sigreturn): it runs on in the same
+        # quantum (its computation's).
+        self.runs_on = False
         # The engine context: kept by the entry across the pool; run only by its computation,
         # though any thread may ask it to `preempt`.
         self.cpu: Engine | None = None
@@ -219,7 +222,7 @@ class ThreadEntry(Process):
     thread: Thread
     OWN = frozenset({"state", "wake_at", "sleep_left", "quantum", "registers",
                      "register_edits", "cpu", "exit_status", "exit_reason", "accounting",
-                     "leader", "tid", "thread"})
+                     "leader", "tid", "thread", "runs_on"})
 
     def __init__(self, leader: Process, thread: Thread) -> None:
         # (Process.__init__ is not run: the shared fields are the leader's.)
@@ -232,6 +235,7 @@ class ThreadEntry(Process):
         self.quantum = 0
         self.registers = None
         self.register_edits = []
+        self.runs_on = False
         self.cpu = None
         self.exit_status = None
         self.exit_reason = ""

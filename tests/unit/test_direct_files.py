@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import random
 import struct
@@ -61,15 +62,19 @@ def _exec(machine: Machine, argv: list[str], root: Path, stdin: str = "empty") -
 
 # --- the filter, judged by the host kernel ------------------------------------------------
 
-def _judged(allowed: int, window_of: Callable[[int], tuple[int, int] | None]) -> list[int]:
+def _judged(allowed: int, window_of: Callable[[int], tuple[int, int] | None],
+            writes: int = 0) -> list[int]:
     """In a child with only the narrowing filter (a TRACE answer without a tracer is
     ENOSYS), the errno of: read on fd 5 into a buffer, on fd 6, lseek on fd 5, fstat on fd 5
-    into the buffer, read into a buffer past the window's end; 0 where it ran."""
+    into the buffer, read into a buffer past the window's end, then write from the buffer
+    to fd 7 (a pipe) 4096 bytes, 4097 bytes, 64 bytes past the window's end, and 64 bytes
+    to fd 8 (a pipe too); 0 where it ran. (The child reports with writev, which the filter
+    does not judge.)"""
     libc = ctypes.CDLL(None, use_errno=True)
     buffer = ctypes.create_string_buffer(1 << 16)
     base = ctypes.addressof(buffer)
     window = window_of(base)
-    program = direct_files.narrowing_filter(allowed, window)
+    program = direct_files.narrowing_filter(allowed, window, writes)
     code = ctypes.create_string_buffer(program)
     prog = ctypes.create_string_buffer(struct.pack("<HxxxxxxQ", len(program) // 8,
                                                    ctypes.addressof(code)))
@@ -79,6 +84,9 @@ def _judged(allowed: int, window_of: Callable[[int], tuple[int, int] | None]) ->
         try:
             for fd in (5, 6):
                 os.dup2(os.open(sys.executable, os.O_RDONLY), fd)
+            for fd in (7, 8):
+                os.dup2(os.pipe()[1], fd)
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 16)
             libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
             ok = libc.syscall(317, 1, 0, ctypes.c_void_p(ctypes.addressof(prog)))
             codes = [0 if ok == 0 else max(ctypes.get_errno(), 1)]
@@ -86,10 +94,16 @@ def _judged(allowed: int, window_of: Callable[[int], tuple[int, int] | None]) ->
                          lambda: libc.read(6, ctypes.c_void_p(base), 64),
                          lambda: libc.lseek(5, 0, 0),
                          lambda: libc.syscall(5, 5, ctypes.c_void_p(base)),
-                         lambda: libc.read(5, ctypes.c_void_p(base + (1 << 16) - 8), 64)):
+                         lambda: libc.read(5, ctypes.c_void_p(base + (1 << 16) - 8), 64),
+                         lambda: libc.write(7, ctypes.c_void_p(base), 4096),
+                         lambda: libc.write(7, ctypes.c_void_p(base), 4097),
+                         lambda: libc.write(7, ctypes.c_void_p(base + (1 << 16) - 8), 64),
+                         lambda: libc.write(8, ctypes.c_void_p(base), 64)):
                 ctypes.set_errno(0)
                 codes.append(0 if call() >= 0 else min(ctypes.get_errno(), 255))
-            libc.write(wfd, bytes(codes), len(codes))
+            report = ctypes.create_string_buffer(bytes(codes))
+            vector = struct.pack("<QQ", ctypes.addressof(report), len(codes))
+            libc.writev(wfd, ctypes.c_char_p(vector), 1)
         finally:
             os._exit(0)
     os.close(wfd)
@@ -103,11 +117,16 @@ def _judged(allowed: int, window_of: Callable[[int], tuple[int, int] | None]) ->
 def test_the_narrowing_filter_passes_only_allowed_numbers_and_buffers_in_the_window() -> None:
     enosys = errno.ENOSYS
     window = lambda base: (base & ~0xFFF, base + (1 << 16) - 4096)  # noqa: E731
-    assert _judged(1 << 5, window) == [0, enosys, 0, 0, enosys]
-    assert _judged(1 << 5 | 1 << 6, window) == [0, 0, 0, 0, enosys]
-    assert _judged(0, window) == [enosys] * 5
-    # No window: only the calls that write no guest memory pass.
-    assert _judged(1 << 5, lambda base: None) == [enosys, enosys, 0, enosys, enosys]
+    no_writes = [enosys] * 4
+    assert _judged(1 << 5, window) == [0, enosys, 0, 0, enosys, *no_writes]
+    assert _judged(1 << 5 | 1 << 6, window) == [0, 0, 0, 0, enosys, *no_writes]
+    assert _judged(0, window) == [enosys] * 9
+    # No window: only the calls that touch no guest memory pass.
+    assert _judged(1 << 5, lambda base: None, 1 << 7) == [enosys, enosys, 0, enosys, enosys,
+                                                         *no_writes]
+    # A write passes on a number of `writes`, whole within PIPE_BUF, from inside the window.
+    assert _judged(0, window, 1 << 7) == [enosys] * 5 + [0, enosys, enosys, enosys]
+    assert _judged(0, window, 1 << 7 | 1 << 8) == [enosys] * 5 + [0, enosys, enosys, 0]
 
 
 # --- real programs ------------------------------------------------------------------------

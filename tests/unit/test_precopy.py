@@ -158,7 +158,7 @@ def test_failed_precopy_leaves_the_process_running_at_its_source(
     with pytest.raises(TenderError, match="answer is lost"):
         run_migration(a, pid, peer, transport, PRECOPY)
     assert peer.rounds == 1
-    assert a.info(pid).state in ("running", "ready")
+    assert a.info(pid).state not in ("frozen", "zombie")
     assert not a.is_tracked(pid)  # the tracking was the pre-copy's
     assert a.recent_migrations()[-1].result == "failed"
     assert_clean(b)  # what the first round staged is freed

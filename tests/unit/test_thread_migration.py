@@ -1,24 +1,30 @@
-"""A process with threads moves as one unit on the emulated engine: every thread is frozen at
-an instruction boundary or a system-call stop, each thread's registers and own state travel,
-and the destination makes the threads with their ids (one CPU context each). The musl pthread
-workload (thread_hash: threads that wait in a mutex and a condition variable for their turn)
-bounced over three machines prints what it prints natively, with threads caught waiting in a
-futex at the moves, queued again at the destination and woken there; so does a move by
-pre-copy. Thread ids do not change. A native machine refuses such an arriving process by name
-(the native engine cannot make its threads yet), and a checkpoint of a process with threads is
-refused by name; the process runs on."""
+"""A process with threads moves as one unit on both engines and between them: every thread is
+frozen at an instruction boundary or a system-call stop (on the native engine each host
+thread in a ptrace stop), each thread's registers and own state travel, and the destination
+makes the threads with their ids (one CPU context each; on the native engine host threads
+cloned from the new host process's first). The musl pthread workload (thread_hash: threads
+that wait in a mutex and a condition variable for their turn) bounced over three machines
+prints what it prints natively, with threads caught waiting in a futex at the moves, queued
+again at the destination and woken there; so do Debian's `xz -T2` and `zstd -T2`, and a
+process bounced between emulated and native machines. A move by pre-copy is a stop-and-copy.
+Thread ids do not change; a first thread blocked in a join (a futex) and a python3 thread
+blocked in a read of its standard input are moved in that state and go on there. A
+checkpoint of a process with threads is refused by name; the process runs on."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.engines import NATIVE_OK, NATIVE_WHY
 from support.machines import (
+    GUEST_TIMEOUT,
     assert_clean,
     bounce,
     bounce_enough,
@@ -29,19 +35,18 @@ from support.machines import (
 )
 from support.programs import native, need, run_native
 
-from tender_ray.errors import MigrationError, ProcessStateError
+from tender_ray.errors import ProcessStateError
 from tender_ray.kernel.machine import Machine
 from tender_ray.migration.options import MigrationMode, MigrationOptions
 from tender_ray.migration.record import MigrationRecord
+from tender_ray.resources.process import RunState
 
 MakeMachine = Callable[..., Machine]
 QUANTUM = {"emulated": 200, "native": 1000}  # microseconds: several quanta per move
-ARRIVAL_REFUSED = "engine cannot make for an arriving process yet"
 
 
 native_only = pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY)
-# The native engine refuses such a move by name (tests/unit/test_threads.py): it runs on.
-ENGINES = [pytest.param("emulated")]
+ENGINES = [pytest.param("emulated"), pytest.param("native", marks=native_only)]
 
 
 def _three(make_machine: MakeMachine, engine: str, computations: int = 1) -> list[Machine]:
@@ -62,11 +67,23 @@ def test_a_process_with_threads_bounced_over_three_machines_prints_as_natively(
     waiting: list[int] = []  # threads seen waiting in a futex just before each move
     move = local_mover()
 
-    def watched(source: Machine, pid: int, destination: Machine) -> MigrationRecord:
+    def in_futex(source: Machine, pid: int) -> int | None:
+        """Its threads waiting in a futex now (None: it has ended)."""
         with source.scheduler.lock:
-            p = source.scheduler.table[pid]
-            waiting.append(sum(t.futex is not None and not t.futex.woken
-                               for t in p.threads.values()))
+            p = source.scheduler.table.get(pid)
+            if p is None or p.state is RunState.ZOMBIE:
+                return None
+            return sum(t.futex is not None and not t.futex.woken for t in p.threads.values())
+
+    def watched(source: Machine, pid: int, destination: Machine) -> MigrationRecord:
+        # Until one move has caught a thread in a futex, each waits for that moment (its
+        # threads take turns through a mutex and a condition variable: one comes soon); a
+        # fast engine's threads are seldom caught there by chance.
+        deadline = time.monotonic() + (5.0 if not sum(waiting) else 0.0)
+        while not (seen := in_futex(source, pid)) and seen is not None \
+                and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        waiting.append(seen or 0)
         return move(source, pid, destination)
 
     def launch(scale: int) -> int:
@@ -101,15 +118,16 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return made
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", sorted(DEBIAN))
 def test_debian_programs_with_threads_bounced_print_as_natively(
-        make_machine: MakeMachine, inputs: list[Path], name: str) -> None:
+        make_machine: MakeMachine, inputs: list[Path], name: str, engine: str) -> None:
     """Debian's `xz -T2` and `zstd -T2` (glibc's threads: clone3, futexes, the robust list
     refused) moved over three machines while they compress."""
     program, *flags = DEBIAN[name]
     need(program)
     machines = [make_machine(name=f"d{i}", quantum_us=1000, computations=2,
-                             engine="emulated", memory_mib=512, pid_base=1000 * (i + 1))
+                             engine=engine, memory_mib=512, pid_base=1000 * (i + 1))
                 for i in range(3)]
     env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
 
@@ -176,9 +194,15 @@ def test_a_thread_blocked_in_a_join_moves_and_the_ids_stay(make_machine: MakeMac
     assert len(before) == 3
     move = local_mover()
     for i in range(6):  # twice round the three machines
-        move(machines[i % 3], pid, machines[(i + 1) % 3])
+        source = machines[i % 3]
+        with source.scheduler.lock:
+            first = source.scheduler.table[pid].threads[pid]
+        # The first thread, joining a spinner, is caught waiting in a futex by each move.
+        wait_until(lambda first=first: first.futex is not None and not first.futex.woken,
+                   what="the joining thread waits in a futex", machine=source)
+        move(source, pid, machines[(i + 1) % 3])
         assert _tids(machines[(i + 1) % 3], pid) == before
-        assert not machines[i % 3].list_processes()
+        assert not source.list_processes()
     here = machines[0]
     with here.scheduler.lock:
         first = here.scheduler.table[pid].threads[pid]
@@ -192,24 +216,87 @@ def test_a_thread_blocked_in_a_join_moves_and_the_ids_stay(make_machine: MakeMac
         assert_clean(machine)
 
 
+READER = """
+import sys, threading
+got = []
+def read():
+    got.append(sys.stdin.buffer.readline())
+t = threading.Thread(target=read)
+t.start()
+print("ready", flush=True)
+t.join()
+print(got[0].decode().upper(), end="")
+"""
+
+
 @native_only
-def test_a_native_machine_refuses_an_arriving_process_with_threads_by_name(
+def test_a_thread_blocked_in_a_read_of_stdin_moves_and_reads_there(
         make_machine: MakeMachine) -> None:
-    here = make_machine(name="e0", quantum_us=200, engine="emulated")
-    there = make_machine(name="n0", quantum_us=1000, engine="native", pid_base=2000)
-    pid = start(here, "thread_hash", "spin")
-    wait_until(lambda: here.scheduler.table[pid].stdout == b"ready\n",
-               what="both spinning threads have begun", machine=here)
-    with pytest.raises(MigrationError, match=ARRIVAL_REFUSED):
-        local_mover()(here, pid, there)
-    assert there.list_processes() == []
-    assert here.info(pid).state in ("running", "runnable", "sleeping")  # it runs on
-    elsewhere = make_machine(name="e1", quantum_us=200, engine="emulated", pid_base=3000)
-    local_mover()(here, pid, elsewhere)  # and it still moves to an engine that can
-    elsewhere.kill(pid, signal.SIGKILL)
-    status, out, _, info = finish(elsewhere, pid)
-    assert (status, out) == (128 + 9, b"ready\n"), info.exit_reason
-    for machine in (here, there, elsewhere):
+    """python3's second thread waits in a read of its standard input, its first in a join
+    (a futex): moved native to native three times in that state, the read issued again at
+    each destination, it reads what is fed at the last one and prints as natively."""
+    python = "/usr/bin/python3"
+    need(python)
+    machines = _three(make_machine, "native")
+    env = ["LC_ALL=C", "PATH=/usr/bin:/bin"]
+    pid = machines[0].exec(Path(python).read_bytes(), "python3", [python, "-c", READER], env,
+                           stdin="stream")
+
+    def all_waiting(machine: Machine) -> bool:
+        with machine.scheduler.lock:
+            p = machine.scheduler.table[pid]
+            entries = (p, *p.members.values())
+            return (b"ready\n" in bytes(p.stdout) and len(p.members) == 1
+                    and all(e.state is RunState.SLEEPING for e in entries))
+
+    move = local_mover()
+    for i in range(3):
+        source = machines[i % 3]
+        wait_until(lambda source=source: all_waiting(source), timeout=GUEST_TIMEOUT,
+                   what="both threads wait (a read, a join)", machine=source)
+        move(source, pid, machines[(i + 1) % 3])
+    here = machines[0]
+    wait_until(lambda: all_waiting(here), timeout=GUEST_TIMEOUT,
+               what="both threads wait again after the last move", machine=here)
+    here.feed_stdin(pid, b"a line read after three moves\n", eof=True)
+    status, out, err, info = finish(here, pid)
+    expected = subprocess.run([python, "-c", READER], input=b"a line read after three moves\n",
+                              capture_output=True, env=dict(e.split("=", 1) for e in env),
+                              timeout=GUEST_TIMEOUT, check=False)
+    assert (status, out, err) == (expected.returncode, expected.stdout, expected.stderr), \
+        info.exit_reason
+    for machine in machines:
+        assert_clean(machine)
+
+
+@native_only
+def test_a_process_with_threads_moves_between_the_engines_and_prints_as_natively(
+        make_machine: MakeMachine) -> None:
+    """Each thread's registers travel in the engine-neutral form: a process with threads
+    bounced over emulated and native machines (its threads made again as Unicorn contexts,
+    then as host threads, in turn) prints what it prints natively."""
+    machines = [make_machine(name=f"x{i}", quantum_us=QUANTUM[engine], engine=engine,
+                             pid_base=1000 * (i + 1))
+                for i, engine in enumerate(("emulated", "native", "emulated"))]
+    move = local_mover()
+    threaded = [0]
+
+    def watched(source: Machine, pid: int, destination: Machine) -> MigrationRecord:
+        with source.scheduler.lock:
+            threaded[0] += bool(source.scheduler.table[pid].members)
+        return move(source, pid, destination)
+
+    def launch(scale: int) -> int:
+        return start(machines[0], "thread_hash", str(min(16, 4 * scale)))
+
+    scale, pid, where, records = bounce_enough(machines, launch, move=watched, enough=4,
+                                               scales=(1, 4))
+    status, out, err, info = finish(machines[where], pid)
+    assert (status, out, err) == native("thread_hash", str(min(16, 4 * scale))), \
+        info.exit_reason
+    assert threaded[0], "no move caught the process with its threads"
+    assert {r.destination for r in records} >= {"x1"}
+    for machine in machines:
         assert_clean(machine)
 
 

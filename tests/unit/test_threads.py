@@ -5,11 +5,10 @@ one a Unicorn context, the threads of a process taking turns): the pthread workl
 and a condition variable in part order, then are joined; or its first thread exits and the
 last one ends the process) prints what it prints natively, whose output is one for any
 number of threads, on both engines; on the native engine two threads of one process hold two
-computations at once; on the native engine a process with threads is refused a move by name
-and runs on, and the balancer goes on (the emulated engine moves it, see
-tests/unit/test_thread_migration.py); Debian's `xz -T2`, `zstd -T2`, `sort --parallel=2` and
-python3's threading print what they print natively. The futex operations (futexops) answer
-as Linux answers them on both engines."""
+computations at once; the balancer draining a native machine moves a process with threads,
+its thread ids kept (more moves in tests/unit/test_thread_migration.py); Debian's `xz -T2`,
+`zstd -T2`, `sort --parallel=2` and python3's threading print what they print natively.
+The futex operations (futexops) answer as Linux answers them on both engines."""
 
 from __future__ import annotations
 
@@ -21,18 +20,16 @@ from pathlib import Path
 import pytest
 from support.balancing import LocalClient
 from support.engines import NATIVE_OK, NATIVE_WHY
-from support.machines import assert_clean, finish, local_mover, run_on_machine, start, wait_until
+from support.machines import assert_clean, finish, run_on_machine, start, wait_until
 from support.programs import native, need, run_native
 
 from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
-from tender_ray.errors import ProcessStateError
 from tender_ray.kernel.machine import Machine
 from tender_ray.migration.options import MigrationOptions
 
 MakeMachine = Callable[..., Machine]
 native_only = pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY)
-REFUSED = "threads: a process with more than one thread cannot move yet"
 
 
 def test_the_output_is_the_same_for_any_number_of_threads() -> None:
@@ -102,31 +99,34 @@ def test_two_threads_of_one_process_hold_two_computations_at_once(
 
 
 @native_only
-def test_a_process_with_threads_is_refused_a_move_and_runs_on(
+def test_the_balancer_draining_a_native_machine_moves_a_process_with_threads(
         make_machine: MakeMachine) -> None:
-    world = {name: make_machine(name=name, quantum_us=1000, engine="native")
-             for name in ("m0", "m1")}
+    world = {name: make_machine(name=name, quantum_us=1000, engine="native",
+                                pid_base=1000 * (i + 1))
+             for i, name in enumerate(("m0", "m1"))}
     here, there = world["m0"], world["m1"]
     pid = _spinning(here)
-    with pytest.raises(ProcessStateError, match=REFUSED) as refused:
-        local_mover()(here, pid, there)
-    assert f"process {pid} has 3 threads" in str(refused.value)
-    # The balancer draining its machine is refused each round, by name, and goes on.
+    with here.scheduler.lock:
+        tids = set(here.scheduler.table[pid].threads)
+    assert len(tids) == 3
     loop = BalancingLoop(BalancerParams(policy=Policy.NONE), MigrationOptions(), 1.0)
     for machine in world.values():
         loop.add_machine(LocalClient(machine, world))
     here.cordon()
-    for rounds in (1, 2):
-        loop.round()
-        state = loop.state()
-        assert state.rounds == rounds and state.migrations == ()
-        assert len(state.failures) == rounds and REFUSED in state.failures[-1]
-    assert there.list_processes() == []
-    assert here.info(pid).state in ("running", "runnable")  # it ran on, nothing lost
-    here.kill(pid, signal.SIGTERM)
-    status, out, _, info = finish(here, pid)
+    loop.round()
+    state = loop.state()
+    assert state.failures == () and len(state.migrations) == 1, state
+    assert here.list_processes() == []
+    with there.scheduler.lock:
+        assert set(there.scheduler.table[pid].threads) == tids  # the same thread ids
+    # Its two spinners run again there, each a host thread of the new host process.
+    wait_until(lambda: there.info(pid).state in ("running", "runnable"),
+               what="the moved process runs", machine=there)
+    there.kill(pid, signal.SIGTERM)
+    status, out, _, info = finish(there, pid)
     assert (status, out) == (128 + 15, b"ready\n"), info.exit_reason
-    assert_clean(here)
+    for machine in world.values():
+        assert_clean(machine)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,10 @@ int main(void)
            handled_in == tid() ? "the main thread" : "another");
     finish = 1;
     pthread_join(t, 0);
+    /* pthread_join returns once the kernel has cleared the thread's tid word, a moment
+     * before the thread is gone: until then tgkill still finds it (signal 0 only asks). */
+    while (syscall(SYS_tgkill, getpid(), worker_tid, 0) == 0)
+        sched_yield();
     errno = 0;
     long r = syscall(SYS_tgkill, getpid(), worker_tid, SIGUSR1);
     int e = errno;

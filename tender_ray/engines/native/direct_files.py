@@ -43,10 +43,15 @@ Why it is built this way (seccomp facts, Linux 6.x):
   orig_rax; `settle_syscall` clears it, or a call injected from that stop (or registers
   written back there) would make the kernel run the read again and skip a block.
 
+The standard output and error of a process whose streams are its own are host pipes at the
+guest's numbers (`output_pipes`, which says why): the same mask and window let `write` of at
+most PIPE_BUF bytes pass on them (`narrowing.narrowing_filter`'s `writes`), and a mediated
+write of at least WRITE_HINT_BYTES there moves the window as a read does.
+
 Measured (`tender-ray bench io --size 256`, against `--no-direct-files`): CPU over native went
-from 1.34 to 0.94 for `sha256sum`, 4.45 to 1.15 for a `python3` line read; `dd bs=4k` keeps
-its mediated 4 KiB writes to the standard output (22 times native). Writes to host files, pipes
-and `readv` are not direct yet.
+from 1.34 to 0.94 for `sha256sum`, 4.45 to 1.15 for a `python3` line read; with output pipes
+`dd bs=4k` to stdout makes no mediated write (docs/benchmarks.md, 2026-12-08). Writes to host
+files and pipes between processes, `writev` and `readv` are not direct yet.
 """
 
 from __future__ import annotations
@@ -60,29 +65,34 @@ import weakref
 from collections.abc import Callable
 from typing import Final
 
+from tender_ray.abi.linux import Signal
 from tender_ray.engines.native.libc import Regs
+from tender_ray.engines.native.narrowing import (
+    LIMIT,
+    PIPE_BUF,
+    SYS_PREAD64,
+    SYS_READ,
+    SYS_WRITE,
+    narrowing_filter,
+)
+from tender_ray.engines.native.output_pipes import OutputPipe, OutputSink, eligible_output
 from tender_ray.engines.native.tracer import Host, Tracer
 from tender_ray.errors import OutOfMemoryError
 from tender_ray.resources.file_view import LocalFileService
-from tender_ray.resources.open_file import FdEntry, FdTable, HostFile
+from tender_ray.resources.open_file import FdEntry, FdTable, HostFile, OpenFile, OutputStream
 from tender_ray.resources.real_memory import PAGE_SHIFT, PAGE_SIZE
 from tender_ray.resources.virtual_space import VirtualSpace
 from tender_ray.resources.virtual_user_space import PROT_WRITE
 
 ENABLED = True  # False: every call stays mediated (a stacked filter lets nothing pass)
-LIMIT: Final = 64  # descriptors 0..LIMIT-1 can be direct (the stub's filter says so)
 REHOSTS: Final = 8  # fresh host processes a program may be given to widen its buffer window
 WINDOW_BYTES: Final = 16 << 20  # the most of one area a buffer window covers (made present)
 REGAIN_BYTES: Final = 1 << 20  # a file this large at a dropped number is worth a fresh host
 HINT_BYTES: Final = 4096  # a mediated read at least this long on a direct fd moves the window
+WRITE_HINT_BYTES: Final = 1024  # and so does a mediated write this long to an output pipe
 MAX_FILTERS: Final = 24  # stacked filters per host process; beyond, everything is mediated
 
-SYS_READ: Final = 0
-SYS_FSTAT: Final = 5
 SYS_CLOSE: Final = 3
-SYS_LSEEK: Final = 8
-SYS_PREAD64: Final = 17
-SYS_FADVISE64: Final = 221
 SYS_OPENAT: Final = 257
 SYS_DUP3: Final = 292
 SYS_SECCOMP: Final = 317
@@ -90,7 +100,6 @@ SYS_PIDFD_GETFD: Final = 438
 AT_FDCWD: Final = -100
 SECCOMP_SET_MODE_FILTER: Final = 1
 SECCOMP_FILTER_FLAG_TSYNC: Final = 1
-STAT_SIZE: Final = 144  # struct stat on x86-64: what fstat writes
 
 # Where in the trampoline page the tracer writes what an injected call reads (the page is
 # readable by the guest's kernel calls; the stub's code and filter are in its first 0x200
@@ -99,105 +108,8 @@ _PATH_OFFSET: Final = 0x900
 _FILTER_OFFSET: Final = 0xA00
 _FILTER_ROOM: Final = PAGE_SIZE - _FILTER_OFFSET
 
-# cBPF opcodes and seccomp constants.
-_LD_ABS, _LD_IMM, _TAX, _TXA = 0x20, 0x00, 0x07, 0x87
-_JEQ, _JGE, _JGT, _JGE_X = 0x15, 0x35, 0x25, 0x3D
-_ADD_X, _ADD_K, _SUB_K, _AND_K, _RSH_X = 0x0C, 0x04, 0x14, 0x54, 0x7C
-_RET = 0x06
-RET_ALLOW: Final = 0x7FFF0000
-RET_TRACE: Final = 0x7FF00000
-_NR, _ARG = 0, 16  # offsets in struct seccomp_data: nr, args[0] (args[i] at 16 + 8 i)
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-
-
-class _Program:
-    """A cBPF program with forward jumps to labels, assembled to struct sock_filter[]."""
-
-    def __init__(self) -> None:
-        self.code: list[tuple[int, str | int, str | int, int]] = []
-        self.labels: dict[str, int] = {}
-
-    def op(self, code: int, k: int = 0, jt: str | int = 0, jf: str | int = 0) -> None:
-        self.code.append((code, jt, jf, k & 0xFFFFFFFF))
-
-    def label(self, name: str) -> None:
-        self.labels[name] = len(self.code)
-
-    def assemble(self) -> bytes:
-        out = bytearray()
-        for i, (code, jt, jf, k) in enumerate(self.code):
-            offsets = []
-            for target in (jt, jf):
-                off = self.labels[target] - i - 1 if isinstance(target, str) else target
-                if not 0 <= off <= 255:
-                    raise ValueError(f"filter jump out of range at {i}")
-                offsets.append(off)
-            out += struct.pack("<HBBI", code, offsets[0], offsets[1], k)
-        return bytes(out)
-
-
-def narrowing_filter(allowed: int, window: tuple[int, int] | None) -> bytes:
-    """The stacked filter: the data-plane calls pass on descriptor numbers whose bit is set
-    in `allowed` and, for those that write guest memory, a buffer inside `window` (bytes
-    [lo, hi), within one 4 GiB-aligned block); anything else it sends to the tracer. Calls it
-    does not judge it lets the other filters decide."""
-    p = _Program()
-    p.op(_LD_ABS, _NR)
-    p.op(_JEQ, SYS_READ, "read")
-    p.op(_JEQ, SYS_PREAD64, "read")
-    p.op(_JEQ, SYS_FSTAT, "fstat")
-    p.op(_JEQ, SYS_LSEEK, "plain")
-    p.op(_JEQ, SYS_FADVISE64, "plain")
-    p.op(_RET, RET_ALLOW)
-    for kind in ("read", "fstat", "plain"):
-        p.label(kind)
-        # The descriptor: the low word (the kernel's unsigned int fd); bit n of `allowed`.
-        p.op(_LD_ABS, _ARG)
-        p.op(_JGE, 32, f"{kind}_hi")
-        p.op(_TAX)
-        p.op(_LD_IMM, allowed & 0xFFFFFFFF)
-        p.op(_RSH_X)
-        p.op(_AND_K, 1)
-        p.op(_JEQ, 1, f"{kind}_buf", "trace")
-        p.label(f"{kind}_hi")
-        p.op(_JGE, LIMIT, "trace")
-        p.op(_SUB_K, 32)
-        p.op(_TAX)
-        p.op(_LD_IMM, (allowed >> 32) & 0xFFFFFFFF)
-        p.op(_RSH_X)
-        p.op(_AND_K, 1)
-        p.op(_JEQ, 1, f"{kind}_buf", "trace")
-        p.label(f"{kind}_buf")
-        if kind == "plain":
-            p.op(_RET, RET_ALLOW)
-            continue
-        if window is None:
-            p.op(_RET, RET_TRACE)
-            continue
-        lo, hi = window
-        block = lo >> 32
-        p.op(_LD_ABS, _ARG + 8 + 4)  # the buffer's high word: the window's block
-        p.op(_JEQ, block, 0, "trace")
-        p.op(_LD_ABS, _ARG + 8)
-        p.op(_JGE, lo & 0xFFFFFFFF, 0, "trace")
-        p.op(_TAX)
-        if kind == "read":
-            p.op(_LD_ABS, _ARG + 16 + 4)  # the length: below 2 GiB
-            p.op(_JEQ, 0, 0, "trace")
-            p.op(_LD_ABS, _ARG + 16)
-            p.op(_JGE, 0x8000_0000, "trace")
-            p.op(_ADD_X)
-        else:
-            p.op(_TXA)
-            p.op(_ADD_K, STAT_SIZE)
-        p.op(_JGE_X, 0, 0, "trace")  # no wrap past the block
-        p.op(_JGT, min(hi - (block << 32), 0xFFFFFFFF), "trace")
-        p.op(_RET, RET_ALLOW)
-    p.label("trace")
-    p.op(_RET, RET_TRACE)
-    return p.assemble()
 
 
 def _pidfd_getfd(pidfd: int, fd: int) -> int:
@@ -242,9 +154,15 @@ class DirectFiles:
         self.table: Callable[[], FdTable] | None = None
         self._host: Host | None = None
         self._allowed = 0  # the numbers the host's filters let pass
+        self._writes = 0  # the numbers they let `write` pass on (`output_pipes`)
         self._window: tuple[int, int] | None = None  # the buffer bytes they let be written
         self._filters = 0
         self._direct: dict[int, HostFile] = {}  # number -> its description, in this host
+        # The bound process's own standard streams (None: its output is not its own), the
+        # run's preemption, and the host pipes of this host: number -> pipe.
+        self.output: OutputSink | None = None
+        self.preempt: Callable[[], None] = lambda: None
+        self._outputs: dict[int, OutputPipe] = {}
         self._hint: int | None = None  # a buffer a mediated read on a direct fd used
         self._regain = False  # a large eligible file sits at a number the filters dropped
         self.rehosts = 0
@@ -256,6 +174,8 @@ class DirectFiles:
         self.of_a_thread = False
 
     def unbind(self) -> None:
+        self.close_outputs()
+        self.output = None
         self.table = None
         self._hint = None
         self._regain = False
@@ -271,6 +191,7 @@ class DirectFiles:
         self.retired = True
         if self._host is host:
             self._stack(host, 0, None)  # also closes the direct numbers in the host
+            self.close_outputs()
             self._hint = None
             self._regain = False
 
@@ -286,16 +207,19 @@ class DirectFiles:
         group = _group(host)
         return (not self._off(host) and group is self._host and ENABLED and self.rehosts < REHOSTS
                 and group is host and not getattr(group, "threads", None)
-                and ((self._hint is not None and bool(self._direct)) or self._regain)
+                and ((self._hint is not None and bool(self._direct or self._outputs))
+                     or self._regain)
                 and space.dirty is None)
 
     def rehosted(self) -> None:
         """The guest left its host process (which is gone): its direct files become
-        direct again in the next one, each on a description of its own."""
+        direct again in the next one, each on a description of its own, and its output
+        pipes (empty: drained when its run ended) give way to new ones."""
         for file in self._direct.values():
             file.leave_direct()
             _installed.pop(file, None)
         self._direct = {}
+        self.close_outputs()
         self._host = None
         self.rehosts += 1
         self.stats["rehosts"] += 1
@@ -312,27 +236,31 @@ class DirectFiles:
                 # wide filter must not let its reads reach the (empty) host descriptors
                 self._host, self._direct, self._filters = host, {}, 0
                 self._allowed, self._window = (1 << LIMIT) - 1, None
+                self._writes = (1 << LIMIT) - 1
                 self._stack(host, 0, None)
             return
         if _group(host) is not self._host:
+            self.close_outputs()
             self._host = _group(host)
             self._direct = {}
             self._filters = 0
-            self._allowed = (1 << LIMIT) - 1
+            self._allowed = self._writes = (1 << LIMIT) - 1
             self._window = None
             table = self.table() if self.table is not None and ENABLED else None
-            allowed = 0
+            allowed = writes = 0
             if table is not None:
                 for n in range(LIMIT):
                     entry = table.entries.get(n)
                     if entry is None or eligible(entry.file, table.entries):
                         allowed |= 1 << n
+                    if entry is not None and self._output_ok(entry.file):
+                        writes |= 1 << n  # (only these: other numbers never cost a filter)
             window = None
             if allowed and self._hint is not None and space.dirty is None:
                 window = self._make_window(host, space, self._hint, sync)
             self._hint = None
             self._regain = False
-            self._stack(host, allowed, window)
+            self._stack(host, allowed, window, writes)
         self.reconcile(host, space)
 
     def after_call(self, host: Host, space: VirtualSpace, nr: int,
@@ -342,8 +270,10 @@ class DirectFiles:
         host process would let the next ones pass, so the run should end now."""
         if self._off(host) or _group(host) is not self._host:
             return False
-        if (nr in (SYS_READ, SYS_PREAD64) and (args[0] & 0xFFFFFFFF) in self._direct
-                and args[2] >= HINT_BYTES):
+        fd = args[0] & 0xFFFFFFFF
+        if ((nr in (SYS_READ, SYS_PREAD64) and fd in self._direct and args[2] >= HINT_BYTES)
+                or (nr == SYS_WRITE and fd in self._outputs
+                    and WRITE_HINT_BYTES <= args[2] <= PIPE_BUF)):
             self._hint = args[1]
         self.reconcile(host, space)
         return self.wants_rehost(host, space)
@@ -378,20 +308,130 @@ class DirectFiles:
                     self._direct[n] = candidate
                     continue
             drop |= 1 << n
+        drop_writes = self._reconcile_outputs(host, entries)
         window = self._window
         if window is not None and not _writable(host, window):
             window = None
-        if drop or window != self._window:
-            self._stack(host, self._allowed & ~drop, window)
+        if drop or drop_writes or window != self._window:
+            self._stack(host, self._allowed & ~drop, window, self._writes & ~drop_writes)
+
+    # --- standard streams as host pipes (`output_pipes`) -----------------------------------
+
+    def _output_ok(self, file: object) -> bool:
+        output = self.output
+        if output is None or not ENABLED or not isinstance(file, OpenFile):
+            return False
+        with output.lock:
+            return eligible_output(file, output)
+
+    def _reconcile_outputs(self, host: Host, entries: dict[int, FdEntry]) -> int:
+        """Make the numbers that hold a standard stream of the process's own its host pipes
+        (one pipe a stream, its description's numbers sharing it); the numbers to drop from
+        `write`'s mask: those that now hold anything else."""
+        for n, pipe in list(self._outputs.items()):
+            entry = entries.get(n)
+            if entry is None or entry.file is not pipe.description \
+                    or not self._output_ok(entry.file):
+                self._close_output(host, n)
+        drop = 0
+        for n, entry in entries.items():
+            if n >= LIMIT or n in self._outputs or not (self._writes >> n) & 1:
+                continue
+            if not (self._output_ok(entry.file) and self._install_output(host, n, entry.file)):
+                drop |= 1 << n
+        return drop
+
+    def _install_output(self, host: Host, n: int, file: OpenFile) -> bool:
+        """Put the host pipe of `file`'s stream at host descriptor `n`: a new pipe, or the
+        one another number of the same description holds; False where it cannot be."""
+        assert self.output is not None and isinstance(file, OutputStream)
+        inject = self._tracer.inject
+        sharing = [(m, pipe) for m, pipe in self._outputs.items() if pipe.stream == file.stream]
+        if sharing:
+            m, pipe = sharing[0]
+            if pipe.description is not file:
+                return False  # a second description of one stream: mediated, in order
+            if inject(host, SYS_DUP3, m, n, 0) != n:
+                return False
+            self._outputs[n] = pipe
+            return True
+        pipe = OutputPipe(self.output, file.stream, file, self.preempt)
+        page = host.trampoline & ~(PAGE_SIZE - 1)
+        _poke_bytes(host, page + _PATH_OFFSET,
+                    f"/proc/{os.getpid()}/fd/{pipe.write_end}".encode() + b"\0")
+        got = inject(host, SYS_OPENAT, AT_FDCWD, page + _PATH_OFFSET, os.O_WRONLY, 0)
+        if got >= 0 and got != n:
+            moved = inject(host, SYS_DUP3, got, n, 0)
+            inject(host, SYS_CLOSE, got)
+            got = n if moved == n else -1
+        if got != n:
+            with self.output.lock:
+                pipe.close()
+            return False
+        pipe.installed()
+        with self.output.lock:
+            self._outputs[n] = pipe
+        self.stats["output_pipes"] = self.stats.get("output_pipes", 0) + 1
+        return True
+
+    def _close_output(self, host: Host, n: int) -> None:
+        """Number `n` no longer holds its pipe in the host (drained first: in order)."""
+        pipe = self._outputs[n]
+        assert self.output is not None
+        with self.output.lock:
+            pipe.drain()
+            del self._outputs[n]
+            if pipe not in self._outputs.values():
+                pipe.close()
+        self._tracer.inject(host, SYS_CLOSE, n)
+
+    def close_outputs(self) -> None:
+        """Drain and close every output pipe (their host ends are gone or going)."""
+        output, pipes = self.output, set(self._outputs.values())
+        if output is None or not pipes:
+            self._outputs = {}
+            return
+        with output.lock:
+            for pipe in pipes:
+                pipe.close()
+            self._outputs = {}
+
+    def drain_outputs(self) -> None:
+        """Move what the guest wrote to its pipes into its streams (any thread): at the end
+        of every run, and before anything that orders against the streams."""
+        output = self.output
+        if output is None or not self._outputs:
+            return
+        with output.lock:
+            for pipe in set(self._outputs.values()):
+                pipe.drain()
+
+    def settle(self, host: Host, sig: int) -> bool:
+        """At a stop for signal `sig`: True when the guest's direct write to an output pipe
+        was cut off before it wrote (its stream full: the drain thread ended the run) or
+        refused by the host (EPIPE): the machine serves that call now, as a mediated write.
+        Otherwise, as `settle_syscall`."""
+        r = host.regs
+        result = int(r.rax) - (1 << 64) if int(r.rax) >> 63 else int(r.rax)
+        if (self._outputs and sig in _CUTTERS and int(r.orig_rax) == SYS_WRITE
+                and _group(host) is self._host
+                and (int(r.rdi) & 0xFFFFFFFF) in self._outputs
+                and result in (*_ERESTART, -errno.EPIPE)):
+            return True
+        if settle_syscall(r):
+            host.regs_dirty = True
+        return False
 
     # --- the pieces ------------------------------------------------------------------------
 
-    def _stack(self, host: Host, allowed: int, window: tuple[int, int] | None) -> None:
+    def _stack(self, host: Host, allowed: int, window: tuple[int, int] | None,
+               writes: int = 0) -> None:
         if self._filters >= MAX_FILTERS:
-            allowed, window = 0, None
-            if self._allowed == 0 and self._window is None and self._filters:
+            allowed, window, writes = 0, None, 0
+            if (self._allowed == 0 and self._writes == 0 and self._window is None
+                    and self._filters):
                 return
-        program = narrowing_filter(allowed, window)
+        program = narrowing_filter(allowed, window, writes)
         if len(program) + 16 > _FILTER_ROOM:
             raise ValueError("the narrowing filter does not fit its room")
         page = host.trampoline & ~(PAGE_SIZE - 1)
@@ -405,11 +445,13 @@ class DirectFiles:
                           f"stacking a seccomp filter in the guest failed ({result})")
         self._filters += 1
         self.stats["filters"] += 1
-        self._allowed, self._window = allowed, window
+        self._allowed, self._window, self._writes = allowed, window, writes
         for n in [n for n in self._direct if not (allowed >> n) & 1]:
             file = self._direct.pop(n)  # (past MAX_FILTERS: everything is mediated)
             _installed[file] = _installed.get(file, 1) - 1
             self._tracer.inject(host, SYS_CLOSE, n)
+        for n in [n for n in self._outputs if not (writes >> n) & 1]:
+            self._close_output(host, n)
 
     def _install(self, host: Host, n: int, file: HostFile) -> bool:
         """Put `file` at host descriptor `n`; False (nothing changed) where it cannot be."""
@@ -476,6 +518,9 @@ class DirectFiles:
 
 _ERESTART: Final = (-512, -513, -514)  # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
 _ERESTART_RESTARTBLOCK: Final = -516
+# The signals that cut a direct write off for the machine to serve: the run's end (the
+# quantum signal, the CPU-time timer) and the host's SIGPIPE; any other is the guest's own.
+_CUTTERS: Final = (Signal.SIGURG, Signal.SIGPROF, Signal.SIGPIPE)
 _MASK64: Final = (1 << 64) - 1
 
 

@@ -8,8 +8,8 @@ for the emulated CPU and the kernel never runs a guest's call: the tracer skips 
 -1) and writes the machine's result into rax. That is the sandbox: no files, sockets, children,
 exec or signals to others, because nothing reaches the host kernel. (One exception, checked: a
 munmap the machine has done on a valid range is let through, as it is exactly the host change
-needed. The other: reads, seeks and fstat on read-only regular files the guest holds as real
-host descriptors, which the filters let go straight to the kernel, see `direct_files`.)
+needed. The other: reads of read-only regular files held as real host descriptors, and writes
+to its own standard streams held as host pipes, go straight to the kernel: `direct_files`.)
 
 Memory stays the machine's: the guest maps the machine's real-memory file where its virtual
 space has present pages (`mappings`). A guest started on a native machine has a vDSO of
@@ -51,12 +51,8 @@ from tender_ray.abi.linux import (
 )
 from tender_ray.engines.base import Replay
 from tender_ray.engines.native import host_threads, vdso
-from tender_ray.engines.native.direct_files import DirectFiles, settle_syscall
-from tender_ray.engines.native.libc import (
-    PTRACE_EVENT_SECCOMP,
-    PTRACE_SINGLESTEP,
-    ptrace,
-)
+from tender_ray.engines.native.direct_files import DirectFiles
+from tender_ray.engines.native.libc import PTRACE_EVENT_SECCOMP, PTRACE_SINGLESTEP, ptrace
 from tender_ray.engines.native.mappings import HostMappings
 from tender_ray.engines.native.registers import MASK64, state_from_host, state_to_host
 from tender_ray.engines.native.tracer import (
@@ -115,7 +111,7 @@ class NativeCpu:
     # suppressed (`HostMappings.write_fault`). A take (the interval's `epoch` moves) makes
     # the next run resynchronise every mapping, read-only again.
     tracks_writes = True
-    spawn_thread = host_threads.spawn  # a context for a new thread of the guest
+    spawn_thread, moves_threads = host_threads.spawn, True  # threads move, remade by `spawn`
 
     def __init__(self, memory: RealMemory, *, replay: Replay | None = None) -> None:
         self.memory = memory
@@ -254,6 +250,8 @@ class NativeCpu:
         with self._run_lock:
             was_running, self._in_run = self._in_run, False
             self._preempt_pending = False
+        if was_running:  # a guest that is not running has nothing left in its output pipes
+            self.direct.drain_outputs()
         host, space = self._host, self.space
         if was_running and space is not None:
             vdso.clear(space)  # stopped: its clock calls are system calls until it runs here
@@ -564,8 +562,8 @@ class NativeCpu:
         host = self._host
         assert host is not None
         host.get_regs()
-        if settle_syscall(host.regs):  # a call the kernel ran itself (`direct_files`)
-            host.regs_dirty = True
+        if self.direct.settle(host, sig):  # a direct write cut off: the machine serves it
+            return self._t_syscall()  # (else a call the kernel ran is settled, `direct_files`)
         code, address, sender = host.siginfo()
         if sig == Signal.SIGPROF and code == SI_KERNEL:  # the kernel's quantum timer
             if not host.itimer_us:

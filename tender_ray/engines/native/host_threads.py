@@ -1,7 +1,11 @@
 """The threads of a native guest: each thread of a Tender process is a host thread of the
 guest's one host process, made by a clone injected at the trampoline and traced from birth
 (PTRACE_O_TRACECLONE), with a Host and a NativeCpu of its own, so that the machine runs it as
-it runs any entry: its own quanta, stops and system calls, on any computation.
+it runs any entry: its own quanta, stops and system calls, on any computation. A thread is
+made at the guest's clone, or, for a process with threads arriving in a migration, from the
+first thread of its new host process before any thread runs (each then gets the registers
+its image carries): off a computation every thread waits in a ptrace stop, so a process
+with threads moves as one unit.
 
 What the host threads share is the host process's: the address space (so the host map and
 the trampoline are one, kept in every Host of the process), the descriptors, the signal
@@ -44,12 +48,41 @@ HOST_THREAD_FLAGS: Final = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 def spawn(cpu: NativeCpu) -> NativeCpu:
     """A context for a new thread of the guest `cpu` runs: a host thread made in its host
     process, stopped until its registers are loaded and it runs. The machine's clone
-    handler calls it, which the tracer thread runs at the guest's call."""
+    handler calls it, which the tracer thread runs at the guest's call; a machine making
+    the threads of an arriving process calls it from its own thread, with the first
+    thread's host process (a prepared stub) stopped: the tracer makes each in turn."""
+    tracer = cpu._tracer
+    if threading.current_thread() is not tracer.thread:
+        made = tracer.call(lambda: _spawn_stopped(cpu))
+        assert isinstance(made, type(cpu))
+        return made
+    return _spawn(cpu)
+
+
+def _spawn_stopped(cpu: NativeCpu) -> NativeCpu:
+    """`spawn` for a guest that is not running a quantum (tracer thread): its host process
+    (or the stub prepared for it) waits in a stop, where a clone can be injected."""
+    host = cpu._host
+    if host is not None and (host.pid in cpu._tracer.running or host.leader is not None):
+        raise EngineError("a host thread is made from a stopped guest's first thread only")
+    if host is None or not host.alive:
+        cpu.tracer_discard()
+        cpu._t_prepare()
+        host = cpu._host
+    assert host is not None
+    # The stub's wide filter lets reads and writes on low descriptors reach the (empty)
+    # host ones: the first thread's filter that lets nothing pass goes on before any
+    # thread is made (each inherits it), since a made thread may run before the first.
+    cpu.direct.retire(host)
+    if cpu.space is not None:
+        cpu.direct.before_run(host, cpu.space, cpu._t_sync_range)
+    return _spawn(cpu)
+
+
+def _spawn(cpu: NativeCpu) -> NativeCpu:
     tracer, host = cpu._tracer, cpu._host
     if host is None or not host.alive:
         raise EngineError("native CPU has no running guest to make a thread in")
-    if threading.current_thread() is not tracer.thread:
-        raise EngineError("a host thread can only be made at a system call stop")
     cpu.direct.retire(host)  # no direct files for a guest of several threads
     thread = _clone(tracer, host)
     context = type(cpu)(cpu.memory, replay=cpu._replay)

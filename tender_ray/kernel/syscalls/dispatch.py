@@ -46,8 +46,10 @@ class SystemCalls:
         dispatch = self.dispatch
         cpu.bind(p.space, lambda nr, args: dispatch(p, nr, args))
         direct = getattr(cpu, "direct", None)  # a native CPU: its direct descriptors follow
-        if direct is not None:  # the process's table
-            direct.table = lambda: p.files
+        if direct is not None:  # the process's table, and its streams are host pipes
+            direct.table = lambda: p.files  # where they are its own (`output_pipes`)
+            direct.output = self.services.stream_sink(p)
+            direct.preempt = cpu.preempt
         cpu.load(p.registers)
         if getattr(p.files, "locks", None):  # it arrived holding locks: they hold here too
             self.lock_holders[p.pid] = p.files

@@ -5,6 +5,7 @@ in the image) and its own attributes (prctl)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import struct
 from typing import TYPE_CHECKING, cast
@@ -57,6 +58,30 @@ def exit_(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 def sched_yield(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     return SyscallOutcome(0, stop=True)
+
+
+_MAX_AFFINITY_BYTES = 1 << 13  # a mask of 65,536 CPUs: more than any kernel's NR_CPUS
+_SYS_SCHED_GETAFFINITY = 204
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def sched_getaffinity(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
+    """The CPUs the machine's own process may run on, exactly as the host's kernel answers
+    it (the mask, and the mask's length, which depends on how that kernel was built): what
+    the program would see natively on this host, and what `/sys`'s CPU lists, which the file
+    view reads from the host, say too. Of itself, one of its threads or a process of its
+    tree (0: itself); any other pid is not visible (ESRCH)."""
+    pid, size = signed32(a[0]), a[1]
+    if pid < 0 or (pid not in (0, p.pid) and pid not in p.threads
+                   and (job_control.getpgid(sc, p, pid).result or 0) < 0):
+        return SyscallOutcome(-Errno.ESRCH)
+    buffer = ctypes.create_string_buffer(min(size, _MAX_AFFINITY_BYTES))
+    got = _LIBC.syscall(_SYS_SCHED_GETAFFINITY, 0, ctypes.c_size_t(len(buffer)), buffer)
+    if got < 0:
+        return SyscallOutcome(-ctypes.get_errno())
+    assert p.space is not None
+    p.space.write(a[2], buffer.raw[:got])
+    return SyscallOutcome(got)
 
 
 # A new process (fork, vfork, clone without CLONE_VM) is a Tender process of its own on this
@@ -341,6 +366,7 @@ def prctl(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 HANDLERS: dict[str, Handler] = {
     "getpid": getpid, "getppid": getppid, "exit": exit_, "exit_group": exit_,
     "clone": clone, "clone3": clone3, "sched_yield": sched_yield,
+    "sched_getaffinity": sched_getaffinity,
     "prlimit64": prlimit64, "getrlimit": getrlimit, "setrlimit": setrlimit, "prctl": prctl,
     "getrusage": getrusage, "execve": execve, "execveat": execveat, "fork": fork,
     "vfork": vfork, "wait4": wait4, "waitid": waitid, "getpgid": getpgid, "getpgrp": getpgrp,

@@ -63,24 +63,24 @@ def rt_sigprocmask(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcom
     how, new, old, size = a[0], a[1], a[2], a[3]
     if size != SIGSET_SIZE:
         return err(Errno.EINVAL)
-    state = signals.of(p)
+    mine = signals.own(p)  # the calling thread's mask
     assert p.space is not None
-    before = state.blocked
+    before = mine.blocked
     if new:
         mask = struct.unpack("<Q", p.space.read(new, 8))[0]
         if how == SIG_BLOCK:
-            state.blocked |= mask
+            mine.blocked |= mask
         elif how == SIG_UNBLOCK:
-            state.blocked &= ~mask
+            mine.blocked &= ~mask
         elif how == SIG_SETMASK:
-            state.blocked = mask
+            mine.blocked = mask
         else:
             return err(Errno.EINVAL)
-        state.blocked &= ~signals.UNBLOCKABLE
+        mine.blocked &= ~signals.UNBLOCKABLE
     if old:
         p.space.write(old, struct.pack("<Q", before))
     # A signal this unblocked is delivered before the next instruction: stop to do it.
-    return SyscallOutcome(0, stop=bool(state.deliverable(signals.tid_of(p))))
+    return SyscallOutcome(0, stop=bool(signals.of(p).deliverable(signals.tid_of(p))))
 
 
 def rt_sigpending(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
@@ -88,12 +88,13 @@ def rt_sigpending(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome
         return err(Errno.EINVAL)
     state = signals.of(p)
     assert p.space is not None
-    p.space.write(a[0], struct.pack("<Q", sum(bit(s) for s in state.pending) & state.blocked))
+    p.space.write(a[0], struct.pack("<Q", state.pending_for(signals.tid_of(p))
+                                    & signals.own(p).blocked))
     return SyscallOutcome(0)
 
 
 def sigaltstack(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    state = signals.of(p)
+    state = signals.own(p)  # each thread has its own
     assert p.space is not None
     ss_sp, ss_flags, ss_size = state.altstack
     rsp = p.context.save().reg("rsp")
@@ -164,11 +165,11 @@ def pause(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 def rt_sigsuspend(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
     if a[1] != SIGSET_SIZE:
         return err(Errno.EINVAL)
-    state = signals.of(p)
+    mine = signals.own(p)
     assert p.space is not None
     mask = struct.unpack("<Q", p.space.read(a[0], 8))[0]
-    state.saved_mask = state.blocked  # the handler's frame saves this one, to come back to
-    state.blocked = mask & ~signals.UNBLOCKABLE
+    mine.saved_mask = mine.blocked  # the handler's frame saves this one, to come back to
+    mine.blocked = mask & ~signals.UNBLOCKABLE
     return _wait_for_signal(sc, p)
 
 
@@ -185,6 +186,11 @@ def rt_sigreturn(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
                                 + " (rt_sigreturn found no signal frame)")
         return ENDED
     p.register_edits.append(lambda s: signals.read_frame(p, s))
+    # The stop is for the edit alone: the thread runs on in its quantum. (Ending the quantum
+    # here let a thread that signals it in a loop, sleeping microseconds between — Go's
+    # preemption of a thread it waits for — run first every time, and this one never ran
+    # more than its handler.)
+    p.runs_on = True
     return SyscallOutcome(None, stop=True)
 
 

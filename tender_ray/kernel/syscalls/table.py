@@ -360,7 +360,8 @@ TABLE: dict[int, Entry] = {
                  "and the bitset forms, private or not, with timeouts; no priority "
                  "inheritance"),
     203: no(PROCESSES, "sched_setaffinity", NO_SCHED),
-    204: no(PROCESSES, "sched_getaffinity", NO_SCHED),
+    204: partial(pr, "sched_getaffinity", "the host's answer for the machine's own process "
+                 "(its CPUs, as /sys says them); of itself, its threads or its tree"),
     205: no(THREADS, "set_thread_area", "32-bit TLS: x86-64 programs use arch_prctl"),
     206: no(FILES, "io_setup", "no asynchronous I/O (programs fall back to threads or reads)"),
     207: no(FILES, "io_destroy", "no asynchronous I/O"),

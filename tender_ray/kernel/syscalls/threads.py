@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from tender_ray.abi import linux
 from tender_ray.abi.cpu_state import CpuState, SyscallArgs, SyscallOutcome
 from tender_ray.abi.linux import Errno
+from tender_ray.kernel import signals
 from tender_ray.kernel.futex import FutexError, FutexTable, futex_key
 from tender_ray.kernel.syscalls import processes
 from tender_ray.kernel.syscalls.base import (
@@ -133,6 +134,7 @@ def _make_thread(sc: SystemCalls, p: Process, flags: int, stack: int, parent_tid
     entry = ThreadEntry(leader, thread)
     entry.cpu = p.context.spawn_thread()  # type: ignore[attr-defined]
     leader.threads[tid] = thread
+    signals.thread_born(p, tid)
 
     def start(state: CpuState) -> CpuState:
         # The caller's registers once its CPU has stopped past the call (inside the call an
@@ -140,6 +142,7 @@ def _make_thread(sc: SystemCalls, p: Process, flags: int, stack: int, parent_tid
         # its thread pointer.
         if leader.exit_status is not None:  # it ended meanwhile: no thread
             leader.threads.pop(tid, None)
+            signals.thread_gone(leader, tid)
             entry.context.close()
             return state
         begin = state.with_regs(rax=0, rsp=stack or state.reg("rsp"))
@@ -169,6 +172,7 @@ def thread_ended(sc: SystemCalls, t: ThreadEntry) -> None:
     waiter there (pthread_join waits on it); the thread's calls count for its process."""
     leader = t.leader
     leader.threads.pop(t.tid, None)
+    signals.thread_gone(leader, t.tid)
     sc.futexes.cancel(t.thread)
     if not hasattr(leader.accounting, "ended_threads"):  # (an older image's)
         leader.accounting.ended_threads = Counter()

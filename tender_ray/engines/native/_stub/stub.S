@@ -16,9 +16,9 @@
  * the trampoline page the tracer keeps in every guest.
  *
  * The filter lets a few data-plane calls on descriptors 0..63 (read, pread64, lseek, fstat,
- * fadvise64) go straight to the kernel: the stub keeps no descriptor there (the machine's
+ * fadvise64, write) go straight to the kernel: the stub keeps no descriptor there (the machine's
  * memory file is fd 100), so such a call answers EBADF until the tracer has put a real file
- * at that number (direct_files.py). Before a guest runs, the tracer stacks a second filter
+ * at that number (direct_files.py, output_pipes.py). Before a guest runs, the tracer stacks a second filter
  * that narrows this to the descriptors and buffers it has made safe.
  */
     .set SYS_pause, 34
@@ -110,10 +110,10 @@ fail:                               /* exit_group(status): 101 ptrace, 102 prctl
 
     .balign 8
 program:                            /* struct sock_fprog */
-    .short 14
+    .short 15
     .short 0, 0, 0
     .quad filter
-filter:                             /* struct sock_filter[14] */
+filter:                             /* struct sock_filter[15] */
     .short 0x20                     /* 0: A = seccomp_data.arch */
     .byte 0, 0
     .long 4
@@ -126,33 +126,36 @@ filter:                             /* struct sock_filter[14] */
     .short 0x20                     /* 3: A = seccomp_data.nr */
     .byte 0, 0
     .long 0
-    .short 0x15                     /* 4: read -> 10 */
-    .byte 5, 0
+    .short 0x15                     /* 4: read -> 11 */
+    .byte 6, 0
     .long 0
-    .short 0x15                     /* 5: pread64 -> 10 */
-    .byte 4, 0
+    .short 0x15                     /* 5: pread64 -> 11 */
+    .byte 5, 0
     .long 17
-    .short 0x15                     /* 6: lseek -> 10 */
-    .byte 3, 0
+    .short 0x15                     /* 6: lseek -> 11 */
+    .byte 4, 0
     .long 8
-    .short 0x15                     /* 7: fstat -> 10 */
-    .byte 2, 0
+    .short 0x15                     /* 7: fstat -> 11 */
+    .byte 3, 0
     .long 5
-    .short 0x15                     /* 8: fadvise64 -> 10 */
-    .byte 1, 0
+    .short 0x15                     /* 8: fadvise64 -> 11 */
+    .byte 2, 0
     .long 221
-    .short 0x06                     /* 9: SECCOMP_RET_TRACE */
+    .short 0x15                     /* 9: write -> 11 */
+    .byte 1, 0
+    .long 1
+    .short 0x06                     /* 10: SECCOMP_RET_TRACE */
     .byte 0, 0
     .long 0x7ff00000
-    .short 0x20                     /* 10: A = low word of the descriptor argument */
+    .short 0x20                     /* 11: A = low word of the descriptor argument */
     .byte 0, 0
     .long 16
-    .short 0x35                     /* 11: A >= 64 ? 13 : 12 */
+    .short 0x35                     /* 12: A >= 64 ? 14 : 13 */
     .byte 1, 0
     .long 64
-    .short 0x06                     /* 12: SECCOMP_RET_ALLOW */
+    .short 0x06                     /* 13: SECCOMP_RET_ALLOW */
     .byte 0, 0
     .long 0x7fff0000
-    .short 0x06                     /* 13: SECCOMP_RET_TRACE */
+    .short 0x06                     /* 14: SECCOMP_RET_TRACE */
     .byte 0, 0
     .long 0x7ff00000
