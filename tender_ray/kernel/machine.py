@@ -416,7 +416,7 @@ class Machine(MigrationSource, MigrationDestination, Checkpointing, WriteTrackin
         return ProcessInfo(
             pid=p.pid, name=p.name, machine=self.name, state=p.shown_state.value,
             exit_status=p.exit_status, exit_reason=p.exit_reason,
-            cpu_seconds=p.accounting.cpu_seconds, run_seconds=end - p.created_at,
+            cpu_seconds=p.cpu_seconds, run_seconds=end - p.created_at,
             resident_pages=p.space.resident_pages() if p.space is not self.kernel_space
             and p.space is not None else 0,
             syscalls=_counter(p.accounting.all_syscalls()),

@@ -185,6 +185,13 @@ class Process:
         return self.cpu
 
     @property
+    def cpu_seconds(self) -> float:
+        """Its CPU time, every thread's: its first's (where the ended ones' went too) and
+        those running now (each entry counts its own)."""
+        return self.accounting.cpu_seconds + sum(t.accounting.cpu_seconds
+                                                 for t in self.members.values())
+
+    @property
     def shown_state(self) -> ProcessState:
         """The state as snapshots show it: a process that asked to sleep is "sleeping" from
         then on, even while its computation still holds it. A process with several threads

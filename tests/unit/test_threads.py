@@ -27,6 +27,8 @@ from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
 from tender_ray.kernel.machine import Machine
 from tender_ray.migration.options import MigrationOptions
+from tender_ray.resources.process import Process, ThreadEntry
+from tender_ray.resources.thread import Thread
 
 MakeMachine = Callable[..., Machine]
 native_only = pytest.mark.skipif(not NATIVE_OK, reason=NATIVE_WHY)
@@ -179,3 +181,17 @@ def test_debian_programs_with_threads_as_natively(make_machine: MakeMachine, lin
     assert info.syscalls.get("clone3", 0) + info.syscalls.get("clone", 0) >= 1  # threads ran
     assert_clean(machine)
 
+
+
+def test_a_process_cpu_time_counts_every_thread() -> None:
+    """What `info`, `--stats` and getrusage(RUSAGE_SELF) report: the first thread's time (the
+    ended threads' added to it) and that of each thread still running."""
+    p = Process()
+    p.pid = 1000
+    p.accounting.cpu_seconds = 1.5
+    for tid, seconds in ((1001, 0.25), (1002, 2.0)):
+        entry = ThreadEntry(p, Thread(tid))
+        entry.accounting.cpu_seconds = seconds
+        p.members[tid] = entry
+    assert p.cpu_seconds == 3.75
+    assert p.members[1001].accounting.cpu_seconds == 0.25  # RUSAGE_THREAD: its own

@@ -28,7 +28,7 @@ from tender_ray.kernel.syscalls.base import (
     view_of,
 )
 from tender_ray.resources.open_file import MAX_FDS
-from tender_ray.resources.process import Process
+from tender_ray.resources.process import Process, ThreadEntry
 
 if TYPE_CHECKING:
     from tender_ray.kernel.syscalls.dispatch import SystemCalls
@@ -263,12 +263,14 @@ def setrlimit(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
 
 
 def getrusage(sc: SystemCalls, p: Process, a: SyscallArgs) -> SyscallOutcome:
-    """RUSAGE_SELF and _THREAD: its CPU time (as user time) and its largest resident size;
-    RUSAGE_CHILDREN: the CPU time of the children it waited for."""
+    """RUSAGE_SELF (every thread's) and _THREAD (the caller's): CPU time (as user time) and
+    the largest resident size; RUSAGE_CHILDREN: the CPU time of the children it waited for."""
     who = a[0] & 0xFFFFFFFF
     if who not in (0, 1, 0xFFFFFFFF):
         return SyscallOutcome(-Errno.EINVAL)
-    seconds = process_tree.children_cpu(p) if who == 0xFFFFFFFF else p.accounting.cpu_seconds
+    leader = p.leader if isinstance(p, ThreadEntry) else p
+    seconds = (process_tree.children_cpu(p) if who == 0xFFFFFFFF
+               else leader.cpu_seconds if who == 0 else p.accounting.cpu_seconds)
     us = round(seconds * 1e6)
     resident = 0
     if who != 0xFFFFFFFF and p.space is not None:
