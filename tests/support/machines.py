@@ -316,12 +316,15 @@ def bounce_enough(machines: Sequence[M], launch: Callable[[int], int], *,
                   ) -> tuple[int, int, int, list[MigrationRecord]]:
     """`bounce` a process that `launch(scale)` starts on machines[0] until it was moved at
     least `enough` times before it ended: how many moves fit in a run depends on the host,
-    so a run that ended sooner is finished and the next, larger scale is tried. Returns the
-    scale, the pid, the index of the machine it ended on and the records of the last run
-    (at least one move: a run that ends before its first move cannot be compared)."""
+    so a run that ended sooner is finished and the next, larger scale is tried. Past ten
+    times `enough` moves it runs on where it is to its end (a run moved every few
+    milliseconds makes little progress between moves: its length would be the host's
+    speed, not the test's). Returns the scale, the pid, the index of the machine it ended
+    on and the records of the last run (at least one move: a run that ends before its first
+    move cannot be compared)."""
     for scale in scales:
         pid = launch(scale)
-        where, records = bounce(machines, pid, move=move, pause=pause)
+        where, records = bounce(machines, pid, move=move, pause=pause, max_moves=10 * enough)
         if len(records) >= enough or scale == scales[-1]:
             assert records, f"the process ended before its first move, even at scale {scale}"
             return scale, pid, where, records
