@@ -271,6 +271,20 @@ def local_mover(options: MigrationOptions | None = None, transport: Transport | 
     return move
 
 
+class ThreadedMoves:
+    """A local `bounce` move that counts the moves made while the process had more than one
+    thread (`threaded`): a test of moving threads must have made some."""
+
+    def __init__(self) -> None:
+        self.threaded = 0
+        self._move = local_mover()
+
+    def __call__(self, source: Machine, pid: int, destination: Machine) -> MigrationRecord:
+        with source.scheduler.lock:
+            self.threaded += bool(source.scheduler.table[pid].members)
+        return self._move(source, pid, destination)
+
+
 def actor_mover(options: MigrationOptions | None = None, timeout: float = 120.0
                 ) -> Callable[[MachineHandle, int, MachineHandle], MigrationRecord]:
     """A `bounce` move between machine actors: the source's `MachineHandle.migrate`."""

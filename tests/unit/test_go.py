@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 from support.engines import NATIVE_OK, NATIVE_WHY
 from support.leases import MakeMachine
-from support.machines import assert_clean, bounce, finish, local_mover
+from support.machines import ThreadedMoves, assert_clean, bounce, finish
 from support.programs import need, run_native
 
 from tender_ray.kernel.machine import Machine
-from tender_ray.migration.record import MigrationRecord
 
 GOJQ = "/usr/bin/gojq"
 # Keep the ids the filter picks, sum them, and count each record's string lengths: enough
@@ -66,23 +65,15 @@ def test_gojq_moved_over_three_machines_prints_as_natively(
     machines = [make_machine(name=f"g{i}", quantum_us=1000, computations=2,
                              engine="emulated", memory_mib=512, pid_base=1000 * (i + 1))
                 for i in range(3)]
-    move = local_mover()
-    threaded = [0]  # moves made while the process had more than one thread
-
-    def watched(source: Machine, pid: int, destination: Machine) -> MigrationRecord:
-        with source.scheduler.lock:
-            threaded[0] += bool(source.scheduler.table[pid].members)
-        return move(source, pid, destination)
-
     for path in records:  # a run moved with its threads, or the largest
-        threaded[0] = 0
+        move = ThreadedMoves()
         pid = _launch(machines[0], path)
-        where, _ = bounce(machines, pid, move=watched, pause=0.02)
+        where, _ = bounce(machines, pid, move=move, pause=0.02)
         status, out, err, info = finish(machines[where], pid)
         assert (status, out, err) == run_native(GOJQ, [FILTER, os.fspath(path)], ENV)[:3], \
             info.exit_reason
-        if threaded[0]:
+        if move.threaded:
             break
-    assert threaded[0], "no move caught the process with its threads, even the largest run"
+    assert move.threaded, "no move caught the process with its threads, even the largest run"
     for machine in machines:
         assert_clean(machine)

@@ -25,6 +25,7 @@ import pytest
 from support.engines import NATIVE_OK, NATIVE_WHY
 from support.machines import (
     GUEST_TIMEOUT,
+    ThreadedMoves,
     assert_clean,
     bounce,
     bounce_enough,
@@ -136,24 +137,16 @@ def test_debian_programs_with_threads_bounced_print_as_natively(
         return machines[0].exec(Path(program).read_bytes(), name, argv,
                                 [f"{k}={v}" for k, v in env.items()])
 
-    move = local_mover()
-    threaded = [0]  # moves made while the process had more than one thread
-
-    def watched(source: Machine, pid: int, destination: Machine) -> MigrationRecord:
-        with source.scheduler.lock:
-            threaded[0] += bool(source.scheduler.table[pid].members)
-        return move(source, pid, destination)
-
     for scale in range(len(inputs)):  # a run whose threads all moved with it, or the largest
-        threaded[0] = 0
+        move = ThreadedMoves()
         pid = launch(scale)
-        where, _ = bounce(machines, pid, move=watched, pause=0.02)
+        where, _ = bounce(machines, pid, move=move, pause=0.02)
         status, out, err, info = finish(machines[where], pid)
         expected = run_native(program, [*flags, os.fspath(inputs[scale])], env)
         assert (status, out, err) == expected[:3], info.exit_reason
-        if threaded[0]:
+        if move.threaded:
             break
-    assert threaded[0], "no move caught the process with its threads, even the largest run"
+    assert move.threaded, "no move caught the process with its threads, even the largest run"
     assert info.syscalls.get("clone3", 0) + info.syscalls.get("clone", 0) >= 1
     for machine in machines:
         assert_clean(machine)
@@ -278,23 +271,17 @@ def test_a_process_with_threads_moves_between_the_engines_and_prints_as_natively
     machines = [make_machine(name=f"x{i}", quantum_us=QUANTUM[engine], engine=engine,
                              pid_base=1000 * (i + 1))
                 for i, engine in enumerate(("emulated", "native", "emulated"))]
-    move = local_mover()
-    threaded = [0]
-
-    def watched(source: Machine, pid: int, destination: Machine) -> MigrationRecord:
-        with source.scheduler.lock:
-            threaded[0] += bool(source.scheduler.table[pid].members)
-        return move(source, pid, destination)
+    move = ThreadedMoves()
 
     def launch(scale: int) -> int:
         return start(machines[0], "thread_hash", str(min(16, 4 * scale)))
 
-    scale, pid, where, records = bounce_enough(machines, launch, move=watched, enough=4,
+    scale, pid, where, records = bounce_enough(machines, launch, move=move, enough=4,
                                                scales=(1, 4))
     status, out, err, info = finish(machines[where], pid)
     assert (status, out, err) == native("thread_hash", str(min(16, 4 * scale))), \
         info.exit_reason
-    assert threaded[0], "no move caught the process with its threads"
+    assert move.threaded, "no move caught the process with its threads"
     assert {r.destination for r in records} >= {"x1"}
     for machine in machines:
         assert_clean(machine)
