@@ -23,7 +23,7 @@ import pytest
 import ray
 import yaml
 from support.clusters import run_scenario_to_end
-from support.programs import native_standby, run_native, workload
+from support.programs import STANDBY_READY, native_standby, run_native, workload
 
 from tender_ray.balancing.loop import BalancingLoop
 from tender_ray.balancing.policies import BalancerParams, Policy
@@ -353,6 +353,9 @@ def test_balancer_actor_spreads_processes_over_machine_actors() -> None:
                     ended[info.pid] = info
             if spread_seen == {"a", "b"}:  # spread: each is told to finish, where it is now
                 for pid in set(pids) - told:
+                    said = b"".join(d for _, d in sorted(chunks[pid].items()))
+                    if not said.startswith(STANDBY_READY):
+                        continue  # its handler is not there yet: SIGUSR1 would kill it
                     with contextlib.suppress(TenderError):  # (moving just then: next round)
                         cluster.locate(pid).kill(pid, signal.SIGUSR1)
                         told.add(pid)
