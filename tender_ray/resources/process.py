@@ -94,7 +94,10 @@ class Accounting:
         """Every call it made, its ended threads' included (what reports count). (An image
         written before `ended_threads` existed has none.)"""
         ended: Counter[str] | None = self.__dict__.get("ended_threads")
-        return self.syscalls + ended if ended is not None else Counter(self.syscalls)
+        # One copy in C first: its computation may add a call while another thread reads
+        # (`Machine.info`), and Counter's `+` iterates in Python.
+        mine: Counter[str] = Counter(dict.copy(self.syscalls))
+        return mine + ended if ended is not None else mine
 
 
 class Process:

@@ -55,6 +55,13 @@ def _three(make_machine: MakeMachine, engine: str, computations: int = 1) -> lis
                          engine=engine, pid_base=1000 * (i + 1)) for i in range(3)]
 
 
+def _threads_or_ended(machine: Machine, pid: int) -> bool:
+    """Whether process `pid` has made its threads (or has already ended)."""
+    with machine.scheduler.lock:
+        p = machine.scheduler.table.get(pid)
+        return p is None or p.state is RunState.ZOMBIE or bool(p.members)
+
+
 def _tids(machine: Machine, pid: int) -> set[int]:
     with machine.scheduler.lock:
         return set(machine.scheduler.table[pid].threads)
@@ -274,7 +281,10 @@ def test_a_process_with_threads_moves_between_the_engines_and_prints_as_natively
     move = ThreadedMoves()
 
     def launch(scale: int) -> int:
-        return start(machines[0], "thread_hash", str(min(16, 4 * scale)))
+        pid = start(machines[0], "thread_hash", str(min(16, 4 * scale)))
+        wait_until(lambda: _threads_or_ended(machines[0], pid),  # its threads are there
+                   what="thread_hash has started its threads", machine=machines[0])
+        return pid
 
     scale, pid, where, records = bounce_enough(machines, launch, move=move, enough=4,
                                                scales=(1, 4))
