@@ -119,7 +119,6 @@ def test_the_commit_goes_out_with_the_freezes_transform(make_machine: MakeMachin
     pid = start(a, "writeset", *ARGS)
     taken = wait_ready(a, pid, line=WRITESET_READY)
     transport = LocalTransport()
-    peer = CountingPeer(b, transport)
     for source, destination in ((a, b), (b, a), (a, b)):
         peer = CountingPeer(destination, transport)
         record = run_migration(source, pid, peer, transport, PRECOPY)
